@@ -1,0 +1,5 @@
+"""``python -m helexa`` runs the CLI."""
+
+from helexa.cli import main
+
+main()

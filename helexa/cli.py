@@ -1,0 +1,177 @@
+"""The ``helexa`` command line. Thin: parse arguments, call one function, map errors to exit codes.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+import tomli_w
+
+from helexa.__about__ import __version__
+from helexa.config import Config, load_config
+from helexa.config_template import render_example
+from helexa.daemon import ROLES, Role, prepare, run_daemon
+from helexa.errors import ConfigError, HelexaError, PluginError
+from helexa.harness import Harness
+from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
+
+__all__ = ["cli", "main"]
+
+
+class UsageFailure(click.ClickException):
+    """A configuration or plugin problem the user must fix: printed on one line, exit code 2."""
+
+    exit_code = 2
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageFailure(exc.message) from None
+
+
+def _redacted(cfg: Config) -> dict[str, object]:
+    """The config as plain data with secrets masked, for printing."""
+    data = msgspec.to_builtins(cfg)
+    if data["auth"]["api_keys"]:
+        data["auth"]["api_keys"] = ["***"] * len(data["auth"]["api_keys"])
+    for section in (data["neuron"], *data["neurons"]):
+        if section.get("token"):
+            section["token"] = "***"
+    return data
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="HELEXA_CONFIG",
+    help="TOML configuration file (env HELEXA_CONFIG). Without one, built-in defaults are used.",
+)
+role_option = click.option(
+    "--role", type=click.Choice(ROLES), default="both", show_default=True, help="Which daemon(s) to run."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="helexa")
+def cli() -> None:
+    """helexa: one OpenAI + Anthropic API over your own GPU hosts."""
+
+
+@cli.command()
+@role_option
+@config_option
+def run(role: Role, config_path: str | None) -> None:
+    """Run the gateway, a neuron, or both in one process, until SIGTERM or Ctrl-C."""
+    from helexa.server.runner import run as run_loop  # noqa: PLC0415  (keeps `helexa --help` light)
+
+    cfg = _load(config_path)
+    logging.basicConfig(
+        level=cfg.server.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        run_loop(lambda: run_daemon(cfg, role))
+    except (ConfigError, PluginError) as exc:
+        raise UsageFailure(exc.message) from None
+    except OSError as exc:  # typically: address already in use
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+@cli.group()
+def config() -> None:
+    """Write or check configuration files."""
+
+
+@config.command("init")
+@role_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(role: str, output: str, force: bool) -> None:
+    """Write a commented example configuration with every option and its default."""
+    text = render_example(role)
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    if path.exists() and not force:
+        raise UsageFailure(f"{path}: already exists; pass --force to overwrite it")
+    path.write_text(text)
+    click.echo(f"wrote {path}", err=True)
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--role", type=click.Choice(ROLES), default=None, help="Also apply this role's start-up checks.")
+def config_check(path: str, role: Role | None) -> None:
+    """Validate PATH (with environment overrides) and print the effective configuration, secrets masked."""
+    cfg = _load(path)
+    try:
+        if role is not None:
+            prepare(cfg, role)
+        if role in ("neuron", "both"):
+            harnesses = get_harnesses(get_plugin_manager(blocked=cfg.plugins.disabled))
+            _check_harness_names(cfg, harnesses)
+    except (ConfigError, PluginError) as exc:
+        raise UsageFailure(f"{path}: {exc.message}") from None
+    click.echo(tomli_w.dumps(_redacted(cfg)), nl=False)
+
+
+def _check_harness_names(cfg: Config, harnesses: dict[str, type[Harness]]) -> None:
+    for i, model in enumerate(cfg.models):
+        harness = resolve_harness(harnesses, model.harness, wanted_by=f"$.models[{i}] ({model.id})")
+        harness.parse_options(model.options, model_id=model.id)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List the installed plugins and the harnesses they register."""
+    pm = get_plugin_manager()
+    owners: dict[str, str] = {}
+    try:
+        get_harnesses(pm, owners)
+    except PluginError as exc:
+        raise UsageFailure(exc.message) from None
+    by_plugin: dict[str, list[str]] = {}
+    for harness, plugin in owners.items():
+        by_plugin.setdefault(plugin, []).append(harness)
+    rows = [
+        {
+            "plugin": p.name,
+            "distribution": p.distribution,
+            "version": p.version,
+            "harnesses": sorted(by_plugin.get(p.name, [])),
+            "error": p.error,
+        }
+        for p in pm.entry_point_plugins
+    ]
+    if as_json:
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    if not rows:
+        click.echo("no plugins installed")
+        return
+    click.echo(f"{'PLUGIN':<16} {'DISTRIBUTION':<24} {'VERSION':<12} HARNESSES")
+    for row in rows:
+        detail = f"FAILED: {row['error']}" if row["error"] else ", ".join(row["harnesses"]) or "-"
+        click.echo(f"{row['plugin']:<16} {row['distribution']:<24} {row['version']:<12} {detail}")
+
+
+def main() -> None:
+    """Console-script entry point: let plugins add commands, then run the CLI."""
+    try:
+        get_plugin_manager().hook.register_commands(cli=cli)
+    except HelexaError as exc:
+        click.echo(f"Error: {exc.message}", err=True)
+        sys.exit(2)
+    cli()

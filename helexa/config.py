@@ -1,0 +1,314 @@
+"""Configuration: strict msgspec structs, loaded from one TOML file with environment overrides.
+
+One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [[neurons]] [[models]]``, the
+neuron reads ``[neuron]``, both read ``[server]`` and ``[plugins]``. The model catalogue may also live in its own
+file named by ``gateway.catalogue``. Defaults let ``helexa run --role both`` start with no file at all.
+
+Environment variables ``HELEXA_<SECTION>__<KEY>`` override the file (a double underscore nests; a number
+indexes a list: ``HELEXA_NEURONS__0__TOKEN``). Values are read as TOML values when they parse as one
+(``8``, ``true``, ``["a", "b"]``), else as plain strings. This module is the only place that reads
+``os.environ``.
+
+Every field documents itself with ``msgspec.Meta(description=…)``; ``helexa config init`` renders the
+commented examples in ``config/`` from those descriptions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+
+from helexa.errors import ConfigError
+from helexa.wire import ModelId
+
+__all__ = [
+    "AuthSection",
+    "Catalogue",
+    "Config",
+    "ConfigStruct",
+    "EvictionSection",
+    "GatewaySection",
+    "ModelEntry",
+    "NeuronRef",
+    "NeuronSection",
+    "PluginsSection",
+    "ServerSection",
+    "apply_env_overrides",
+    "load_config",
+    "parse_listen",
+]
+
+ENV_PREFIX = "HELEXA_"
+_T = TypeVar("_T")
+
+
+class ConfigStruct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of config sections: keyword-only, and strict — an unknown key is an error, so typos fail loudly."""
+
+
+def _doc(text: str, **constraints: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **constraints)
+
+
+class ServerSection(ConfigStruct):
+    """HTTP settings shared by every role."""
+
+    max_body_mb: Annotated[int, _doc("Largest request body accepted, in MiB; larger bodies get 413.", ge=1)] = 16
+    shutdown_grace_seconds: Annotated[
+        float, _doc("On SIGTERM/SIGINT, how long in-flight requests may finish before connections close.", ge=0)
+    ] = 30.0
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _doc("Logging level: debug, info, warning or error.")
+    ] = "info"
+
+
+class GatewaySection(ConfigStruct):
+    """The gateway's listeners and catalogue."""
+
+    listen: Annotated[str, _doc("host:port of the OpenAI + Anthropic API.")] = "127.0.0.1:31313"
+    metrics_listen: Annotated[str, _doc("host:port of the Prometheus /metrics endpoint.")] = "127.0.0.1:31314"
+    catalogue: Annotated[
+        str, _doc("Path of a models.toml with [[models]] entries, relative to this file; empty = none.")
+    ] = ""
+
+
+class AuthSection(ConfigStruct):
+    """Client authentication on the gateway."""
+
+    api_keys: Annotated[
+        list[str],
+        _doc("Keys clients must send (Authorization: Bearer or x-api-key). Empty = no authentication."),
+    ] = []
+
+
+class EvictionSection(ConfigStruct):
+    """How the gateway frees room for a cold model."""
+
+    strategy: Annotated[
+        Literal["lru", "priority"],
+        _doc("lru: evict the least recently used model; priority: the lowest priority, then least recent."),
+    ] = "lru"
+    defrag_after_cycles: Annotated[
+        int, _doc("After this many load/unload cycles on a neuron, restart its engine fully; 0 = never.", ge=0)
+    ] = 50
+
+
+class NeuronRef(ConfigStruct):
+    """One neuron the gateway talks to."""
+
+    name: Annotated[str, _doc("Unique name of the neuron (used in metrics, pinned_on and status).", min_length=1)]
+    endpoint: Annotated[str, _doc("Base URL of the neuron API, e.g. http://gpu1.internal:13131.")]
+    token: Annotated[str, _doc("Bearer token the neuron expects (its neuron.token).")] = ""
+
+
+class ModelEntry(ConfigStruct):
+    """One model of the catalogue: what it needs, where it may run, how it is served."""
+
+    id: Annotated[ModelId, _doc("The model id clients ask for, e.g. Qwen/Qwen3-8B.")]
+    harness: Annotated[str, _doc("Engine plugin that serves it: vllm, llamacpp, external or a third-party one.")] = (
+        "vllm"
+    )
+    source: Annotated[
+        str, _doc("Where the weights are: a Hugging Face repo id, a local directory or a GGUF file; empty = id.")
+    ] = ""
+    quant: Annotated[str, _doc("Quantisation to pick among the source's files (e.g. Q4_K_M); empty = default.")] = ""
+    vram_mb: Annotated[int, _doc("VRAM the model needs in total, in MiB (weights + KV cache).", ge=0)] = 0
+    min_devices: Annotated[int, _doc("Fewest GPUs the model may be split over.", ge=1)] = 1
+    min_device_vram_mb: Annotated[int, _doc("Smallest total VRAM, in MiB, each of those GPUs must have.", ge=0)] = 0
+    tensor_parallel: Annotated[int, _doc("Tensor-parallel size (number of GPUs one replica uses).", ge=1)] = 1
+    pinned_on: Annotated[list[str], _doc("Neurons that keep this model loaded: never evicted there.")] = []
+    priority: Annotated[int, _doc("Higher survives eviction longer under the priority strategy.")] = 0
+    aliases: Annotated[list[ModelId], _doc("Other names clients may use for this model.")] = []
+    options: Annotated[
+        dict[str, Any], _doc("Harness-specific options, checked against the harness's own option schema.")
+    ] = {}
+
+
+class NeuronSection(ConfigStruct):
+    """The per-host neuron daemon."""
+
+    listen: Annotated[str, _doc("host:port of the neuron API (the gateway connects here).")] = "127.0.0.1:13131"
+    token: Annotated[
+        str,
+        _doc("Bearer token required on mutating endpoints. Required when listen is not a loopback address."),
+    ] = ""
+
+
+class PluginsSection(ConfigStruct):
+    """Harness plugin selection."""
+
+    disabled: Annotated[list[str], _doc("Entry-point names of plugins not to load, e.g. ['vllm'].")] = []
+
+
+class Config(ConfigStruct):
+    """The whole configuration of one helexa process."""
+
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    auth: AuthSection = msgspec.field(default_factory=AuthSection)
+    eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
+    neurons: list[NeuronRef] = []
+    models: list[ModelEntry] = []
+    neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)
+    plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+
+
+class Catalogue(ConfigStruct):
+    """A models.toml file: the catalogue alone."""
+
+    models: list[ModelEntry] = []
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or only defaults when ``None``), apply environment overrides, validate.
+
+    :param env: the environment to read ``HELEXA_…`` overrides from; ``os.environ`` when ``None``.
+    :raises ConfigError: with a one-line message naming the file (or variable) and the key path.
+    """
+    env = os.environ if env is None else env
+    source = Path(path) if path is not None else None
+    raw = _read_toml(source) if source is not None else {}
+    label = source.name if source is not None else "<defaults>"
+    origins = apply_env_overrides(raw, env)
+    cfg = _convert(raw, Config, label, origins)
+    if cfg.gateway.catalogue:
+        base = source.parent if source is not None else Path.cwd()
+        cat_path = (base / cfg.gateway.catalogue).resolve()
+        catalogue = _convert(_read_toml(cat_path), Catalogue, cat_path.name, {})
+        cfg = msgspec.structs.replace(cfg, models=[*cfg.models, *catalogue.models])
+    _check(cfg, label)
+    return cfg
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return msgspec.toml.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path.name}: invalid TOML: {exc}") from None
+
+
+_AT = re.compile(r"^(?P<msg>.*) - at `(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+
+
+def _convert(raw: dict[str, Any], kind: type[_T], label: str, origins: Mapping[str, str]) -> _T:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_validation_message(str(exc), label, origins)) from None
+
+
+def _validation_message(text: str, label: str, origins: Mapping[str, str]) -> str:
+    """Turn msgspec's 'Expected `str`, got `int` - at `$.a.b`' into 'file: $.a.b: expected str, got int'."""
+    m = _AT.match(text)
+    path, msg = (m["path"], m["msg"]) if m else ("$", text)
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        path, msg = f"{path}.{unknown['key']}", "unknown key"
+    msg = msg.replace("`", "")
+    msg = msg[:1].lower() + msg[1:]
+    where = origins.get(path)
+    suffix = f" (from {where})" if where else ""
+    return f"{label}: {path}: {msg}{suffix}"
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply ``HELEXA_<SECTION>__<KEY>`` variables to the raw TOML dict in place.
+
+    :returns: a map from the msgspec path of each overridden key (``$.gateway.listen``) to the variable name,
+        so validation errors can say which variable was wrong.
+    :raises ConfigError: when a variable indexes a list that is not there.
+    """
+    origins: dict[str, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # HELEXA_CONFIG and friends are CLI options, not overrides
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            raise ConfigError(f"{name}: empty key segment")
+        node: Any = raw
+        path = "$"
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) > len(node):
+                    raise ConfigError(f"{name}: {path} has {len(node)} entries; index {part} is out of range")
+                idx = int(part)
+                if idx == len(node):
+                    node.append({})
+                path += f"[{idx}]"
+                if last:
+                    node[idx] = _env_value(env[name])
+                else:
+                    node = node[idx]
+                continue
+            path += f".{part}"
+            if last:
+                node[part] = _env_value(env[name])
+            else:
+                node = node.setdefault(part, [] if parts[i + 1].isdigit() else {})
+                if not isinstance(node, dict | list):
+                    raise ConfigError(f"{name}: {path} is a value, not a table")
+        origins[path] = name
+    return origins
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return msgspec.toml.decode(f"v = {text}".encode())["v"]
+    except msgspec.DecodeError:
+        return text
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:80`` for IPv6) into its parts; raise ``ValueError`` if it is not one."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host, int(port)
+
+
+def _check(cfg: Config, label: str) -> None:
+    """Cross-field rules msgspec cannot express; each error names its key path."""
+    for path, value in (
+        ("$.gateway.listen", cfg.gateway.listen),
+        ("$.gateway.metrics_listen", cfg.gateway.metrics_listen),
+        ("$.neuron.listen", cfg.neuron.listen),
+    ):
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {path}: {exc}") from None
+    seen_neurons: set[str] = set()
+    for i, ref in enumerate(cfg.neurons):
+        url = urlsplit(ref.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                f"{label}: $.neurons[{i}].endpoint: expected an http(s) URL such as "
+                f"http://gpu1:13131, got {ref.endpoint!r}"
+            )
+        if ref.name in seen_neurons:
+            raise ConfigError(f"{label}: $.neurons[{i}].name: duplicate neuron name {ref.name!r}")
+        seen_neurons.add(ref.name)
+    seen_ids: dict[str, str] = {}
+    for i, model in enumerate(cfg.models):
+        for name in (model.id, *model.aliases):
+            if name in seen_ids:
+                raise ConfigError(f"{label}: $.models[{i}]: {name!r} is already used by model {seen_ids[name]!r}")
+            seen_ids[name] = model.id

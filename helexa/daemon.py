@@ -1,0 +1,110 @@
+"""``run_daemon()``: turn a role and a config into listening apps, and serve them until stopped.
+
+This is the only module that knows the three roles. ``both`` runs the neuron and the gateway in one loop on
+their own ports; the gateway reaches the local neuron over loopback like any remote one, with a bearer token
+generated at start when none is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+from helexa.config import Config, NeuronRef, parse_listen
+from helexa.errors import ConfigError
+from helexa.gateway.app import make_gateway_app
+from helexa.neuron.app import make_neuron_app
+from helexa.plugins import get_harnesses, get_plugin_manager
+from helexa.server.app import metrics_app, registry_key
+from helexa.server.runner import Listener, serve
+from helexa.server.version import version_info
+
+__all__ = ["ROLES", "Role", "prepare", "run_daemon"]
+
+Role = Literal["gateway", "neuron", "both"]
+ROLES: tuple[Role, ...] = ("gateway", "neuron", "both")
+LOCAL_NEURON = "local"
+logger = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def prepare(cfg: Config, role: Role) -> Config:
+    """Apply the role's rules to ``cfg``: security checks, and in ``both`` the local neuron and its token.
+
+    :raises ConfigError: a neuron listening beyond loopback without a token.
+    """
+    if role in ("neuron", "both"):
+        host, port = parse_listen(cfg.neuron.listen)
+        if not cfg.neuron.token and not _is_loopback(host):
+            raise ConfigError(
+                f"neuron.token is required when neuron.listen ({cfg.neuron.listen}) is not a loopback address: "
+                "set [neuron] token (or HELEXA_NEURON__TOKEN) and give the same token to the gateway's [[neurons]]"
+            )
+    if role != "both" or any(n.name == LOCAL_NEURON for n in cfg.neurons):
+        return cfg
+    token = cfg.neuron.token or secrets.token_urlsafe(32)
+    if port == 0:
+        port = _free_port(host)
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    shown = f"[{connect_host}]" if ":" in connect_host else connect_host
+    local = NeuronRef(name=LOCAL_NEURON, endpoint=f"http://{shown}:{port}", token=token)
+    return msgspec.structs.replace(
+        cfg,
+        neuron=msgspec.structs.replace(cfg.neuron, token=token, listen=f"{host}:{port}"),
+        neurons=[local, *cfg.neurons],
+    )
+
+
+def _listeners(cfg: Config, role: Role) -> list[Listener]:
+    pm = get_plugin_manager(blocked=cfg.plugins.disabled)
+    listeners: list[Listener] = []
+    if role in ("neuron", "both"):
+        harnesses = get_harnesses(pm)
+        app = make_neuron_app(cfg, version_info("neuron", pm), harnesses)
+        host, port = parse_listen(cfg.neuron.listen)
+        listeners.append(Listener("neuron", app, host, port))
+    if role in ("gateway", "both"):
+        version = version_info("gateway", pm)
+        app = make_gateway_app(cfg, version)
+        host, port = parse_listen(cfg.gateway.listen)
+        listeners.append(Listener("gateway", app, host, port))
+        metrics = metrics_app(role="gateway", registry=app[registry_key])
+        host, port = parse_listen(cfg.gateway.metrics_listen)
+        listeners.append(Listener("gateway metrics", metrics, host, port))
+    return listeners
+
+
+async def run_daemon(
+    cfg: Config,
+    role: Role,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[dict[str, int]], None] | None = None,
+) -> None:
+    """Serve ``role`` until SIGTERM/SIGINT (or ``stop``), then drain within ``server.shutdown_grace_seconds``.
+
+    :raises ConfigError: see :func:`prepare`; :class:`helexa.errors.PluginError` for plugin problems.
+    """
+    cfg = prepare(cfg, role)
+    await serve(_listeners(cfg, role), grace=cfg.server.shutdown_grace_seconds, stop=stop, on_ready=on_ready)

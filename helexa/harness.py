@@ -1,0 +1,107 @@
+"""The harness contract: what an engine plugin implements so a neuron can serve models with it.
+
+A harness *describes and drives* one inference engine (vLLM, llama.cpp, …). The neuron creates one instance
+per harness class at start-up and calls it for every model that names it. Methods are coroutines and run on
+the neuron's event loop: they must never block it (use subprocesses, ``asyncio.to_thread`` or aiohttp).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import msgspec
+
+from helexa.errors import ConfigError
+from helexa.wire.neuron import DeviceInfo, ModelSpec
+
+__all__ = ["Harness", "HarnessState", "NoOptions", "PlacementPlan"]
+
+
+class HarnessState(enum.StrEnum):
+    """Lifecycle state of one model inside a harness. Defined once, here; plugins report these."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    SLEEPING = "sleeping"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class PlacementPlan(msgspec.Struct, kw_only=True, frozen=True):
+    """Where and how a model will run, decided by :meth:`Harness.preflight` before anything starts.
+
+    ``devices`` are device indices on this host (empty = CPU); ``files`` the resolved weight files;
+    ``vram_mb`` the memory planned per device.
+    """
+
+    devices: tuple[int, ...] = ()
+    tensor_parallel: int = 1
+    files: tuple[str, ...] = ()
+    vram_mb: int = 0
+
+
+class NoOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Options of a harness that takes none."""
+
+
+class Harness(abc.ABC):
+    """Base class of every engine harness.
+
+    Class attributes a subclass sets:
+
+    - ``name``: the harness name used in config (``harness = "llamacpp"``); unique across installed plugins.
+    - ``Options``: a strict msgspec Struct for one model's engine options (``[[models]] options``).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[msgspec.Struct]] = NoOptions
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any], *, model_id: str = "") -> msgspec.Struct:
+        """Validate one model's raw option table against ``Options``.
+
+        :raises ConfigError: naming the harness, the model and the offending key.
+        """
+        try:
+            return msgspec.convert(raw, cls.Options)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"harness {cls.name!r}, model {model_id!r}: options: {exc}") from None
+
+    @abc.abstractmethod
+    async def preflight(self, spec: ModelSpec, devices: Sequence[DeviceInfo]) -> PlacementPlan:
+        """Decide whether and where ``spec`` can run, before any process starts. No side effects.
+
+        Called for every load request, concurrently for different models.
+        :raises helexa.errors.HelexaError: a typed rejection the neuron answers with 422.
+        """
+
+    @abc.abstractmethod
+    async def load(self, spec: ModelSpec, plan: PlacementPlan) -> str:
+        """Start serving ``spec`` as planned; return the base URL of its OpenAI API once it answers.
+
+        Valid in state ``stopped`` or ``failed``; the neuron never calls it twice concurrently for one model.
+        """
+
+    @abc.abstractmethod
+    async def unload(self, model_id: str) -> None:
+        """Stop serving ``model_id`` and free its memory. Idempotent: unloading a stopped model is a no-op."""
+
+    @abc.abstractmethod
+    async def state(self, model_id: str) -> HarnessState:
+        """The current state of ``model_id`` (``stopped`` when unknown). Cheap; polled often."""
+
+    async def sleep(self, model_id: str) -> bool:
+        """Put a ready model to sleep, freeing accelerator memory but keeping the process. Return whether it
+        slept; the default cannot sleep, and the neuron then unloads for real."""
+        return False
+
+    async def wake(self, model_id: str) -> bool:
+        """Wake a sleeping model; return whether it is ready again. The default cannot."""
+        return False
+
+    async def close(self) -> None:  # noqa: B027  (optional: harnesses that start nothing keep the no-op)
+        """Stop everything this harness started. Called once, when the neuron shuts down."""

@@ -1,0 +1,112 @@
+"""``base_app()``: the aiohttp Application every role starts from, and the bare metrics app.
+
+A base app has the common middlewares, a request body limit, ``GET /healthz``, ``GET /version`` and
+(optionally) ``GET /metrics`` over the app's own Prometheus registry. Role factories add their routes to it.
+The server package knows nothing about which roles exist.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from helexa.metrics import HttpMetrics
+from helexa.server.middlewares import error_middleware, on_response_prepare, role_key
+from helexa.server.version import VersionInfo
+
+__all__ = ["base_app", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
+
+registry_key = web.AppKey("registry_key", CollectorRegistry)
+version_key = web.AppKey("version_key", VersionInfo)
+max_body_key = web.AppKey("max_body_key", int)
+http_metrics_key = web.AppKey("http_metrics_key", HttpMetrics)
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(obj: object, *, status: int = 200) -> web.Response:
+    """Encode ``obj`` (msgspec structs included) with msgspec."""
+    return web.Response(body=_encoder.encode(obj), status=status, content_type="application/json")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "role": request.app[role_key]})
+
+
+async def _version(request: web.Request) -> web.Response:
+    return json_response(request.app[version_key])
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[registry_key])
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def base_app(
+    *,
+    role: str,
+    version: VersionInfo,
+    max_body_bytes: int,
+    registry: CollectorRegistry | None = None,
+    serve_metrics: bool = True,
+) -> web.Application:
+    """A new Application for ``role`` with the shared middlewares and routes.
+
+    :param max_body_bytes: larger request bodies are answered with 413 (checked against Content-Length
+        before reading, and enforced while reading for chunked bodies).
+    :param registry: the app's own Prometheus registry (a fresh one when ``None``).
+    :param serve_metrics: ``False`` when metrics are served by a separate :func:`metrics_app`.
+    """
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_observe, error_middleware, _body_limit])
+    app[role_key] = role
+    app[max_body_key] = max_body_bytes
+    app[version_key] = version
+    app[registry_key] = registry if registry is not None else CollectorRegistry()
+    app[http_metrics_key] = HttpMetrics(app[registry_key], role, version)
+    app.on_response_prepare.append(on_response_prepare)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/version", _version)
+    if serve_metrics:
+        app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def metrics_app(*, role: str, registry: CollectorRegistry) -> web.Application:
+    """An app that serves only ``/metrics`` for ``registry`` (another app's), on a port of its own."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=[error_middleware])
+    app[role_key] = role
+    app[registry_key] = registry
+    app.on_response_prepare.append(on_response_prepare)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[http_metrics_key].observe(route, request.method, status, time.perf_counter() - start)
+
+
+@web.middleware
+async def _body_limit(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    limit = request.app[max_body_key]
+    length = request.content_length
+    if length is not None and length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+    return await handler(request)

@@ -1,0 +1,155 @@
+"""Middlewares and signals every helexa app uses: request ids, the error envelope, the origin marker.
+
+Error envelopes: OpenAI's ``{"error": {"message", "type", "param", "code"}}`` everywhere, except on the
+Anthropic routes (``/v1/messages…``), which get ``{"type": "error", "error": {"type", "message"}}``. Every
+response helexa makes carries ``x-helexa-origin: <role>`` (proxies set ``engine`` or pass a neuron's value
+through) and ``x-request-id``. If an error happens after a server-sent-event stream has started, the client
+gets one final error event and the stream ends; a non-SSE stream is aborted so it cannot look complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from helexa.errors import HelexaError, anthropic_type_for_status, openai_type_for_status
+
+__all__ = [
+    "ORIGIN_HEADER",
+    "REQUEST_ID_HEADER",
+    "AccessLogger",
+    "error_body",
+    "error_middleware",
+    "on_response_prepare",
+    "request_id_key",
+    "role_key",
+    "sse_error_event",
+]
+
+logger = logging.getLogger(__name__)
+
+ORIGIN_HEADER = "x-helexa-origin"
+REQUEST_ID_HEADER = "x-request-id"
+role_key = web.AppKey("role_key", str)
+# Per-request values (aiohttp requests are mappings with string keys).
+request_id_key = "helexa_request_id"
+_stream_key = "helexa_stream_response"
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_encoder = msgspec.json.Encoder()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _is_anthropic(request: web.Request) -> bool:
+    return request.path.startswith("/v1/messages")
+
+
+def error_body(err: HelexaError, *, anthropic: bool = False) -> bytes:
+    """Encode ``err`` in the OpenAI envelope, or Anthropic's when ``anthropic`` is true."""
+    if anthropic:
+        return _encoder.encode(
+            {"type": "error", "error": {"type": anthropic_type_for_status(err.status), "message": err.message}}
+        )
+    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code, **err.extra}
+    return _encoder.encode({"error": body})
+
+
+def sse_error_event(err: HelexaError, *, anthropic: bool = False) -> bytes:
+    """The final server-sent event that reports ``err`` on a stream that already started."""
+    prefix = b"event: error\n" if anthropic else b""
+    return prefix + b"data: " + error_body(err, anthropic=anthropic) + b"\n\n"
+
+
+def _from_http_exception(exc: web.HTTPException) -> HelexaError:
+    status = exc.status
+    if status == 404:
+        message = "no such route; the OpenAI API is under /v1 (GET /v1/models lists the models)"
+    elif status == 405:
+        allowed = exc.headers.get("Allow", "")
+        message = f"method not allowed here; allowed: {allowed}" if allowed else "method not allowed here"
+    elif status == 413:
+        message = f"request body too large: {exc.text}; send a smaller request or raise server.max_body_mb"
+    else:
+        message = exc.text or exc.reason
+    err = HelexaError(message, code=openai_type_for_status(status).removesuffix("_error"))
+    err.status = status  # type: ignore[misc]  # carries the aiohttp exception's status
+    err.headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    return err
+
+
+async def _render(request: web.Request, err: HelexaError) -> web.StreamResponse:
+    anthropic = _is_anthropic(request)
+    stream: web.StreamResponse | None = request.get(_stream_key)
+    if stream is not None and stream.prepared:
+        if stream.content_type != "text/event-stream":
+            raise ConnectionAbortedError("error after a non-SSE stream started")  # aiohttp drops the connection
+        try:
+            await stream.write(sse_error_event(err, anthropic=anthropic))
+            await stream.write_eof()
+        except ConnectionError:
+            logger.debug("client went away before the error event could be written")
+        return stream
+    return web.Response(
+        status=err.status,
+        body=error_body(err, anthropic=anthropic),
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assign the request id, then turn every exception into the right error envelope."""
+    rid = request.headers.get(REQUEST_ID_HEADER, "")
+    request[request_id_key] = rid if _CLIENT_REQUEST_ID.match(rid) else uuid.uuid4().hex
+    try:
+        return await handler(request)
+    except HelexaError as err:
+        if err.status >= 500:
+            logger.warning("%s %s -> %d %s: %s", request.method, request.path, err.status, err.code, err.message)
+        return await _render(request, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return await _render(request, _from_http_exception(exc))
+    except (asyncio.CancelledError, ConnectionAbortedError):
+        raise
+    except Exception:
+        rid = request[request_id_key]
+        logger.exception("unhandled error in %s %s (request id %s)", request.method, request.path, rid)
+        err = HelexaError(f"internal error; the helexa log has the details under request id {rid}")
+        return await _render(request, err)
+
+
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Mark every response with its origin and request id, and remember streams for late errors."""
+    response.headers.setdefault(ORIGIN_HEADER, request.app[role_key])
+    rid = request.get(request_id_key)
+    if rid:
+        response.headers.setdefault(REQUEST_ID_HEADER, rid)
+    if not isinstance(response, web.Response):
+        request[_stream_key] = response
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path, status, duration and request id (never bodies or prompts)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the access line for one finished request."""
+        self.logger.info(
+            '%s "%s %s" %d %.1fms rid=%s',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            request.get(request_id_key, "-"),
+        )

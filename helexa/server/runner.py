@@ -1,0 +1,119 @@
+"""Serve one or more aiohttp Applications in one event loop, each on its own port, and drain on signals.
+
+Shutdown: the first SIGTERM or SIGINT stops every listener at once (new connections are refused), then all
+apps drain concurrently: in-flight requests get up to the grace period to finish, after which their handlers
+are cancelled and connections closed; cleanup contexts (engine processes, client sessions) then run. A second
+signal during the drain skips the rest of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from helexa.server.middlewares import AccessLogger
+
+__all__ = ["Listener", "run", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One app on one address. ``name`` is for log lines (``gateway``, ``gateway metrics``, ``neuron``)."""
+
+    name: str
+    app: web.Application
+    host: str
+    port: int
+
+
+async def serve(
+    listeners: Sequence[Listener],
+    *,
+    grace: float,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[dict[str, int]], None] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Start every listener, wait for ``stop`` (or SIGTERM/SIGINT), then drain within ``grace`` seconds.
+
+    :param on_ready: called once all listeners are bound, with ``{name: bound port}`` (port 0 binds a free one).
+    :raises OSError: when an address cannot be bound; listeners already started are stopped first.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    runners: list[web.AppRunner] = []
+    installed: list[int] = []
+    drain: asyncio.Task[Any] | None = None
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            logger.info("%s: draining (up to %.0fs); send again to stop now", signal.Signals(signum).name, grace)
+            stop.set()
+        elif drain is not None:
+            logger.warning("%s again: stopping now", signal.Signals(signum).name)
+            drain.cancel()
+
+    try:
+        ports: dict[str, int] = {}
+        for lst in listeners:
+            runner = web.AppRunner(
+                lst.app,
+                shutdown_timeout=grace,
+                handler_cancellation=True,  # a client that disconnects aborts its upstream request
+                access_log_class=AccessLogger,
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, lst.host, lst.port, reuse_address=True)
+            await site.start()
+            sockets = [s for s in (runner.addresses or [])]
+            ports[lst.name] = sockets[0][1] if sockets else lst.port
+            logger.info("%s listening on http://%s:%d", lst.name, lst.host, ports[lst.name])
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, on_signal, signum)
+                installed.append(signum)
+        if on_ready is not None:
+            on_ready(ports)
+        await stop.wait()
+    finally:
+        drain = asyncio.ensure_future(_drain(runners))
+        try:
+            await drain
+        except asyncio.CancelledError:
+            if not drain.cancelled():
+                raise
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+async def _drain(runners: Sequence[web.AppRunner]) -> None:
+    # Stop accepting everywhere first, so no listener takes new work while another is still draining.
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()
+    results = await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            logger.error("error while shutting down: %r", result)
+    logger.info("stopped")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` to completion in a new event loop, on uvloop when it is installed."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: PLC0415  (optional dependency)
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())

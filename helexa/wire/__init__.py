@@ -1,0 +1,51 @@
+"""Wire types shared by the gateway and the neuron (they talk HTTP with these, never import each other).
+
+``WireStruct`` is the base of every message on the wire. Its settings:
+
+- ``kw_only=True``: fields are named at construction, so adding one never shifts positional arguments.
+- ``omit_defaults=True``: encoded messages carry only what differs from the defaults, which keeps them small
+  and lets an older peer decode a newer message.
+- unknown fields are *ignored* (msgspec's default): OpenAI clients and newer neurons send fields this version
+  does not model, and that must not be an error. Every field added later has a default; none changes type.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["MODEL_ID_MAX_LENGTH", "ModelId", "WireStruct", "check_model_id"]
+
+MODEL_ID_MAX_LENGTH = 256
+# Hugging Face style ids ("org/name", "name:tag", "name@rev") and nothing that could walk a file system:
+# no leading slash or dot, no "..", no backslash, no empty path segment, no whitespace or control characters.
+_MODEL_ID = re.compile(r"^(?!.*\.\.)(?!.*//)[A-Za-z0-9_][A-Za-z0-9._:@+/-]*(?<!/)$")
+
+ModelId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=_MODEL_ID.pattern,
+        max_length=MODEL_ID_MAX_LENGTH,
+        description="A model id such as 'org/name' or 'name:tag'; no '..', no leading '/' or '.'.",
+    ),
+]
+
+
+def check_model_id(model_id: str) -> str:
+    """Return ``model_id`` unchanged if it is a safe model id, else raise ``ValueError`` saying why."""
+    if not model_id:
+        raise ValueError("model id is empty")
+    if len(model_id) > MODEL_ID_MAX_LENGTH:
+        raise ValueError(f"model id is longer than {MODEL_ID_MAX_LENGTH} characters")
+    if not _MODEL_ID.match(model_id):
+        raise ValueError(
+            f"model id {model_id!r} is not allowed: use letters, digits and . _ - : @ + /, "
+            "starting with a letter, digit or '_', with no '..', '//' or trailing '/'"
+        )
+    return model_id
+
+
+class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Base of wire messages: keyword-only, defaults omitted when encoding, unknown fields ignored."""
