@@ -38,9 +38,8 @@ logger = logging.getLogger(__name__)
 ORIGIN_HEADER = "x-helexa-origin"
 REQUEST_ID_HEADER = "x-request-id"
 role_key = web.AppKey("role_key", str)
-# Per-request values (aiohttp requests are mappings with string keys).
-request_id_key = "helexa_request_id"
-_stream_key = "helexa_stream_response"
+request_id_key = web.RequestKey("request_id_key", str)
+_stream_key = web.RequestKey("_stream_key", web.StreamResponse)
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _encoder = msgspec.json.Encoder()

@@ -1,0 +1,81 @@
+"""Shared fixtures: a fresh plugin manager, config builders, free ports, subprocess helpers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from helexa.config import Config
+from helexa.plugins import HelexaPluginManager, get_plugin_manager
+from helexa.server.version import VersionInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pm() -> HelexaPluginManager:
+    """A fresh plugin manager with no entry points loaded; tests register what they need."""
+    return get_plugin_manager(load_entrypoints=False)
+
+
+@pytest.fixture
+def version() -> VersionInfo:
+    return VersionInfo(version="0.0.0-test", python="3")
+
+
+def make_config(**sections: dict) -> Config:
+    """A Config from plain dicts per section, validated like a file would be."""
+    return msgspec.convert(sections, Config)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    """Poll ``url`` until it answers (any status), or fail after ``timeout`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def helexa_process() -> Iterator:
+    """Start ``python -m helexa …`` subprocesses; every one still running at the end is killed by PID."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "helexa", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
