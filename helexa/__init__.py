@@ -4,17 +4,23 @@ This module holds the public plugin API only. Plugins import these names and not
 """
 
 from helexa.__about__ import __version__
-from helexa.harness import Harness, HarnessState, NoOptions, PlacementPlan
+from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, NoOptions, PlacementPlan
 from helexa.hookspecs import hookimpl
+from helexa.process_harness import ProcessHarness, model_file
 from helexa.wire.neuron import DeviceInfo, ModelSpec
 
 __all__ = [
     "DeviceInfo",
+    "GpuState",
     "Harness",
+    "HarnessContext",
     "HarnessState",
+    "Inventory",
     "ModelSpec",
     "NoOptions",
     "PlacementPlan",
+    "ProcessHarness",
+    "model_file",
     "__version__",
     "hookimpl",
 ]

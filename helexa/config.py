@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from helexa.errors import ConfigError
-from helexa.wire import ModelId
+from helexa.wire import ModelId, explain_validation_error
 
 __all__ = [
     "AuthSection",
@@ -128,6 +128,9 @@ class ModelEntry(ConfigStruct):
     options: Annotated[
         dict[str, Any], _doc("Harness-specific options, checked against the harness's own option schema.")
     ] = {}
+    normalise: Annotated[
+        bool, _doc("Turn <think> and <tool_call> text into reasoning_content and tool_calls for this model.")
+    ] = True
 
 
 class NeuronSection(ConfigStruct):
@@ -136,8 +139,35 @@ class NeuronSection(ConfigStruct):
     listen: Annotated[str, _doc("host:port of the neuron API (the gateway connects here).")] = "127.0.0.1:13131"
     token: Annotated[
         str,
-        _doc("Bearer token required on mutating endpoints. Required when listen is not a loopback address."),
+        _doc("Bearer token required on mutating endpoints and /v1. Required when listen is not a loopback address."),
     ] = ""
+    name: Annotated[str, _doc("Name this neuron reports; empty = the host name.")] = ""
+    model_dirs: Annotated[
+        list[str], _doc("Directories model files may be loaded from (the first also receives packaged GGUFs).")
+    ] = msgspec.field(default_factory=lambda: ["~/.cache/helexa/models"])
+    port_range: Annotated[
+        list[int], _doc("Inclusive [first, last] range of ports for engine processes (bound to 127.0.0.1).")
+    ] = msgspec.field(default_factory=lambda: [20000, 20999])
+    default_harness: Annotated[str, _doc("Harness used when a load request names none.")] = "llamacpp"
+    load_on_demand: Annotated[
+        bool, _doc("Load a catalogue model ([[models]]) when an inference request names it and it is not loaded.")
+    ] = True
+    preload: Annotated[list[str], _doc("Catalogue model ids to load when the neuron starts.")] = []
+    demo: Annotated[
+        bool,
+        _doc("With no [[models]] configured, offer and preload the demo model (Gemma 3 270M) if it is installed."),
+    ] = True
+    ready_timeout_seconds: Annotated[float, _doc("How long an engine may take to become ready.", gt=0)] = 600.0
+    stop_timeout_seconds: Annotated[
+        float, _doc("How long an engine may take to exit after SIGTERM before SIGKILL.", gt=0)
+    ] = 15.0
+    log_lines: Annotated[int, _doc("Engine output lines kept per model (GET /models/{id}/logs).", ge=10)] = 1000
+    reasoning_markers: Annotated[
+        list[str], _doc("Start and end markers of reasoning text, turned into reasoning_content.")
+    ] = msgspec.field(default_factory=lambda: ["<think>", "</think>"])
+    tool_call_markers: Annotated[
+        list[str], _doc("Start and end markers of a JSON tool call, turned into structured tool_calls.")
+    ] = msgspec.field(default_factory=lambda: ["<tool_call>", "</tool_call>"])
 
 
 class PluginsSection(ConfigStruct):
@@ -215,7 +245,7 @@ def _convert(raw: dict[str, Any], kind: type[_T], label: str, origins: Mapping[s
 
 def _validation_message(text: str, label: str, origins: Mapping[str, str]) -> str:
     """Turn msgspec's 'Expected `str`, got `int` - at `$.a.b`' into 'file: $.a.b: expected str, got int'."""
-    m = _AT.match(text)
+    m = _AT.match(explain_validation_error(text))
     path, msg = (m["path"], m["msg"]) if m else ("$", text)
     unknown = _UNKNOWN.match(msg)
     if unknown:
@@ -295,6 +325,13 @@ def _check(cfg: Config, label: str) -> None:
             parse_listen(value)
         except ValueError as exc:
             raise ConfigError(f"{label}: {path}: {exc}") from None
+    first_last = cfg.neuron.port_range
+    if len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1] <= 65535:
+        raise ConfigError(f"{label}: $.neuron.port_range: expected [first, last] with 1 <= first <= last <= 65535")
+    for key in ("reasoning_markers", "tool_call_markers"):
+        markers = getattr(cfg.neuron, key)
+        if len(markers) != 2 or not all(markers):
+            raise ConfigError(f"{label}: $.neuron.{key}: expected [start, end], two non-empty strings")
     seen_neurons: set[str] = set()
     for i, ref in enumerate(cfg.neurons):
         url = urlsplit(ref.endpoint)

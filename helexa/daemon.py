@@ -21,6 +21,7 @@ from helexa.config import Config, NeuronRef, parse_listen
 from helexa.errors import ConfigError
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
+from helexa.neuron.demo import with_demo_model
 from helexa.plugins import get_harnesses, get_plugin_manager
 from helexa.server.app import metrics_app, registry_key
 from helexa.server.runner import Listener, serve
@@ -55,6 +56,7 @@ def prepare(cfg: Config, role: Role) -> Config:
     :raises ConfigError: a neuron listening beyond loopback without a token.
     """
     if role in ("neuron", "both"):
+        cfg = with_demo_model(cfg)
         host, port = parse_listen(cfg.neuron.listen)
         if not cfg.neuron.token and not _is_loopback(host):
             raise ConfigError(

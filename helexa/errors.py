@@ -20,6 +20,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "PluginError",
+    "PreflightError",
     "UpstreamError",
     "anthropic_type_for_status",
     "openai_type_for_status",
@@ -163,3 +164,21 @@ class Overloaded(HelexaError):
     def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
         headers = {"Retry-After": str(retry_after), **kwargs.pop("headers", {})}
         super().__init__(message, headers=headers, **kwargs)
+
+
+class PreflightError(HelexaError):
+    """A model load refused before anything started (422).
+
+    ``kind`` classifies the reason (``source_missing``, ``quant_not_found``, ``insufficient_vram``, …) and
+    ``suggestion`` says what to do instead. Rendered as the OpenAI envelope plus ``kind``, ``model_id`` and
+    ``suggestion`` inside ``error``.
+    """
+
+    status = 422
+    code = "preflight_failed"
+
+    def __init__(self, kind: str, model_id: str, message: str, suggestion: str = "") -> None:
+        super().__init__(message, extra={"kind": kind, "model_id": model_id, "suggestion": suggestion})
+        self.kind = kind
+        self.model_id = model_id
+        self.suggestion = suggestion

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
 
 from helexa.errors import ConfigError
-from helexa.wire.neuron import DeviceInfo, ModelSpec
+from helexa.wire.neuron import ModelSpec
 
-__all__ = ["Harness", "HarnessState", "NoOptions", "PlacementPlan"]
+__all__ = ["GpuState", "Harness", "HarnessContext", "HarnessState", "Inventory", "NoOptions", "PlacementPlan"]
 
 
 class HarnessState(enum.StrEnum):
@@ -31,17 +33,55 @@ class HarnessState(enum.StrEnum):
     FAILED = "failed"
 
 
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """A device as preflight sees it: identity, total and currently free memory."""
+
+    index: int
+    name: str
+    vram_total_mb: int
+    vram_free_mb: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What this host has right now, for preflight: its GPUs (none on a CPU-only host) and free RAM."""
+
+    gpus: tuple[GpuState, ...] = ()
+    ram_available_mb: int = 0
+
+
 class PlacementPlan(msgspec.Struct, kw_only=True, frozen=True):
     """Where and how a model will run, decided by :meth:`Harness.preflight` before anything starts.
 
     ``devices`` are device indices on this host (empty = CPU); ``files`` the resolved weight files;
-    ``vram_mb`` the memory planned per device.
+    ``vram_mb`` the memory planned in total; ``source`` the resolved source path.
     """
 
     devices: tuple[int, ...] = ()
     tensor_parallel: int = 1
     files: tuple[str, ...] = ()
     vram_mb: int = 0
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HarnessContext:
+    """What the neuron gives each harness instance at start-up.
+
+    ``port_range``: engines listen on ports from this inclusive range, on ``engine_host`` (always loopback:
+    only the neuron talks to engines). ``model_dirs``: the only directories local model files may come from.
+    ``on_exit(model_id, reason)``: a harness calls it when an engine dies on its own, so the neuron can mark the
+    model ``failed``.
+    """
+
+    port_range: tuple[int, int] = (20000, 20999)
+    engine_host: str = "127.0.0.1"
+    model_dirs: tuple[Path, ...] = ()
+    ready_timeout_s: float = 600.0
+    stop_timeout_s: float = 15.0
+    log_lines: int = 1000
+    on_exit: Callable[[str, str], None] = field(default=lambda model_id, reason: None)
 
 
 class NoOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,6 +99,11 @@ class Harness(abc.ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[msgspec.Struct]] = NoOptions
+    #: Weight formats the engine reads (``gguf``, ``safetensors``); preflight refuses others.
+    formats: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, context: HarnessContext | None = None) -> None:
+        self.context = context if context is not None else HarnessContext()
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any], *, model_id: str = "") -> msgspec.Struct:
@@ -72,7 +117,7 @@ class Harness(abc.ABC):
             raise ConfigError(f"harness {cls.name!r}, model {model_id!r}: options: {exc}") from None
 
     @abc.abstractmethod
-    async def preflight(self, spec: ModelSpec, devices: Sequence[DeviceInfo]) -> PlacementPlan:
+    async def preflight(self, spec: ModelSpec, inventory: Inventory) -> PlacementPlan:
         """Decide whether and where ``spec`` can run, before any process starts. No side effects.
 
         Called for every load request, concurrently for different models.
@@ -102,6 +147,14 @@ class Harness(abc.ABC):
     async def wake(self, model_id: str) -> bool:
         """Wake a sleeping model; return whether it is ready again. The default cannot."""
         return False
+
+    def logs(self, model_id: str, last: int | None = None) -> list[str]:
+        """The engine's most recent output lines for ``model_id`` (empty when it has none)."""
+        return []
+
+    def last_error(self, model_id: str) -> str:
+        """Why ``model_id`` is ``failed`` (empty otherwise)."""
+        return ""
 
     async def close(self) -> None:  # noqa: B027  (optional: harnesses that start nothing keep the no-op)
         """Stop everything this harness started. Called once, when the neuron shuts down."""

@@ -6,11 +6,11 @@ path, no request ids, no prompts. Role-specific metrics live with their role.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from helexa.server.version import VersionInfo
 
-__all__ = ["HttpMetrics"]
+__all__ = ["HttpMetrics", "NeuronMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -40,3 +40,44 @@ class HttpMetrics:
         """Record one finished request."""
         self.requests.labels(route, method, str(status)).inc()
         self.duration.labels(route).observe(seconds)
+
+
+class NeuronMetrics:
+    """Model lifecycle, engines and GPUs of one neuron (labels: model, harness, device)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.load_seconds = Histogram(
+            "helexa_neuron_model_load_seconds",
+            "Time from a load request to the engine answering, for successful loads.",
+            ("model", "harness"),
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.loads = Counter(
+            "helexa_neuron_model_loads",
+            "Load attempts by result: loaded, failed (engine) or refused (preflight).",
+            ("model", "result"),
+            registry=registry,
+        )
+        self.engine_crashes = Counter(
+            "helexa_neuron_engine_crashes",
+            "Engines that exited on their own while serving.",
+            ("model",),
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "helexa_neuron_requests_in_flight",
+            "Inference requests being served, by model.",
+            ("model",),
+            registry=registry,
+        )
+        self.requests = Counter(
+            "helexa_neuron_requests",
+            "Inference requests passed to engines, by model, endpoint and status.",
+            ("model", "endpoint", "status"),
+            registry=registry,
+        )
+        self.vram_used = Gauge("helexa_neuron_gpu_vram_used_mb", "VRAM in use, MiB.", ("device",), registry=registry)
+        self.vram_total = Gauge("helexa_neuron_gpu_vram_total_mb", "VRAM in total, MiB.", ("device",), registry=registry)
+        self.utilization = Gauge("helexa_neuron_gpu_utilization_pct", "GPU utilisation, %.", ("device",), registry=registry)
+        self.temperature = Gauge("helexa_neuron_gpu_temperature_c", "GPU temperature, °C.", ("device",), registry=registry)

@@ -1,21 +1,139 @@
-"""``make_neuron_app()``: the neuron's control API and OpenAI pass-through."""
+"""``make_neuron_app()``: the neuron's control API and OpenAI pass-through, with everything it owns.
+
+Owned for the app's lifetime (``cleanup_ctx``): the discovery report (read once at start), the client session
+to engines, the model manager with its engines (all stopped on shutdown), the preload task and the GPU gauge
+refresher.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
 from aiohttp import web
 
 from helexa.config import Config
+from helexa.errors import HelexaError
 from helexa.harness import Harness
-from helexa.server.app import base_app
+from helexa.metrics import NeuronMetrics
+from helexa.neuron.gpus import discover, read_health
+from helexa.neuron.models import ModelManager
+from helexa.neuron.normaliser import Markers
+from helexa.neuron.routes import (
+    discovery_key,
+    load_on_demand_key,
+    manager_key,
+    markers_key,
+    neuron_metrics_key,
+    session_key,
+    setup_routes,
+    started_key,
+)
+from helexa.server.app import base_app, registry_key
+from helexa.server.auth import bearer_auth
 from helexa.server.version import VersionInfo
 
-__all__ = ["harnesses_key", "make_neuron_app"]
+__all__ = ["make_neuron_app"]
 
-harnesses_key = web.AppKey("harnesses_key", dict[str, type[Harness]])
+logger = logging.getLogger(__name__)
+_GPU_REFRESH_S = 5.0
+
+
+def _protected(request: web.Request) -> bool:
+    """Mutating control calls and inference need the token; read-only status does not."""
+    return request.method == "POST" or request.path.startswith("/v1/")
 
 
 def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type[Harness]]) -> web.Application:
-    """Build the neuron app for ``cfg.neuron`` with the installed ``harnesses``."""
+    """Build the neuron app for ``cfg`` with the installed ``harnesses``."""
     app = base_app(role="neuron", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024)
-    app[harnesses_key] = harnesses
+    app.middlewares.append(bearer_auth([cfg.neuron.token], protected=_protected, what="neuron token"))
+    metrics = NeuronMetrics(app[registry_key])
+    app[neuron_metrics_key] = metrics
+
+    def observe(event: str, model_id: str, seconds: float) -> None:
+        record = app[manager_key].records.get(model_id)
+        if event == "loaded":
+            metrics.load_seconds.labels(model_id, record.harness if record else "").observe(seconds)
+        if event == "crashed":
+            metrics.engine_crashes.labels(model_id).inc()
+        else:
+            metrics.loads.labels(model_id, event).inc()
+
+    app[manager_key] = ModelManager(cfg, harnesses, observer=observe)
+    app[markers_key] = Markers(think=tuple(cfg.neuron.reasoning_markers), tool=tuple(cfg.neuron.tool_call_markers))  # type: ignore[arg-type]
+    app[load_on_demand_key] = cfg.neuron.load_on_demand
+    app[started_key] = time.monotonic()
+    setup_routes(app)
+    app.cleanup_ctx.append(_discovery(sorted(harnesses), version.version))
+    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_engines)
+    app.cleanup_ctx.append(_background(cfg.neuron.preload))
     return app
+
+
+def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[discovery_key] = await asyncio.to_thread(discover, harnesses, version)
+        app[manager_key].discovery = app[discovery_key]
+        for device in app[discovery_key].devices:
+            app[neuron_metrics_key].vram_total.labels(str(device.index)).set(device.vram_total_mb)
+        yield
+
+    return ctx
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    # Engines stream for minutes: no total timeout, but a connect timeout so a dead engine is noticed.
+    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+        app[session_key] = session
+        yield
+
+
+async def _engines(app: web.Application) -> AsyncIterator[None]:
+    yield
+    logger.info("stopping engines")
+    await app[manager_key].close()
+
+
+def _background(preload: list[str]):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_preload(app, preload)), asyncio.create_task(_refresh_gpus(app))]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
+async def _preload(app: web.Application, model_ids: list[str]) -> None:
+    manager = app[manager_key]
+    for model_id in model_ids:
+        spec = manager.spec_for(model_id)
+        if spec is None:
+            logger.error("preload: %r is not in the catalogue ([[models]]); skipping it", model_id)
+            continue
+        try:
+            await manager.load(spec)
+        except HelexaError as exc:
+            logger.error("preload of %s failed: %s", model_id, exc.message)
+
+
+async def _refresh_gpus(app: web.Application) -> None:
+    metrics, count = app[neuron_metrics_key], len(app[discovery_key].devices)
+    while count:
+        for h in await asyncio.to_thread(read_health, count):
+            device = str(h.index)
+            metrics.vram_used.labels(device).set(h.vram_used_mb)
+            metrics.utilization.labels(device).set(h.utilization_pct)
+            metrics.temperature.labels(device).set(h.temp_c)
+        await asyncio.sleep(_GPU_REFRESH_S)

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["MODEL_ID_MAX_LENGTH", "ModelId", "WireStruct", "check_model_id"]
+__all__ = ["MODEL_ID_MAX_LENGTH", "ModelId", "WireStruct", "check_model_id", "explain_validation_error"]
 
 MODEL_ID_MAX_LENGTH = 256
 # Hugging Face style ids ("org/name", "name:tag", "name@rev") and nothing that could walk a file system:
@@ -45,6 +45,17 @@ def check_model_id(model_id: str) -> str:
             "starting with a letter, digit or '_', with no '..', '//' or trailing '/'"
         )
     return model_id
+
+
+def explain_validation_error(message: str) -> str:
+    """msgspec's message, with the model-id regex replaced by what it means."""
+    if "matching regex" in message and _MODEL_ID.pattern[:8] in message.replace("\\\\", "\\"):
+        path = message.rpartition(" - at ")[2]
+        return (
+            "model id not allowed: use letters, digits and . _ - : @ + /, starting with a letter, digit or '_', "
+            f"with no '..', '//' or trailing '/' - at {path}"
+        )
+    return message
 
 
 class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):

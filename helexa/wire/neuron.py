@@ -1,15 +1,38 @@
-"""Neuron control-API messages (gateway <-> neuron). Versioned by evolution: new fields always get defaults."""
+"""Neuron control-API messages (gateway <-> neuron). Versioned by evolution: new fields always get defaults.
+
+Reports people read with curl (discovery, health, model lists) encode every field, defaults included;
+requests keep the base's ``omit_defaults``.
+"""
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+import msgspec
 
 from helexa.wire import ModelId, WireStruct
 
-__all__ = ["DeviceInfo", "ModelSpec"]
+__all__ = [
+    "DeviceHealth",
+    "DeviceInfo",
+    "Discovery",
+    "EndpointInfo",
+    "HostInfo",
+    "LoadRequest",
+    "LoadResponse",
+    "ModelInfo",
+    "ModelList",
+    "ModelSpec",
+    "ModelStatus",
+    "NeuronHealth",
+    "PreflightErrorBody",
+    "PreflightErrorInfo",
+    "UnloadRequest",
+]
 
 
-class DeviceInfo(WireStruct):
+class DeviceInfo(WireStruct, omit_defaults=False):
     """One accelerator as discovered on a neuron host."""
 
     index: int
@@ -19,11 +42,82 @@ class DeviceInfo(WireStruct):
     compute_capability: str = ""
 
 
-class ModelSpec(WireStruct):
-    """What to load: the body of ``POST /models/load`` and the argument every harness receives.
+class HostInfo(WireStruct, omit_defaults=False):
+    """Facts about the host itself (what a CPU-only neuron has to offer)."""
 
-    ``harness``, ``source`` and ``quant`` empty mean "the neuron's default"; ``devices`` ``None`` means "let
-    preflight choose"; ``options`` are harness-specific and validated against the harness's ``Options``.
+    cpu_count: int = 0
+    ram_total_mb: int = 0
+    ram_available_mb: int = 0
+
+
+class Discovery(WireStruct, omit_defaults=False):
+    """``GET /discovery``: what this neuron is and has. Changes only when the neuron restarts."""
+
+    hostname: str
+    os: str = ""
+    kernel: str = ""
+    driver_version: str = ""
+    cuda_version: str = ""
+    devices: list[DeviceInfo] = []
+    host: HostInfo = msgspec.field(default_factory=HostInfo)
+    harnesses: list[str] = []
+    version: str = ""
+    gpu_error: str = ""
+
+
+class DeviceHealth(WireStruct, omit_defaults=False):
+    """Live readings of one device."""
+
+    index: int
+    vram_used_mb: int = 0
+    vram_free_mb: int = 0
+    utilization_pct: int = 0
+    temp_c: int = 0
+
+
+class NeuronHealth(WireStruct, omit_defaults=False):
+    """``GET /health``: live readings; cheap enough to poll every few seconds."""
+
+    uptime_s: float
+    devices: list[DeviceHealth] = []
+    host: HostInfo = msgspec.field(default_factory=HostInfo)
+
+
+class ModelStatus(enum.StrEnum):
+    """A model's status as the gateway sees it."""
+
+    LOADING = "loading"
+    LOADED = "loaded"
+    SLEEPING = "sleeping"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+class ModelInfo(WireStruct, omit_defaults=False):
+    """One model known to the neuron: loaded, loading, failed, or unloaded but loadable."""
+
+    id: str
+    harness: str = ""
+    status: ModelStatus = ModelStatus.UNLOADED
+    devices: list[int] = []
+    vram_used_mb: int = 0
+    last_error: str = ""
+    in_flight: int = 0
+    loaded_at: float = 0.0
+
+
+class ModelList(WireStruct, omit_defaults=False):
+    """``GET /models``."""
+
+    models: list[ModelInfo] = []
+
+
+class ModelSpec(WireStruct):
+    """What to load: the argument every harness receives.
+
+    ``harness``, ``source`` and ``quant`` empty mean "the neuron's default for this id"; ``devices`` ``None``
+    means "let preflight choose"; ``options`` are harness-specific and validated against the harness's
+    ``Options``; ``vram_mb`` is what the catalogue says the model needs (0 = unknown).
     """
 
     model_id: ModelId
@@ -32,4 +126,47 @@ class ModelSpec(WireStruct):
     quant: str = ""
     tensor_parallel: int = 1
     devices: list[int] | None = None
+    vram_mb: int = 0
     options: dict[str, Any] = {}
+    normalise: bool = True
+
+
+class LoadRequest(ModelSpec):
+    """``POST /models/load``: a :class:`ModelSpec`, plus ``wait = false`` to get 202 instead of waiting."""
+
+    wait: bool = True
+
+
+class LoadResponse(WireStruct, omit_defaults=False):
+    """Answer to load and unload requests."""
+
+    model_id: str
+    status: ModelStatus
+    endpoint: str = ""
+
+
+class UnloadRequest(WireStruct):
+    """``POST /models/unload``."""
+
+    model_id: ModelId
+
+
+class EndpointInfo(WireStruct):
+    """``GET /models/{id}/endpoint``: where inference for the model is served (the neuron's own /v1)."""
+
+    url: str
+
+
+class PreflightErrorInfo(WireStruct):
+    """Why a load was refused before anything started."""
+
+    kind: str
+    model_id: str
+    message: str
+    suggestion: str = ""
+
+
+class PreflightErrorBody(WireStruct):
+    """The 422 body of a refused load: ``{"error": {"kind", "model_id", "message", "suggestion"}}``."""
+
+    error: PreflightErrorInfo

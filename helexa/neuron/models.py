@@ -1,0 +1,261 @@
+"""The neuron's model lifecycle: which models are loaded where, one load at a time per model.
+
+``ModelManager`` owns one instance of every installed harness and a record per model. A load runs as its
+own task, so concurrent callers (and callers that give up) share it: the first request starts it, the others
+await the same task, and a caller that disconnects does not cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from helexa.config import Config, ModelEntry
+from helexa.errors import HelexaError, NotFound, PreflightError
+from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
+from helexa.neuron.gpus import host_info, read_health
+from helexa.plugins import resolve_harness
+from helexa.process_harness import EngineFailed
+from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
+
+__all__ = ["EngineError", "ModelManager", "ModelRecord"]
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(HelexaError):
+    """The engine could not be started or died (its log tail is in the message)."""
+
+    status = 502
+    code = "engine_failed"
+
+
+@dataclass
+class ModelRecord:
+    """What the neuron knows of one model."""
+
+    spec: ModelSpec
+    harness: str
+    status: ModelStatus = ModelStatus.UNLOADED
+    endpoint: str = ""
+    plan: PlacementPlan = field(default_factory=PlacementPlan)
+    last_error: str = ""
+    in_flight: int = 0
+    loaded_at: float = 0.0
+    task: asyncio.Task[ModelRecord] | None = None
+
+    def info(self) -> ModelInfo:
+        """The wire view of this record."""
+        return ModelInfo(
+            id=self.spec.model_id,
+            harness=self.harness,
+            status=self.status,
+            devices=list(self.plan.devices),
+            vram_used_mb=self.plan.vram_mb if self.status == ModelStatus.LOADED and self.plan.devices else 0,
+            last_error=self.last_error,
+            in_flight=self.in_flight,
+            loaded_at=self.loaded_at,
+        )
+
+
+Observer = Callable[[str, str, float], None]  # (event, model_id, seconds): "loaded", "crashed", "failed"
+
+
+class ModelManager:
+    """Loads, unloads and tracks models through the installed harnesses."""
+
+    def __init__(self, cfg: Config, harness_classes: dict[str, type[Harness]], observer: Observer | None = None) -> None:
+        neuron = cfg.neuron
+        context = HarnessContext(
+            port_range=(neuron.port_range[0], neuron.port_range[1]),
+            model_dirs=tuple(Path(d).expanduser() for d in neuron.model_dirs),
+            ready_timeout_s=neuron.ready_timeout_seconds,
+            stop_timeout_s=neuron.stop_timeout_seconds,
+            log_lines=neuron.log_lines,
+            on_exit=self._engine_exited,
+        )
+        self.harnesses: dict[str, Harness] = {}
+        for name, cls in harness_classes.items():
+            try:
+                self.harnesses[name] = cls(context)
+            except Exception:  # one broken third-party harness must not take the neuron down
+                logger.exception("harness %r failed to start; models that need it will be refused", name)
+        self.harness_classes = {n: c for n, c in harness_classes.items() if n in self.harnesses}
+        self.default_harness = neuron.default_harness
+        self.catalogue: dict[str, ModelEntry] = {}
+        for entry in cfg.models:
+            for name in (entry.id, *entry.aliases):
+                self.catalogue[name] = entry
+        self.records: dict[str, ModelRecord] = {}
+        self.discovery: Discovery | None = None
+        self._observer = observer or (lambda event, model_id, seconds: None)
+
+    # ------------------------------------------------------------------------------------------ specs
+
+    def spec_for(self, model_id: str) -> ModelSpec | None:
+        """The catalogue's spec for ``model_id`` (an id or alias), or None if it is not in the catalogue."""
+        entry = self.catalogue.get(model_id)
+        if entry is None:
+            return None
+        return ModelSpec(
+            model_id=entry.id,
+            harness=entry.harness,
+            source=entry.source,
+            quant=entry.quant,
+            tensor_parallel=entry.tensor_parallel,
+            vram_mb=entry.vram_mb,
+            options=entry.options,
+            normalise=entry.normalise,
+        )
+
+    def complete(self, spec: ModelSpec) -> ModelSpec:
+        """Fill what a load request left empty from the catalogue, then from the neuron's defaults."""
+        known = self.spec_for(spec.model_id)
+        fields = msgspec.structs.asdict(spec)
+        if known is not None:
+            for key, value in msgspec.structs.asdict(known).items():
+                if key in fields and fields[key] in ("", None, {}, 0, 1) and value not in ("", None, {}, 0):
+                    fields[key] = value
+        fields["harness"] = fields["harness"] or self.default_harness
+        return ModelSpec(**{k: v for k, v in fields.items() if k in ModelSpec.__struct_fields__})
+
+    def harness(self, name: str, model_id: str = "") -> Harness:
+        """The harness instance called ``name``. :raises PreflightError: ``harness_not_installed``."""
+        try:
+            cls = resolve_harness(self.harness_classes, name, wanted_by=f"model {model_id!r}")
+        except HelexaError as exc:
+            raise PreflightError("harness_not_installed", model_id, exc.message, "install the harness plugin") from None
+        return self.harnesses[cls.name]
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    def get(self, model_id: str) -> ModelRecord | None:
+        """The record of ``model_id`` (an id or catalogue alias)."""
+        record = self.records.get(model_id)
+        if record is None and model_id in self.catalogue:
+            record = self.records.get(self.catalogue[model_id].id)
+        return record
+
+    def list(self) -> list[ModelInfo]:
+        """Every model with a record, then every catalogue model this neuron has not touched (unloaded)."""
+        infos = [r.info() for r in self.records.values()]
+        seen = set(self.records)
+        for entry in self.catalogue.values():
+            if entry.id not in seen and entry.harness in self.harnesses:
+                seen.add(entry.id)
+                infos.append(ModelInfo(id=entry.id, harness=entry.harness))
+        return infos
+
+    async def inventory(self) -> Inventory:
+        """This host's GPUs with their free memory now, and free RAM (NVML runs in a thread)."""
+        devices = self.discovery.devices if self.discovery else []
+        health = await asyncio.to_thread(read_health, len(devices))
+        free = {h.index: h.vram_free_mb for h in health}
+        gpus = tuple(GpuState(d.index, d.name, d.vram_total_mb, free.get(d.index, 0)) for d in devices)
+        ram = (await asyncio.to_thread(host_info)).ram_available_mb
+        return Inventory(gpus=gpus, ram_available_mb=ram)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def load(self, spec: ModelSpec) -> ModelRecord:
+        """Load ``spec`` (completed from the catalogue) unless it is loaded already; share a load in progress.
+
+        :raises PreflightError: refused before anything started (422).
+        :raises EngineError: the engine did not come up (502).
+        """
+        spec = self.complete(spec)
+        record = self.records.get(spec.model_id)
+        if record is not None and record.task is not None and not record.task.done():
+            return await asyncio.shield(record.task)
+        if record is not None and record.status == ModelStatus.LOADED:
+            return record
+        harness = self.harness(spec.harness, spec.model_id)
+        record = ModelRecord(spec=spec, harness=harness.name, status=ModelStatus.LOADING)
+        self.records[spec.model_id] = record
+        record.task = asyncio.create_task(self._load(record, harness), name=f"load {spec.model_id}")
+        return await asyncio.shield(record.task)
+
+    def start_load(self, spec: ModelSpec) -> ModelRecord:
+        """Begin a load without waiting for it (the answer of a ``wait = false`` request)."""
+        task = asyncio.create_task(self.load(spec))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # outcome is kept in the record
+        return self.records.get(self.complete(spec).model_id) or ModelRecord(spec=spec, harness="", status=ModelStatus.LOADING)
+
+    async def _load(self, record: ModelRecord, harness: Harness) -> ModelRecord:
+        spec, began = record.spec, time.monotonic()
+        try:
+            record.plan = await harness.preflight(spec, await self.inventory())
+            record.endpoint = await harness.load(spec, record.plan)
+        except PreflightError as exc:
+            logger.warning("load of %s refused: reason=%s %s", spec.model_id, exc.kind, exc.message)
+            record.status, record.last_error = ModelStatus.UNLOADED, exc.message
+            self._observer("refused", spec.model_id, time.monotonic() - began)
+            raise
+        except (EngineFailed, OSError, RuntimeError) as exc:
+            record.status, record.last_error = ModelStatus.FAILED, str(exc)
+            self._observer("failed", spec.model_id, time.monotonic() - began)
+            raise EngineError(f"model {spec.model_id!r} failed to load: {exc}") from None
+        except asyncio.CancelledError:
+            record.status = ModelStatus.UNLOADED
+            with contextlib.suppress(Exception):
+                await harness.unload(spec.model_id)
+            raise
+        record.status, record.last_error, record.loaded_at = ModelStatus.LOADED, "", time.time()
+        seconds = time.monotonic() - began
+        logger.info("loaded %s with %s in %.1fs at %s", spec.model_id, harness.name, seconds, record.endpoint)
+        self._observer("loaded", spec.model_id, seconds)
+        return record
+
+    async def unload(self, model_id: str) -> ModelRecord:
+        """Stop ``model_id`` (cancelling a load in progress). :raises NotFound: the neuron has no such model."""
+        record = self.get(model_id)
+        if record is None:
+            if model_id in self.catalogue:
+                return ModelRecord(spec=self.spec_for(model_id) or ModelSpec(model_id=model_id), harness="")
+            raise NotFound(f"model {model_id!r} is not known to this neuron", code="model_not_found")
+        if record.task is not None and not record.task.done():
+            record.task.cancel()
+            with contextlib.suppress(BaseException):
+                await record.task
+        await self.harnesses[record.harness].unload(record.spec.model_id)
+        record.status, record.endpoint, record.loaded_at = ModelStatus.UNLOADED, "", 0.0
+        logger.info("unloaded %s", record.spec.model_id)
+        return record
+
+    def _engine_exited(self, model_id: str, reason: str) -> None:
+        record = self.records.get(model_id)
+        if record is None or record.status != ModelStatus.LOADED:
+            return
+        record.status, record.last_error, record.endpoint = ModelStatus.FAILED, reason, ""
+        self._observer("crashed", model_id, 0.0)
+
+    async def refresh(self, record: ModelRecord) -> None:
+        """Re-read the harness state of a loaded model (catches engines that stopped answering)."""
+        if record.status == ModelStatus.LOADED:
+            state = await self.harnesses[record.harness].state(record.spec.model_id)
+            if state == HarnessState.FAILED:
+                record.status = ModelStatus.FAILED
+                record.last_error = self.harnesses[record.harness].last_error(record.spec.model_id)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, record: ModelRecord) -> AsyncIterator[None]:
+        """Count one request in flight on ``record`` for its duration."""
+        record.in_flight += 1
+        try:
+            yield
+        finally:
+            record.in_flight -= 1
+
+    async def close(self) -> None:
+        """Cancel loads in progress and stop every engine."""
+        for record in self.records.values():
+            if record.task is not None and not record.task.done():
+                record.task.cancel()
+        await asyncio.gather(*(h.close() for h in self.harnesses.values()), return_exceptions=True)

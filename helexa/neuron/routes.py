@@ -1,0 +1,200 @@
+"""The neuron's HTTP handlers: thin — decode, call the model manager or the proxy, encode."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from helexa.errors import InvalidRequest, NotFound
+from helexa.metrics import NeuronMetrics
+from helexa.neuron.gpus import host_info, read_health
+from helexa.neuron.models import ModelManager
+from helexa.neuron.normaliser import Markers
+from helexa.neuron.proxy import decode_head, relay
+from helexa.server.app import json_response
+from helexa.wire import check_model_id, explain_validation_error
+from helexa.wire.neuron import (
+    Discovery,
+    EndpointInfo,
+    LoadRequest,
+    LoadResponse,
+    ModelList,
+    ModelSpec,
+    ModelStatus,
+    NeuronHealth,
+    UnloadRequest,
+)
+
+__all__ = [
+    "discovery_key",
+    "load_on_demand_key",
+    "manager_key",
+    "markers_key",
+    "neuron_metrics_key",
+    "session_key",
+    "setup_routes",
+    "started_key",
+]
+
+manager_key = web.AppKey("manager_key", ModelManager)
+discovery_key = web.AppKey("discovery_key", Discovery)
+session_key = web.AppKey("session_key", aiohttp.ClientSession)
+neuron_metrics_key = web.AppKey("neuron_metrics_key", NeuronMetrics)
+markers_key = web.AppKey("markers_key", Markers)
+started_key = web.AppKey("started_key", float)
+load_on_demand_key = web.AppKey("load_on_demand_key", bool)
+
+_load_decoder = msgspec.json.Decoder(LoadRequest)
+_unload_decoder = msgspec.json.Decoder(UnloadRequest)
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes):  # noqa: ANN202  (typed by the decoder)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request: {explain_validation_error(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _model_id(request: web.Request) -> str:
+    try:
+        return check_model_id(request.match_info["model_id"])
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="model_id") from None
+
+
+def _v1_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/v1"
+
+
+async def discovery(request: web.Request) -> web.Response:
+    """``GET /discovery``."""
+    return json_response(request.app[discovery_key])
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: live device readings (NVML in a thread)."""
+    devices = await asyncio.to_thread(read_health, len(request.app[discovery_key].devices))
+    host = await asyncio.to_thread(host_info)
+    return json_response(NeuronHealth(uptime_s=time.monotonic() - request.app[started_key], devices=devices, host=host))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /models``."""
+    return json_response(ModelList(models=request.app[manager_key].list()))
+
+
+async def load(request: web.Request) -> web.Response:
+    """``POST /models/load``: 200 when loaded, 202 with ``wait = false``, 422 when preflight refuses."""
+    req = _decode(_load_decoder, await request.read())
+    manager = request.app[manager_key]
+    spec = ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__})
+    if not req.wait:
+        record = manager.start_load(spec)
+        return json_response(LoadResponse(model_id=record.spec.model_id, status=record.status), status=202)
+    record = await manager.load(spec)
+    return json_response(LoadResponse(model_id=record.spec.model_id, status=record.status, endpoint=_v1_url(request)))
+
+
+async def unload(request: web.Request) -> web.Response:
+    """``POST /models/unload``."""
+    req = _decode(_unload_decoder, await request.read())
+    record = await request.app[manager_key].unload(req.model_id)
+    return json_response(LoadResponse(model_id=record.spec.model_id, status=ModelStatus.UNLOADED))
+
+
+async def endpoint(request: web.Request) -> web.Response:
+    """``GET /models/{id}/endpoint``: the neuron's own /v1, once the model is loaded."""
+    model_id = _model_id(request)
+    record = request.app[manager_key].get(model_id)
+    if record is None or record.status != ModelStatus.LOADED:
+        raise NotFound(f"model {model_id!r} is not loaded on this neuron", code="model_not_loaded")
+    return json_response(EndpointInfo(url=_v1_url(request)))
+
+
+async def logs(request: web.Request) -> web.Response:
+    """``GET /models/{id}/logs?lines=N``: the engine's recent output, as text."""
+    model_id = _model_id(request)
+    manager = request.app[manager_key]
+    record = manager.get(model_id)
+    if record is None:
+        raise NotFound(f"model {model_id!r} is not known to this neuron", code="model_not_found")
+    try:
+        lines = int(request.query.get("lines", "200"))
+    except ValueError:
+        raise InvalidRequest("lines must be a whole number", param="lines") from None
+    text = "\n".join(manager.harnesses[record.harness].logs(record.spec.model_id, max(lines, 1)))
+    return web.Response(text=text + "\n" if text else "", content_type="text/plain")
+
+
+async def openai_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the models loaded here, in OpenAI's list shape."""
+    data = [
+        {"id": r.spec.model_id, "object": "model", "created": int(r.loaded_at), "owned_by": "helexa"}
+        for r in request.app[manager_key].records.values()
+        if r.status == ModelStatus.LOADED
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions|completions|embeddings``: relay to the model's engine.
+
+    An unloaded catalogue model is loaded first when ``load_on_demand`` is on; otherwise 404.
+    """
+    body = await request.read()
+    head = decode_head(body)
+    app = request.app
+    manager = app[manager_key]
+    record = manager.get(head.model)
+    if record is None or record.status != ModelStatus.LOADED:
+        spec = manager.spec_for(head.model)
+        if spec is None or not app[load_on_demand_key]:
+            state = f" (status: {record.status})" if record is not None else ""
+            raise NotFound(
+                f"model {head.model!r} is not loaded on this neuron{state}; load it with POST /models/load",
+                param="model",
+                code="model_not_found",
+            )
+        record = await manager.load(spec)
+    metrics = app[neuron_metrics_key]
+    endpoint_name = request.path.removeprefix("/v1/")
+    model = record.spec.model_id
+    url = record.endpoint.removesuffix("/v1") + request.path
+    status = 500
+    metrics.in_flight.labels(model).inc()
+    try:
+        async with manager.serving(record):
+            response = await relay(
+                request,
+                app[session_key],
+                url,
+                body,
+                normalise=record.spec.normalise and endpoint_name == "chat/completions",
+                markers=app[markers_key],
+            )
+            status = response.status
+            return response
+    finally:
+        metrics.in_flight.labels(model).dec()
+        metrics.requests.labels(model, endpoint_name, str(status)).inc()
+
+
+def setup_routes(app: web.Application) -> None:
+    """Attach the neuron API to ``app``."""
+    r = app.router
+    r.add_get("/discovery", discovery)
+    r.add_get("/health", health)
+    r.add_get("/models", list_models)
+    r.add_post("/models/load", load)
+    r.add_post("/models/unload", unload)
+    r.add_get("/models/{model_id:.+}/endpoint", endpoint)
+    r.add_get("/models/{model_id:.+}/logs", logs)
+    r.add_get("/v1/models", openai_models)
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        r.add_post(path, inference)

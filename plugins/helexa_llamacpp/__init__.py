@@ -1,0 +1,75 @@
+"""helexa harness for llama.cpp: one ``llama-server`` process per model, serving GGUF weights.
+
+The server binary is, in order: the ``binary`` option; ``llama-server`` on PATH; else the prebuilt CPU
+server from the ``xllamacpp`` wheel (``pip install 'helexa[llamacpp]'``), started through
+``python -m helexa_llamacpp.server``, which takes the same flags. Nothing is compiled.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import msgspec
+
+from helexa import HarnessContext, ModelSpec, PlacementPlan, ProcessHarness, hookimpl, model_file
+
+__all__ = ["LlamaCpp", "LlamaCppOptions"]
+
+
+class LlamaCppOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-model llama.cpp options (``[[models]] options = {…}``)."""
+
+    binary: str = ""
+    """Path of a llama-server binary; empty = llama-server on PATH, else the bundled CPU server."""
+    ctx_size: int = 4096
+    """Context size in tokens, shared by all slots (-c)."""
+    parallel: int = 2
+    """Concurrent request slots (-np)."""
+    gpu_layers: int = 999
+    """Layers offloaded to the GPU(s) (-ngl); ignored when the plan is CPU-only."""
+    threads: int = 0
+    """CPU threads for generation (-t); 0 = llama.cpp's default."""
+    jinja: bool = True
+    """Use the model's Jinja chat template (--jinja)."""
+    extra_args: list[str] = []
+    """Further llama-server flags, passed as they are."""
+
+
+class LlamaCpp(ProcessHarness):
+    """llama.cpp's OpenAI-compatible server; GGUF only; runs on CPU or split over GPUs."""
+
+    name = "llamacpp"
+    Options = LlamaCppOptions
+    formats = frozenset({"gguf"})
+    cpu_ok = True
+    health_path = "/health"
+
+    def __init__(self, context: HarnessContext | None = None) -> None:
+        super().__init__(context)
+        on_path = shutil.which("llama-server")
+        self._default_binary = [on_path] if on_path else [sys.executable, "-m", "helexa_llamacpp.server"]
+
+    def command(self, spec: ModelSpec, plan: PlacementPlan, port: int, options: LlamaCppOptions) -> list[str]:
+        """``llama-server -m FILE --host 127.0.0.1 --port P --alias ID -c … -np … -ngl … [--tensor-split …]``."""
+        argv = [options.binary] if options.binary else list(self._default_binary)
+        argv += ["-m", str(model_file(plan)), "--host", self.context.engine_host, "--port", str(port)]
+        argv += ["--alias", spec.model_id, "-c", str(options.ctx_size), "-np", str(options.parallel)]
+        argv += ["-ngl", str(options.gpu_layers if plan.devices else 0), "--metrics"]
+        if len(plan.devices) > 1:
+            argv += ["--tensor-split", ",".join("1" for _ in plan.devices)]
+        if options.threads:
+            argv += ["-t", str(options.threads)]
+        if options.jinja:
+            argv.append("--jinja")
+        return argv + list(options.extra_args)
+
+    def environment(self, spec: ModelSpec, plan: PlacementPlan, options: LlamaCppOptions) -> dict[str, str]:
+        """Only the planned GPUs are visible (none for a CPU plan)."""
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in plan.devices)}
+
+
+@hookimpl
+def register_harnesses(register):  # noqa: ANN001, ANN201  (hook signature is declared in helexa.hookspecs)
+    """Register the llama.cpp harness."""
+    register(LlamaCpp)

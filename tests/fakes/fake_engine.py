@@ -1,0 +1,128 @@
+"""A fake OpenAI-compatible engine: a real process for fault injection, controlled by flags.
+
+    python fake_engine.py --port N [--startup-delay S] [--fail-health] [--exit-at-start CODE]
+        [--crash-after N] [--ignore-sigterm] [--reply TEXT] [--chunk-size N] [--chunk-delay S]
+
+Serves GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions (streaming or not) and
+POST /v1/embeddings. /stats reports requests served and streams aborted by the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--model", default="fake")
+    p.add_argument("--startup-delay", type=float, default=0.0)
+    p.add_argument("--fail-health", action="store_true")
+    p.add_argument("--exit-at-start", type=int, default=None)
+    p.add_argument("--crash-after", type=int, default=0, help="exit(3) after serving N requests")
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--reply", default="Hello from the fake engine.")
+    p.add_argument("--chunk-size", type=int, default=4)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    args = p.parse_args()
+    print(f"fake engine pid {os.getpid()} starting on port {args.port}", flush=True)
+    if args.exit_at_start is not None:
+        print("fake engine: failing at start as asked", flush=True)
+        sys.exit(args.exit_at_start)
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stats = {"requests": 0, "aborted": 0, "completed": 0}
+    ready_at = time.monotonic() + args.startup_delay
+
+    async def health(request):
+        if args.fail_health or time.monotonic() < ready_at:
+            return web.json_response({"status": "loading"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": args.model, "object": "model"}]})
+
+    async def get_stats(request):
+        return web.json_response(stats)
+
+    def served():
+        stats["requests"] += 1
+        if args.crash_after and stats["requests"] >= args.crash_after:
+            print("fake engine: crashing as asked", flush=True)
+            asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+
+    def chunk(content, finish=None, role=None):
+        delta = {} if content is None else {"content": content}
+        if role:
+            delta = {"role": role, "content": ""}
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": args.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    async def chat(request):
+        body = await request.json()
+        served()
+        reply = args.reply
+        usage = {"prompt_tokens": 5, "completion_tokens": len(reply.split()), "total_tokens": 5 + len(reply.split())}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": reply}
+            stats["completed"] += 1
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": args.model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            events = [chunk(None, role="assistant")]
+            events += [chunk(reply[i : i + args.chunk_size]) for i in range(0, len(reply), args.chunk_size)]
+            events.append(chunk(None, finish="stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({**chunk(None), "choices": [], "usage": usage})
+            for event in events:
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if args.chunk_delay:
+                    await asyncio.sleep(args.chunk_delay)
+            await resp.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionError):
+            stats["aborted"] += 1
+            raise
+        stats["completed"] += 1
+        return resp
+
+    async def embeddings(request):
+        await request.json()
+        served()
+        return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
+    web.run_app(
+        app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True, handle_signals=not args.ignore_sigterm
+    )
+
+
+if __name__ == "__main__":
+    main()

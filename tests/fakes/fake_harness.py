@@ -1,0 +1,26 @@
+"""A ProcessHarness that runs tests/fakes/fake_engine.py: the real process machinery, a fake engine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgspec
+
+from helexa import ModelSpec, PlacementPlan, ProcessHarness
+
+FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
+
+
+class FakeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    flags: list[str] = []
+
+
+class FakeHarness(ProcessHarness):
+    name = "fake"
+    Options = FakeOptions
+    formats = frozenset({"gguf"})
+    cpu_ok = True
+
+    def command(self, spec: ModelSpec, plan: PlacementPlan, port: int, options: FakeOptions) -> list[str]:
+        return [sys.executable, str(FAKE_ENGINE), "--port", str(port), "--model", spec.model_id, *options.flags]
