@@ -20,7 +20,7 @@ __all__ = [
     "NoOptions",
     "PlacementPlan",
     "ProcessHarness",
-    "model_file",
     "__version__",
     "hookimpl",
+    "model_file",
 ]

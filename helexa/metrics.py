@@ -78,6 +78,12 @@ class NeuronMetrics:
             registry=registry,
         )
         self.vram_used = Gauge("helexa_neuron_gpu_vram_used_mb", "VRAM in use, MiB.", ("device",), registry=registry)
-        self.vram_total = Gauge("helexa_neuron_gpu_vram_total_mb", "VRAM in total, MiB.", ("device",), registry=registry)
-        self.utilization = Gauge("helexa_neuron_gpu_utilization_pct", "GPU utilisation, %.", ("device",), registry=registry)
-        self.temperature = Gauge("helexa_neuron_gpu_temperature_c", "GPU temperature, °C.", ("device",), registry=registry)
+        self.vram_total = Gauge(
+            "helexa_neuron_gpu_vram_total_mb", "VRAM in total, MiB.", ("device",), registry=registry
+        )
+        self.utilization = Gauge(
+            "helexa_neuron_gpu_utilization_pct", "GPU utilisation, %.", ("device",), registry=registry
+        )
+        self.temperature = Gauge(
+            "helexa_neuron_gpu_temperature_c", "GPU temperature, °C.", ("device",), registry=registry
+        )

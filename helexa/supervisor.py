@@ -197,7 +197,7 @@ class EngineProcess:
         if was_ready and self._on_exit is not None:
             self._on_exit(self.last_error)
 
-    async def stop(self, timeout: float = 15.0) -> None:
+    async def stop(self, timeout: float = 15.0) -> None:  # noqa: ASYNC109  (a grace period, not a deadline)
         """SIGTERM the engine's process group, then SIGKILL after ``timeout`` seconds. Idempotent."""
         proc = self._proc
         if proc is None or proc.returncode is not None:

@@ -172,6 +172,7 @@ def test_run_both_starts_without_config_and_stops_on_signal(helexa_process, sign
         "HELEXA_GATEWAY__METRICS_LISTEN": f"127.0.0.1:{metrics}",
         "HELEXA_NEURON__LISTEN": f"127.0.0.1:{neuron}",
         "HELEXA_SERVER__SHUTDOWN_GRACE_SECONDS": "5",
+        "HELEXA_NEURON__DEMO": "false",  # the demo engine is covered by tests/e2e
     }
     proc = helexa_process("run", "--role", "both", env=env)
     for port in (gw, metrics, neuron):

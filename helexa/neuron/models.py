@@ -71,7 +71,9 @@ Observer = Callable[[str, str, float], None]  # (event, model_id, seconds): "loa
 class ModelManager:
     """Loads, unloads and tracks models through the installed harnesses."""
 
-    def __init__(self, cfg: Config, harness_classes: dict[str, type[Harness]], observer: Observer | None = None) -> None:
+    def __init__(
+        self, cfg: Config, harness_classes: dict[str, type[Harness]], observer: Observer | None = None
+    ) -> None:
         neuron = cfg.neuron
         context = HarnessContext(
             port_range=(neuron.port_range[0], neuron.port_range[1]),
@@ -186,7 +188,9 @@ class ModelManager:
         """Begin a load without waiting for it (the answer of a ``wait = false`` request)."""
         task = asyncio.create_task(self.load(spec))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # outcome is kept in the record
-        return self.records.get(self.complete(spec).model_id) or ModelRecord(spec=spec, harness="", status=ModelStatus.LOADING)
+        return self.records.get(self.complete(spec).model_id) or ModelRecord(
+            spec=spec, harness="", status=ModelStatus.LOADING
+        )
 
     async def _load(self, record: ModelRecord, harness: Harness) -> ModelRecord:
         spec, began = record.spec, time.monotonic()

@@ -25,7 +25,7 @@ import msgspec
 
 from helexa.sse import EventFramer
 
-__all__ = ["ChatNormaliser", "Markers", "MarkerSplitter", "Piece", "SSENormaliser"]
+__all__ = ["ChatNormaliser", "MarkerSplitter", "Markers", "Piece", "SSENormaliser"]
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()

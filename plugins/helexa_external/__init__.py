@@ -43,7 +43,9 @@ class External(Harness):
         url = urlsplit(spec.source)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise PreflightError(
-                "source_missing", spec.model_id, f"source {spec.source!r} is not a URL",
+                "source_missing",
+                spec.model_id,
+                f"source {spec.source!r} is not a URL",
                 "set source to the server's OpenAI base URL, e.g. http://127.0.0.1:8080/v1",
             )
         return PlacementPlan(source=spec.source.rstrip("/"))
@@ -74,6 +76,6 @@ class External(Harness):
 
 
 @hookimpl
-def register_harnesses(register):  # noqa: ANN001, ANN201
+def register_harnesses(register) -> None:  # noqa: ANN001
     """Register the external harness."""
     register(External)

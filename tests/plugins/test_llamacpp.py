@@ -1,0 +1,93 @@
+"""The llama.cpp harness's command line and environment, built from plans and options (no engine)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from helexa import HarnessContext, ModelSpec, PlacementPlan
+from helexa.errors import ConfigError
+from helexa_llamacpp import LlamaCpp, LlamaCppOptions
+from helexa_llamacpp.server import parse_args
+
+SPEC = ModelSpec(model_id="Qwen/Qwen3-8B-GGUF")
+
+
+def arg(argv: list[str], flag: str) -> str:
+    """The value after the last occurrence of ``flag`` (``python -m module`` comes first)."""
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+
+def build(plan: PlacementPlan, **options) -> tuple[list[str], dict[str, str]]:
+    harness = LlamaCpp(HarnessContext())
+    opts = LlamaCpp.parse_options(options)
+    return harness.command(SPEC, plan, 20001, opts), harness.environment(SPEC, plan, opts)
+
+
+def test_cpu_plan():
+    argv, env = build(PlacementPlan(files=("/m/q.gguf",)))
+    assert arg(argv, "-m") == "/m/q.gguf"
+    assert arg(argv, "--host") == "127.0.0.1"
+    assert arg(argv, "--port") == "20001"
+    assert arg(argv, "--alias") == "Qwen/Qwen3-8B-GGUF"
+    assert arg(argv, "-ngl") == "0"
+    assert "--tensor-split" not in argv
+    assert "--jinja" in argv
+    assert env == {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_two_gpu_plan_splits_tensors_and_limits_visible_devices():
+    argv, env = build(
+        PlacementPlan(devices=(1, 3), tensor_parallel=2, files=("/m/q.gguf",)), ctx_size=32768, parallel=4
+    )
+    assert arg(argv, "-ngl") == "999"
+    assert arg(argv, "--tensor-split") == "1,1"
+    assert arg(argv, "-c") == "32768"
+    assert arg(argv, "-np") == "4"
+    assert env == {"CUDA_VISIBLE_DEVICES": "1,3"}
+
+
+def test_binary_option_and_extra_args():
+    argv, _ = build(
+        PlacementPlan(devices=(0,), files=("/m/q.gguf",)),
+        binary="/opt/llama/llama-server",
+        threads=8,
+        jinja=False,
+        extra_args=["--flash-attn", "on"],
+    )
+    assert argv[0] == "/opt/llama/llama-server"
+    assert arg(argv, "-t") == "8"
+    assert "--jinja" not in argv
+    assert argv[-2:] == ["--flash-attn", "on"]
+
+
+def test_default_binary_is_path_or_the_bundled_server(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    argv = LlamaCpp(HarnessContext()).command(SPEC, PlacementPlan(files=("/m/q.gguf",)), 1, LlamaCppOptions())
+    assert argv[:3] == [sys.executable, "-m", "helexa_llamacpp.server"]
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/llama-server")
+    argv = LlamaCpp(HarnessContext()).command(SPEC, PlacementPlan(files=("/m/q.gguf",)), 1, LlamaCppOptions())
+    assert argv[0] == "/usr/bin/llama-server"
+
+
+def test_bundled_server_accepts_the_harness_argv():
+    argv = LlamaCpp(HarnessContext()).command(
+        SPEC, PlacementPlan(devices=(0, 1), files=("/m/q.gguf",)), 5, LlamaCppOptions(threads=2)
+    )
+    start = len(argv) - 1 - argv[::-1].index("-m")
+    args = parse_args(argv[start:])
+    assert (args.model, args.port, args.alias, args.gpu_layers, args.tensor_split, args.threads) == (
+        "/m/q.gguf",
+        5,
+        SPEC.model_id,
+        999,
+        "1,1",
+        2,
+    )
+    assert args.jinja and args.metrics
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ConfigError, match="unknown field `ctx`"):
+        LlamaCpp.parse_options({"ctx": 1}, model_id="m")
