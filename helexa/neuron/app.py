@@ -90,7 +90,8 @@ def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     # Engines stream for minutes: no total timeout, but a connect timeout so a dead engine is noticed.
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # llama.cpp's server drops idle keep-alive connections after 5 s: let ours go sooner.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
         app[session_key] = session
         yield

@@ -20,9 +20,10 @@ from helexa.server.middlewares import ORIGIN_HEADER
 from helexa.sse import EventFramer
 from helexa.wire import WireStruct
 
-__all__ = ["InferenceHead", "decode_head", "relay"]
+__all__ = ["STALE_RETRIES", "InferenceHead", "decode_head", "open_upstream", "relay"]
 
 logger = logging.getLogger(__name__)
+STALE_RETRIES = 2
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "server", "date"}
 
 
@@ -71,13 +72,31 @@ async def relay(
         final SSE error event from the error middleware).
     """
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
-    try:
-        async with session.post(url, data=body, headers=headers) as upstream:
-            return await _forward(request, upstream, normalise=normalise, markers=markers)
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:  # raised before any byte was relayed
-        if isinstance(exc, ConnectionResetError):  # our client went away while we wrote to it
-            raise
-        raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
+    upstream = await open_upstream(session, url, body, headers)
+    async with upstream:
+        return await _forward(request, upstream, normalise=normalise, markers=markers)
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """POST and wait for the response head.
+
+    A pooled keep-alive connection the engine has already closed fails before any response; that is retried
+    (the engine never saw the request), up to :data:`STALE_RETRIES` times.
+
+    :raises UpstreamError: the engine cannot be reached.
+    """
+    for attempt in range(STALE_RETRIES + 1):
+        try:
+            return await session.post(url, data=body, headers=headers)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError) or attempt == STALE_RETRIES:
+                raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
+            logger.debug("stale connection to %s (%s); retrying", url, exc)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 async def _forward(
