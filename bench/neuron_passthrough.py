@@ -46,7 +46,9 @@ async def wait_ok(session: aiohttp.ClientSession, url: str, timeout: float = 120
     raise TimeoutError(url)
 
 
-async def one_stream(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> tuple[float, float, int]:
+async def one_stream(
+    session: aiohttp.ClientSession, base: str, model: str, max_tokens: int
+) -> tuple[float, float, int]:
     """(time to first content chunk, seconds from first to last chunk, completion tokens)."""
     body = {
         "model": model,
@@ -92,7 +94,19 @@ async def run(args: argparse.Namespace) -> None:
     engine_port, neuron_port = free_port(), free_port()
     print(f"engine :{engine_port}  neuron :{neuron_port}", flush=True)
     engine = subprocess.Popen(
-        [sys.executable, "-m", "helexa_llamacpp.server", "-m", str(gguf), "--port", str(engine_port), "-c", "4096", "-np", "1"],
+        [
+            sys.executable,
+            "-m",
+            "helexa_llamacpp.server",
+            "-m",
+            str(gguf),
+            "--port",
+            str(engine_port),
+            "-c",
+            "4096",
+            "-np",
+            "1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -138,7 +152,9 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{name:>7}: TTFT p50 {ttft:7.2f} ms   throughput {tps:7.2f} tokens/s   ({len(results[name])} streams)")
         return ttft, tps
 
-    print(f"neuron pass-through benchmark: {args.requests} streams per path, max_tokens={args.max_tokens}, CPU llama.cpp")
+    print(
+        f"neuron pass-through benchmark: {args.requests} streams per path, max_tokens={args.max_tokens}, CPU llama.cpp"
+    )
     d_ttft, d_tps = summary("direct")
     n_ttft, n_tps = summary("neuron")
     print(f"throughput ratio neuron/direct: {n_tps / d_tps:.3f}   (target >= 0.98)")

@@ -4,6 +4,7 @@ This module holds the public plugin API only. Plugins import these names and not
 """
 
 from helexa.__about__ import __version__
+from helexa.errors import PreflightError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, NoOptions, PlacementPlan
 from helexa.hookspecs import hookimpl
 from helexa.process_harness import ProcessHarness, model_file
@@ -19,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "NoOptions",
     "PlacementPlan",
+    "PreflightError",
     "ProcessHarness",
     "__version__",
     "hookimpl",

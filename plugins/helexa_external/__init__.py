@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from helexa import Harness, HarnessState, Inventory, ModelSpec, PlacementPlan, hookimpl
+from helexa import Harness, HarnessState, Inventory, ModelSpec, PlacementPlan, PreflightError, hookimpl
 
 __all__ = ["External", "ExternalOptions"]
 
@@ -37,8 +37,6 @@ class External(Harness):
 
     async def preflight(self, spec: ModelSpec, inventory: Inventory) -> PlacementPlan:
         """The source must be an http(s) URL; nothing else is checked before the load."""
-        from helexa.errors import PreflightError  # noqa: PLC0415
-
         self.parse_options(spec.options, model_id=spec.model_id)
         url = urlsplit(spec.source)
         if url.scheme not in ("http", "https") or not url.hostname:

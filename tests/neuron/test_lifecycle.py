@@ -46,7 +46,7 @@ def engine(client, model_id="fake-model"):
     return manager.harnesses["fake"], manager
 
 
-async def wait_status(client, model_id, status, timeout=10.0):  # noqa: ASYNC109
+async def wait_status(client, model_id, status, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         models = (await (await client.get("/models")).json())["models"]
@@ -275,3 +275,50 @@ async def test_neuron_metrics(neuron):
     assert 'helexa_neuron_model_loads_total{model="fake-model",result="loaded"} 1.0' in text
     assert 'helexa_neuron_requests_total{endpoint="chat/completions",model="fake-model",status="200"} 1.0' in text
     assert 'helexa_neuron_requests_in_flight{model="fake-model"} 0.0' in text
+
+
+MARKED = (
+    "Okay.<think>The user wants weather.</think>"
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+)
+
+
+async def test_engine_markers_become_reasoning_and_tool_calls_through_the_neuron(neuron):
+    """A real engine process streams <think>/<tool_call> text in 3-character chunks; the openai SDK sees
+    structured fields, streaming and not, and can turn the stream back into the non-streaming message."""
+    import openai
+
+    client = await neuron()
+    assert (await load(client, options={"flags": ["--reply", MARKED, "--chunk-size", "3"]})).status == 200
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+
+    whole = await sdk.chat.completions.create(model="fake-model", messages=messages)
+    message = whole.choices[0].message
+    assert message.content == "Okay."
+    assert message.model_extra["reasoning_content"] == "The user wants weather."
+    assert message.tool_calls[0].function.name == "get_weather"
+    assert message.tool_calls[0].function.arguments == '{"city":"Oslo"}'
+    assert whole.choices[0].finish_reason == "tool_calls"
+
+    stream = await sdk.chat.completions.create(model="fake-model", messages=messages, stream=True)
+    content, reasoning, calls, finish = "", "", {}, None
+    async for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        for call in delta.tool_calls or []:
+            calls.setdefault(call.index, {"name": "", "arguments": ""})
+            calls[call.index]["name"] += call.function.name or ""
+            calls[call.index]["arguments"] += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (content, reasoning, finish) == (message.content, "The user wants weather.", "tool_calls")
+    assert calls == {0: {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+
+
+async def test_normaliser_can_be_switched_off_per_model(neuron):
+    client = await neuron(models=[fake_model("raw", "--reply", MARKED, normalise=False)])
+    resp = await client.post("/v1/chat/completions", json={"model": "raw", "messages": []})
+    message = (await resp.json())["choices"][0]["message"]
+    assert message["content"] == MARKED
+    assert "tool_calls" not in message
