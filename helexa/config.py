@@ -76,6 +76,16 @@ class GatewaySection(ConfigStruct):
     catalogue: Annotated[
         str, _doc("Path of a models.toml with [[models]] entries, relative to this file; empty = none.")
     ] = ""
+    poll_interval_seconds: Annotated[float, _doc("How often each neuron's /health and /models are read.", gt=0)] = 5.0
+    neuron_timeout_seconds: Annotated[
+        float, _doc("Timeout of one control call to a neuron (status reads, unloads).", gt=0)
+    ] = 10.0
+    load_timeout_seconds: Annotated[
+        float, _doc("How long a cold load may take before waiting requests get an error.", gt=0)
+    ] = 900.0
+    load_queue_limit: Annotated[
+        int, _doc("Requests that may wait on one model's cold load; more get 503 with Retry-After.", ge=1)
+    ] = 64
 
 
 class AuthSection(ConfigStruct):

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from helexa.server.version import VersionInfo
 
-__all__ = ["HttpMetrics", "NeuronMetrics"]
+__all__ = ["GatewayMetrics", "HttpMetrics", "NeuronMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -86,4 +86,70 @@ class NeuronMetrics:
         )
         self.temperature = Gauge(
             "helexa_neuron_gpu_temperature_c", "GPU temperature, °C.", ("device",), registry=registry
+        )
+
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+_TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+
+
+class GatewayMetrics:
+    """Requests, latency, tokens, cold starts, evictions and fleet health (labels: model, neuron)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("model", "neuron")
+        self.requests = Counter(
+            "helexa_gateway_requests", "Inference requests, by status.", (*labels, "status"), registry=registry
+        )
+        self.errors = Counter(
+            "helexa_gateway_errors", "Failed inference requests, by error code.", (*labels, "code"), registry=registry
+        )
+        self.duration = Histogram(
+            "helexa_gateway_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "helexa_gateway_time_to_first_token_seconds",
+            "Time from request to the first generated token (streams).",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens_per_second = Histogram(
+            "helexa_gateway_output_tokens_per_second",
+            "Completion tokens per second after the first token (streams).",
+            labels,
+            buckets=_TPS_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter("helexa_gateway_prompt_tokens", "Prompt tokens.", labels, registry=registry)
+        self.completion_tokens = Counter(
+            "helexa_gateway_completion_tokens", "Completion tokens.", labels, registry=registry
+        )
+        self.in_flight = Gauge("helexa_gateway_requests_in_flight", "Requests being served.", labels, registry=registry)
+        self.cold_starts = Counter(
+            "helexa_gateway_cold_starts", "Models loaded because a request needed them.", labels, registry=registry
+        )
+        self.load_seconds = Histogram(
+            "helexa_gateway_model_load_seconds",
+            "Time a cold load took (eviction included).",
+            labels,
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900),
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "helexa_gateway_evictions", "Models unloaded to make room for another.", labels, registry=registry
+        )
+        self.queue_wait = Histogram(
+            "helexa_gateway_queue_wait_seconds",
+            "Time requests waited for a cold load.",
+            ("model",),
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.neuron_up = Gauge(
+            "helexa_gateway_neuron_up", "1 when the neuron answers its polls.", ("neuron",), registry=registry
         )

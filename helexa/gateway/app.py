@@ -1,21 +1,86 @@
-"""``make_gateway_app()``: the gateway's API application."""
+"""``make_gateway_app()``: the gateway's API application and everything it owns.
+
+Owned for the app's lifetime (``cleanup_ctx``): one client session to the neurons and one poller task per
+neuron. The Prometheus registry (``registry_key``) is served on the metrics port by ``metrics_app``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
 from aiohttp import web
 
 from helexa.config import Config
-from helexa.server.app import base_app
+from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.neuron_client import NeuronClient
+from helexa.gateway.poller import poll_forever
+from helexa.gateway.registry import NeuronState, Registry
+from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
+from helexa.metrics import GatewayMetrics
+from helexa.server.app import base_app, registry_key
+from helexa.server.auth import bearer_auth
 from helexa.server.version import VersionInfo
 
 __all__ = ["make_gateway_app"]
 
 
+def _protected(request: web.Request) -> bool:
+    return request.path.startswith(("/v1/", "/admin/", "/fleet"))
+
+
 def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
-    """Build the gateway API app. Its Prometheus registry (``registry_key``) is served on the metrics port."""
-    return base_app(
-        role="gateway",
-        version=version,
-        max_body_bytes=cfg.server.max_body_mb * 1024 * 1024,
-        serve_metrics=False,
+    """Build the gateway API app for ``cfg``."""
+    app = base_app(
+        role="gateway", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024, serve_metrics=False
     )
+    app.middlewares.append(bearer_auth(cfg.auth.api_keys, protected=_protected, allow_x_api_key=True, what="API key"))
+    metrics = GatewayMetrics(app[registry_key])
+    app[gateway_metrics_key] = metrics
+    registry = Registry(cfg.neurons, cfg.models)
+    app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
+    setup_routes(app)
+    return app
+
+
+def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetrics):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # Streams last minutes: no total timeout; connecting to a neuron must be quick.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+            app[session_key] = session
+            clients = {
+                name: NeuronClient(session, state.ref, cfg.gateway.neuron_timeout_seconds)
+                for name, state in registry.neurons.items()
+            }
+            app[lifecycle_key] = Lifecycle(
+                registry,
+                clients,
+                metrics,
+                strategy=cfg.eviction.strategy,
+                defrag_after_cycles=cfg.eviction.defrag_after_cycles,
+                load_timeout=cfg.gateway.load_timeout_seconds,
+                queue_limit=cfg.gateway.load_queue_limit,
+            )
+
+            def on_poll(state: NeuronState) -> None:
+                metrics.neuron_up.labels(state.name).set(1 if state.healthy else 0)
+
+            tasks = [
+                asyncio.create_task(
+                    poll_forever(state, clients[name], cfg.gateway.poll_interval_seconds, on_poll),
+                    name=f"poll {name}",
+                )
+                for name, state in registry.neurons.items()
+            ]
+            yield
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return ctx

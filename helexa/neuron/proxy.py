@@ -14,47 +14,14 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import InvalidRequest, UpstreamError
+from helexa.errors import UpstreamError
 from helexa.neuron.normaliser import ChatNormaliser, Markers, SSENormaliser
-from helexa.server.middlewares import ORIGIN_HEADER
+from helexa.server.upstream import open_upstream, response_headers
 from helexa.sse import EventFramer
-from helexa.wire import WireStruct
 
-__all__ = ["STALE_RETRIES", "InferenceHead", "decode_head", "open_upstream", "relay"]
+__all__ = ["relay"]
 
 logger = logging.getLogger(__name__)
-STALE_RETRIES = 2
-_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "server", "date"}
-
-
-class InferenceHead(WireStruct):
-    """The only fields of an inference request the neuron and gateway read."""
-
-    model: str = ""
-    stream: bool = False
-
-
-_head_decoder = msgspec.json.Decoder(InferenceHead)
-
-
-def decode_head(body: bytes) -> InferenceHead:
-    """Read ``model`` and ``stream`` from a request body. :raises InvalidRequest: not JSON, or no model."""
-    if not body:
-        raise InvalidRequest("request body is empty; send a JSON object with 'model'")
-    try:
-        head = _head_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request: {exc}", param=_param_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not head.model:
-        raise InvalidRequest("'model' is required", param="model")
-    return head
-
-
-def _param_of(message: str) -> str | None:
-    _, sep, path = message.partition("at `$.")
-    return path.rstrip("`") if sep else None
 
 
 async def relay(
@@ -77,33 +44,10 @@ async def relay(
         return await _forward(request, upstream, normalise=normalise, markers=markers)
 
 
-async def open_upstream(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
-) -> aiohttp.ClientResponse:
-    """POST and wait for the response head.
-
-    A pooled keep-alive connection the engine has already closed fails before any response; that is retried
-    (the engine never saw the request), up to :data:`STALE_RETRIES` times.
-
-    :raises UpstreamError: the engine cannot be reached.
-    """
-    for attempt in range(STALE_RETRIES + 1):
-        try:
-            return await session.post(url, data=body, headers=headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError) or attempt == STALE_RETRIES:
-                raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
-            logger.debug("stale connection to %s (%s); retrying", url, exc)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
-    raise AssertionError("unreachable")
-
-
 async def _forward(
     request: web.Request, upstream: aiohttp.ClientResponse, *, normalise: bool, markers: Markers
 ) -> web.StreamResponse:
-    out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-    out_headers[ORIGIN_HEADER] = "engine"
+    out_headers = response_headers(upstream, origin="engine")
     if upstream.content_type != "text/event-stream":
         try:
             data = await upstream.read()

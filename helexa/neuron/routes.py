@@ -14,7 +14,7 @@ from helexa.metrics import NeuronMetrics
 from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
-from helexa.neuron.proxy import decode_head, relay
+from helexa.neuron.proxy import relay
 from helexa.server.app import json_response
 from helexa.wire import check_model_id, explain_validation_error
 from helexa.wire.neuron import (
@@ -28,6 +28,7 @@ from helexa.wire.neuron import (
     NeuronHealth,
     UnloadRequest,
 )
+from helexa.wire.openai import decode_head
 
 __all__ = [
     "discovery_key",

@@ -146,9 +146,11 @@ class LoadResponse(WireStruct, omit_defaults=False):
 
 
 class UnloadRequest(WireStruct):
-    """``POST /models/unload``."""
+    """``POST /models/unload``. ``full``: stop the engine for real even where a harness could sleep it
+    (the gateway's ``defrag_after_cycles``)."""
 
     model_id: ModelId
+    full: bool = False
 
 
 class EndpointInfo(WireStruct):

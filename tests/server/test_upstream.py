@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from helexa.errors import UpstreamError
-from helexa.neuron.proxy import STALE_RETRIES, open_upstream
+from helexa.server.upstream import STALE_RETRIES, open_upstream
 from tests.conftest import free_port
 
 

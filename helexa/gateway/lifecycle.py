@@ -1,0 +1,221 @@
+"""Acting on placement: route to a replica, or cold-load (evicting if needed), one load per model at a time.
+
+Every request for a cold model waits on the same load task; a caller that gives up does not cancel it. The
+wait queue per model is bounded (``load_queue_limit``): past it, 503 with ``Retry-After``. A failed load
+reaches every waiter with the neuron's own reason (a preflight refusal stays a structured 422).
+
+Loads on one neuron are serialised and the neuron is re-read right before deciding, so two cold loads never
+count the same free memory twice. Loads on different neurons run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from helexa.config import ModelEntry
+from helexa.errors import HelexaError, NotFound, Overloaded
+from helexa.gateway.neuron_client import NeuronClient
+from helexa.gateway.placement import EvictionPlan, could_fit, pick_replica, place, plan_eviction
+from helexa.gateway.poller import poll_once
+from helexa.gateway.registry import NeuronState, Registry
+from helexa.metrics import GatewayMetrics
+from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
+
+__all__ = ["Lifecycle", "NoCapacity"]
+
+logger = logging.getLogger(__name__)
+
+
+class NoCapacity(HelexaError):
+    """No healthy neuron can take the model now (503)."""
+
+    status = 503
+    code = "no_capacity"
+
+
+class Lifecycle:
+    """Routes requests to neurons, loading and evicting models as needed."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        clients: dict[str, NeuronClient],
+        metrics: GatewayMetrics,
+        *,
+        strategy: str = "lru",
+        defrag_after_cycles: int = 0,
+        load_timeout: float = 900.0,
+        queue_limit: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.clients = clients
+        self.metrics = metrics
+        self.strategy = strategy
+        self.defrag_after_cycles = defrag_after_cycles
+        self.load_timeout = load_timeout
+        self.queue_limit = queue_limit
+        self.clock = clock
+        self._loads: dict[str, asyncio.Task[str]] = {}
+        self._waiting: dict[str, int] = defaultdict(int)
+        self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # ------------------------------------------------------------------------------------------ routing
+
+    def choose(self, model_id: str, exclude: frozenset[str] = frozenset()) -> NeuronState | None:
+        """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``)."""
+        replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
+        if not replicas:
+            return None
+        name = pick_replica([(n.name, n.in_flight.get(model_id, 0)) for n in replicas])
+        return self.registry.neurons[name]
+
+    async def route(self, requested: str) -> tuple[str, NeuronState]:
+        """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed.
+
+        :raises NotFound: the model is neither in the catalogue nor loaded anywhere.
+        :raises Overloaded: too many requests wait for this model's load, or it took too long.
+        :raises NoCapacity: no neuron can take it, even after evictions.
+        """
+        model_id = self.registry.resolve(requested)
+        state = self.choose(model_id)
+        if state is not None:
+            return model_id, state
+        entry = self.registry.catalogue.get(model_id)
+        if entry is None:
+            raise NotFound(
+                f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
+                "GET /v1/models lists the models",
+                param="model",
+                code="model_not_found",
+            )
+        name = await self.ensure_loaded(entry)
+        return model_id, self.registry.neurons[name]
+
+    async def ensure_loaded(self, entry: ModelEntry) -> str:
+        """Wait for ``entry`` to be loaded somewhere (starting the load if nobody has); return the neuron."""
+        task = self._loads.get(entry.id)
+        if task is None:
+            task = asyncio.create_task(self._cold_load(entry), name=f"cold load {entry.id}")
+            self._loads[entry.id] = task
+            task.add_done_callback(lambda t, model_id=entry.id: self._load_done(model_id, t))
+        if self._waiting[entry.id] >= self.queue_limit:
+            raise Overloaded(
+                f"{self._waiting[entry.id]} requests already wait for model {entry.id!r} to load; retry shortly",
+                retry_after=5,
+            )
+        self._waiting[entry.id] += 1
+        began = self.clock()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.load_timeout)
+        except TimeoutError:
+            raise Overloaded(
+                f"model {entry.id!r} is still loading after {self.load_timeout:.0f}s; retry later", retry_after=30
+            ) from None
+        finally:
+            self._waiting[entry.id] -= 1
+            self.metrics.queue_wait.labels(entry.id).observe(self.clock() - began)
+
+    def _load_done(self, model_id: str, task: asyncio.Task[str]) -> None:
+        self._loads.pop(model_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("cold load of %s failed: %s", model_id, task.exception())
+
+    def loading(self) -> list[str]:
+        """Models with a cold load in progress."""
+        return sorted(self._loads)
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    def _decide(self, entry: ModelEntry) -> EvictionPlan:
+        need = self.registry.need(entry)
+        views = self.registry.views()
+        target = place(need, views)
+        if target is not None:
+            return EvictionPlan(target, ())
+        plan = plan_eviction(need, views, self.strategy)
+        if plan is not None:
+            return plan
+        if not any(could_fit(need, v) for v in views):
+            healthy = ", ".join(v.name for v in views) or "none"
+            raise NoCapacity(
+                f"no healthy neuron can hold model {entry.id!r} (harness {entry.harness}, {entry.vram_mb} MiB on "
+                f"{need.devices} device(s)); healthy neurons: {healthy}",
+                code="no_placement",
+            )
+        raise NoCapacity(
+            f"model {entry.id!r} does not fit now and every model that could make room is pinned or busy; "
+            "retry when requests finish",
+            headers={"Retry-After": "10"},
+        )
+
+    async def _cold_load(self, entry: ModelEntry) -> str:
+        began = self.clock()
+        for _ in range(3):
+            plan = self._decide(entry)
+            async with self._neuron_locks[plan.neuron]:
+                state = self.registry.neurons[plan.neuron]
+                await poll_once(state, self.clients[plan.neuron])  # decide again on fresh numbers
+                if self.registry.replicas(entry.id):
+                    return self.registry.replicas(entry.id)[0].name
+                fresh = self._decide(entry)
+                if fresh.neuron != plan.neuron:
+                    continue
+                for victim in fresh.victims:
+                    logger.info("evicting %s from %s to make room for %s", victim, plan.neuron, entry.id)
+                    await self.unload(plan.neuron, victim)
+                    self.metrics.evictions.labels(victim, plan.neuron).inc()
+                await self._load_on(state, entry)
+                self.metrics.cold_starts.labels(entry.id, plan.neuron).inc()
+                self.metrics.load_seconds.labels(entry.id, plan.neuron).observe(self.clock() - began)
+                await poll_once(state, self.clients[plan.neuron])
+                return plan.neuron
+        raise NoCapacity(f"placement for model {entry.id!r} kept changing; retry", headers={"Retry-After": "5"})
+
+    async def _load_on(self, state: NeuronState, entry: ModelEntry) -> None:
+        logger.info("loading %s on %s", entry.id, state.name)
+        state.models[entry.id] = ModelInfo(id=entry.id, harness=entry.harness, status=ModelStatus.LOADING)
+        request = LoadRequest(
+            model_id=entry.id,
+            harness=entry.harness,
+            source=entry.source,
+            quant=entry.quant,
+            tensor_parallel=entry.tensor_parallel,
+            vram_mb=entry.vram_mb,
+            options=entry.options,
+            normalise=entry.normalise,
+        )
+        try:
+            await self.clients[state.name].load(request, self.load_timeout)
+        except BaseException:
+            state.models.pop(entry.id, None)
+            raise
+        state.models[entry.id] = ModelInfo(
+            id=entry.id, harness=entry.harness, status=ModelStatus.LOADED, loaded_at=time.time()
+        )
+        state.last_used[entry.id] = self.clock()
+        state.cycles += 1
+
+    async def load(self, model_id: str) -> str:
+        """Load a catalogue model now (admin); return the neuron. :raises NotFound: not in the catalogue."""
+        entry = self.registry.catalogue.get(model_id)
+        if entry is None:
+            raise NotFound(f"model {model_id!r} is not in the catalogue", code="model_not_found")
+        if replicas := self.registry.replicas(entry.id):
+            return replicas[0].name
+        return await self.ensure_loaded(entry)
+
+    async def unload(self, neuron: str, model_id: str) -> None:
+        """Unload ``model_id`` from ``neuron``; every ``defrag_after_cycles`` cycles, a full engine stop."""
+        state = self.registry.neurons[neuron]
+        full = bool(self.defrag_after_cycles) and state.cycles >= self.defrag_after_cycles
+        if full:
+            logger.info("neuron %s reached %d load/unload cycles: full engine restart", neuron, state.cycles)
+            state.cycles = 0
+        await self.clients[neuron].unload(model_id, full=full)
+        state.models.pop(model_id, None)
+        state.last_used.pop(model_id, None)

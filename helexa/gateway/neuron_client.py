@@ -1,0 +1,86 @@
+"""Calls from the gateway to one neuron's control API, typed with the shared wire structs."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from helexa.config import NeuronRef
+from helexa.errors import HelexaError, PreflightError, UpstreamError
+from helexa.wire.neuron import Discovery, LoadRequest, LoadResponse, ModelInfo, ModelList, NeuronHealth, UnloadRequest
+
+__all__ = ["NeuronClient"]
+
+_T = TypeVar("_T")
+_encoder = msgspec.json.Encoder()
+
+
+class NeuronClient:
+    """The control API of ``ref``, over the gateway's shared session, with its bearer token."""
+
+    def __init__(self, session: aiohttp.ClientSession, ref: NeuronRef, limit_s: float) -> None:
+        self.session = session
+        self.ref = ref
+        self.base = ref.endpoint.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=limit_s)
+        self.headers = {"Authorization": f"Bearer {ref.token}"} if ref.token else {}
+
+    async def _call(
+        self, method: str, path: str, kind: type[_T], *, body: Any = None, limit_s: float | None = None
+    ) -> _T:
+        data = _encoder.encode(body) if body is not None else None
+        headers = {**self.headers, "Content-Type": "application/json"} if data else self.headers
+        limit = aiohttp.ClientTimeout(total=limit_s) if limit_s else self.timeout
+        try:
+            async with self.session.request(
+                method, self.base + path, data=data, headers=headers, timeout=limit
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _error_from(self.ref.name, resp.status, raw)
+                return msgspec.json.decode(raw, type=kind)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"neuron {self.ref.name!r} did not answer {method} {path}: {exc!r}") from None
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"neuron {self.ref.name!r} sent an unreadable answer to {path}: {exc}") from None
+
+    async def discovery(self) -> Discovery:
+        """``GET /discovery``."""
+        return await self._call("GET", "/discovery", Discovery)
+
+    async def health(self) -> NeuronHealth:
+        """``GET /health``."""
+        return await self._call("GET", "/health", NeuronHealth)
+
+    async def models(self) -> list[ModelInfo]:
+        """``GET /models``."""
+        return (await self._call("GET", "/models", ModelList)).models
+
+    async def load(self, request: LoadRequest, limit_s: float) -> LoadResponse:
+        """``POST /models/load``; waits for the engine. A preflight refusal is re-raised as it came (422)."""
+        return await self._call("POST", "/models/load", LoadResponse, body=request, limit_s=limit_s)
+
+    async def unload(self, model_id: str, *, full: bool = False) -> LoadResponse:
+        """``POST /models/unload``."""
+        return await self._call(
+            "POST", "/models/unload", LoadResponse, body=UnloadRequest(model_id=model_id, full=full)
+        )
+
+
+class _ErrorBody(msgspec.Struct):
+    error: dict[str, Any] = {}
+
+
+def _error_from(neuron: str, status: int, raw: bytes) -> HelexaError:
+    try:
+        error = msgspec.json.decode(raw, type=_ErrorBody).error
+    except msgspec.DecodeError:
+        error = {}
+    message = str(error.get("message") or raw[:200].decode(errors="replace") or f"HTTP {status}")
+    if status == 422 and "kind" in error:
+        return PreflightError(error["kind"], str(error.get("model_id", "")), message, str(error.get("suggestion", "")))
+    err = HelexaError(f"neuron {neuron!r}: {message}", code=str(error.get("code") or "neuron_error"))
+    err.status = status if status in (400, 401, 403, 404, 409, 422) else 502  # type: ignore[misc]
+    return err

@@ -1,0 +1,202 @@
+"""The gateway's pass-through to a neuron: original bytes out, streamed bytes back, metrics on the side.
+
+The request body is re-encoded only when it must change: an alias becomes the canonical id, and a streaming
+chat/completion request that did not ask for usage gets ``stream_options.include_usage`` so token metrics
+work — the usage-only chunk this adds is removed again, so the client sees what it asked for. Streams are
+relayed event by event as they arrive and scanned (never re-serialised) for the first token and the usage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from helexa.errors import UpstreamError
+from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
+from helexa.server.upstream import open_upstream, response_headers
+from helexa.sse import EventFramer
+
+__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay"]
+
+logger = logging.getLogger(__name__)
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+# What a chunk that carries generated text looks like (OpenAI chat and completions), as raw bytes.
+_TOKEN_MARKS = (b'"content":"', b'"reasoning_content":"', b'"text":"', b'"arguments":"', b'"name":"')
+
+
+class Usage(msgspec.Struct):
+    """Token counts of one response."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _WithUsage(msgspec.Struct):
+    usage: Usage | None = None
+    choices: list[Any] | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_WithUsage)
+
+
+def prepare_body(body: bytes, head_model: str, model_id: str, *, stream: bool, wants_usage: bool) -> tuple[bytes, bool]:
+    """The body to send upstream and whether usage was injected (and must be hidden again).
+
+    Untouched (the same bytes object) when no alias is rewritten and no usage is injected.
+    """
+    rewrite = head_model != model_id
+    inject = stream and wants_usage
+    if not rewrite and not inject:
+        return body, False
+    data = _decoder.decode(body)
+    if rewrite:
+        data["model"] = model_id
+    injected = False
+    if inject:
+        options = data.get("stream_options") or {}
+        if not options.get("include_usage"):
+            data["stream_options"] = {**options, "include_usage": True}
+            injected = True
+    if not rewrite and not injected:
+        return body, False
+    return _encoder.encode(data), injected
+
+
+@dataclass
+class StreamScanner:
+    """Scans whole SSE events for the first generated token and the final usage."""
+
+    hide_usage: bool = False
+    started: float = field(default_factory=time.perf_counter)  # when the request arrived
+    first_token: float = 0.0
+    usage: Usage | None = None
+
+    def scan(self, events: bytes) -> bytes:
+        """Note what ``events`` (one or more whole events) say; return what the client should get."""
+        if not self.first_token and _has_token(events):
+            self.first_token = time.perf_counter()
+        if b'"usage":{' not in events:
+            return events
+        out = [self._usage_event(event) for event in events.split(b"\n\n")[:-1]]
+        return b"".join(e + b"\n\n" for e in out if e)
+
+    def _usage_event(self, event: bytes) -> bytes:
+        """Record the usage an event carries; drop or strip it when we injected the request for it."""
+        if b'"usage":{' not in event or not event.startswith(b"data: {"):
+            return event
+        try:
+            chunk = _usage_decoder.decode(event[6:])
+        except msgspec.DecodeError:
+            return event
+        if chunk.usage is None:
+            return event
+        self.usage = chunk.usage
+        if not self.hide_usage:
+            return event
+        if not chunk.choices:
+            return b""  # the usage-only chunk we asked for and the client did not
+        full = _decoder.decode(event[6:])
+        full.pop("usage", None)
+        return b"data: " + _encoder.encode(full)
+
+
+def _has_token(events: bytes) -> bool:
+    for mark in _TOKEN_MARKS:
+        at = events.find(mark)
+        while at >= 0:
+            if events[at + len(mark) : at + len(mark) + 1] != b'"':
+                return True
+            at = events.find(mark, at + 1)
+    return False
+
+
+@dataclass
+class Exchange:
+    """What one relayed request produced, for metrics. ``started``: when the request arrived."""
+
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    first_token_s: float = 0.0
+    generation_s: float = 0.0
+    usage: Usage | None = None
+    streamed: bool = False
+    bytes_sent: int = 0
+
+
+async def relay(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    token: str,
+    hide_usage: bool,
+    exchange: Exchange,
+) -> web.StreamResponse:
+    """POST ``body`` to a neuron and relay its answer, filling ``exchange``.
+
+    :raises UpstreamError: unreachable before any byte (the caller may try another replica), or the stream
+        broke off (the client then gets a final SSE error event from the error middleware).
+    """
+    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[request_id_key]}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    upstream = await open_upstream(session, url, body, headers)
+    async with upstream:
+        exchange.status = upstream.status
+        out_headers = response_headers(upstream, origin="neuron")
+        if upstream.content_type == "text/event-stream":
+            return await _relay_stream(request, upstream, out_headers, hide_usage=hide_usage, exchange=exchange)
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise UpstreamError(f"neuron response broke off: {exc}") from None
+        if upstream.status == 200 and b'"usage"' in data:
+            with contextlib.suppress(msgspec.DecodeError):
+                exchange.usage = _usage_decoder.decode(data).usage
+        exchange.bytes_sent = len(data)
+        return web.Response(status=upstream.status, body=data, headers=out_headers)
+
+
+async def _relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    *,
+    hide_usage: bool,
+    exchange: Exchange,
+) -> web.StreamResponse:
+    exchange.streamed = True
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    framer, scanner = EventFramer(), StreamScanner(hide_usage=hide_usage, started=exchange.started)
+    try:
+        async for chunk in upstream.content.iter_any():
+            events = framer.feed(chunk)
+            if events:
+                out = scanner.scan(events)
+                if out:
+                    await response.write(out)
+                    exchange.bytes_sent += len(out)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        if isinstance(exc, ConnectionResetError):
+            raise
+        raise UpstreamError(f"neuron stream broke off: {exc}") from None
+    finally:
+        if scanner.first_token:
+            exchange.first_token_s = scanner.first_token - scanner.started
+            exchange.generation_s = time.perf_counter() - scanner.first_token
+        exchange.usage = scanner.usage
+    tail = framer.close()
+    if tail:
+        await response.write(tail)
+    await response.write_eof()
+    return response

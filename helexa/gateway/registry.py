@@ -1,0 +1,114 @@
+"""What the gateway knows of the fleet: neurons, what each has loaded, and the catalogue. State, no I/O.
+
+Neurons are the source of truth for what is loaded; the poller copies their ``/models`` here. The gateway
+adds only what neurons cannot know: requests in flight through this gateway and when each model was last
+used (for LRU), and load/unload cycles per neuron (for ``defrag_after_cycles``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from helexa.config import ModelEntry, NeuronRef
+from helexa.gateway.placement import DeviceView, Need, NeuronView, ResidentModel
+from helexa.wire.neuron import Discovery, ModelInfo, ModelStatus, NeuronHealth
+
+__all__ = ["NeuronState", "Registry"]
+
+
+@dataclass
+class NeuronState:
+    """One neuron as last seen."""
+
+    ref: NeuronRef
+    healthy: bool = False
+    discovery: Discovery | None = None
+    health: NeuronHealth | None = None
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    last_used: dict[str, float] = field(default_factory=dict)
+    last_error: str = ""
+    failures: int = 0
+    cycles: int = 0
+
+    @property
+    def name(self) -> str:
+        """The neuron's configured name."""
+        return self.ref.name
+
+    def loaded(self, model_id: str) -> bool:
+        """``model_id`` is loaded here (as of the last poll or load)."""
+        info = self.models.get(model_id)
+        return info is not None and info.status == ModelStatus.LOADED
+
+
+class Registry:
+    """The fleet and the catalogue, by name."""
+
+    def __init__(self, refs: Iterable[NeuronRef], catalogue: Iterable[ModelEntry]) -> None:
+        self.neurons: dict[str, NeuronState] = {ref.name: NeuronState(ref) for ref in refs}
+        self.entries: list[ModelEntry] = list(catalogue)
+        self.catalogue: dict[str, ModelEntry] = {}
+        for entry in self.entries:
+            for name in (entry.id, *entry.aliases):
+                self.catalogue[name] = entry
+
+    def resolve(self, name: str) -> str:
+        """The canonical id for ``name`` (an id or a catalogue alias)."""
+        entry = self.catalogue.get(name)
+        return entry.id if entry is not None else name
+
+    def replicas(self, model_id: str) -> list[NeuronState]:
+        """Healthy neurons where ``model_id`` is loaded."""
+        return [n for n in self.neurons.values() if n.healthy and n.loaded(model_id)]
+
+    def known(self, model_id: str) -> bool:
+        """In the catalogue, or loaded (or loading) on some healthy neuron."""
+        return model_id in self.catalogue or any(n.healthy and model_id in n.models for n in self.neurons.values())
+
+    def need(self, entry: ModelEntry) -> Need:
+        """What ``entry`` needs, for placement."""
+        return Need(
+            model_id=entry.id,
+            harness=entry.harness,
+            vram_mb=entry.vram_mb,
+            devices=max(entry.min_devices, entry.tensor_parallel),
+            min_device_vram_mb=entry.min_device_vram_mb,
+            pinned_on=frozenset(entry.pinned_on),
+            priority=entry.priority,
+        )
+
+    def views(self) -> list[NeuronView]:
+        """Snapshots of the healthy neurons for the placement functions."""
+        return [self._view(n) for n in self.neurons.values() if n.healthy and n.discovery is not None]
+
+    def _view(self, state: NeuronState) -> NeuronView:
+        assert state.discovery is not None
+        free = {h.index: h.vram_free_mb for h in (state.health.devices if state.health else [])}
+        devices = tuple(DeviceView(d.index, d.vram_total_mb, free.get(d.index, 0)) for d in state.discovery.devices)
+        host = state.health.host if state.health else state.discovery.host
+        resident = []
+        for model_id, info in state.models.items():
+            if info.status not in (ModelStatus.LOADED, ModelStatus.LOADING):
+                continue
+            entry = self.catalogue.get(model_id)
+            resident.append(
+                ResidentModel(
+                    id=model_id,
+                    vram_mb=(entry.vram_mb if entry else 0) or info.vram_used_mb,
+                    devices=tuple(info.devices),
+                    in_flight=max(state.in_flight.get(model_id, 0), info.in_flight),
+                    last_used=state.last_used.get(model_id, info.loaded_at),
+                    priority=entry.priority if entry else 0,
+                    pinned=entry is not None and state.name in entry.pinned_on,
+                )
+            )
+        return NeuronView(
+            name=state.name,
+            harnesses=frozenset(state.discovery.harnesses),
+            devices=devices,
+            ram_total_mb=host.ram_total_mb,
+            ram_free_mb=host.ram_available_mb,
+            resident=tuple(resident),
+        )

@@ -1,0 +1,147 @@
+"""The gateway's HTTP handlers: OpenAI inference routes, the merged model list, fleet and admin."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+from aiohttp import web
+
+from helexa.errors import NotFound, UpstreamError
+from helexa.gateway.catalogue import fleet_report, model_cards
+from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.proxy import Exchange, prepare_body, relay
+from helexa.gateway.registry import NeuronState
+from helexa.metrics import GatewayMetrics
+from helexa.server.app import json_response
+from helexa.wire.openai import decode_head
+
+__all__ = ["gateway_metrics_key", "lifecycle_key", "session_key", "setup_routes"]
+
+lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
+session_key = web.AppKey("session_key", aiohttp.ClientSession)
+gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
+
+_USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    """Route an OpenAI request to a neuron that has its model (loading it first if needed) and relay."""
+    exchange = Exchange(started=time.perf_counter())
+    body = await request.read()
+    head = decode_head(body)
+    app = request.app
+    lifecycle, metrics = app[lifecycle_key], app[gateway_metrics_key]
+    model_id, state = await lifecycle.route(head.model)
+    body, injected = prepare_body(
+        body, head.model, model_id, stream=head.stream, wants_usage=request.path in _USAGE_PATHS
+    )
+    tried: set[str] = set()
+    while True:
+        try:
+            response = await _relay_once(request, state, model_id, body, injected=injected, exchange=exchange)
+            break
+        except UpstreamError as exc:
+            metrics.errors.labels(model_id, state.name, exc.code).inc()
+            if exchange.status:  # bytes already reached the client: nothing to retry
+                raise
+            state.healthy = False  # the poller brings it back when it answers
+            tried.add(state.name)
+            other = lifecycle.choose(model_id, frozenset(tried))
+            if other is None:
+                raise
+            state = other
+    _observe(metrics, model_id, state.name, exchange)
+    return response
+
+
+async def _relay_once(
+    request: web.Request, state: NeuronState, model_id: str, body: bytes, *, injected: bool, exchange: Exchange
+) -> web.StreamResponse:
+    metrics = request.app[gateway_metrics_key]
+    state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
+    gauge = metrics.in_flight.labels(model_id, state.name)
+    gauge.inc()
+    try:
+        return await relay(
+            request,
+            request.app[session_key],
+            state.ref.endpoint.rstrip("/") + request.path,
+            body,
+            token=state.ref.token,
+            hide_usage=injected,
+            exchange=exchange,
+        )
+    finally:
+        gauge.dec()
+        state.in_flight[model_id] -= 1
+        state.last_used[model_id] = time.monotonic()
+        if exchange.status:
+            metrics.requests.labels(model_id, state.name, str(exchange.status)).inc()
+
+
+def _observe(metrics: GatewayMetrics, model: str, neuron: str, exchange: Exchange) -> None:
+    metrics.duration.labels(model, neuron).observe(time.perf_counter() - exchange.started)
+    if exchange.first_token_s:
+        metrics.ttft.labels(model, neuron).observe(exchange.first_token_s)
+    usage = exchange.usage
+    if usage is None:
+        return
+    metrics.prompt_tokens.labels(model, neuron).inc(usage.prompt_tokens)
+    metrics.completion_tokens.labels(model, neuron).inc(usage.completion_tokens)
+    if exchange.generation_s > 0 and usage.completion_tokens > 1:
+        metrics.tokens_per_second.labels(model, neuron).observe((usage.completion_tokens - 1) / exchange.generation_s)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the merged catalogue."""
+    lifecycle = request.app[lifecycle_key]
+    return json_response({"object": "list", "data": model_cards(lifecycle.registry, lifecycle.loading())})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}``: one model (an alias finds its model)."""
+    lifecycle = request.app[lifecycle_key]
+    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
+    for card in model_cards(lifecycle.registry, lifecycle.loading()):
+        if card["id"] == model_id:
+            return json_response(card)
+    raise NotFound(f"model {request.match_info['model_id']!r} not found", param="model", code="model_not_found")
+
+
+async def fleet(request: web.Request) -> web.Response:
+    """``GET /fleet``: neurons, devices and models as JSON."""
+    lifecycle = request.app[lifecycle_key]
+    return json_response(fleet_report(lifecycle.registry, lifecycle.loading()))
+
+
+async def admin_load(request: web.Request) -> web.Response:
+    """``POST /admin/models/{id}/load``: load a catalogue model now."""
+    lifecycle = request.app[lifecycle_key]
+    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
+    neuron = await lifecycle.load(model_id)
+    return json_response({"model": model_id, "status": "loaded", "neuron": neuron})
+
+
+async def admin_unload(request: web.Request) -> web.Response:
+    """``POST /admin/models/{id}/unload``: unload a model from every neuron that has it."""
+    lifecycle = request.app[lifecycle_key]
+    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
+    holders = [n.name for n in lifecycle.registry.neurons.values() if model_id in n.models]
+    if not holders:
+        raise NotFound(f"model {model_id!r} is not loaded on any neuron", code="model_not_loaded")
+    for name in holders:
+        await lifecycle.unload(name, model_id)
+    return json_response({"model": model_id, "status": "unloaded", "neurons": holders})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Attach the gateway API to ``app``."""
+    r = app.router
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        r.add_post(path, inference)
+    r.add_get("/v1/models", list_models)
+    r.add_get("/v1/models/{model_id:.+}", get_model)
+    r.add_get("/fleet", fleet)
+    r.add_post("/admin/models/{model_id:.+}/load", admin_load)
+    r.add_post("/admin/models/{model_id:.+}/unload", admin_unload)

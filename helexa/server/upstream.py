@@ -1,0 +1,47 @@
+"""Calling upstream servers (engines, neurons) from a handler: stale keep-alive retries, header hygiene."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from helexa.errors import UpstreamError
+from helexa.server.middlewares import ORIGIN_HEADER
+
+__all__ = ["STALE_RETRIES", "open_upstream", "response_headers"]
+
+logger = logging.getLogger(__name__)
+STALE_RETRIES = 2
+_HOP_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "server", "date"}
+)
+
+
+def response_headers(upstream: aiohttp.ClientResponse, *, origin: str) -> dict[str, str]:
+    """The upstream's response headers without hop-by-hop ones; ``x-helexa-origin`` kept or set to ``origin``."""
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers.setdefault(ORIGIN_HEADER, origin)
+    return headers
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """POST and wait for the response head.
+
+    A pooled keep-alive connection the engine has already closed fails before any response; that is retried
+    (the engine never saw the request), up to :data:`STALE_RETRIES` times.
+
+    :raises UpstreamError: the engine cannot be reached.
+    """
+    for attempt in range(STALE_RETRIES + 1):
+        try:
+            return await session.post(url, data=body, headers=headers)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError) or attempt == STALE_RETRIES:
+                raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
+            logger.debug("stale connection to %s (%s); retrying", url, exc)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
+    raise AssertionError("unreachable")
