@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration (one 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from helexa.daemon import ROLES, Role, prepare, run_daemon
 from helexa.errors import ConfigError, HelexaError, PluginError
 from helexa.harness import Harness
 from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
+from helexa.status import fetch, models_table, status_table
 
 __all__ = ["cli", "main"]
 
@@ -165,6 +167,44 @@ def plugins(as_json: bool) -> None:
     for row in rows:
         detail = f"FAILED: {row['error']}" if row["error"] else ", ".join(row["harnesses"]) or "-"
         click.echo(f"{row['plugin']:<16} {row['distribution']:<24} {row['version']:<12} {detail}")
+
+
+gateway_option = click.option(
+    "--url",
+    envvar="HELEXA_URL",
+    default="http://127.0.0.1:31313",
+    show_default=True,
+    help="The gateway (env HELEXA_URL).",
+)
+api_key_option = click.option("--api-key", envvar="HELEXA_API_KEY", default="", help="API key (env HELEXA_API_KEY).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@cli.command()
+@gateway_option
+@api_key_option
+@json_option
+def status(url: str, api_key: str, as_json: bool) -> None:
+    """Neurons and models of a running gateway."""
+    data = _fetch(url, "/fleet", api_key)
+    click.echo(json.dumps(data, indent=2) if as_json else status_table(data))
+
+
+@cli.command()
+@gateway_option
+@api_key_option
+@json_option
+def models(url: str, api_key: str, as_json: bool) -> None:
+    """The models a running gateway offers."""
+    data = _fetch(url, "/v1/models", api_key)
+    click.echo(json.dumps(data, indent=2) if as_json else models_table(data))
+
+
+def _fetch(url: str, path: str, api_key: str) -> dict:
+    try:
+        return fetch(url, path, api_key)
+    except HelexaError as exc:
+        raise click.ClickException(exc.message) from None
 
 
 def main() -> None:

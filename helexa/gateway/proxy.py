@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,9 @@ __all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay"]
 logger = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
-# What a chunk that carries generated text looks like (OpenAI chat and completions), as raw bytes.
-_TOKEN_MARKS = (b'"content":"', b'"reasoning_content":"', b'"text":"', b'"arguments":"', b'"name":"')
+# A chunk that carries generated text (OpenAI chat and completions): a non-empty string in one of these.
+_TOKEN = re.compile(rb'"(?:content|reasoning_content|text|arguments|name)":\s*"[^"]')
+_USAGE = re.compile(rb'"usage":\s*\{')
 
 
 class Usage(msgspec.Struct):
@@ -83,14 +85,14 @@ class StreamScanner:
         """Note what ``events`` (one or more whole events) say; return what the client should get."""
         if not self.first_token and _has_token(events):
             self.first_token = time.perf_counter()
-        if b'"usage":{' not in events:
+        if b'"usage"' not in events:
             return events
         out = [self._usage_event(event) for event in events.split(b"\n\n")[:-1]]
         return b"".join(e + b"\n\n" for e in out if e)
 
     def _usage_event(self, event: bytes) -> bytes:
         """Record the usage an event carries; drop or strip it when we injected the request for it."""
-        if b'"usage":{' not in event or not event.startswith(b"data: {"):
+        if not event.startswith(b"data: {") or not _USAGE.search(event):
             return event
         try:
             chunk = _usage_decoder.decode(event[6:])
@@ -109,13 +111,7 @@ class StreamScanner:
 
 
 def _has_token(events: bytes) -> bool:
-    for mark in _TOKEN_MARKS:
-        at = events.find(mark)
-        while at >= 0:
-            if events[at + len(mark) : at + len(mark) + 1] != b'"':
-                return True
-            at = events.find(mark, at + 1)
-    return False
+    return _TOKEN.search(events) is not None
 
 
 @dataclass

