@@ -19,6 +19,8 @@ class HttpMetrics:
     """Request counts and durations by route pattern, method and status, plus build info."""
 
     def __init__(self, registry: CollectorRegistry, role: str, version: VersionInfo) -> None:
+        self.registry = registry
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         prefix = f"helexa_{role}"
         self.requests = Counter(
             f"{prefix}_http_requests",
@@ -37,9 +39,16 @@ class HttpMetrics:
         build.info({"version": version.version, "git_sha": version.git_sha or "unknown", "python": version.python})
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Record one finished request."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        """Record one finished request (label children are cached: this runs on every request)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class NeuronMetrics:

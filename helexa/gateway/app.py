@@ -36,7 +36,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app = base_app(
         role="gateway", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024, serve_metrics=False
     )
-    app.middlewares.append(bearer_auth(cfg.auth.api_keys, protected=_protected, allow_x_api_key=True, what="API key"))
+    app.middlewares.extend(bearer_auth(cfg.auth.api_keys, protected=_protected, allow_x_api_key=True, what="API key"))
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     registry = Registry(cfg.neurons, cfg.models)

@@ -69,8 +69,8 @@ class Lifecycle:
     def choose(self, model_id: str, exclude: frozenset[str] = frozenset()) -> NeuronState | None:
         """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``)."""
         replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
-        if not replicas:
-            return None
+        if len(replicas) <= 1:
+            return replicas[0] if replicas else None
         name = pick_replica([(n.name, n.in_flight.get(model_id, 0)) for n in replicas])
         return self.registry.neurons[name]
 

@@ -51,7 +51,7 @@ def _protected(request: web.Request) -> bool:
 def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type[Harness]]) -> web.Application:
     """Build the neuron app for ``cfg`` with the installed ``harnesses``."""
     app = base_app(role="neuron", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024)
-    app.middlewares.append(bearer_auth([cfg.neuron.token], protected=_protected, what="neuron token"))
+    app.middlewares.extend(bearer_auth([cfg.neuron.token], protected=_protected, what="neuron token"))
     metrics = NeuronMetrics(app[registry_key])
     app[neuron_metrics_key] = metrics
 

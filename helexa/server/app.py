@@ -7,14 +7,12 @@ The server package knows nothing about which roles exist.
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from helexa.metrics import HttpMetrics
-from helexa.server.middlewares import error_middleware, on_response_prepare, role_key
+from helexa.server.middlewares import on_response_prepare, request_middleware, role_key
 from helexa.server.version import VersionInfo
 
 __all__ = ["base_app", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
@@ -62,12 +60,16 @@ def base_app(
     :param registry: the app's own Prometheus registry (a fresh one when ``None``).
     :param serve_metrics: ``False`` when metrics are served by a separate :func:`metrics_app`.
     """
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_observe, error_middleware, _body_limit])
+    metrics = HttpMetrics(registry if registry is not None else CollectorRegistry(), role, version)
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=[request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe)],
+    )
     app[role_key] = role
     app[max_body_key] = max_body_bytes
     app[version_key] = version
-    app[registry_key] = registry if registry is not None else CollectorRegistry()
-    app[http_metrics_key] = HttpMetrics(app[registry_key], role, version)
+    app[registry_key] = metrics.registry
+    app[http_metrics_key] = metrics
     app.on_response_prepare.append(on_response_prepare)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/version", _version)
@@ -78,35 +80,9 @@ def base_app(
 
 def metrics_app(*, role: str, registry: CollectorRegistry) -> web.Application:
     """An app that serves only ``/metrics`` for ``registry`` (another app's), on a port of its own."""
-    app = web.Application(client_max_size=64 * 1024, middlewares=[error_middleware])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[request_middleware(max_body_bytes=64 * 1024)])
     app[role_key] = role
     app[registry_key] = registry
     app.on_response_prepare.append(on_response_prepare)
     app.router.add_get("/metrics", _metrics)
     return app
-
-
-@web.middleware
-async def _observe(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        request.app[http_metrics_key].observe(route, request.method, status, time.perf_counter() - start)
-
-
-@web.middleware
-async def _body_limit(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
-    limit = request.app[max_body_key]
-    length = request.content_length
-    if length is not None and length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
-    return await handler(request)

@@ -34,13 +34,13 @@ def bearer_auth(
     protected: Callable[[web.Request], bool],
     allow_x_api_key: bool = False,
     what: str = "token",
-) -> Callable[[web.Request, Handler], object]:
-    """A middleware that requires one of ``tokens`` on requests for which ``protected(request)`` is true."""
+) -> list[Callable[[web.Request, Handler], object]]:
+    """Middlewares (none when ``tokens`` is empty) requiring one of ``tokens`` where ``protected(request)``."""
     expected = [t.encode() for t in tokens if t]
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected and protected(request):
+        if protected(request):
             given = presented_token(request, allow_x_api_key=allow_x_api_key).encode()
             if not given:
                 raise AuthenticationError(
@@ -51,4 +51,4 @@ def bearer_auth(
                 raise AuthenticationError(f"invalid {what}", headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
 
-    return middleware
+    return [middleware] if expected else []

@@ -1,0 +1,169 @@
+"""Gateway overhead: CPU per request and added latency, against a bare aiohttp pass-through, in one run.
+
+    python bench/gateway_overhead.py [--requests 2000] [--streams 200]
+
+Three processes: a fast fake neuron (answers at once; streams 64 chunks paced 2 ms apart), the floor (a
+minimal aiohttp proxy in front of it: one session, bytes through) and ``helexa run --role gateway`` in front
+of it. For each path it sends the same load — non-streaming and streaming, at concurrency 1 and 32 — and
+reads the proxy's CPU time from /proc before and after. Prints CPU per request, time to first chunk and
+the gateway/floor ratios. All servers bind 127.0.0.1 on free ports and are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+MODEL = "bench-model"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    for _ in range(300):
+        try:
+            async with session.post(url, json=body) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError(url)
+
+
+async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> float:
+    """Time to the first body chunk, in seconds; reads the whole response."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
+    began = time.perf_counter()
+    async with session.post(url, json=body) as resp:
+        first = 0.0
+        async for _ in resp.content.iter_any():
+            first = first or time.perf_counter()
+        assert resp.status == 200
+    return first - began
+
+
+async def load(session, url: str, *, stream: bool, count: int, concurrency: int) -> list[float]:
+    results: list[float] = []
+    queue = iter(range(count))
+
+    async def worker():
+        for _ in queue:
+            results.append(await one(session, url, stream))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+async def run(args: argparse.Namespace) -> None:
+    neuron_port, floor_port, gateway_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+    work = Path(tempfile.mkdtemp(prefix="helexa-bench-"))
+    config = work / "gateway.toml"
+    config.write_text(
+        f'[server]\nlog_level = "warning"\n[gateway]\nlisten = "127.0.0.1:{gateway_port}"\n'
+        f'metrics_listen = "127.0.0.1:{metrics_port}"\npoll_interval_seconds = 1.0\n'
+        f'[[neurons]]\nname = "fast"\nendpoint = "http://127.0.0.1:{neuron_port}"\n'
+    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = {
+        "neuron": subprocess.Popen(
+            [sys.executable, str(HERE / "upstreams.py"), "neuron", "--port", str(neuron_port)], **quiet
+        ),
+        "floor": subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "upstreams.py"),
+                "floor",
+                "--port",
+                str(floor_port),
+                "--upstream",
+                f"http://127.0.0.1:{neuron_port}",
+            ],
+            **quiet,
+        ),
+        "gateway": subprocess.Popen(
+            [sys.executable, "-m", "helexa", "run", "--role", "gateway", "--config", str(config)], **quiet
+        ),
+    }
+    urls = {
+        "direct": f"http://127.0.0.1:{neuron_port}/v1/chat/completions",
+        "floor": f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+        "gateway": f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
+    }
+    rows = []
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for url in urls.values():
+                await wait_ready(session, url)
+            for stream, count in ((False, args.requests), (True, args.streams)):
+                for concurrency in (1, 32):
+                    row = {"stream": stream, "concurrency": concurrency}
+                    for name in ("direct", "floor", "gateway"):
+                        await load(session, urls[name], stream=stream, count=min(count, 50), concurrency=concurrency)
+                        pid = procs[name if name != "direct" else "neuron"].pid
+                        before = cpu_seconds(pid)
+                        began = time.perf_counter()
+                        ttfc = await load(session, urls[name], stream=stream, count=count, concurrency=concurrency)
+                        row[name] = {
+                            "cpu_ms": (cpu_seconds(pid) - before) / count * 1000,
+                            "ttfc_ms": statistics.median(ttfc) * 1000,
+                            "rps": count / (time.perf_counter() - began),
+                        }
+                    rows.append(row)
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print(f"gateway overhead benchmark ({args.requests} requests / {args.streams} streams of 64 chunks paced 2 ms)")
+    print(
+        f"{'load':<22}{'floor cpu/req':>14}{'gateway cpu/req':>17}{'ratio':>8}"
+        f"{'direct ttfc':>13}{'floor +':>9}{'gateway +':>11}"
+    )
+    for row in rows:
+        label = f"{'stream' if row['stream'] else 'non-stream'} c={row['concurrency']}"
+        f, g, d = row["floor"], row["gateway"], row["direct"]
+        print(
+            f"{label:<22}{f['cpu_ms']:>11.3f} ms{g['cpu_ms']:>14.3f} ms{g['cpu_ms'] / f['cpu_ms']:>8.2f}"
+            f"{d['ttfc_ms']:>10.2f} ms{f['ttfc_ms'] - d['ttfc_ms']:>+7.2f}ms{g['ttfc_ms'] - d['ttfc_ms']:>+9.2f}ms"
+        )
+    print("targets: cpu/req ratio <= 1.3; gateway added time to first chunk p50 at c=1 <= 0.5 ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--streams", type=int, default=200)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
