@@ -121,17 +121,23 @@ async def run(args: argparse.Namespace) -> None:
                 await wait_ready(session, url)
             for stream, count in ((False, args.requests), (True, args.streams)):
                 for concurrency in (1, 32):
+                    samples: dict[str, list[tuple[float, float]]] = {n: [] for n in urls}
+                    for url in urls.values():  # warm-up
+                        await load(session, url, stream=stream, count=min(count, 50), concurrency=concurrency)
+                    for round_ in range(args.rounds):
+                        order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+                        for name in order:
+                            pid = procs[name if name != "direct" else "neuron"].pid
+                            before = cpu_seconds(pid)
+                            ttfc = await load(session, urls[name], stream=stream, count=count, concurrency=concurrency)
+                            samples[name].append(
+                                ((cpu_seconds(pid) - before) / count * 1000, statistics.median(ttfc) * 1000)
+                            )
                     row = {"stream": stream, "concurrency": concurrency}
-                    for name in ("direct", "floor", "gateway"):
-                        await load(session, urls[name], stream=stream, count=min(count, 50), concurrency=concurrency)
-                        pid = procs[name if name != "direct" else "neuron"].pid
-                        before = cpu_seconds(pid)
-                        began = time.perf_counter()
-                        ttfc = await load(session, urls[name], stream=stream, count=count, concurrency=concurrency)
+                    for name, values in samples.items():
                         row[name] = {
-                            "cpu_ms": (cpu_seconds(pid) - before) / count * 1000,
-                            "ttfc_ms": statistics.median(ttfc) * 1000,
-                            "rps": count / (time.perf_counter() - began),
+                            "cpu_ms": statistics.median(v[0] for v in values),
+                            "ttfc_ms": statistics.median(v[1] for v in values),
                         }
                     rows.append(row)
     finally:
@@ -143,7 +149,10 @@ async def run(args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print(f"gateway overhead benchmark ({args.requests} requests / {args.streams} streams of 64 chunks paced 2 ms)")
+    print(
+        f"gateway overhead benchmark: medians of {args.rounds} alternating rounds of {args.requests} requests / "
+        f"{args.streams} streams (64 chunks paced 2 ms)"
+    )
     print(
         f"{'load':<22}{'floor cpu/req':>14}{'gateway cpu/req':>17}{'ratio':>8}"
         f"{'direct ttfc':>13}{'floor +':>9}{'gateway +':>11}"
@@ -162,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per load; medians are printed")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -6,6 +6,8 @@ path, no request ids, no prompts. Role-specific metrics live with their role.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from helexa.server.version import VersionInfo
@@ -159,6 +161,47 @@ class GatewayMetrics:
             buckets=_TTFT_BUCKETS,
             registry=registry,
         )
+        self._series: dict[tuple[str, str], RequestSeries] = {}
         self.neuron_up = Gauge(
             "helexa_gateway_neuron_up", "1 when the neuron answers its polls.", ("neuron",), registry=registry
         )
+
+    def series(self, model: str, neuron: str) -> RequestSeries:
+        """The per-request metric children for ``(model, neuron)``, created once (label lookups cost)."""
+        key = (model, neuron)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = RequestSeries(
+                duration=self.duration.labels(model, neuron),
+                ttft=self.ttft.labels(model, neuron),
+                tokens_per_second=self.tokens_per_second.labels(model, neuron),
+                prompt_tokens=self.prompt_tokens.labels(model, neuron),
+                completion_tokens=self.completion_tokens.labels(model, neuron),
+                in_flight=self.in_flight.labels(model, neuron),
+                requests={},
+                parent=self,
+                key=key,
+            )
+        return series
+
+
+@dataclass(slots=True)
+class RequestSeries:
+    """Metric children of one (model, neuron) pair."""
+
+    duration: Histogram
+    ttft: Histogram
+    tokens_per_second: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    in_flight: Gauge
+    requests: dict[int, Counter]
+    parent: GatewayMetrics
+    key: tuple[str, str]
+
+    def request(self, status: int) -> None:
+        """Count one request answered with ``status``."""
+        child = self.requests.get(status)
+        if child is None:
+            child = self.requests[status] = self.parent.requests.labels(*self.key, str(status))
+        child.inc()

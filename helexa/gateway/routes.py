@@ -58,10 +58,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
 async def _relay_once(
     request: web.Request, state: NeuronState, model_id: str, body: bytes, *, injected: bool, exchange: Exchange
 ) -> web.StreamResponse:
-    metrics = request.app[gateway_metrics_key]
+    series = request.app[gateway_metrics_key].series(model_id, state.name)
     state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
-    gauge = metrics.in_flight.labels(model_id, state.name)
-    gauge.inc()
+    series.in_flight.inc()
     try:
         return await relay(
             request,
@@ -73,24 +72,25 @@ async def _relay_once(
             exchange=exchange,
         )
     finally:
-        gauge.dec()
+        series.in_flight.dec()
         state.in_flight[model_id] -= 1
         state.last_used[model_id] = time.monotonic()
         if exchange.status:
-            metrics.requests.labels(model_id, state.name, str(exchange.status)).inc()
+            series.request(exchange.status)
 
 
 def _observe(metrics: GatewayMetrics, model: str, neuron: str, exchange: Exchange) -> None:
-    metrics.duration.labels(model, neuron).observe(time.perf_counter() - exchange.started)
+    series = metrics.series(model, neuron)
+    series.duration.observe(time.perf_counter() - exchange.started)
     if exchange.first_token_s:
-        metrics.ttft.labels(model, neuron).observe(exchange.first_token_s)
+        series.ttft.observe(exchange.first_token_s)
     usage = exchange.usage
     if usage is None:
         return
-    metrics.prompt_tokens.labels(model, neuron).inc(usage.prompt_tokens)
-    metrics.completion_tokens.labels(model, neuron).inc(usage.completion_tokens)
+    series.prompt_tokens.inc(usage.prompt_tokens)
+    series.completion_tokens.inc(usage.completion_tokens)
     if exchange.generation_s > 0 and usage.completion_tokens > 1:
-        metrics.tokens_per_second.labels(model, neuron).observe((usage.completion_tokens - 1) / exchange.generation_s)
+        series.tokens_per_second.observe((usage.completion_tokens - 1) / exchange.generation_s)
 
 
 async def list_models(request: web.Request) -> web.Response:
