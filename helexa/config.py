@@ -26,6 +26,7 @@ import msgspec
 
 from helexa.errors import ConfigError
 from helexa.wire import ModelId, explain_validation_error
+from helexa.wire.neuron import ModelSpec
 
 __all__ = [
     "AuthSection",
@@ -141,6 +142,19 @@ class ModelEntry(ConfigStruct):
     normalise: Annotated[
         bool, _doc("Turn <think> and <tool_call> text into reasoning_content and tool_calls for this model.")
     ] = True
+
+    def spec(self) -> ModelSpec:
+        """What a neuron is asked to load for this entry."""
+        return ModelSpec(
+            model_id=self.id,
+            harness=self.harness,
+            source=self.source,
+            quant=self.quant,
+            tensor_parallel=self.tensor_parallel,
+            vram_mb=self.vram_mb,
+            options=self.options,
+            normalise=self.normalise,
+        )
 
 
 class NeuronSection(ConfigStruct):

@@ -7,7 +7,6 @@ neuron. The Prometheus registry (``registry_key``) is served on the metrics port
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -20,7 +19,7 @@ from helexa.gateway.poller import poll_forever
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
 from helexa.metrics import GatewayMetrics
-from helexa.server.app import base_app, registry_key
+from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.auth import bearer_auth
 from helexa.server.version import VersionInfo
 
@@ -77,10 +76,6 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 for name, state in registry.neurons.items()
             ]
             yield
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_all(tasks)
 
     return ctx

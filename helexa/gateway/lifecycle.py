@@ -16,6 +16,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import msgspec
+
 from helexa.config import ModelEntry
 from helexa.errors import HelexaError, NotFound, Overloaded
 from helexa.gateway.neuron_client import NeuronClient
@@ -179,16 +181,7 @@ class Lifecycle:
     async def _load_on(self, state: NeuronState, entry: ModelEntry) -> None:
         logger.info("loading %s on %s", entry.id, state.name)
         state.models[entry.id] = ModelInfo(id=entry.id, harness=entry.harness, status=ModelStatus.LOADING)
-        request = LoadRequest(
-            model_id=entry.id,
-            harness=entry.harness,
-            source=entry.source,
-            quant=entry.quant,
-            tensor_parallel=entry.tensor_parallel,
-            vram_mb=entry.vram_mb,
-            options=entry.options,
-            normalise=entry.normalise,
-        )
+        request = LoadRequest(**msgspec.structs.asdict(entry.spec()))
         try:
             await self.clients[state.name].load(request, self.load_timeout)
         except BaseException:

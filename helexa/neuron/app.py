@@ -8,7 +8,6 @@ refresher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +32,7 @@ from helexa.neuron.routes import (
     setup_routes,
     started_key,
 )
-from helexa.server.app import base_app, registry_key
+from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.auth import bearer_auth
 from helexa.server.version import VersionInfo
 
@@ -107,11 +106,7 @@ def _background(preload: list[str]):  # noqa: ANN202
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_preload(app, preload)), asyncio.create_task(_refresh_gpus(app))]
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
 
     return ctx
 

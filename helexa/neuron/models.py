@@ -104,18 +104,7 @@ class ModelManager:
     def spec_for(self, model_id: str) -> ModelSpec | None:
         """The catalogue's spec for ``model_id`` (an id or alias), or None if it is not in the catalogue."""
         entry = self.catalogue.get(model_id)
-        if entry is None:
-            return None
-        return ModelSpec(
-            model_id=entry.id,
-            harness=entry.harness,
-            source=entry.source,
-            quant=entry.quant,
-            tensor_parallel=entry.tensor_parallel,
-            vram_mb=entry.vram_mb,
-            options=entry.options,
-            normalise=entry.normalise,
-        )
+        return entry.spec() if entry is not None else None
 
     def complete(self, spec: ModelSpec) -> ModelSpec:
         """Fill what a load request left empty from the catalogue, then from the neuron's defaults."""

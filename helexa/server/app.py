@@ -7,6 +7,11 @@ The server package knows nothing about which roles exist.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,7 +20,7 @@ from helexa.metrics import HttpMetrics
 from helexa.server.middlewares import on_response_prepare, request_middleware, role_key
 from helexa.server.version import VersionInfo
 
-__all__ = ["base_app", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
+__all__ = ["base_app", "cancel_all", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
 
 registry_key = web.AppKey("registry_key", CollectorRegistry)
 version_key = web.AppKey("version_key", VersionInfo)
@@ -86,3 +91,13 @@ def metrics_app(*, role: str, registry: CollectorRegistry) -> web.Application:
     app.on_response_prepare.append(on_response_prepare)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel background ``tasks`` and wait for each to finish (a cleanup context's teardown)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
