@@ -119,11 +119,20 @@ async def test_lru_eviction_spares_pinned_and_busy_models(fleet):
     state.last_used.update({"pinned": 0.0, "busy": 1.0, "oldest": 2.0})  # pinned and busy are older still
     streaming = asyncio.create_task(chat(client, "busy", stream=True))
     await asyncio.sleep(0.05)
+    from helexa.server.app import registry_key
+    from prometheus_client import generate_latest
+
+    during = generate_latest(client.app[registry_key]).decode()
+    assert metric(during, "helexa_gateway_requests_in_flight", model="busy", neuron="a") == 1
     resp = await chat(client, "new")
     assert resp.status == 200, await resp.text()
     assert a.unloads == [("oldest", False)]
     assert set(a.models) == {"pinned", "busy", "new"}
     await (await streaming).read()
+    after = generate_latest(client.app[registry_key]).decode()
+    assert metric(after, "helexa_gateway_evictions_total", model="oldest", neuron="a") == 1
+    assert metric(after, "helexa_gateway_requests_in_flight", model="busy", neuron="a") == 0
+    assert metric(after, "helexa_gateway_model_load_seconds_count", model="new", neuron="a") == 1
 
 
 async def test_priority_eviction_takes_the_lowest_priority(fleet):
