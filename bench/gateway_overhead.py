@@ -5,15 +5,14 @@
 Three processes: a fast fake neuron (answers at once; streams 64 chunks paced 2 ms apart), the floor (a
 minimal aiohttp proxy in front of it: one session, bytes through) and ``helexa run --role gateway`` in front
 of it. For each path it sends the same load — non-streaming and streaming, at concurrency 1 and 32 — and
-reads the proxy's CPU time from /proc before and after. Prints CPU per request, time to first chunk and
-the gateway/floor ratios. All servers bind 127.0.0.1 on free ports and are stopped at the end.
+reads the proxy's CPU time from /proc (sum_exec_runtime) before and after. Prints CPU per request, time to
+first chunk and the gateway/floor ratios. All servers bind 127.0.0.1 on free ports and are stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import socket
 import statistics
@@ -27,7 +26,6 @@ import aiohttp
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench-model"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -37,8 +35,14 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    """CPU time of every thread of ``pid`` so far: ``se.sum_exec_runtime`` (ms with ns decimals) from
+    /proc/<pid>/task/*/sched, because /proc/<pid>/stat counts 10 ms ticks."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "sched").read_text().splitlines():
+            if line.startswith("se.sum_exec_runtime"):
+                total += float(line.split(":")[1])
+    return total / 1000
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
