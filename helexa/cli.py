@@ -17,10 +17,9 @@ import tomli_w
 from helexa.__about__ import __version__
 from helexa.config import Config, load_config
 from helexa.config_template import render_example
-from helexa.daemon import ROLES, Role, prepare, run_daemon
+from helexa.daemon import ROLES, Role, check_harnesses, prepare, run_daemon
 from helexa.errors import ConfigError, HelexaError, PluginError
-from helexa.harness import Harness
-from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
+from helexa.plugins import get_harnesses, get_plugin_manager
 from helexa.status import fetch, models_table, status_table
 
 __all__ = ["cli", "main"]
@@ -119,19 +118,13 @@ def config_check(path: str, role: Role | None) -> None:
     cfg = _load(path)
     try:
         if role is not None:
-            prepare(cfg, role)
-        if role in ("neuron", "both"):
-            harnesses = get_harnesses(get_plugin_manager(blocked=cfg.plugins.disabled))
-            _check_harness_names(cfg, harnesses)
+            prepared = prepare(cfg, role)
+            if role in ("neuron", "both"):
+                harnesses = get_harnesses(get_plugin_manager(blocked=cfg.plugins.disabled))
+                check_harnesses(prepared if role == "neuron" else cfg, "neuron", harnesses)
     except (ConfigError, PluginError) as exc:
         raise UsageFailure(f"{path}: {exc.message}") from None
     click.echo(tomli_w.dumps(_redacted(cfg)), nl=False)
-
-
-def _check_harness_names(cfg: Config, harnesses: dict[str, type[Harness]]) -> None:
-    for i, model in enumerate(cfg.models):
-        harness = resolve_harness(harnesses, model.harness, wanted_by=f"$.models[{i}] ({model.id})")
-        harness.parse_options(model.options, model_id=model.id)
 
 
 @cli.command()

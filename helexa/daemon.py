@@ -20,14 +20,15 @@ import msgspec
 from helexa.config import Config, NeuronRef, parse_listen
 from helexa.errors import ConfigError
 from helexa.gateway.app import make_gateway_app
+from helexa.harness import Harness
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.demo import with_demo_model
-from helexa.plugins import get_harnesses, get_plugin_manager
+from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.server.app import metrics_app, registry_key
 from helexa.server.runner import Listener, serve
 from helexa.server.version import version_info
 
-__all__ = ["ROLES", "Role", "prepare", "run_daemon"]
+__all__ = ["ROLES", "Role", "check_harnesses", "prepare", "run_daemon"]
 
 Role = Literal["gateway", "neuron", "both"]
 ROLES: tuple[Role, ...] = ("gateway", "neuron", "both")
@@ -78,11 +79,29 @@ def prepare(cfg: Config, role: Role) -> Config:
     )
 
 
+def check_harnesses(cfg: Config, role: Role, harnesses: dict[str, type[Harness]]) -> None:
+    """Fail fast when the neuron would need a harness that is not installed.
+
+    A neuron checks its default harness and every catalogue model (its own); in ``both`` the catalogue may
+    name harnesses that only remote neurons have, so only the default and the preloaded models are checked.
+    Options are validated against each harness's schema too.
+
+    :raises PluginError: naming the model and listing the installed harnesses.
+    """
+    resolve_harness(harnesses, cfg.neuron.default_harness, wanted_by="$.neuron.default_harness")
+    for i, model in enumerate(cfg.models):
+        if role == "both" and model.id not in cfg.neuron.preload:
+            continue
+        harness = resolve_harness(harnesses, model.harness, wanted_by=f"$.models[{i}] ({model.id})")
+        harness.parse_options(model.options, model_id=model.id)
+
+
 def _listeners(cfg: Config, role: Role) -> list[Listener]:
     pm = get_plugin_manager(blocked=cfg.plugins.disabled)
     listeners: list[Listener] = []
     if role in ("neuron", "both"):
         harnesses = get_harnesses(pm)
+        check_harnesses(cfg, role, harnesses)
         app = make_neuron_app(cfg, version_info("neuron", pm), harnesses)
         host, port = parse_listen(cfg.neuron.listen)
         listeners.append(Listener("neuron", app, host, port))

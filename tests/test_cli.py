@@ -191,3 +191,21 @@ def test_run_both_starts_without_config_and_stops_on_signal(helexa_process, sign
     output = proc.stdout.read()
     assert "draining" in output
     assert "Traceback" not in output
+
+
+def test_run_neuron_refuses_a_catalogue_harness_that_is_not_installed(tmp_path):
+    path = tmp_path / "neuron.toml"
+    path.write_text('[[models]]\nid = "m"\nharness = "sglang"\n')
+    result = helexa("run", "--role", "neuron", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "Error: $.models[0] (m): harness 'sglang' is required but not installed; available:"
+    )
+    assert "llamacpp" in result.stderr
+
+
+def test_run_neuron_refuses_an_unknown_default_harness():
+    env = {**os.environ, "HELEXA_NEURON__DEFAULT_HARNESS": "nope", "HELEXA_NEURON__DEMO": "false"}
+    result = helexa("run", "--role", "neuron", env=env)
+    assert result.returncode == 2
+    assert "$.neuron.default_harness: harness 'nope' is required but not installed" in result.stderr

@@ -148,3 +148,31 @@ def test_no_engine_survives_a_neuron_killed_with_sigkill(gguf_dir, helexa_proces
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     assert not any(alive(p) for p in pids), "engine processes outlived the neuron"
+
+
+def test_a_neuron_stopped_with_sigterm_stops_its_engines(gguf_dir, helexa_process):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HELEXA_NEURON__LISTEN": f"127.0.0.1:{port}",
+        "HELEXA_NEURON__MODEL_DIRS": f'["{gguf_dir}"]',
+        "HELEXA_NEURON__PORT_RANGE": "[45000, 45999]",
+    }
+    proc = helexa_process("run", "--role", "neuron", env=env)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the preloaded demo model answers
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as resp:
+            if json.load(resp)["models"][0]["status"] == "loaded":
+                break
+        time.sleep(0.1)
+    pids = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    ]
+    assert pids
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not any(alive(p) for p in pids)

@@ -119,8 +119,9 @@ async def test_lru_eviction_spares_pinned_and_busy_models(fleet):
     state.last_used.update({"pinned": 0.0, "busy": 1.0, "oldest": 2.0})  # pinned and busy are older still
     streaming = asyncio.create_task(chat(client, "busy", stream=True))
     await asyncio.sleep(0.05)
-    from helexa.server.app import registry_key
     from prometheus_client import generate_latest
+
+    from helexa.server.app import registry_key
 
     during = generate_latest(client.app[registry_key]).decode()
     assert metric(during, "helexa_gateway_requests_in_flight", model="busy", neuron="a") == 1
@@ -311,3 +312,37 @@ async def test_other_openai_routes_pass_through(fleet, path):
     resp = await client.post(path, json={"model": "m", "input": "x"})
     assert resp.status == 200
     assert (await resp.json())["data"][0]["embedding"] == [1.0]
+
+
+async def test_models_that_vanish_from_a_neuron_are_pruned(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a])
+    assert [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]] == ["m"]
+    a.models.clear()  # unloaded behind the gateway's back
+    deadline = time.monotonic() + 5
+    while (await (await client.get("/v1/models")).json())["data"]:
+        assert time.monotonic() < deadline, "the vanished model was never pruned"
+        await asyncio.sleep(0.05)
+
+
+async def test_status_and_models_commands(fleet):
+    from click.testing import CliRunner
+
+    from helexa.cli import cli
+
+    a = FakeNeuron("a", devices=[24000, 24000])
+    a.preload("m", 6000)
+    client, _ = await fleet([a], models=[entry("m", aliases=["mm"])])
+    url = str(client.make_url("")).rstrip("/")
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", url, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["neurons"][0]["name"] == "a" and report["neurons"][0]["healthy"] is True
+    assert report["neurons"][0]["devices"][0]["vram_used_mb"] == 6000
+    table = (await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", url])).output
+    assert "6000/48000" in table and "2 GPU" in table
+    models = (await asyncio.to_thread(CliRunner().invoke, cli, ["models", "--url", url])).output
+    assert "m " in models and "loaded" in models and "mm" in models
+    down = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", "http://127.0.0.1:9"])
+    assert down.exit_code == 1 and "cannot reach the gateway" in down.output
