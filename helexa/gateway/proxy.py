@@ -20,11 +20,10 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import UpstreamError
-from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
-from helexa.server.upstream import open_upstream, response_headers
+from helexa.server.upstream import response_headers
 from helexa.sse import EventFramer
 
-__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay"]
+__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay"]
 
 logger = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -128,38 +127,30 @@ class Exchange:
 
 
 async def relay(
-    request: web.Request,
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    *,
-    token: str,
-    hide_usage: bool,
-    exchange: Exchange,
+    request: web.Request, upstream: aiohttp.ClientResponse, *, hide_usage: bool, exchange: Exchange
 ) -> web.StreamResponse:
-    """POST ``body`` to a neuron and relay its answer, filling ``exchange``.
+    """Relay an open neuron response to the client, filling ``exchange``.
 
-    :raises UpstreamError: unreachable before any byte (the caller may try another replica), or the stream
-        broke off (the client then gets a final SSE error event from the error middleware).
+    :raises UpstreamError: the stream broke off (the client then gets a final SSE error event from the error
+        middleware).
     """
-    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[request_id_key]}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    upstream = await open_upstream(session, url, body, headers)
-    async with upstream:
-        exchange.status = upstream.status
-        out_headers = response_headers(upstream, origin="neuron")
-        if upstream.content_type == "text/event-stream":
-            return await _relay_stream(request, upstream, out_headers, hide_usage=hide_usage, exchange=exchange)
-        try:
-            data = await upstream.read()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamError(f"neuron response broke off: {exc}") from None
-        if upstream.status == 200 and b'"usage"' in data:
-            with contextlib.suppress(msgspec.DecodeError):
-                exchange.usage = _usage_decoder.decode(data).usage
-        exchange.bytes_sent = len(data)
-        return web.Response(status=upstream.status, body=data, headers=out_headers)
+    out_headers = response_headers(upstream, origin="neuron")
+    if upstream.content_type == "text/event-stream":
+        return await _relay_stream(request, upstream, out_headers, hide_usage=hide_usage, exchange=exchange)
+    data = await read_body(upstream)
+    if upstream.status == 200 and b'"usage"' in data:
+        with contextlib.suppress(msgspec.DecodeError):
+            exchange.usage = _usage_decoder.decode(data).usage
+    exchange.bytes_sent = len(data)
+    return web.Response(status=upstream.status, body=data, headers=out_headers)
+
+
+async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole body of a non-streaming answer. :raises UpstreamError: it broke off."""
+    try:
+        return await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        raise UpstreamError(f"neuron response broke off: {exc}") from None
 
 
 async def _relay_stream(

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 from aiohttp import web
 
-from helexa.errors import NotFound, UpstreamError
+from helexa.errors import NotFound
 from helexa.gateway.catalogue import fleet_report, model_cards
-from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe, session_key
 from helexa.gateway.proxy import Exchange, prepare_body, relay
-from helexa.gateway.registry import NeuronState
-from helexa.metrics import GatewayMetrics
 from helexa.server.app import json_response
 from helexa.wire.openai import decode_head
 
 __all__ = ["gateway_metrics_key", "lifecycle_key", "session_key", "setup_routes"]
 
-lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
-session_key = web.AppKey("session_key", aiohttp.ClientSession)
-gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 
 _USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
 
@@ -30,67 +24,14 @@ async def inference(request: web.Request) -> web.StreamResponse:
     exchange = Exchange(started=time.perf_counter())
     body = await request.read()
     head = decode_head(body)
-    app = request.app
-    lifecycle, metrics = app[lifecycle_key], app[gateway_metrics_key]
-    model_id, state = await lifecycle.route(head.model)
+    model_id, state = await request.app[lifecycle_key].route(head.model)
     body, injected = prepare_body(
         body, head.model, model_id, stream=head.stream, wants_usage=request.path in _USAGE_PATHS
     )
-    tried: set[str] = set()
-    while True:
-        try:
-            response = await _relay_once(request, state, model_id, body, injected=injected, exchange=exchange)
-            break
-        except UpstreamError as exc:
-            metrics.errors.labels(model_id, state.name, exc.code).inc()
-            if exchange.status:  # bytes already reached the client: nothing to retry
-                raise
-            state.healthy = False  # the poller brings it back when it answers
-            tried.add(state.name)
-            other = lifecycle.choose(model_id, frozenset(tried))
-            if other is None:
-                raise
-            state = other
-    _observe(metrics, model_id, state.name, exchange)
+    async with forward(request, model_id, state, path=request.path, body=body, exchange=exchange) as (upstream, state):
+        response = await relay(request, upstream, hide_usage=injected, exchange=exchange)
+    observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
     return response
-
-
-async def _relay_once(
-    request: web.Request, state: NeuronState, model_id: str, body: bytes, *, injected: bool, exchange: Exchange
-) -> web.StreamResponse:
-    series = request.app[gateway_metrics_key].series(model_id, state.name)
-    state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
-    series.in_flight.inc()
-    try:
-        return await relay(
-            request,
-            request.app[session_key],
-            state.ref.endpoint.rstrip("/") + request.path,
-            body,
-            token=state.ref.token,
-            hide_usage=injected,
-            exchange=exchange,
-        )
-    finally:
-        series.in_flight.dec()
-        state.in_flight[model_id] -= 1
-        state.last_used[model_id] = time.monotonic()
-        if exchange.status:
-            series.request(exchange.status)
-
-
-def _observe(metrics: GatewayMetrics, model: str, neuron: str, exchange: Exchange) -> None:
-    series = metrics.series(model, neuron)
-    series.duration.observe(time.perf_counter() - exchange.started)
-    if exchange.first_token_s:
-        series.ttft.observe(exchange.first_token_s)
-    usage = exchange.usage
-    if usage is None:
-        return
-    series.prompt_tokens.inc(usage.prompt_tokens)
-    series.completion_tokens.inc(usage.completion_tokens)
-    if exchange.generation_s > 0 and usage.completion_tokens > 1:
-        series.tokens_per_second.observe((usage.completion_tokens - 1) / exchange.generation_s)
 
 
 async def list_models(request: web.Request) -> web.Response:

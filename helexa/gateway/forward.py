@@ -1,0 +1,89 @@
+"""Opening a request to a model's neuron: failover before any byte, in-flight accounting, request metrics.
+
+Every route that sends inference to a neuron — plain OpenAI relays and translated dialects alike — goes
+through :func:`forward`, so routing, retries and metrics behave the same for all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from helexa.errors import HelexaError, UpstreamError
+from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.proxy import Exchange
+from helexa.gateway.registry import NeuronState
+from helexa.metrics import GatewayMetrics
+from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
+from helexa.server.upstream import open_upstream
+
+__all__ = ["forward", "gateway_metrics_key", "lifecycle_key", "observe", "session_key"]
+
+lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
+session_key = web.AppKey("session_key", aiohttp.ClientSession)
+gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
+
+
+@contextlib.asynccontextmanager
+async def forward(
+    request: web.Request, model_id: str, state: NeuronState, *, path: str, body: bytes, exchange: Exchange
+) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
+    """POST ``body`` to ``path`` on a neuron serving ``model_id``; yield the open response and the neuron.
+
+    A neuron that cannot be reached is marked down and another replica is tried, as long as nothing has been
+    sent to the client. The request counts as in flight on that neuron until the block exits.
+
+    :raises UpstreamError: no replica could be reached.
+    """
+    app = request.app
+    lifecycle, metrics = app[lifecycle_key], app[gateway_metrics_key]
+    tried: set[str] = set()
+    while True:
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[request_id_key]}
+        if state.ref.token:
+            headers["Authorization"] = f"Bearer {state.ref.token}"
+        try:
+            upstream = await open_upstream(app[session_key], state.ref.endpoint.rstrip("/") + path, body, headers)
+            break
+        except UpstreamError as exc:
+            metrics.errors.labels(model_id, state.name, exc.code).inc()
+            state.healthy = False  # the poller brings it back when it answers
+            tried.add(state.name)
+            other = lifecycle.choose(model_id, frozenset(tried))
+            if other is None:
+                raise
+            state = other
+    series = metrics.series(model_id, state.name)
+    state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
+    series.in_flight.inc()
+    exchange.status = upstream.status
+    try:
+        async with upstream:
+            yield upstream, state
+    except HelexaError as exc:
+        metrics.errors.labels(model_id, state.name, exc.code).inc()
+        raise
+    finally:
+        series.in_flight.dec()
+        state.in_flight[model_id] -= 1
+        state.last_used[model_id] = time.monotonic()
+        series.request(exchange.status)
+
+
+def observe(metrics: GatewayMetrics, model: str, neuron: str, exchange: Exchange) -> None:
+    """Record a finished request's latency, first-token time and tokens."""
+    series = metrics.series(model, neuron)
+    series.duration.observe(time.perf_counter() - exchange.started)
+    if exchange.first_token_s:
+        series.ttft.observe(exchange.first_token_s)
+    usage = exchange.usage
+    if usage is None:
+        return
+    series.prompt_tokens.inc(usage.prompt_tokens)
+    series.completion_tokens.inc(usage.completion_tokens)
+    if exchange.generation_s > 0 and usage.completion_tokens > 1:
+        series.tokens_per_second.observe((usage.completion_tokens - 1) / exchange.generation_s)

@@ -1,0 +1,284 @@
+"""Anthropic Messages ↔ OpenAI chat completions, both directions, for whole requests and responses. Pure.
+
+Request: ``system`` becomes the first message; text and image blocks become OpenAI content parts (base64
+images as data URIs); ``tool_use`` blocks become assistant ``tool_calls``; each ``tool_result`` becomes a
+``tool`` message (before the rest of its user turn); ``tools`` become functions and ``tool_choice``
+auto/any/tool/none becomes auto/required/{function}/none; ``thinking`` switches the chat template's
+``enable_thinking``; ``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and ``metadata.user_id`` map
+to their OpenAI (or vLLM/llama.cpp) names.
+
+Response: ``reasoning_content`` becomes a ``thinking`` block, text a ``text`` block, each tool call a
+``tool_use`` block; finish reasons map stop → end_turn (or stop_sequence when the engine says which stop
+string matched), length → max_tokens, tool_calls → tool_use.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from helexa.errors import InvalidRequest
+from helexa.translate.anthropic_types import (
+    AnthropicRequest,
+    CountTokensRequest,
+    ImageBlock,
+    Message,
+    RedactedThinkingBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+
+__all__ = [
+    "STOP_REASONS",
+    "chat_messages",
+    "decode_count_request",
+    "decode_request",
+    "message_id",
+    "stop_reason",
+    "to_anthropic_message",
+    "to_chat_request",
+]
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+_request_decoder = msgspec.json.Decoder(AnthropicRequest)
+_count_decoder = msgspec.json.Decoder(CountTokensRequest)
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def message_id() -> str:
+    """A new Anthropic-style message id."""
+    return f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = text.rpartition(" - at `")[2].rstrip("`") if " - at `" in text else ""
+        field = path.removeprefix("$.") or None
+        message = text.replace("`", "").rsplit(" - at ", 1)[0]
+        raise InvalidRequest(f"{field}: {message}" if field else message, param=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def decode_request(body: bytes) -> AnthropicRequest:
+    """Validate a Messages request. :raises InvalidRequest: naming the field (400 in Anthropic's envelope)."""
+    if not body:
+        raise InvalidRequest("request body is empty; send a JSON object with model, max_tokens and messages")
+    request = _decode(_request_decoder, body)
+    if request.max_tokens < 1:
+        raise InvalidRequest("max_tokens: must be at least 1", param="max_tokens")
+    _check_tools(request.tools, request.tool_choice)
+    return request
+
+
+def decode_count_request(body: bytes) -> CountTokensRequest:
+    """Validate a count_tokens request."""
+    if not body:
+        raise InvalidRequest("request body is empty; send a JSON object with model and messages")
+    request = _decode(_count_decoder, body)
+    _check_tools(request.tools, request.tool_choice)
+    return request
+
+
+def _check_tools(tools: list[Any], choice: Any) -> None:
+    for i, tool in enumerate(tools):
+        if tool.type not in ("custom", "function", ""):
+            raise InvalidRequest(
+                f"tools.{i}.type: server tool {tool.type!r} is not supported here; define a custom tool",
+                param=f"tools.{i}.type",
+            )
+    if choice is None:
+        return
+    if choice.type == "tool":
+        if not choice.name:
+            raise InvalidRequest("tool_choice.name: required when tool_choice.type is 'tool'", param="tool_choice.name")
+        if choice.name not in {t.name for t in tools}:
+            raise InvalidRequest(f"tool_choice.name: tool {choice.name!r} is not in tools", param="tool_choice.name")
+    if choice.type in ("any", "tool") and not tools:
+        raise InvalidRequest(f"tool_choice: type {choice.type!r} needs tools", param="tool_choice")
+
+
+def _system_text(system: str | list[TextBlock]) -> str:
+    return system if isinstance(system, str) else "\n\n".join(b.text for b in system)
+
+
+def _image_part(block: ImageBlock) -> dict[str, Any]:
+    source = block.source
+    url = source.url if source.type == "url" else f"data:{source.media_type};base64,{source.data}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _tool_result_text(block: ToolResultBlock) -> str:
+    if isinstance(block.content, str):
+        text = block.content
+    else:
+        text = "\n".join(part.text for part in block.content if isinstance(part, TextBlock))
+    return f"Error: {text}" if block.is_error else text
+
+
+def chat_messages(system: str | list[TextBlock], messages: list[Message]) -> list[dict[str, Any]]:
+    """The OpenAI ``messages`` for an Anthropic system prompt and conversation."""
+    out: list[dict[str, Any]] = []
+    text = _system_text(system)
+    if text:
+        out.append({"role": "system", "content": text})
+    for message in messages:
+        if isinstance(message.content, str):
+            out.append({"role": message.role, "content": message.content})
+        elif message.role == "assistant":
+            out.append(_assistant_message(message))
+        else:
+            out.extend(_user_messages(message))
+    return out
+
+
+def _assistant_message(message: Message) -> dict[str, Any]:
+    text, reasoning, calls = [], [], []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            text.append(block.text)
+        elif isinstance(block, ThinkingBlock):
+            reasoning.append(block.thinking)
+        elif isinstance(block, ToolUseBlock):
+            arguments = _encoder.encode(block.input).decode()
+            calls.append({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": arguments}})
+        elif not isinstance(block, RedactedThinkingBlock):
+            raise InvalidRequest(f"assistant messages cannot hold {type(block).__name__} blocks", param="messages")
+    out: dict[str, Any] = {"role": "assistant", "content": "".join(text) or (None if calls else "")}
+    if reasoning:
+        out["reasoning_content"] = "".join(reasoning)
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def _user_messages(message: Message) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, ToolResultBlock):
+            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": _tool_result_text(block)})
+        elif isinstance(block, TextBlock):
+            parts.append({"type": "text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            parts.append(_image_part(block))
+        else:
+            raise InvalidRequest(f"user messages cannot hold {type(block).__name__} blocks", param="messages")
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
+    return out
+
+
+def _tool_choice(request: AnthropicRequest | CountTokensRequest) -> Any:
+    choice = request.tool_choice
+    if choice is None:
+        return None
+    if choice.type == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+
+
+def to_chat_request(request: AnthropicRequest, model: str) -> dict[str, Any]:
+    """The OpenAI chat request for ``request``, for ``model`` (the resolved id)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": chat_messages(request.system, request.messages),
+        "max_tokens": request.max_tokens,
+        "stream": request.stream,
+    }
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
+    for key in ("temperature", "top_p", "top_k"):
+        value = getattr(request, key)
+        if value is not None:
+            body[key] = value
+    if request.stop_sequences:
+        body["stop"] = request.stop_sequences
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+            }
+            for t in request.tools
+        ]
+    choice = _tool_choice(request)
+    if choice is not None:
+        body["tool_choice"] = choice
+        if request.tool_choice is not None and request.tool_choice.disable_parallel_tool_use:
+            body["parallel_tool_calls"] = False
+    if request.thinking is not None:
+        body["chat_template_kwargs"] = {"enable_thinking": request.thinking.type != "disabled"}
+    if request.metadata is not None and request.metadata.user_id:
+        body["user"] = request.metadata.user_id
+    return body
+
+
+def stop_reason(finish_reason: str | None, choice: dict[str, Any], stop_sequences: list[str]) -> tuple[str, str | None]:
+    """Anthropic ``(stop_reason, stop_sequence)`` for an OpenAI finish reason.
+
+    An engine that reports which stop string matched (vLLM's ``stop_reason``, llama.cpp's ``stopping_word``)
+    turns ``stop`` into ``stop_sequence``; others leave it ``end_turn``.
+    """
+    if finish_reason == "stop" and stop_sequences:
+        matched = choice.get("stop_reason") or choice.get("stopping_word")
+        if isinstance(matched, str) and matched in stop_sequences:
+            return "stop_sequence", matched
+    return STOP_REASONS.get(finish_reason or "stop", "end_turn"), None
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's JSON arguments as the ``input`` object (``{}`` when empty or not an object)."""
+    try:
+        value = _decoder.decode(arguments) if arguments else {}
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def to_anthropic_message(chat: dict[str, Any], request: AnthropicRequest, model: str) -> dict[str, Any]:
+    """The Anthropic message for a non-streaming OpenAI chat completion."""
+    choice = (chat.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("reasoning_content"):
+        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": function.get("name", ""),
+                "input": tool_input(function.get("arguments", "")),
+            }
+        )
+    reason, sequence = stop_reason(choice.get("finish_reason"), choice, request.stop_sequences)
+    usage = chat.get("usage") or {}
+    return {
+        "id": message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+    }
+
+
+def created() -> int:
+    """Seconds since the epoch, for generated objects."""
+    return int(time.time())

@@ -1,0 +1,127 @@
+"""Anthropic Messages API request types (what ``POST /v1/messages`` accepts), validated with msgspec.
+
+Unknown fields are ignored (clients send newer fields helexa does not model); a wrong type, a bad role or an
+unknown content-block type is a 400 naming the field. Content blocks are a tagged union on ``type``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "AnthropicRequest",
+    "Block",
+    "CountTokensRequest",
+    "ImageBlock",
+    "ImageSource",
+    "Message",
+    "RedactedThinkingBlock",
+    "TextBlock",
+    "ThinkingBlock",
+    "ThinkingConfig",
+    "Tool",
+    "ToolChoice",
+    "ToolResultBlock",
+    "ToolUseBlock",
+]
+
+
+class _Base(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Tolerant: unknown fields (cache_control, citations, …) are ignored."""
+
+
+class TextBlock(_Base, tag="text"):
+    text: str
+
+
+class ImageSource(_Base):
+    type: Literal["base64", "url"]
+    media_type: str = ""
+    data: str = ""
+    url: str = ""
+
+
+class ImageBlock(_Base, tag="image"):
+    source: ImageSource
+
+
+class ToolUseBlock(_Base, tag="tool_use"):
+    id: str
+    name: str
+    input: dict[str, Any] = {}
+
+
+class ToolResultBlock(_Base, tag="tool_result"):
+    tool_use_id: str
+    content: str | list[TextBlock | ImageBlock] = ""
+    is_error: bool = False
+
+
+class ThinkingBlock(_Base, tag="thinking"):
+    thinking: str
+    signature: str = ""
+
+
+class RedactedThinkingBlock(_Base, tag="redacted_thinking"):
+    data: str = ""
+
+
+Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock
+
+
+class Message(_Base):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class Tool(_Base):
+    name: str
+    input_schema: dict[str, Any]
+    description: str = ""
+    type: str = "custom"
+
+
+class ToolChoice(_Base):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str = ""
+    disable_parallel_tool_use: bool = False
+
+
+class ThinkingConfig(_Base):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int = 0
+
+
+class Metadata(_Base):
+    user_id: str = ""
+
+
+class AnthropicRequest(_Base):
+    """The body of ``POST /v1/messages``."""
+
+    model: str
+    max_tokens: int
+    messages: list[Message]
+    system: str | list[TextBlock] = ""
+    stop_sequences: list[str] = []
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    tools: list[Tool] = []
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+    metadata: Metadata | None = None
+
+
+class CountTokensRequest(_Base):
+    """The body of ``POST /v1/messages/count_tokens``: a request without ``max_tokens``."""
+
+    model: str
+    messages: list[Message]
+    system: str | list[TextBlock] = ""
+    tools: list[Tool] = []
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
