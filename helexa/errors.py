@@ -86,8 +86,11 @@ class HelexaError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        status_override: int | None = None,
     ) -> None:
         super().__init__(message)
+        if status_override is not None:
+            self.status = status_override  # type: ignore[misc]  # an error relayed with another party's status
         self.message = message
         self.param = param
         if code is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import msgspec
 
 from helexa.errors import ConfigError
@@ -147,6 +148,16 @@ class Harness(abc.ABC):
     async def wake(self, model_id: str) -> bool:
         """Wake a sleeping model; return whether it is ready again. The default cannot."""
         return False
+
+    async def count_tokens(
+        self, session: aiohttp.ClientSession, base_url: str, messages: list[dict[str, Any]], tools: list[Any]
+    ) -> int:
+        """Tokens the chat ``messages`` (and ``tools``) take as a prompt, from the engine's own tokenizer.
+
+        :param base_url: the engine's OpenAI base URL (as ``load`` returned it).
+        :raises NotImplementedError: the engine cannot count tokens (the neuron answers 501).
+        """
+        raise NotImplementedError(f"harness {self.name!r} cannot count tokens")
 
     def logs(self, model_id: str, last: int | None = None) -> list[str]:
         """The engine's most recent output lines for ``model_id`` (empty when it has none)."""

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from helexa.config import Config
+from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.poller import poll_forever
@@ -41,6 +42,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     registry = Registry(cfg.neurons, cfg.models)
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     setup_routes(app)
+    setup_anthropic_routes(app)
     return app
 
 
@@ -66,6 +68,7 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
             )
 
             def on_poll(state: NeuronState) -> None:
+                registry.mark_polled(state)
                 metrics.neuron_up.labels(state.name).set(1 if state.healthy else 0)
 
             tasks = [

@@ -11,6 +11,7 @@ count the same free memory twice. Loads on different neurons run in parallel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -30,6 +31,7 @@ from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
 __all__ = ["Lifecycle", "NoCapacity"]
 
 logger = logging.getLogger(__name__)
+FIRST_POLL_WAIT_S = 15.0  # longest a request waits, at start-up, for the first poll of every neuron
 
 
 class NoCapacity(HelexaError):
@@ -84,6 +86,9 @@ class Lifecycle:
         :raises NoCapacity: no neuron can take it, even after evictions.
         """
         model_id = self.registry.resolve(requested)
+        if not self.registry.first_round.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
         state = self.choose(model_id)
         if state is not None:
             return model_id, state

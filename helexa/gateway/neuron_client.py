@@ -11,7 +11,7 @@ from helexa.config import NeuronRef
 from helexa.errors import HelexaError, PreflightError, UpstreamError
 from helexa.wire.neuron import Discovery, LoadRequest, LoadResponse, ModelInfo, ModelList, NeuronHealth, UnloadRequest
 
-__all__ = ["NeuronClient"]
+__all__ = ["NeuronClient", "error_from_response"]
 
 _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
@@ -39,7 +39,7 @@ class NeuronClient:
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _error_from(self.ref.name, resp.status, raw)
+                    raise error_from_response(f"neuron {self.ref.name!r}", resp.status, raw)
                 return msgspec.json.decode(raw, type=kind)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"neuron {self.ref.name!r} did not answer {method} {path}: {exc!r}") from None
@@ -62,6 +62,11 @@ class NeuronClient:
         """``POST /models/load``; waits for the engine. A preflight refusal is re-raised as it came (422)."""
         return await self._call("POST", "/models/load", LoadResponse, body=request, limit_s=limit_s)
 
+    async def count_tokens(self, model_id: str, messages: list[dict[str, Any]], tools: list[Any]) -> int:
+        """``POST /tokenize``: prompt tokens of chat ``messages`` with the model's own tokenizer."""
+        body = {"model": model_id, "messages": messages, "tools": tools}
+        return (await self._call("POST", "/tokenize", _TokenCount, body=body)).count
+
     async def unload(self, model_id: str, *, full: bool = False) -> LoadResponse:
         """``POST /models/unload``."""
         return await self._call(
@@ -69,11 +74,19 @@ class NeuronClient:
         )
 
 
+class _TokenCount(msgspec.Struct):
+    count: int
+
+
 class _ErrorBody(msgspec.Struct):
     error: dict[str, Any] = {}
 
 
-def _error_from(neuron: str, status: int, raw: bytes) -> HelexaError:
+def error_from_response(origin: str, status: int, raw: bytes) -> HelexaError:
+    """A neuron's (or engine's) error answer as a HelexaError that keeps its status, message and code.
+
+    A structured preflight refusal (422 with ``kind``) stays a :class:`PreflightError`; 5xx become 502.
+    """
     try:
         error = msgspec.json.decode(raw, type=_ErrorBody).error
     except msgspec.DecodeError:
@@ -81,6 +94,5 @@ def _error_from(neuron: str, status: int, raw: bytes) -> HelexaError:
     message = str(error.get("message") or raw[:200].decode(errors="replace") or f"HTTP {status}")
     if status == 422 and "kind" in error:
         return PreflightError(error["kind"], str(error.get("model_id", "")), message, str(error.get("suggestion", "")))
-    err = HelexaError(f"neuron {neuron!r}: {message}", code=str(error.get("code") or "neuron_error"))
-    err.status = status if status in (400, 401, 403, 404, 409, 422) else 502  # type: ignore[misc]
-    return err
+    relayed = status if status in (400, 401, 403, 404, 409, 413, 422, 429, 501) else 502
+    return HelexaError(f"{origin}: {message}", code=str(error.get("code") or "upstream_error"), status_override=relayed)

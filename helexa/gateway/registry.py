@@ -7,6 +7,7 @@ used (for LRU), and load/unload cycles per neuron (for ``defrag_after_cycles``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class NeuronState:
     last_error: str = ""
     failures: int = 0
     cycles: int = 0
+    polled: bool = False
 
     @property
     def name(self) -> str:
@@ -48,11 +50,22 @@ class Registry:
 
     def __init__(self, refs: Iterable[NeuronRef], catalogue: Iterable[ModelEntry]) -> None:
         self.neurons: dict[str, NeuronState] = {ref.name: NeuronState(ref) for ref in refs}
+        #: Set once every neuron has been polled at least once (answered or not): routing waits for it, so a
+        #: request that arrives while the gateway starts does not see an empty fleet.
+        self.first_round = asyncio.Event()
+        if not self.neurons:
+            self.first_round.set()
         self.entries: list[ModelEntry] = list(catalogue)
         self.catalogue: dict[str, ModelEntry] = {}
         for entry in self.entries:
             for name in (entry.id, *entry.aliases):
                 self.catalogue[name] = entry
+
+    def mark_polled(self, state: NeuronState) -> None:
+        """Record that ``state`` has been polled; the first round ends when all have."""
+        state.polled = True
+        if all(n.polled for n in self.neurons.values()):
+            self.first_round.set()
 
     def resolve(self, name: str) -> str:
         """The canonical id for ``name`` (an id or a catalogue alias)."""

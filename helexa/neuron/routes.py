@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import InvalidRequest, NotFound
+from helexa.errors import HelexaError, InvalidRequest, NotFound, UpstreamError
 from helexa.metrics import NeuronMetrics
 from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.models import ModelManager
@@ -186,6 +187,33 @@ async def inference(request: web.Request) -> web.StreamResponse:
         metrics.requests.labels(model, endpoint_name, str(status)).inc()
 
 
+class _TokenizeRequest(msgspec.Struct):
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[Any] = []
+
+
+_tokenize_decoder = msgspec.json.Decoder(_TokenizeRequest)
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """``POST /tokenize`` ``{model, messages, tools?}`` → ``{"count": n}``, with the engine's own tokenizer."""
+    req = _decode(_tokenize_decoder, await request.read())
+    app = request.app
+    manager = app[manager_key]
+    record = manager.get(req.model)
+    if record is None or record.status != ModelStatus.LOADED:
+        raise NotFound(f"model {req.model!r} is not loaded on this neuron", param="model", code="model_not_found")
+    harness = manager.harnesses[record.harness]
+    try:
+        count = await harness.count_tokens(app[session_key], record.endpoint, req.messages, req.tools)
+    except NotImplementedError as exc:
+        raise HelexaError(str(exc), code="not_implemented", status_override=501) from None
+    except (aiohttp.ClientError, KeyError, ValueError) as exc:
+        raise UpstreamError(f"the engine could not count tokens: {exc!r}") from None
+    return json_response({"model": record.spec.model_id, "count": count})
+
+
 def setup_routes(app: web.Application) -> None:
     """Attach the neuron API to ``app``."""
     r = app.router
@@ -196,6 +224,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/models/unload", unload)
     r.add_get("/models/{model_id:.+}/endpoint", endpoint)
     r.add_get("/models/{model_id:.+}/logs", logs)
+    r.add_post("/tokenize", tokenize)
     r.add_get("/v1/models", openai_models)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         r.add_post(path, inference)

@@ -83,8 +83,7 @@ def _from_http_exception(exc: web.HTTPException) -> HelexaError:
         message = f"request body too large: {exc.text}; send a smaller request or raise server.max_body_mb"
     else:
         message = exc.text or exc.reason
-    err = HelexaError(message, code=openai_type_for_status(status).removesuffix("_error"))
-    err.status = status  # type: ignore[misc]  # carries the aiohttp exception's status
+    err = HelexaError(message, code=openai_type_for_status(status).removesuffix("_error"), status_override=status)
     err.headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
     return err
 

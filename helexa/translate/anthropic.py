@@ -29,6 +29,7 @@ from helexa.translate.anthropic_types import (
     RedactedThinkingBlock,
     TextBlock,
     ThinkingBlock,
+    Tool,
     ToolResultBlock,
     ToolUseBlock,
 )
@@ -36,6 +37,7 @@ from helexa.translate.anthropic_types import (
 __all__ = [
     "STOP_REASONS",
     "chat_messages",
+    "chat_tools",
     "decode_count_request",
     "decode_request",
     "message_id",
@@ -177,6 +179,14 @@ def _user_messages(message: Message) -> list[dict[str, Any]]:
         only_text = all(p["type"] == "text" for p in parts)
         out.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
     return out
+
+
+def chat_tools(tools: list[Tool]) -> list[dict[str, Any]]:
+    """Anthropic tool definitions as OpenAI functions."""
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
+        for t in tools
+    ]
 
 
 def _tool_choice(request: AnthropicRequest | CountTokensRequest) -> Any:

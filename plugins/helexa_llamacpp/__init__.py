@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from typing import Any
 
+import aiohttp
 import msgspec
 
 from helexa import HarnessContext, ModelSpec, PlacementPlan, ProcessHarness, hookimpl, model_file
@@ -63,6 +65,21 @@ class LlamaCpp(ProcessHarness):
         if options.jinja:
             argv.append("--jinja")
         return argv + list(options.extra_args)
+
+    async def count_tokens(
+        self, session: aiohttp.ClientSession, base_url: str, messages: list[dict[str, Any]], tools: list[Any]
+    ) -> int:
+        """The model's chat template applied (``/apply-template``), then tokenized (``/tokenize``)."""
+        root = base_url.removesuffix("/v1")
+        template: dict[str, Any] = {"messages": messages}
+        if tools:
+            template["tools"] = tools
+        async with session.post(f"{root}/apply-template", json=template) as resp:
+            resp.raise_for_status()
+            prompt = (await resp.json())["prompt"]
+        async with session.post(f"{root}/tokenize", json={"content": prompt, "add_special": True}) as resp:
+            resp.raise_for_status()
+            return len((await resp.json())["tokens"])
 
     def environment(self, spec: ModelSpec, plan: PlacementPlan, options: LlamaCppOptions) -> dict[str, str]:
         """Only the planned GPUs are visible (none for a CPU plan)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anthropic
 import openai
 from click.testing import CliRunner
 from prometheus_client import generate_latest
@@ -76,5 +77,20 @@ async def test_cold_load_through_the_gateway_with_the_openai_sdk(aiohttp_server,
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["models", "--url", url])
     assert result.exit_code == 1
     assert "401" in result.output and "missing API key" in result.output
+
+    # the Anthropic dialect over the same real engine: create, stream (SDK parser), count_tokens
+    claude = anthropic.AsyncAnthropic(base_url=url, api_key="sk-test", max_retries=0)
+    turn = [{"role": "user", "content": "Say hello."}]
+    whole = await claude.messages.create(model="gemma", max_tokens=12, system="Be brief.", messages=turn)
+    assert whole.content[0].type == "text" and whole.content[0].text
+    assert whole.usage.input_tokens > 0 and whole.usage.output_tokens > 0
+    assert whole.stop_reason in ("end_turn", "max_tokens")
+    async with claude.messages.stream(model="gemma", max_tokens=12, system="Be brief.", messages=turn) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text and final.content[0].text == text
+    assert final.usage.input_tokens == whole.usage.input_tokens
+    counted = await claude.messages.count_tokens(model="gemma", system="Be brief.", messages=turn)
+    assert counted.input_tokens == whole.usage.input_tokens  # the engine's own tokenizer and template
 
     await client.close()

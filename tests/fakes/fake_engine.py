@@ -39,7 +39,7 @@ def main() -> None:
         sys.exit(args.exit_at_start)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stats = {"requests": 0, "aborted": 0, "completed": 0}
+    stats: dict = {"requests": 0, "aborted": 0, "completed": 0}
     ready_at = time.monotonic() + args.startup_delay
 
     async def health(request):
@@ -51,7 +51,10 @@ def main() -> None:
         return web.json_response({"object": "list", "data": [{"id": args.model, "object": "model"}]})
 
     async def get_stats(request):
-        return web.json_response(stats)
+        return web.json_response({k: v for k, v in stats.items() if k != "last_request"})
+
+    async def last_request(request):
+        return web.json_response(stats.get("last_request"))
 
     def served():
         stats["requests"] += 1
@@ -73,6 +76,7 @@ def main() -> None:
 
     async def chat(request):
         body = await request.json()
+        stats["last_request"] = body
         served()
         reply = args.reply
         usage = {"prompt_tokens": 5, "completion_tokens": len(reply.split()), "total_tokens": 5 + len(reply.split())}
@@ -119,6 +123,7 @@ def main() -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/stats", get_stats)
+    app.router.add_get("/last-request", last_request)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     web.run_app(
