@@ -2,27 +2,23 @@
 
 The request is validated and translated to an OpenAI chat request, routed like any other (cold loads,
 failover, metrics), and the answer translated back — whole, or event by event for streams, with a ``ping``
-after ``message_start`` and whenever the engine is silent for :data:`PING_INTERVAL_S`. Errors are rendered in
+after ``message_start`` and whenever the engine is silent (``helexa.gateway.translation``). Errors are rendered in
 Anthropic's envelope by the error middleware (it knows ``/v1/messages`` routes); a failure after the stream
 started becomes an ``event: error``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import UpstreamError
 from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe
 from helexa.gateway.neuron_client import error_from_response
-from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
+from helexa.gateway.proxy import Exchange, Usage, read_body
+from helexa.gateway.translation import relay_translated
 from helexa.server.app import json_response
-from helexa.sse import EventFramer
 from helexa.translate.anthropic import (
     chat_messages,
     chat_tools,
@@ -33,9 +29,8 @@ from helexa.translate.anthropic import (
 )
 from helexa.translate.anthropic_stream import AnthropicStream, event
 
-__all__ = ["PING_INTERVAL_S", "count_tokens", "messages", "setup_anthropic_routes"]
+__all__ = ["count_tokens", "messages", "setup_anthropic_routes"]
 
-PING_INTERVAL_S = 10.0
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 _PING = event("ping", {})
@@ -55,7 +50,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             raise error_from_response("engine", upstream.status, await read_body(upstream))
         if anthropic_request.stream:
             translator = AnthropicStream(anthropic_request.model, anthropic_request.stop_sequences)
-            response = await _stream(request, upstream, translator, exchange)
+            response = await relay_translated(request, upstream, translator, exchange, keepalive=_PING)
         else:
             chat = _decoder.decode(await read_body(upstream))
             usage = chat.get("usage") or {}
@@ -63,62 +58,6 @@ async def messages(request: web.Request) -> web.StreamResponse:
             response = json_response(to_anthropic_message(chat, anthropic_request, anthropic_request.model))
     observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
     return response
-
-
-async def _stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, translator: AnthropicStream, exchange: Exchange
-) -> web.StreamResponse:
-    exchange.streamed = True
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    await response.write(translator.start() + _PING)
-    framer, scanner = EventFramer(), StreamScanner(started=exchange.started)
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(PING_INTERVAL_S):
-                    data = await upstream.content.readany()
-            except TimeoutError:
-                await response.write(_PING)
-                continue
-            if not data:
-                break
-            events = framer.feed(data)
-            if events:
-                scanner.scan(events)
-                out = b"".join(_translate(translator, e) for e in events.split(b"\n\n")[:-1])
-                if out:
-                    await response.write(out)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        if isinstance(exc, ConnectionResetError):
-            raise
-        raise UpstreamError(f"neuron stream broke off: {exc}") from None
-    finally:
-        if scanner.first_token:
-            exchange.first_token_s = scanner.first_token - scanner.started
-            exchange.generation_s = time.perf_counter() - scanner.first_token
-        exchange.usage = scanner.usage
-    await response.write(translator.finish())
-    await response.write_eof()
-    return response
-
-
-def _translate(translator: AnthropicStream, raw: bytes) -> bytes:
-    if not raw.startswith(b"data:"):
-        return b""
-    payload = raw[5:].strip()
-    if payload == b"[DONE]":
-        return b""
-    try:
-        chunk: Any = _decoder.decode(payload)
-    except msgspec.DecodeError:
-        return b""
-    if not isinstance(chunk, dict):
-        return b""
-    if "error" in chunk and not chunk.get("choices"):  # the neuron's own final error event
-        error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-        raise UpstreamError(str(error.get("message") or "the engine reported an error mid-stream"))
-    return translator.chunk(chunk)
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.poller import poll_forever
 from helexa.gateway.registry import NeuronState, Registry
+from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
 from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
@@ -43,6 +44,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     setup_routes(app)
     setup_anthropic_routes(app)
+    setup_responses_routes(app)
     return app
 
 

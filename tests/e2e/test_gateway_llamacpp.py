@@ -93,4 +93,13 @@ async def test_cold_load_through_the_gateway_with_the_openai_sdk(aiohttp_server,
     counted = await claude.messages.count_tokens(model="gemma", system="Be brief.", messages=turn)
     assert counted.input_tokens == whole.usage.input_tokens  # the engine's own tokenizer and template
 
+    # the Responses API over the same engine, whole and streamed
+    made = await client.responses.create(model="gemma", input="Say hello.", max_output_tokens=12)
+    assert made.output_text and made.usage.output_tokens > 0
+    assert made.status in ("completed", "incomplete")
+    async with client.responses.stream(model="gemma", input="Say hello.", max_output_tokens=12) as stream:
+        deltas = [ev.delta async for ev in stream if ev.type == "response.output_text.delta"]
+        streamed = await stream.get_final_response()
+    assert "".join(deltas) == streamed.output_text and streamed.output_text
+
     await client.close()

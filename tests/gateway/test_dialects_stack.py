@@ -186,3 +186,87 @@ async def test_anthropic_errors_use_anthropic_envelope(stack):
     with pytest.raises(anthropic.NotFoundError) as info:
         await client.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert info.value.body["error"]["type"] == "not_found_error"
+
+
+RESPONSES_TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": TOOLS_ANTHROPIC[0]["input_schema"],
+    }
+]
+
+
+def summary(response) -> list[tuple]:
+    out = []
+    for item in response.output:
+        if item.type == "reasoning":
+            out.append(("reasoning", item.content[0].text))
+        elif item.type == "message":
+            out.append(("message", item.content[0].text))
+        else:
+            out.append(("function_call", item.name, item.arguments, item.call_id))
+    return out
+
+
+async def test_responses_api_stream_equals_create(stack):
+    url, _ = stack
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    kwargs = {"model": "agent", "instructions": "Use tools.", "input": "Weather in Oslo?", "tools": RESPONSES_TOOLS}
+    whole = await client.responses.create(**kwargs)
+    assert whole.status == "completed"
+    got = summary(whole)
+    assert got[0] == ("reasoning", "The user wants the weather, so I call the tool.")
+    assert got[1] == ("message", "Let me check.")
+    assert got[2][:3] == ("function_call", "get_weather", '{"city":"Oslo"}')
+    assert whole.output_text == "Let me check."
+    assert whole.usage.output_tokens > 0
+
+    types = []
+    async with client.responses.stream(**kwargs) as stream:
+        async for ev in stream:
+            types.append(ev.type)
+        final = await stream.get_final_response()
+    assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+    assert "response.output_text.delta" in types and "response.function_call_arguments.delta" in types
+    assert [s[:3] for s in summary(final)] == [s[:3] for s in got]
+    assert final.output_text == whole.output_text
+
+    raw = await client.responses.create(**kwargs, stream=True)
+    sequence = [ev.sequence_number async for ev in raw]
+    assert sequence == list(range(len(sequence)))
+
+
+async def test_responses_function_call_output_round_trip(stack):
+    url, neuron_app = stack
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    first = await client.responses.create(model="agent", input="Weather?", tools=RESPONSES_TOOLS)
+    call = next(item for item in first.output if item.type == "function_call")
+    follow_up = [
+        {"role": "user", "content": "Weather?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "12°C"},
+    ]
+    final = await client.responses.create(model="agent", input=follow_up, tools=RESPONSES_TOOLS)
+    assert final.output_text == "Let me check."
+    sent = (await engine_last_request(neuron_app))["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == call.call_id
+    assert sent[2] == {"role": "tool", "tool_call_id": call.call_id, "content": "12°C"}
+
+
+async def test_responses_bad_requests_name_the_field(stack):
+    url, _ = stack
+    cases = [
+        ({"model": "agent"}, "input"),
+        ({"model": "agent", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"model": "agent", "input": [{"type": "computer_call"}]}, "input[0].type"),
+        ({"model": "agent", "input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"model": "agent", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for body, field in cases:
+            async with session.post(f"{url}/v1/responses", json=body) as resp:
+                assert resp.status == 400, body
+                error = (await resp.json())["error"]
+                assert error["type"] == "invalid_request_error" and field in error["message"], error
