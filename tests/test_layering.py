@@ -38,6 +38,9 @@ def test_core_never_imports_plugins_and_roles_never_import_each_other():
             assert not any(m.startswith("helexa.neuron") for m in mods), path
         if rel[0] == "neuron":
             assert not any(m.startswith("helexa.gateway") for m in mods), path
+        if rel[0] == "translate":
+            allowed = ("helexa.errors", "helexa.wire", "helexa.translate")
+            assert all(m.startswith(allowed) for m in mods if m.startswith("helexa")), f"{path} must stay pure"
         if rel[0] in ("server", "wire"):
             assert not any(
                 m.startswith(("helexa.gateway", "helexa.neuron", "helexa.daemon", "helexa.cli")) for m in mods
