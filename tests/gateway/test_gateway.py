@@ -346,3 +346,44 @@ async def test_status_and_models_commands(fleet):
     assert "m " in models and "loaded" in models and "mm" in models
     down = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", "http://127.0.0.1:9"])
     assert down.exit_code == 1 and "cannot reach the gateway" in down.output
+
+
+def anthropic_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        if block:
+            kind, data = block.split("\n", 1)
+            out.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return out
+
+
+async def test_anthropic_stream_pings_while_the_engine_is_silent(fleet, monkeypatch):
+    from helexa.gateway import translation
+
+    monkeypatch.setattr(translation, "KEEPALIVE_INTERVAL_S", 0.05)
+    a = FakeNeuron("a", chunk_delay=0.2, reply="slow words here")
+    a.preload("m")
+    client, _ = await fleet([a])
+    body = {"model": "m", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post("/v1/messages", json=body)
+    events = anthropic_events(await resp.text())
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "message_start" and kinds[1] == "ping" and kinds[-1] == "message_stop"
+    assert kinds.count("ping") >= 3, kinds
+    text = "".join(d["delta"]["text"] for k, d in events if k == "content_block_delta")
+    assert text == "slow words here "
+
+
+async def test_anthropic_stream_ends_with_an_error_event_when_the_neuron_dies(fleet):
+    a = FakeNeuron("a", die_after_chunks=3)
+    a.preload("m")
+    client, _ = await fleet([a])
+    body = {"model": "m", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post(
+        "/v1/messages", json=body, headers={"x-api-key": "ignored", "anthropic-version": "2023-06-01"}
+    )
+    events = anthropic_events(await asyncio.wait_for(resp.text(), 5))
+    kind, data = events[-1]
+    assert kind == "error"
+    assert data["type"] == "error" and data["error"]["type"] == "api_error"
+    assert "broke off" in data["error"]["message"]
