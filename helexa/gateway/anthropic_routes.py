@@ -9,15 +9,11 @@ started becomes an ``event: error``.
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 from aiohttp import web
 
-from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe
-from helexa.gateway.neuron_client import error_from_response
-from helexa.gateway.proxy import Exchange, Usage, read_body
-from helexa.gateway.translation import relay_translated
+from helexa.gateway.forward import lifecycle_key
+from helexa.gateway.translation import serve_translated
 from helexa.server.app import json_response
 from helexa.translate.anthropic import (
     chat_messages,
@@ -38,26 +34,15 @@ _PING = event("ping", {})
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
-    exchange = Exchange(started=time.perf_counter())
-    anthropic_request = decode_request(await request.read())
-    model_id, state = await request.app[lifecycle_key].route(anthropic_request.model)
-    body = _encoder.encode(to_chat_request(anthropic_request, model_id))
-    async with forward(request, model_id, state, path="/v1/chat/completions", body=body, exchange=exchange) as (
-        upstream,
-        state,
-    ):
-        if upstream.status != 200:
-            raise error_from_response("engine", upstream.status, await read_body(upstream))
-        if anthropic_request.stream:
-            translator = AnthropicStream(anthropic_request.model, anthropic_request.stop_sequences)
-            response = await relay_translated(request, upstream, translator, exchange, keepalive=_PING)
-        else:
-            chat = _decoder.decode(await read_body(upstream))
-            usage = chat.get("usage") or {}
-            exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-            response = json_response(to_anthropic_message(chat, anthropic_request, anthropic_request.model))
-    observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
-    return response
+    req = decode_request(await request.read())
+    return await serve_translated(
+        request,
+        model=req.model,
+        chat_request=lambda model_id: to_chat_request(req, model_id),
+        stream=(lambda: AnthropicStream(req.model, req.stop_sequences)) if req.stream else None,
+        whole=lambda chat: to_anthropic_message(chat, req, req.model),
+        keepalive=_PING,
+    )
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -89,6 +89,13 @@ class StreamScanner:
         out = [self._usage_event(event) for event in events.split(b"\n\n")[:-1]]
         return b"".join(e + b"\n\n" for e in out if e)
 
+    def report(self, exchange: Exchange) -> None:
+        """Copy what the stream showed (first-token time, generation time, usage) into ``exchange``."""
+        if self.first_token:
+            exchange.first_token_s = self.first_token - self.started
+            exchange.generation_s = time.perf_counter() - self.first_token
+        exchange.usage = self.usage
+
     def _usage_event(self, event: bytes) -> bytes:
         """Record the usage an event carries; drop or strip it when we injected the request for it."""
         if not event.startswith(b"data: {") or not _USAGE.search(event):
@@ -178,10 +185,7 @@ async def _relay_stream(
             raise
         raise UpstreamError(f"neuron stream broke off: {exc}") from None
     finally:
-        if scanner.first_token:
-            exchange.first_token_s = scanner.first_token - scanner.started
-            exchange.generation_s = time.perf_counter() - scanner.first_token
-        exchange.usage = scanner.usage
+        scanner.report(exchange)
     tail = framer.close()
     if tail:
         await response.write(tail)

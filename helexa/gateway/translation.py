@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -17,13 +18,17 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import UpstreamError
-from helexa.gateway.proxy import Exchange, StreamScanner
+from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe
+from helexa.gateway.neuron_client import error_from_response
+from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
+from helexa.server.app import json_response
 from helexa.sse import EventFramer
 
-__all__ = ["KEEPALIVE_INTERVAL_S", "Translator", "relay_translated"]
+__all__ = ["KEEPALIVE_INTERVAL_S", "Translator", "relay_translated", "serve_translated"]
 
 KEEPALIVE_INTERVAL_S = 10.0
 _decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
 
 
 class Translator(Protocol):
@@ -82,10 +87,7 @@ async def relay_translated(
             raise
         raise UpstreamError(f"neuron stream broke off: {exc}") from None
     finally:
-        if scanner.first_token:
-            exchange.first_token_s = scanner.first_token - scanner.started
-            exchange.generation_s = time.perf_counter() - scanner.first_token
-        exchange.usage = scanner.usage
+        scanner.report(exchange)
     await response.write(translator.finish())
     await response.write_eof()
     return response
@@ -107,3 +109,38 @@ def _translate(translator: Translator, raw: bytes) -> bytes:
         error = chunk["error"] if isinstance(chunk["error"], dict) else {}
         raise UpstreamError(str(error.get("message") or "the engine reported an error mid-stream"))
     return translator.chunk(chunk)
+
+
+async def serve_translated(
+    request: web.Request,
+    *,
+    model: str,
+    chat_request: Callable[[str], dict[str, Any]],
+    stream: Callable[[], Translator] | None,
+    whole: Callable[[dict[str, Any]], dict[str, Any]],
+    keepalive: bytes = b"",
+) -> web.StreamResponse:
+    """Serve a request of another dialect: route ``model``, send ``chat_request(model_id)`` as a chat
+    completion, and answer with ``stream()``'s events (when streaming) or ``whole(chat)`` (when not).
+
+    Routing, cold loads, failover and metrics are the same as for plain OpenAI requests. An engine's error
+    answer is re-raised with its status, so the middleware renders it in the dialect's envelope.
+    """
+    exchange = Exchange(started=time.perf_counter())
+    model_id, state = await request.app[lifecycle_key].route(model)
+    body = _encoder.encode(chat_request(model_id))
+    async with forward(request, model_id, state, path="/v1/chat/completions", body=body, exchange=exchange) as (
+        upstream,
+        state,
+    ):
+        if upstream.status != 200:
+            raise error_from_response("engine", upstream.status, await read_body(upstream))
+        if stream is not None:
+            response = await relay_translated(request, upstream, stream(), exchange, keepalive=keepalive)
+        else:
+            chat = _decoder.decode(await read_body(upstream))
+            usage = chat.get("usage") or {}
+            exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+            response = json_response(whole(chat))
+    observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+    return response
