@@ -56,7 +56,8 @@ class PlacementPlan(msgspec.Struct, kw_only=True, frozen=True):
     """Where and how a model will run, decided by :meth:`Harness.preflight` before anything starts.
 
     ``devices`` are device indices on this host (empty = CPU); ``files`` the resolved weight files;
-    ``vram_mb`` the memory planned in total; ``source`` the resolved source path.
+    ``vram_mb`` the memory planned in total; ``source`` the resolved source path; ``device_vram_mb`` the total
+    memory of each planned device.
     """
 
     devices: tuple[int, ...] = ()
@@ -64,6 +65,7 @@ class PlacementPlan(msgspec.Struct, kw_only=True, frozen=True):
     files: tuple[str, ...] = ()
     vram_mb: int = 0
     source: str = ""
+    device_vram_mb: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,13 @@ import abc
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from helexa.errors import ConfigError, PreflightError
 from helexa.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
@@ -31,7 +34,7 @@ from helexa.preflight import (
 from helexa.supervisor import EngineFailed, EngineProcess, PortAllocator
 from helexa.wire.neuron import ModelSpec
 
-__all__ = ["EngineFailed", "ProcessHarness"]
+__all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load"]
 
 logger = logging.getLogger(__name__)
 _OVERHEAD = 1.2  # weights -> weights + KV cache and buffers, when the catalogue gives no vram_mb
@@ -101,12 +104,14 @@ class ProcessHarness(Harness):
             ram_available_mb=inventory.ram_available_mb,
             cpu_ok=self.cpu_ok,
         )
+        totals = {g.index: g.vram_total_mb for g in inventory.gpus}
         return PlacementPlan(
             devices=devices,
             tensor_parallel=spec.tensor_parallel,
             files=tuple(str(f) for f in files),
             vram_mb=needed,
             source=str(source.path),
+            device_vram_mb=tuple(totals.get(d, 0) for d in devices),
         )
 
     async def load(self, spec: ModelSpec, plan: PlacementPlan) -> str:
@@ -131,18 +136,59 @@ class ProcessHarness(Harness):
         self._engines[spec.model_id] = (engine, port)
         try:
             await engine.start(self.context.ready_timeout_s)
+        except EngineFailed as exc:
+            self._forget(spec.model_id, engine, port)
+            diagnosis = self.diagnose(engine.logs())
+            if diagnosis:
+                engine.last_error = f"{diagnosis}\n{engine.last_error}"
+                raise EngineFailed(f"{diagnosis}\n{exc}") from None
+            raise
         except BaseException:
-            self._engines.pop(spec.model_id, None)
-            self._ports.release(port)
-            self._failures[spec.model_id] = engine
+            self._forget(spec.model_id, engine, port)
             raise
         return f"http://{host}:{port}/v1"
+
+    def _forget(self, model_id: str, engine: EngineProcess, port: int) -> None:
+        self._engines.pop(model_id, None)
+        self._ports.release(port)
+        self._failures[model_id] = engine
+
+    def diagnose(self, lines: list[str]) -> str:
+        """A short, specific reason for a failed start found in the engine's output (empty = none).
+
+        Engines override this with their known failure messages (out of memory, unsupported model, …).
+        """
+        return ""
+
+    def base_url(self, model_id: str) -> str:
+        """The engine's root URL (no ``/v1``) while it runs, else empty."""
+        entry = self._engines.get(model_id)
+        return f"http://{self.context.engine_host}:{entry[1]}" if entry else ""
+
+    #: Path of the engine's Prometheus metrics and the names of its queue/running/KV-cache gauges.
+    metrics_path: ClassVar[str] = ""
+    metric_names: ClassVar[dict[str, str]] = {}
+
+    async def engine_load(self, session: aiohttp.ClientSession, model_id: str) -> EngineLoad | None:
+        """Requests waiting and running and KV-cache use, read from the engine's /metrics (None = unknown)."""
+        base = self.base_url(model_id)
+        if not self.metrics_path or not base:
+            return None
+        try:
+            async with session.get(base + self.metrics_path, timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        return parse_engine_load(text, self.metric_names)
 
     def _exited(self, model_id: str, reason: str) -> None:
         entry = self._engines.pop(model_id, None)
         if entry is None:
             return
         engine, port = entry
+        diagnosis = self.diagnose(engine.logs())
+        if diagnosis:
+            engine.last_error = reason = f"{diagnosis}\n{reason}"
         self._ports.release(port)
         self._failures[model_id] = engine
         self.context.on_exit(model_id, reason)
@@ -187,6 +233,30 @@ class ProcessHarness(Harness):
     async def close(self) -> None:
         """Stop every engine, concurrently."""
         await asyncio.gather(*(self.unload(m) for m in list(self._engines)), return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """How busy an engine is: requests queued and running, KV-cache use (0..1)."""
+
+    waiting: int = 0
+    running: int = 0
+    kv_cache: float = 0.0
+
+
+def parse_engine_load(text: str, names: dict[str, str]) -> EngineLoad:
+    """Sum the ``waiting``/``running``/``kv_cache`` gauges named in ``names`` from Prometheus text."""
+    wanted = {metric: key for key, metric in names.items()}
+    values = {"waiting": 0.0, "running": 0.0, "kv_cache": 0.0}
+    try:
+        for family in text_string_to_metric_families(text):
+            key = wanted.get(family.name) or wanted.get(family.name.removesuffix("_total"))
+            if key is None:
+                continue
+            values[key] += sum(sample.value for sample in family.samples if sample.name == family.name)
+    except ValueError:
+        logger.debug("engine metrics could not be parsed")
+    return EngineLoad(int(values["waiting"]), int(values["running"]), float(values["kv_cache"]))
 
 
 def model_file(plan: PlacementPlan) -> Path:

@@ -75,7 +75,8 @@ class Lifecycle:
         replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
         if len(replicas) <= 1:
             return replicas[0] if replicas else None
-        name = pick_replica([(n.name, n.in_flight.get(model_id, 0)) for n in replicas])
+        # this gateway's requests in flight plus what the engine itself reports as queued
+        name = pick_replica([(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas])
         return self.registry.neurons[name]
 
     async def route(self, requested: str) -> tuple[str, NeuronState]:
@@ -139,6 +140,10 @@ class Lifecycle:
     # ------------------------------------------------------------------------------------------ loading
 
     def _decide(self, entry: ModelEntry) -> EvictionPlan:
+        for state in self.registry.neurons.values():  # a sleeping engine wakes in seconds: prefer it
+            info = state.models.get(entry.id)
+            if state.healthy and info is not None and info.status == ModelStatus.SLEEPING:
+                return EvictionPlan(state.name, ())
         need = self.registry.need(entry)
         views = self.registry.views()
         target = place(need, views)

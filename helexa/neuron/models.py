@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import msgspec
 
 from helexa.config import Config, ModelEntry
@@ -22,7 +23,7 @@ from helexa.errors import HelexaError, NotFound, PreflightError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.neuron.gpus import host_info, read_health
 from helexa.plugins import resolve_harness
-from helexa.process_harness import EngineFailed
+from helexa.process_harness import EngineFailed, EngineLoad, ProcessHarness
 from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
 
 __all__ = ["EngineError", "ModelManager", "ModelRecord"]
@@ -134,15 +135,27 @@ class ModelManager:
             record = self.records.get(self.catalogue[model_id].id)
         return record
 
-    def list(self) -> list[ModelInfo]:
-        """Every model with a record, then every catalogue model this neuron has not touched (unloaded)."""
+    async def list(self, session: aiohttp.ClientSession | None = None) -> list[ModelInfo]:
+        """Every model with a record (with its engine's load when the harness reports one), then every
+        catalogue model this neuron has not touched (unloaded)."""
         infos = [r.info() for r in self.records.values()]
+        if session is not None:
+            loads = await asyncio.gather(*(self._engine_load(session, r) for r in self.records.values()))
+            for info, load in zip(infos, loads, strict=True):
+                if load is not None:
+                    info.waiting, info.running, info.kv_cache_usage = load.waiting, load.running, load.kv_cache
         seen = set(self.records)
         for entry in self.catalogue.values():
             if entry.id not in seen and entry.harness in self.harnesses:
                 seen.add(entry.id)
                 infos.append(ModelInfo(id=entry.id, harness=entry.harness))
         return infos
+
+    async def _engine_load(self, session: aiohttp.ClientSession, record: ModelRecord) -> EngineLoad | None:
+        harness = self.harnesses.get(record.harness)
+        if record.status != ModelStatus.LOADED or not isinstance(harness, ProcessHarness):
+            return None
+        return await harness.engine_load(session, record.spec.model_id)
 
     async def inventory(self) -> Inventory:
         """This host's GPUs with their free memory now, and free RAM (NVML runs in a thread)."""
@@ -167,6 +180,13 @@ class ModelManager:
             return await asyncio.shield(record.task)
         if record is not None and record.status == ModelStatus.LOADED:
             return record
+        if record is not None and record.status == ModelStatus.SLEEPING:
+            if await self.harnesses[record.harness].wake(spec.model_id):
+                record.status, record.loaded_at = ModelStatus.LOADED, time.time()
+                logger.info("woke %s", spec.model_id)
+                self._observer("woke", spec.model_id, 0.0)
+                return record
+            await self.harnesses[record.harness].unload(spec.model_id)  # could not wake: start afresh
         harness = self.harness(spec.harness, spec.model_id)
         record = ModelRecord(spec=spec, harness=harness.name, status=ModelStatus.LOADING)
         self.records[spec.model_id] = record
@@ -184,7 +204,7 @@ class ModelManager:
     async def _load(self, record: ModelRecord, harness: Harness) -> ModelRecord:
         spec, began = record.spec, time.monotonic()
         try:
-            record.plan = await harness.preflight(spec, await self.inventory())
+            record.plan = await self._preflight(harness, spec)
             record.endpoint = await harness.load(spec, record.plan)
         except PreflightError as exc:
             logger.warning("load of %s refused: reason=%s %s", spec.model_id, exc.kind, exc.message)
@@ -206,8 +226,22 @@ class ModelManager:
         self._observer("loaded", spec.model_id, seconds)
         return record
 
-    async def unload(self, model_id: str) -> ModelRecord:
-        """Stop ``model_id`` (cancelling a load in progress). :raises NotFound: the neuron has no such model."""
+    async def _preflight(self, harness: Harness, spec: ModelSpec) -> PlacementPlan:
+        """Preflight; under memory pressure, stop sleeping engines for real and try once more."""
+        try:
+            return await harness.preflight(spec, await self.inventory())
+        except PreflightError as exc:
+            sleeping = [r for r in self.records.values() if r.status == ModelStatus.SLEEPING]
+            if exc.kind not in ("insufficient_vram", "insufficient_memory") or not sleeping:
+                raise
+        for other in sleeping:
+            logger.info("memory pressure: stopping sleeping %s for real", other.spec.model_id)
+            await self.unload(other.spec.model_id, full=True)
+        return await harness.preflight(spec, await self.inventory())
+
+    async def unload(self, model_id: str, *, full: bool = False) -> ModelRecord:
+        """Stop ``model_id`` (cancelling a load in progress); a harness that can sleep puts it to sleep
+        instead, unless ``full``. :raises NotFound: the neuron has no such model."""
         record = self.get(model_id)
         if record is None:
             if model_id in self.catalogue:
@@ -217,7 +251,12 @@ class ModelManager:
             record.task.cancel()
             with contextlib.suppress(BaseException):
                 await record.task
-        await self.harnesses[record.harness].unload(record.spec.model_id)
+        harness = self.harnesses[record.harness]
+        if not full and record.status == ModelStatus.LOADED and await harness.sleep(record.spec.model_id):
+            record.status = ModelStatus.SLEEPING
+            logger.info("put %s to sleep", record.spec.model_id)
+            return record
+        await harness.unload(record.spec.model_id)
         record.status, record.endpoint, record.loaded_at = ModelStatus.UNLOADED, "", 0.0
         logger.info("unloaded %s", record.spec.model_id)
         return record

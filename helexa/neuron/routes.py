@@ -88,7 +88,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     """``GET /models``."""
-    return json_response(ModelList(models=request.app[manager_key].list()))
+    return json_response(ModelList(models=await request.app[manager_key].list(request.app[session_key])))
 
 
 async def load(request: web.Request) -> web.Response:
@@ -106,8 +106,9 @@ async def load(request: web.Request) -> web.Response:
 async def unload(request: web.Request) -> web.Response:
     """``POST /models/unload``."""
     req = _decode(_unload_decoder, await request.read())
-    record = await request.app[manager_key].unload(req.model_id)
-    return json_response(LoadResponse(model_id=record.spec.model_id, status=ModelStatus.UNLOADED))
+    record = await request.app[manager_key].unload(req.model_id, full=req.full)
+    status = record.status if record.status == ModelStatus.SLEEPING else ModelStatus.UNLOADED
+    return json_response(LoadResponse(model_id=record.spec.model_id, status=status))
 
 
 async def endpoint(request: web.Request) -> web.Response:

@@ -104,6 +104,9 @@ class ModelInfo(WireStruct, omit_defaults=False):
     last_error: str = ""
     in_flight: int = 0
     loaded_at: float = 0.0
+    waiting: int = 0
+    running: int = 0
+    kv_cache_usage: float = 0.0
 
 
 class ModelList(WireStruct, omit_defaults=False):

@@ -46,6 +46,12 @@ class LlamaCpp(ProcessHarness):
     formats = frozenset({"gguf"})
     cpu_ok = True
     health_path = "/health"
+    metrics_path = "/metrics"
+    metric_names = {
+        "waiting": "llamacpp:requests_deferred",
+        "running": "llamacpp:requests_processing",
+        "kv_cache": "llamacpp:kv_cache_usage_ratio",
+    }
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         super().__init__(context)

@@ -23,7 +23,8 @@ from aiohttp import web
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--model", default="fake")
+    p.add_argument("--model", "--served-model-name", dest="model", default="fake")
+    p.add_argument("--sleep-endpoints", action="store_true", help="serve vLLM's /sleep and /wake_up")
     p.add_argument("--startup-delay", type=float, default=0.0)
     p.add_argument("--fail-health", action="store_true")
     p.add_argument("--exit-at-start", type=int, default=None)
@@ -32,7 +33,7 @@ def main() -> None:
     p.add_argument("--reply", default="Hello from the fake engine.")
     p.add_argument("--chunk-size", type=int, default=4)
     p.add_argument("--chunk-delay", type=float, default=0.0)
-    args = p.parse_args()
+    args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
     print(f"fake engine pid {os.getpid()} starting on port {args.port}", flush=True)
     if args.exit_at_start is not None:
         print("fake engine: failing at start as asked", flush=True)
@@ -112,6 +113,16 @@ def main() -> None:
         stats["completed"] += 1
         return resp
 
+    async def sleep(request):
+        stats["sleeping"] = True
+        stats["sleeps"] = stats.get("sleeps", 0) + 1
+        return web.json_response({"level": request.query.get("level")})
+
+    async def wake_up(request):
+        stats["sleeping"] = False
+        stats["wakes"] = stats.get("wakes", 0) + 1
+        return web.json_response({})
+
     async def embeddings(request):
         await request.json()
         served()
@@ -126,6 +137,9 @@ def main() -> None:
     app.router.add_get("/last-request", last_request)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
+    if args.sleep_endpoints:
+        app.router.add_post("/sleep", sleep)
+        app.router.add_post("/wake_up", wake_up)
     web.run_app(
         app,
         host="127.0.0.1",

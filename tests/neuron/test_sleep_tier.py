@@ -1,0 +1,82 @@
+"""The sleep tier through the neuron API, with the vLLM harness driving a fake engine with sleep endpoints
+on a (simulated) GPU: unload sleeps, load wakes the same process, full unloads and memory pressure stop it."""
+
+from __future__ import annotations
+
+import sys
+
+import aiohttp
+import pytest
+
+from helexa.neuron.models import ModelManager
+from helexa.neuron.routes import manager_key
+from helexa.wire.neuron import DeviceHealth, DeviceInfo, Discovery
+from helexa_vllm import Vllm
+from tests.fakes.fake_harness import FAKE_ENGINE
+
+
+@pytest.fixture
+def gpu_neuron(neuron, models_dir, monkeypatch):
+    (models_dir / "ckpt").mkdir()
+    (models_dir / "ckpt" / "model.safetensors").write_bytes(b"x" * 4096)
+    free = {"mb": lambda: 20000}
+
+    def fake_health(count):
+        mb = free["mb"]()
+        return [DeviceHealth(index=0, vram_used_mb=24000 - mb, vram_free_mb=mb)]
+
+    monkeypatch.setattr("helexa.neuron.models.read_health", fake_health)
+
+    async def make():
+        client = await neuron(harnesses={"vllm": Vllm})
+        client.app[manager_key].discovery = Discovery(
+            hostname="gpu", devices=[DeviceInfo(index=0, name="GPU", vram_total_mb=24000)]
+        )
+        return client, free
+
+    return make
+
+
+def body(model_id="m", vram_mb=8000, **extra):
+    options = {"command": [sys.executable, str(FAKE_ENGINE), "--sleep-endpoints"], "sleep_mode": True}
+    return {"model_id": model_id, "harness": "vllm", "source": "ckpt", "vram_mb": vram_mb, "options": options, **extra}
+
+
+async def engine_stats(manager: ModelManager, model_id: str) -> dict:
+    base = manager.harnesses["vllm"].base_url(model_id)
+    async with aiohttp.ClientSession() as session, session.get(base + "/stats") as resp:
+        return await resp.json()
+
+
+async def test_unload_sleeps_and_load_wakes_the_same_engine(gpu_neuron):
+    client, _ = await gpu_neuron()
+    manager = client.app[manager_key]
+    assert (await client.post("/models/load", json=body())).status == 200
+    pid = manager.harnesses["vllm"].pid("m")
+    resp = await client.post("/models/unload", json={"model_id": "m"})
+    assert (await resp.json())["status"] == "sleeping"
+    models = (await (await client.get("/models")).json())["models"]
+    assert models[0]["status"] == "sleeping" and models[0]["vram_used_mb"] == 0
+    assert (await client.post("/v1/chat/completions", json={"model": "m", "messages": []})).status in (200, 404)
+    resp = await client.post("/models/load", json=body())
+    assert (await resp.json())["status"] == "loaded"
+    assert manager.harnesses["vllm"].pid("m") == pid
+    stats = await engine_stats(manager, "m")
+    assert stats["sleeps"] == 1 and stats["wakes"] >= 1
+    resp = await client.post("/models/unload", json={"model_id": "m", "full": True})
+    assert (await resp.json())["status"] == "unloaded"
+    assert manager.harnesses["vllm"].pid("m") is None
+
+
+async def test_memory_pressure_stops_sleeping_engines_for_real(gpu_neuron):
+    client, free = await gpu_neuron()
+    manager = client.app[manager_key]
+    assert (await client.post("/models/load", json=body("a", 8000))).status == 200
+    assert (await (await client.post("/models/unload", json={"model_id": "a"})).json())["status"] == "sleeping"
+    harness = manager.harnesses["vllm"]
+    free["mb"] = lambda: 4000 if harness.pid("a") else 24000  # a's process still holds memory while it sleeps
+    resp = await client.post("/models/load", json=body("b", 12000))
+    assert resp.status == 200, await resp.text()
+    records = manager.records
+    assert records["a"].status == "unloaded" and manager.harnesses["vllm"].pid("a") is None
+    assert records["b"].status == "loaded"

