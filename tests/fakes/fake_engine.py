@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--startup-delay", type=float, default=0.0)
     p.add_argument("--fail-health", action="store_true")
     p.add_argument("--exit-at-start", type=int, default=None)
+    p.add_argument("--say", default="", help="a line to print before anything else (e.g. an error to diagnose)")
     p.add_argument("--crash-after", type=int, default=0, help="exit(3) after serving N requests")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--reply", default="Hello from the fake engine.")
@@ -35,6 +36,8 @@ def main() -> None:
     p.add_argument("--chunk-delay", type=float, default=0.0)
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
     print(f"fake engine pid {os.getpid()} starting on port {args.port}", flush=True)
+    if args.say:
+        print(args.say, flush=True)
     if args.exit_at_start is not None:
         print("fake engine: failing at start as asked", flush=True)
         sys.exit(args.exit_at_start)

@@ -387,3 +387,26 @@ async def test_anthropic_stream_ends_with_an_error_event_when_the_neuron_dies(fl
     assert kind == "error"
     assert data["type"] == "error" and data["error"]["type"] == "api_error"
     assert "broke off" in data["error"]["message"]
+
+
+async def test_routing_counts_the_engines_own_queue(fleet):
+    a, b = FakeNeuron("a"), FakeNeuron("b")
+    a.preload("m")
+    b.preload("m")
+    a.models["m"].waiting = 5  # a's engine reports a queue; the gateway has nothing in flight anywhere
+    client, _ = await fleet([a, b])
+    for _ in range(3):
+        assert (await chat(client, "m")).status == 200
+    assert b.served == ["m", "m", "m"] and not a.served
+
+
+async def test_a_sleeping_model_is_woken_where_it_sleeps(fleet):
+    from helexa.wire.neuron import ModelStatus
+
+    a, b = FakeNeuron("a", devices=[24000]), FakeNeuron("b", devices=[80000])
+    a.preload("m", 8000)
+    a.models["m"].status = ModelStatus.SLEEPING
+    a.vram["m"] = 0  # asleep: its memory is free
+    client, _ = await fleet([a, b], models=[entry("m", 8000)])
+    assert (await chat(client, "m")).status == 200
+    assert a.loads == ["m"] and b.loads == []  # not placed on b, which has more free memory

@@ -80,3 +80,14 @@ async def test_memory_pressure_stops_sleeping_engines_for_real(gpu_neuron):
     records = manager.records
     assert records["a"].status == "unloaded" and manager.harnesses["vllm"].pid("a") is None
     assert records["b"].status == "loaded"
+
+
+async def test_a_recognised_start_failure_leads_last_error(gpu_neuron):
+    client, _ = await gpu_neuron()
+    failing = body()
+    failing["options"]["command"] += ["--say", "OSError: [Errno 98] Address already in use", "--exit-at-start", "1"]
+    resp = await client.post("/models/load", json=failing)
+    assert resp.status == 502
+    assert (await resp.json())["error"]["message"].startswith("model 'm' failed to load: port already in use")
+    models = (await (await client.get("/models")).json())["models"]
+    assert models[0]["status"] == "failed" and models[0]["last_error"].startswith("port already in use")
