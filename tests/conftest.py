@@ -41,6 +41,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_http(url: str, timeout: float = 15.0) -> None:
     """Poll ``url`` until it answers (any status), or fail after ``timeout`` seconds."""
     import urllib.error

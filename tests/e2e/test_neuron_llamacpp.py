@@ -16,7 +16,7 @@ import pytest
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.routes import manager_key
 from helexa.plugins import get_harnesses, get_plugin_manager
-from tests.conftest import free_port, make_config, wait_http
+from tests.conftest import alive, free_port, make_config, wait_http
 
 MODEL = "gemma-3-270m"
 
@@ -29,14 +29,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture

@@ -10,17 +10,8 @@ import time
 
 import aiohttp
 
+from tests.conftest import alive
 from tests.neuron.conftest import fake_model
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split(")")[-1].split()[0] != "Z"
 
 
 def port_free(port: int) -> bool:

@@ -21,7 +21,7 @@ from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.routes import manager_key
 from helexa.plugins import get_harnesses, get_plugin_manager
-from tests.conftest import make_config
+from tests.conftest import alive, make_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 HERE = Path(__file__).resolve().parent
@@ -33,14 +33,6 @@ def tiny_llama(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tinyllama"
     subprocess.run([sys.executable, str(HERE / "tiny_llama.py"), str(out)], check=True, timeout=300)
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, tiny_llama, version):
