@@ -17,7 +17,7 @@ from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
 from helexa.neuron.proxy import relay
 from helexa.server.app import json_response
-from helexa.wire import check_model_id, explain_validation_error
+from helexa.wire import check_model_id, decode_request_body
 from helexa.wire.neuron import (
     Discovery,
     EndpointInfo,
@@ -54,15 +54,6 @@ _load_decoder = msgspec.json.Decoder(LoadRequest)
 _unload_decoder = msgspec.json.Decoder(UnloadRequest)
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes):  # noqa: ANN202  (typed by the decoder)
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request: {explain_validation_error(str(exc))}") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-
-
 def _model_id(request: web.Request) -> str:
     try:
         return check_model_id(request.match_info["model_id"])
@@ -93,7 +84,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def load(request: web.Request) -> web.Response:
     """``POST /models/load``: 200 when loaded, 202 with ``wait = false``, 422 when preflight refuses."""
-    req = _decode(_load_decoder, await request.read())
+    req = decode_request_body(_load_decoder, await request.read())
     manager = request.app[manager_key]
     spec = ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__})
     if not req.wait:
@@ -105,7 +96,7 @@ async def load(request: web.Request) -> web.Response:
 
 async def unload(request: web.Request) -> web.Response:
     """``POST /models/unload``."""
-    req = _decode(_unload_decoder, await request.read())
+    req = decode_request_body(_unload_decoder, await request.read())
     record = await request.app[manager_key].unload(req.model_id, full=req.full)
     status = record.status if record.status == ModelStatus.SLEEPING else ModelStatus.UNLOADED
     return json_response(LoadResponse(model_id=record.spec.model_id, status=status))
@@ -199,7 +190,7 @@ _tokenize_decoder = msgspec.json.Decoder(_TokenizeRequest)
 
 async def tokenize(request: web.Request) -> web.Response:
     """``POST /tokenize`` ``{model, messages, tools?}`` → ``{"count": n}``, with the engine's own tokenizer."""
-    req = _decode(_tokenize_decoder, await request.read())
+    req = decode_request_body(_tokenize_decoder, await request.read())
     app = request.app
     manager = app[manager_key]
     record = manager.get(req.model)

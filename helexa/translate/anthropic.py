@@ -33,6 +33,7 @@ from helexa.translate.anthropic_types import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from helexa.wire import decode_request_body
 
 __all__ = [
     "STOP_REASONS",
@@ -58,24 +59,11 @@ def message_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes) -> Any:
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rpartition(" - at `")[2].rstrip("`") if " - at `" in text else ""
-        field = path.removeprefix("$.") or None
-        message = text.replace("`", "").rsplit(" - at ", 1)[0]
-        raise InvalidRequest(f"{field}: {message}" if field else message, param=field) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-
-
 def decode_request(body: bytes) -> AnthropicRequest:
     """Validate a Messages request. :raises InvalidRequest: naming the field (400 in Anthropic's envelope)."""
     if not body:
         raise InvalidRequest("request body is empty; send a JSON object with model, max_tokens and messages")
-    request = _decode(_request_decoder, body)
+    request = decode_request_body(_request_decoder, body)
     if request.max_tokens < 1:
         raise InvalidRequest("max_tokens: must be at least 1", param="max_tokens")
     _check_tools(request.tools, request.tool_choice)
@@ -86,7 +74,7 @@ def decode_count_request(body: bytes) -> CountTokensRequest:
     """Validate a count_tokens request."""
     if not body:
         raise InvalidRequest("request body is empty; send a JSON object with model and messages")
-    request = _decode(_count_decoder, body)
+    request = decode_request_body(_count_decoder, body)
     _check_tools(request.tools, request.tool_choice)
     return request
 

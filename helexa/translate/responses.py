@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from helexa.errors import InvalidRequest
+from helexa.wire import decode_request_body
 
 __all__ = ["ResponsesRequest", "ResponsesStream", "decode_responses_request", "to_chat_request", "to_response"]
 
@@ -71,15 +72,7 @@ def decode_responses_request(body: bytes) -> ResponsesRequest:
     """Validate a Responses request. :raises InvalidRequest: naming the field."""
     if not body:
         raise InvalidRequest("request body is empty; send a JSON object with model and input")
-    try:
-        request = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc).replace("`", "")
-        message, _, path = text.rpartition(" - at ")
-        field = path.removeprefix("$.") if message else None
-        raise InvalidRequest(f"{field}: {message}" if field else text, param=field) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    request = decode_request_body(_decoder, body)
     if request.previous_response_id:
         raise InvalidRequest(
             "previous_response_id: helexa does not store responses; send the whole conversation in input",

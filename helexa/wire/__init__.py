@@ -12,11 +12,22 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
-__all__ = ["MODEL_ID_MAX_LENGTH", "ModelId", "WireStruct", "check_model_id", "explain_validation_error"]
+from helexa.errors import InvalidRequest
+
+_T = TypeVar("_T")
+
+__all__ = [
+    "MODEL_ID_MAX_LENGTH",
+    "ModelId",
+    "WireStruct",
+    "check_model_id",
+    "decode_request_body",
+    "explain_validation_error",
+]
 
 MODEL_ID_MAX_LENGTH = 256
 # Hugging Face style ids ("org/name", "name:tag", "name@rev") and nothing that could walk a file system:
@@ -56,6 +67,25 @@ def explain_validation_error(message: str) -> str:
             f"with no '..', '//' or trailing '/' - at {path}"
         )
     return message
+
+
+def decode_request_body(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    """Decode a request body with ``decoder``.
+
+    :raises InvalidRequest: not JSON; or a field of the wrong type or value, as ``"<field>: <what is wrong>"``
+        with ``param`` set to the field (``messages[0].role``), so every API names the field the same way.
+    """
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = explain_validation_error(str(exc))
+        message, sep, path = text.rpartition(" - at `")
+        if not sep:
+            raise InvalidRequest(f"invalid request: {text}") from None
+        field = path.rstrip("`").removeprefix("$.")
+        raise InvalidRequest(f"{field}: {message}", param=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
 class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):

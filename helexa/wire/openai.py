@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from helexa.errors import InvalidRequest
-from helexa.wire import WireStruct
+from helexa.wire import WireStruct, decode_request_body
 
 __all__ = ["InferenceHead", "decode_head"]
 
@@ -24,17 +24,7 @@ def decode_head(body: bytes) -> InferenceHead:
     """Read ``model`` and ``stream`` from a request body. :raises InvalidRequest: not JSON, or no model."""
     if not body:
         raise InvalidRequest("request body is empty; send a JSON object with 'model'")
-    try:
-        head = _head_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid request: {exc}", param=_param_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    head = decode_request_body(_head_decoder, body)
     if not head.model:
         raise InvalidRequest("'model' is required", param="model")
     return head
-
-
-def _param_of(message: str) -> str | None:
-    _, sep, path = message.partition("at `$.")
-    return path.rstrip("`") if sep else None
