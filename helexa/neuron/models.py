@@ -108,15 +108,22 @@ class ModelManager:
         return entry.spec() if entry is not None else None
 
     def complete(self, spec: ModelSpec) -> ModelSpec:
-        """Fill what a load request left empty from the catalogue, then from the neuron's defaults."""
+        """Fill what a load request left at its default from the catalogue (same id or alias), then the
+        harness from the neuron's default. A field the request set (``normalise = false``) is kept."""
+        fields = {f: getattr(spec, f) for f in ModelSpec.__struct_fields__}
         known = self.spec_for(spec.model_id)
-        fields = msgspec.structs.asdict(spec)
         if known is not None:
-            for key, value in msgspec.structs.asdict(known).items():
-                if key in fields and fields[key] in ("", None, {}, 0, 1) and value not in ("", None, {}, 0):
-                    fields[key] = value
+            fields["model_id"] = known.model_id
+            for field in msgspec.structs.fields(ModelSpec):
+                default = field.default_factory() if field.default_factory is not msgspec.NODEFAULT else field.default
+                if (
+                    field.name != "model_id"
+                    and fields[field.name] == default
+                    and type(fields[field.name]) is type(default)
+                ):
+                    fields[field.name] = getattr(known, field.name)
         fields["harness"] = fields["harness"] or self.default_harness
-        return ModelSpec(**{k: v for k, v in fields.items() if k in ModelSpec.__struct_fields__})
+        return ModelSpec(**fields)
 
     def harness(self, name: str, model_id: str = "") -> Harness:
         """The harness instance called ``name``. :raises PreflightError: ``harness_not_installed``."""

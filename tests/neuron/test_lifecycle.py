@@ -313,3 +313,18 @@ async def test_normaliser_can_be_switched_off_per_model(neuron):
     message = (await resp.json())["choices"][0]["message"]
     assert message["content"] == MARKED
     assert "tool_calls" not in message
+
+
+async def test_load_request_fields_win_over_the_catalogue(neuron):
+    from helexa.neuron.routes import manager_key
+    from helexa.wire.neuron import ModelSpec
+
+    client = await neuron(models=[fake_model("cat", "--reply", "x", aliases=["kitty"], tensor_parallel=1)])
+    manager = client.app[manager_key]
+    filled = manager.complete(ModelSpec(model_id="kitty"))
+    assert (filled.model_id, filled.harness, filled.source) == ("cat", "fake", "fake-Q4_K_M.gguf")
+    assert filled.options == {"flags": ["--reply", "x"]} and filled.normalise is True
+    kept = manager.complete(ModelSpec(model_id="cat", normalise=False, options={"flags": []}))
+    assert kept.normalise is False and kept.options == {"flags": []}
+    unknown = manager.complete(ModelSpec(model_id="other"))
+    assert (unknown.harness, unknown.source) == ("llamacpp", "")
