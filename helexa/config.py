@@ -87,6 +87,14 @@ class GatewaySection(ConfigStruct):
     load_queue_limit: Annotated[
         int, _doc("Requests that may wait on one model's cold load; more get 503 with Retry-After.", ge=1)
     ] = 64
+    keepalive_seconds: Annotated[
+        float,
+        _doc(
+            "Streams open at once; while a cold load, a queue or a long prefill keeps the engine silent, a "
+            "keep-alive (Anthropic ping, SSE comment) is sent this often, so agents do not time out.",
+            gt=0,
+        ),
+    ] = 10.0
 
 
 class AuthSection(ConfigStruct):

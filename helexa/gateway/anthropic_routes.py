@@ -13,13 +13,14 @@ import msgspec
 from aiohttp import web
 
 from helexa.gateway.forward import lifecycle_key
-from helexa.gateway.translation import serve_translated
+from helexa.gateway.translation import ignored_tools_note, serve_translated
 from helexa.server.app import json_response
 from helexa.translate.anthropic import (
     chat_messages,
     chat_tools,
     decode_count_request,
     decode_request,
+    offered_tools,
     to_anthropic_message,
     to_chat_request,
 )
@@ -35,6 +36,7 @@ _PING = event("ping", {})
 async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
     req = decode_request(await request.read())
+    dropped = offered_tools(req.tools)[1]
     return await serve_translated(
         request,
         model=req.model,
@@ -42,6 +44,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         stream=(lambda: AnthropicStream(req.model, req.stop_sequences)) if req.stream else None,
         whole=lambda chat: to_anthropic_message(chat, req, req.model),
         keepalive=_PING,
+        headers=ignored_tools_note(request, req.model, dropped),
     )
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from helexa.config import Config
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
+from helexa.gateway.keepalive import keepalive_seconds_key
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.poller import poll_forever
@@ -40,6 +41,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app.middlewares.extend(bearer_auth(cfg.auth.api_keys, protected=_protected, allow_x_api_key=True, what="API key"))
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
+    app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds
     registry = Registry(cfg.neurons, cfg.models)
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     setup_routes(app)

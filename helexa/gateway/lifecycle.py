@@ -79,6 +79,26 @@ class Lifecycle:
         name = pick_replica([(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas])
         return self.registry.neurons[name]
 
+    async def check(self, requested: str) -> str:
+        """The model id for ``requested`` (an id or alias) when it can be served, without loading anything.
+
+        Streaming routes call it before they open the response, so an unknown model is still a plain 404.
+
+        :raises NotFound: the model is neither in the catalogue nor loaded on a healthy neuron.
+        """
+        model_id = self.registry.resolve(requested)
+        if not self.registry.first_round.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
+        if self.choose(model_id) is None and model_id not in self.registry.catalogue:
+            raise NotFound(
+                f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
+                "GET /v1/models lists the models",
+                param="model",
+                code="model_not_found",
+            )
+        return model_id
+
     async def route(self, requested: str) -> tuple[str, NeuronState]:
         """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed.
 
@@ -86,22 +106,11 @@ class Lifecycle:
         :raises Overloaded: too many requests wait for this model's load, or it took too long.
         :raises NoCapacity: no neuron can take it, even after evictions.
         """
-        model_id = self.registry.resolve(requested)
-        if not self.registry.first_round.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
+        model_id = await self.check(requested)
         state = self.choose(model_id)
         if state is not None:
             return model_id, state
-        entry = self.registry.catalogue.get(model_id)
-        if entry is None:
-            raise NotFound(
-                f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
-                "GET /v1/models lists the models",
-                param="model",
-                code="model_not_found",
-            )
-        name = await self.ensure_loaded(entry)
+        name = await self.ensure_loaded(self.registry.catalogue[model_id])
         return model_id, self.registry.neurons[name]
 
     async def ensure_loaded(self, entry: ModelEntry) -> str:

@@ -20,10 +20,11 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import UpstreamError
+from helexa.gateway.neuron_client import error_from_response
 from helexa.server.upstream import response_headers
 from helexa.sse import EventFramer
 
-__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay"]
+__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay", "relay_stream"]
 
 logger = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -143,7 +144,9 @@ async def relay(
     """
     out_headers = response_headers(upstream, origin="neuron")
     if upstream.content_type == "text/event-stream":
-        return await _relay_stream(request, upstream, out_headers, hide_usage=hide_usage, exchange=exchange)
+        response = web.StreamResponse(status=upstream.status, headers=out_headers)
+        await response.prepare(request)
+        return await relay_stream(response, upstream, hide_usage=hide_usage, exchange=exchange)
     data = await read_body(upstream)
     if upstream.status == 200 and b'"usage"' in data:
         with contextlib.suppress(msgspec.DecodeError):
@@ -160,17 +163,20 @@ async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
         raise UpstreamError(f"neuron response broke off: {exc}") from None
 
 
-async def _relay_stream(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    headers: dict[str, str],
-    *,
-    hide_usage: bool,
-    exchange: Exchange,
+async def relay_stream(
+    response: web.StreamResponse, upstream: aiohttp.ClientResponse, *, hide_usage: bool, exchange: Exchange
 ) -> web.StreamResponse:
+    """Relay an open neuron response into ``response``, an event stream the client already has open.
+
+    :raises UpstreamError: the neuron answered with an error or not with a stream, or the stream broke off
+        (the client gets a final SSE error event from the error middleware).
+    """
     exchange.streamed = True
-    response = web.StreamResponse(status=upstream.status, headers=headers)
-    await response.prepare(request)
+    if upstream.status != 200 or upstream.content_type != "text/event-stream":
+        data = await read_body(upstream)
+        if upstream.status == 200:
+            raise UpstreamError(f"the engine answered a streaming request with {upstream.content_type}, not a stream")
+        raise error_from_response("engine", upstream.status, data)
     framer, scanner = EventFramer(), StreamScanner(hide_usage=hide_usage, started=exchange.started)
     try:
         async for chunk in upstream.content.iter_any():

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 
-from helexa.gateway.translation import serve_translated
-from helexa.translate.responses import ResponsesStream, decode_responses_request, to_chat_request, to_response
+from helexa.errors import HelexaError
+from helexa.gateway.translation import Translator, ignored_tools_note, serve_translated
+from helexa.translate.responses import (
+    ResponsesStream,
+    ToolSet,
+    decode_responses_request,
+    to_chat_request,
+    to_response,
+)
 
 __all__ = ["responses", "setup_responses_routes"]
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
+
+def _failed(err: HelexaError, translator: Translator) -> bytes:
+    assert isinstance(translator, ResponsesStream)
+    return translator.fail(err.code or err.type, err.message)
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses``: translate to chat, route, translate the answer back (whole or streamed)."""
     req = decode_responses_request(await request.read())
+    tools = ToolSet(req.tools)
     return await serve_translated(
         request,
         model=req.model,
-        chat_request=lambda model_id: to_chat_request(req, model_id),
-        stream=(lambda: ResponsesStream(req, req.model)) if req.stream else None,
-        whole=lambda chat: to_response(chat, req, req.model),
+        chat_request=lambda model_id: to_chat_request(req, model_id, tools),
+        stream=(lambda: ResponsesStream(req, req.model, tools)) if req.stream else None,
+        whole=lambda chat: to_response(chat, req, req.model, tools),
+        error_event=_failed,
+        headers=ignored_tools_note(request, req.model, tools.dropped),
     )
 
 

@@ -9,7 +9,8 @@ from aiohttp import web
 from helexa.errors import NotFound
 from helexa.gateway.catalogue import fleet_report, model_cards
 from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe, session_key
-from helexa.gateway.proxy import Exchange, prepare_body, relay
+from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, keepalive_seconds_key, open_event_stream
+from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
 from helexa.server.app import json_response
 from helexa.wire.openai import decode_head
 
@@ -20,16 +21,30 @@ _USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
-    """Route an OpenAI request to a neuron that has its model (loading it first if needed) and relay."""
+    """Route an OpenAI request to a neuron that has its model (loading it first if needed) and relay.
+
+    A streaming request gets its SSE headers at once and ``: keep-alive`` comments while the gateway waits
+    (cold load, queue, prefill); then the engine's events as they come, or a final error event.
+    """
     exchange = Exchange(started=time.perf_counter())
     body = await request.read()
     head = decode_head(body)
-    model_id, state = await request.app[lifecycle_key].route(head.model)
-    body, injected = prepare_body(
-        body, head.model, model_id, stream=head.stream, wants_usage=request.path in _USAGE_PATHS
-    )
-    async with forward(request, model_id, state, path=request.path, body=body, exchange=exchange) as (upstream, state):
-        response = await relay(request, upstream, hide_usage=injected, exchange=exchange)
+    lifecycle = request.app[lifecycle_key]
+    if not head.stream:
+        model_id, state = await lifecycle.route(head.model)
+        body, _ = prepare_body(body, head.model, model_id, stream=False, wants_usage=False)
+        async with forward(request, model_id, state, path=request.path, body=body, exchange=exchange) as (up, state):
+            response = await relay(request, up, hide_usage=False, exchange=exchange)
+        observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+        return response
+    await lifecycle.check(head.model)
+    response = await open_event_stream(request)
+    async with KeepAlive(response, OPENAI_KEEPALIVE, request.app[keepalive_seconds_key]) as waiting:
+        model_id, state = await lifecycle.route(head.model)
+        body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
+        async with forward(request, model_id, state, path=request.path, body=body, exchange=exchange) as (up, state):
+            await waiting.stop()
+            await relay_stream(response, up, hide_usage=injected, exchange=exchange)
     observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
     return response
 

@@ -1,32 +1,39 @@
 """Running a dialect translator over a neuron's chat completion stream (Anthropic, Responses).
 
 A translator turns OpenAI chat chunks into another API's events: ``start()`` before the first chunk,
-``chunk(dict)`` per chunk, ``finish()`` at the end. This module does the I/O around it — whole SSE events
-only, the scan for first-token time and usage (metrics), a keep-alive event while the engine is silent, and
-a neuron's own mid-stream error event turned into an error the middleware renders in the dialect.
+``chunk(dict)`` per chunk, ``finish()`` at the end. This module does the I/O around it — the stream opened at
+once, whole SSE events only, the scan for first-token time and usage (metrics), a keep-alive event while
+the gateway or the engine is silent, and a neuron's own mid-stream error event turned into an error the
+middleware renders in the dialect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import UpstreamError
+from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe
+from helexa.gateway.keepalive import KeepAlive, keepalive_seconds_key, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
+from helexa.gateway.registry import NeuronState
 from helexa.server.app import json_response
+from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer
 
-__all__ = ["KEEPALIVE_INTERVAL_S", "Translator", "relay_translated", "serve_translated"]
+__all__ = ["IGNORED_TOOLS_HEADER", "Translator", "ignored_tools_note", "relay_translated", "serve_translated"]
 
-KEEPALIVE_INTERVAL_S = 10.0
+logger = logging.getLogger(__name__)
+IGNORED_TOOLS_HEADER = "x-helexa-ignored-tools"
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -47,29 +54,36 @@ class Translator(Protocol):
         ...
 
 
+def ignored_tools_note(request: web.Request, model: str, dropped: list[str]) -> dict[str, str]:
+    """Log the tools left out of a request (hosted/server tools the fleet cannot run) and return the response
+    header that tells the client: ``x-helexa-ignored-tools: web_search, …``."""
+    if not dropped:
+        return {}
+    names = ", ".join(sorted(set(dropped)))
+    logger.warning("%s for model %s: left out tools the fleet cannot run: %s", request.path, model, names)
+    return {IGNORED_TOOLS_HEADER: names}
+
+
 async def relay_translated(
-    request: web.Request,
+    response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     translator: Translator,
     exchange: Exchange,
     *,
     keepalive: bytes = b"",
+    interval: float = 10.0,
 ) -> web.StreamResponse:
-    """Stream ``upstream`` (chat completion chunks) to the client through ``translator``.
+    """Stream ``upstream`` (chat completion chunks) through ``translator`` into the open ``response``.
 
-    :param keepalive: an event sent after the opening events and whenever the engine is silent for
-        :data:`KEEPALIVE_INTERVAL_S` (Anthropic's ``ping``); empty = none.
+    :param keepalive: an event sent whenever the engine is silent for ``interval`` seconds (Anthropic's
+        ``ping``); empty = none.
     :raises UpstreamError: the stream broke off or the neuron reported an error mid-stream.
     """
-    exchange.streamed = True
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    await response.write(translator.start() + keepalive)
     framer, scanner = EventFramer(), StreamScanner(started=exchange.started)
     try:
         while True:
             try:
-                async with asyncio.timeout(KEEPALIVE_INTERVAL_S if keepalive else None):
+                async with asyncio.timeout(interval if keepalive else None):
                     data = await upstream.content.readany()
             except TimeoutError:
                 await response.write(keepalive)
@@ -119,28 +133,57 @@ async def serve_translated(
     stream: Callable[[], Translator] | None,
     whole: Callable[[dict[str, Any]], dict[str, Any]],
     keepalive: bytes = b"",
+    error_event: Callable[[HelexaError, Translator], bytes] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Serve a request of another dialect: route ``model``, send ``chat_request(model_id)`` as a chat
     completion, and answer with ``stream()``'s events (when streaming) or ``whole(chat)`` (when not).
 
-    Routing, cold loads, failover and metrics are the same as for plain OpenAI requests. An engine's error
-    answer is re-raised with its status, so the middleware renders it in the dialect's envelope.
+    Routing, cold loads, failover and metrics are the same as for plain OpenAI requests. A stream opens at
+    once (after the model is known to exist) with the translator's opening events, then ``keepalive`` while
+    the gateway waits for the engine; a failure after that is ``error_event(err, translator)`` (default: the
+    middleware's). Before that, an engine's error answer is re-raised with its status, so the middleware
+    renders it in the dialect's envelope. ``headers`` go on the response (notes for the client).
     """
     exchange = Exchange(started=time.perf_counter())
-    model_id, state = await request.app[lifecycle_key].route(model)
-    body = _encoder.encode(chat_request(model_id))
-    async with forward(request, model_id, state, path="/v1/chat/completions", body=body, exchange=exchange) as (
-        upstream,
-        state,
-    ):
-        if upstream.status != 200:
-            raise error_from_response("engine", upstream.status, await read_body(upstream))
-        if stream is not None:
-            response = await relay_translated(request, upstream, stream(), exchange, keepalive=keepalive)
-        else:
+    lifecycle = request.app[lifecycle_key]
+    if stream is None:
+        model_id, state = await lifecycle.route(model)
+        async with _open(request, model_id, state, chat_request, exchange) as (upstream, state):
             chat = _decoder.decode(await read_body(upstream))
             usage = chat.get("usage") or {}
             exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-            response = json_response(whole(chat))
+            response = json_response(whole(chat), headers=headers)
+        observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+        return response
+    await lifecycle.check(model)
+    translator = stream()
+    if error_event is not None:
+        request[sse_error_key] = lambda err: error_event(err, translator)
+    response = await open_event_stream(request, headers)
+    exchange.streamed = True
+    await response.write(translator.start() + keepalive)
+    interval = request.app[keepalive_seconds_key]
+    async with KeepAlive(response, keepalive, interval) as waiting:
+        model_id, state = await lifecycle.route(model)
+        async with _open(request, model_id, state, chat_request, exchange) as (upstream, state):
+            await waiting.stop()
+            await relay_translated(response, upstream, translator, exchange, keepalive=keepalive, interval=interval)
     observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
     return response
+
+
+@contextlib.asynccontextmanager
+async def _open(
+    request: web.Request,
+    model_id: str,
+    state: NeuronState,
+    chat_request: Callable[[str], dict[str, Any]],
+    exchange: Exchange,
+) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
+    body = _encoder.encode(chat_request(model_id))
+    async with forward(request, model_id, state, path="/v1/chat/completions", body=body, exchange=exchange) as opened:
+        upstream = opened[0]
+        if upstream.status != 200:
+            raise error_from_response("engine", upstream.status, await read_body(upstream))
+        yield opened

@@ -30,9 +30,9 @@ http_metrics_key = web.AppKey("http_metrics_key", HttpMetrics)
 _encoder = msgspec.json.Encoder()
 
 
-def json_response(obj: object, *, status: int = 200) -> web.Response:
+def json_response(obj: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """Encode ``obj`` (msgspec structs included) with msgspec."""
-    return web.Response(body=_encoder.encode(obj), status=status, content_type="application/json")
+    return web.Response(body=_encoder.encode(obj), status=status, content_type="application/json", headers=headers)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ __all__ = [
     "request_middleware",
     "role_key",
     "sse_error_event",
+    "sse_error_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ REQUEST_ID_HEADER = "x-request-id"
 role_key = web.AppKey("role_key", str)
 request_id_key = web.RequestKey("request_id_key", str)
 _stream_key = web.RequestKey("_stream_key", web.StreamResponse)
+# A route whose stream speaks another dialect sets how a late error is encoded there (err -> event bytes).
+sse_error_key = web.RequestKey("sse_error_key", Callable[[HelexaError], bytes])
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Request ids: unique, cheap, and not guessable across processes (a random prefix, then a counter).
@@ -94,8 +97,9 @@ async def _render(request: web.Request, err: HelexaError) -> web.StreamResponse:
     if stream is not None and stream.prepared:
         if stream.content_type != "text/event-stream":
             raise ConnectionAbortedError("error after a non-SSE stream started")  # aiohttp drops the connection
+        encode = request.get(sse_error_key)
         try:
-            await stream.write(sse_error_event(err, anthropic=anthropic))
+            await stream.write(encode(err) if encode is not None else sse_error_event(err, anthropic=anthropic))
             await stream.write_eof()
         except ConnectionError:
             logger.debug("client went away before the error event could be written")

@@ -1,11 +1,15 @@
 """Anthropic Messages ↔ OpenAI chat completions, both directions, for whole requests and responses. Pure.
 
-Request: ``system`` becomes the first message; text and image blocks become OpenAI content parts (base64
-images as data URIs); ``tool_use`` blocks become assistant ``tool_calls``; each ``tool_result`` becomes a
-``tool`` message (before the rest of its user turn); ``tools`` become functions and ``tool_choice``
-auto/any/tool/none becomes auto/required/{function}/none; ``thinking`` switches the chat template's
-``enable_thinking``; ``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and ``metadata.user_id`` map
-to their OpenAI (or vLLM/llama.cpp) names.
+Request: ``system`` becomes the first message and ``system`` entries inside ``messages`` stay system
+messages in their place (the neuron merges them for engines whose template allows only a leading one); text
+and image blocks become OpenAI content parts (base64 images as data URIs); ``tool_use`` blocks become
+assistant ``tool_calls``; each ``tool_result`` becomes a ``tool`` message (before the rest of its user turn);
+custom ``tools`` become functions (server tools and ``defer_loading`` tools are left out: the engine cannot
+run the one and must not see the other) and ``tool_choice`` auto/any/tool/none becomes
+auto/required/{function}/none; ``thinking`` enabled/adaptive/disabled switches the chat template's
+``enable_thinking``; ``output_config.effort`` becomes ``reasoning_effort``; a ``clear_thinking`` context
+edit keeps reasoning only in the turns it names; ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``
+and ``metadata.user_id`` map to their OpenAI (or vLLM/llama.cpp) names.
 
 Response: ``reasoning_content`` becomes a ``thinking`` block, text a ``text`` block, each tool call a
 ``tool_use`` block; finish reasons map stop → end_turn (or stop_sequence when the engine says which stop
@@ -37,11 +41,13 @@ from helexa.wire import decode_request_body
 
 __all__ = [
     "STOP_REASONS",
+    "anthropic_usage",
     "chat_messages",
     "chat_tools",
     "decode_count_request",
     "decode_request",
     "message_id",
+    "offered_tools",
     "stop_reason",
     "to_anthropic_message",
     "to_chat_request",
@@ -79,26 +85,42 @@ def decode_count_request(body: bytes) -> CountTokensRequest:
     return request
 
 
-def _check_tools(tools: list[Any], choice: Any) -> None:
+def _is_server_tool(tool: Tool) -> bool:
+    return tool.type not in ("custom", "function", "")
+
+
+def offered_tools(tools: list[Tool]) -> tuple[list[Tool], list[str]]:
+    """The tools the engine is shown, and the names left out: server tools (``web_search_…``: the fleet
+    cannot run them) and ``defer_loading`` tools (the client loads them later through its own tool search)."""
+    kept, dropped = [], []
+    for tool in tools:
+        if _is_server_tool(tool) or tool.defer_loading:
+            dropped.append(tool.name or tool.type)
+        else:
+            kept.append(tool)
+    return kept, dropped
+
+
+def _check_tools(tools: list[Tool], choice: Any) -> None:
     for i, tool in enumerate(tools):
-        if tool.type not in ("custom", "function", ""):
-            raise InvalidRequest(
-                f"tools.{i}.type: server tool {tool.type!r} is not supported here; define a custom tool",
-                param=f"tools.{i}.type",
-            )
+        if not _is_server_tool(tool) and not tool.name:
+            raise InvalidRequest(f"tools.{i}.name: a custom tool needs a name", param=f"tools.{i}.name")
     if choice is None:
         return
+    usable = offered_tools(tools)[0]
     if choice.type == "tool":
         if not choice.name:
             raise InvalidRequest("tool_choice.name: required when tool_choice.type is 'tool'", param="tool_choice.name")
-        if choice.name not in {t.name for t in tools}:
+        if choice.name not in {t.name for t in usable}:
             raise InvalidRequest(f"tool_choice.name: tool {choice.name!r} is not in tools", param="tool_choice.name")
-    if choice.type in ("any", "tool") and not tools:
-        raise InvalidRequest(f"tool_choice: type {choice.type!r} needs tools", param="tool_choice")
+    if choice.type in ("any", "tool") and not usable:
+        raise InvalidRequest(f"tool_choice: type {choice.type!r} needs custom tools", param="tool_choice")
 
 
-def _system_text(system: str | list[TextBlock]) -> str:
-    return system if isinstance(system, str) else "\n\n".join(b.text for b in system)
+def _system_text(system: str | list[Any]) -> str:
+    if isinstance(system, str):
+        return system
+    return "\n\n".join(b.text for b in system if isinstance(b, TextBlock))
 
 
 def _image_part(block: ImageBlock) -> dict[str, Any]:
@@ -122,7 +144,9 @@ def chat_messages(system: str | list[TextBlock], messages: list[Message]) -> lis
     if text:
         out.append({"role": "system", "content": text})
     for message in messages:
-        if isinstance(message.content, str):
+        if message.role == "system":
+            out.append({"role": "system", "content": _system_text(message.content)})
+        elif isinstance(message.content, str):
             out.append({"role": message.role, "content": message.content})
         elif message.role == "assistant":
             out.append(_assistant_message(message))
@@ -170,11 +194,35 @@ def _user_messages(message: Message) -> list[dict[str, Any]]:
 
 
 def chat_tools(tools: list[Tool]) -> list[dict[str, Any]]:
-    """Anthropic tool definitions as OpenAI functions."""
+    """The offered Anthropic tool definitions as OpenAI functions (see :func:`offered_tools`)."""
     return [
         {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
-        for t in tools
+        for t in offered_tools(tools)[0]
     ]
+
+
+def _thinking_turns_kept(request: AnthropicRequest) -> int | None:
+    """How many of the latest assistant turns keep their reasoning (``None``: all), from a clear_thinking edit."""
+    if request.context_management is None:
+        return None
+    for edit in request.context_management.edits:
+        if not edit.type.startswith("clear_thinking"):
+            continue
+        keep = edit.keep
+        if isinstance(keep, dict) and keep.get("type") == "thinking_turns" and isinstance(keep.get("value"), int):
+            return max(0, keep["value"])
+        if keep != "all":
+            return 1  # Anthropic's default for this edit: the last assistant turn keeps its thinking
+    return None
+
+
+def _clear_thinking(messages: list[dict[str, Any]], kept: int) -> None:
+    turns = [m for m in messages if m["role"] == "assistant" and "reasoning_content" in m]
+    for message in turns[: max(0, len(turns) - kept)]:
+        del message["reasoning_content"]
+
+
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high", "xhigh": "high"}
 
 
 def _tool_choice(request: AnthropicRequest | CountTokensRequest) -> Any:
@@ -188,9 +236,13 @@ def _tool_choice(request: AnthropicRequest | CountTokensRequest) -> Any:
 
 def to_chat_request(request: AnthropicRequest, model: str) -> dict[str, Any]:
     """The OpenAI chat request for ``request``, for ``model`` (the resolved id)."""
+    messages = chat_messages(request.system, request.messages)
+    kept = _thinking_turns_kept(request)
+    if kept is not None:
+        _clear_thinking(messages, kept)
     body: dict[str, Any] = {
         "model": model,
-        "messages": chat_messages(request.system, request.messages),
+        "messages": messages,
         "max_tokens": request.max_tokens,
         "stream": request.stream,
     }
@@ -202,21 +254,20 @@ def to_chat_request(request: AnthropicRequest, model: str) -> dict[str, Any]:
             body[key] = value
     if request.stop_sequences:
         body["stop"] = request.stop_sequences
-    if request.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
-            }
-            for t in request.tools
-        ]
-    choice = _tool_choice(request)
+    tools = chat_tools(request.tools)
+    if tools:
+        body["tools"] = tools
+    choice = _tool_choice(request) if tools else None
     if choice is not None:
         body["tool_choice"] = choice
         if request.tool_choice is not None and request.tool_choice.disable_parallel_tool_use:
             body["parallel_tool_calls"] = False
-    if request.thinking is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": request.thinking.type != "disabled"}
+    thinking = request.thinking.type != "disabled" if request.thinking is not None else None
+    if thinking is not None:
+        body["chat_template_kwargs"] = {"enable_thinking": thinking}
+    effort = _EFFORT.get((request.output_config and request.output_config.effort) or "")
+    if effort and thinking is not False:
+        body["reasoning_effort"] = effort
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id
     return body
@@ -264,7 +315,6 @@ def to_anthropic_message(chat: dict[str, Any], request: AnthropicRequest, model:
             }
         )
     reason, sequence = stop_reason(choice.get("finish_reason"), choice, request.stop_sequences)
-    usage = chat.get("usage") or {}
     return {
         "id": message_id(),
         "type": "message",
@@ -273,7 +323,22 @@ def to_anthropic_message(chat: dict[str, Any], request: AnthropicRequest, model:
         "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,
-        "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+        "usage": anthropic_usage(chat.get("usage") or {}),
+    }
+
+
+def anthropic_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """Anthropic usage for OpenAI usage: prompt tokens the engine served from its cache (vLLM and llama.cpp
+    report ``prompt_tokens_details.cached_tokens``) are ``cache_read_input_tokens``, the rest ``input_tokens``."""
+    prompt = usage.get("prompt_tokens") or 0
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    cached = min(cached, prompt) if isinstance(cached, int) and cached > 0 else 0
+    return {
+        "input_tokens": prompt - cached,
+        "output_tokens": usage.get("completion_tokens") or 0,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
     }
 
 

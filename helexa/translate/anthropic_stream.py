@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from helexa.translate.anthropic import message_id, stop_reason
+from helexa.translate.anthropic import anthropic_usage, message_id, stop_reason
 
 __all__ = ["AnthropicStream", "event"]
 
@@ -36,7 +36,7 @@ class AnthropicStream:
         self._kind = ""  # the open block's type: thinking | text | tool_use | ""
         self._tool_blocks: dict[int, int] = {}
         self._stop: tuple[str, str | None] = ("end_turn", None)
-        self._usage = {"input_tokens": 0, "output_tokens": 0}
+        self._usage = anthropic_usage({})
         self.started = False
         self.finished = False
 
@@ -62,10 +62,7 @@ class AnthropicStream:
             out.append(self.start())
         usage = chunk.get("usage")
         if usage:
-            self._usage = {
-                "input_tokens": usage.get("prompt_tokens", 0),
-                "output_tokens": usage.get("completion_tokens", 0),
-            }
+            self._usage = anthropic_usage(usage)
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue

@@ -1,7 +1,10 @@
 """Anthropic Messages API request types (what ``POST /v1/messages`` accepts), validated with msgspec.
 
-Unknown fields are ignored (clients send newer fields helexa does not model); a wrong type, a bad role or an
-unknown content-block type is a 400 naming the field. Content blocks are a tagged union on ``type``.
+Unknown fields are ignored (clients send newer fields helexa does not model, and beta headers never matter);
+a wrong type in a field helexa uses, a bad role or an unknown content-block type is a 400 naming the field.
+Content blocks are a tagged union on ``type``. The shapes follow what Claude Code sends today: ``system``
+entries inside ``messages``, ``thinking`` of type ``adaptive``, ``output_config.effort``,
+``context_management`` edits, ``cache_control`` on blocks, tools with ``defer_loading``.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import msgspec
 __all__ = [
     "AnthropicRequest",
     "Block",
+    "ContextEdit",
+    "ContextManagement",
     "CountTokensRequest",
     "ImageBlock",
     "ImageSource",
     "Message",
+    "OutputConfig",
     "RedactedThinkingBlock",
     "TextBlock",
     "ThinkingBlock",
@@ -72,15 +78,18 @@ Block = TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock 
 
 
 class Message(_Base):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
 class Tool(_Base):
+    """A tool. Custom tools carry ``input_schema``; server tools (``web_search_…``) carry a ``type`` only."""
+
     name: str
-    input_schema: dict[str, Any]
+    input_schema: dict[str, Any] = {}
     description: str = ""
     type: str = "custom"
+    defer_loading: bool = False
 
 
 class ToolChoice(_Base):
@@ -92,6 +101,21 @@ class ToolChoice(_Base):
 class ThinkingConfig(_Base):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int = 0
+
+
+class OutputConfig(_Base):
+    effort: str | None = None
+
+
+class ContextEdit(_Base):
+    """One ``context_management`` edit: only ``clear_thinking_…`` changes what the engine sees."""
+
+    type: str
+    keep: str | dict[str, Any] = "all"
+
+
+class ContextManagement(_Base):
+    edits: list[ContextEdit] = []
 
 
 class Metadata(_Base):
@@ -114,6 +138,8 @@ class AnthropicRequest(_Base):
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
+    context_management: ContextManagement | None = None
 
 
 class CountTokensRequest(_Base):

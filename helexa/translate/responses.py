@@ -1,13 +1,19 @@
 """OpenAI Responses API (stateless) ↔ chat completions, whole and streaming. Pure.
 
 Request: ``instructions`` becomes a system message; ``input`` (a string or items: messages with
-``input_text``/``input_image``/``output_text`` parts, ``function_call`` and ``function_call_output``) becomes
-chat messages; function ``tools``, ``tool_choice``, ``max_output_tokens``, ``temperature``, ``top_p``,
-``parallel_tool_calls`` and ``text.format`` (JSON schema / object) map to their chat names. Nothing is stored:
+``input_text``/``input_image``/``output_text`` parts and roles user/assistant/system/developer,
+``function_call`` and ``function_call_output``) becomes chat messages; function ``tools`` (and the function
+tools inside a ``namespace`` tool, flattened to ``<namespace>__<name>``), ``tool_choice``,
+``max_output_tokens``, ``temperature``, ``top_p``, ``parallel_tool_calls``, ``reasoning.effort`` and
+``text.format`` (JSON schema / object) map to their chat names. Hosted tools the fleet cannot run
+(``web_search``, ``file_search``, ``code_interpreter``, ``mcp``, …) are left out and reported by
+:attr:`ToolSet.dropped`. Fields that only matter to OpenAI's own service (``store``, ``include``,
+``prompt_cache_key``, ``client_metadata``, ``service_tier``, …) are accepted and ignored. Nothing is stored:
 ``previous_response_id`` is refused with a 400 that says to send the conversation in ``input``.
 
 Response: reasoning → a ``reasoning`` item, text → a ``message`` item with one ``output_text`` part, each
-tool call → a ``function_call`` item. Streams emit ``response.created``/``in_progress``, per item
+tool call → a ``function_call`` item (a flattened namespace tool gets its ``name`` and ``namespace`` back).
+Streams emit ``response.created``/``in_progress``, per item
 ``output_item.added`` … ``output_item.done`` with their part/delta/done events in order, then
 ``response.completed`` (or ``response.incomplete`` when the token limit cut the answer).
 """
@@ -23,7 +29,14 @@ import msgspec
 from helexa.errors import InvalidRequest
 from helexa.wire import decode_request_body
 
-__all__ = ["ResponsesRequest", "ResponsesStream", "decode_responses_request", "to_chat_request", "to_response"]
+__all__ = [
+    "ResponsesRequest",
+    "ResponsesStream",
+    "ToolSet",
+    "decode_responses_request",
+    "to_chat_request",
+    "to_response",
+]
 
 _encoder = msgspec.json.Encoder()
 
@@ -33,11 +46,70 @@ class _Base(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class FunctionTool(_Base):
+    """A tool: ``function`` (name, parameters), ``namespace`` (name, function ``tools``) or a hosted one."""
+
     type: str
     name: str = ""
     description: str = ""
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list[dict[str, Any]] = []
+
+
+_NAMESPACE_SEPARATOR = "__"
+
+
+class ToolSet:
+    """The chat functions a request's tools become, and the way back from a flattened name.
+
+    ``functions``: OpenAI chat tools; ``origin``: flattened name → (namespace, name) for namespace members;
+    ``dropped``: the hosted tools left out (their ``type``).
+    """
+
+    def __init__(self, tools: list[FunctionTool]) -> None:
+        self.functions: list[dict[str, Any]] = []
+        self.origin: dict[str, tuple[str, str]] = {}
+        self.dropped: list[str] = []
+        for i, tool in enumerate(tools):
+            if tool.type == "function":
+                self._add(tool.name, tool.description, tool.parameters, f"tools[{i}]")
+            elif tool.type == "namespace":
+                self._namespace(tool, f"tools[{i}]")
+            else:
+                self.dropped.append(tool.type)
+
+    def _add(self, name: str, description: str, parameters: Any, where: str, namespace: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{where}.name: a function tool needs a name", param=f"{where}.name")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequest(f"{where}.parameters: expected an object", param=f"{where}.parameters")
+        flat = f"{namespace}{_NAMESPACE_SEPARATOR}{name}" if namespace else name
+        if namespace:
+            self.origin[flat] = (namespace, name)
+        function = {"name": flat, "description": description if isinstance(description, str) else ""}
+        function["parameters"] = parameters if parameters is not None else {"type": "object", "properties": {}}
+        self.functions.append({"type": "function", "function": function})
+
+    def _namespace(self, tool: FunctionTool, where: str) -> None:
+        if not tool.name:
+            raise InvalidRequest(f"{where}.name: a namespace tool needs a name", param=f"{where}.name")
+        for j, member in enumerate(tool.tools):
+            inner = f"{where}.tools[{j}]"
+            if member.get("type", "function") != "function":
+                self.dropped.append(str(member.get("type")))
+                continue
+            self._add(member.get("name", ""), member.get("description", ""), member.get("parameters"), inner, tool.name)
+
+    def flat_name(self, name: str, namespace: str | None) -> str:
+        """The chat name of a call the client sends back (``namespace`` set for namespace members)."""
+        return f"{namespace}{_NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+    def call_fields(self, flat: str) -> dict[str, str]:
+        """``name`` (and ``namespace``) of an output ``function_call`` item for the engine's call ``flat``."""
+        if flat in self.origin:
+            namespace, name = self.origin[flat]
+            return {"name": name, "namespace": namespace}
+        return {"name": flat}
 
 
 class ResponsesRequest(_Base):
@@ -78,12 +150,6 @@ def decode_responses_request(body: bytes) -> ResponsesRequest:
             "previous_response_id: helexa does not store responses; send the whole conversation in input",
             param="previous_response_id",
         )
-    for i, tool in enumerate(request.tools):
-        if tool.type != "function" or not tool.name:
-            raise InvalidRequest(
-                f"tools[{i}]: only function tools with a name are supported (got type {tool.type!r})",
-                param=f"tools[{i}]",
-            )
     return request
 
 
@@ -114,8 +180,31 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
-def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
+# Items that record what hosted tools or OpenAI's own service did: nothing an engine can replay.
+_HISTORY_ONLY = ("reasoning", "compaction", "compaction_summary", "item_reference")
+
+
+def _output_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list) and all(isinstance(p, dict) for p in output):
+        texts = [str(p.get("text", "")) for p in output if p.get("type") in ("input_text", "output_text", "text")]
+        if len(texts) == len(output):
+            return "".join(texts)
+    return _encoder.encode(output).decode()
+
+
+def _call_message(out: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    last = out[-1] if out else None
+    if last is not None and last["role"] == "assistant" and not isinstance(last.get("content"), list):
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def chat_messages(request: ResponsesRequest, tools: ToolSet | None = None) -> list[dict[str, Any]]:
     """The chat ``messages`` for a Responses request's instructions and input."""
+    tools = tools or ToolSet([])
     out: list[dict[str, Any]] = []
     if request.instructions:
         out.append({"role": "system", "content": request.instructions})
@@ -127,36 +216,29 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind == "message":
             out.append(_message(item, where))
-        elif kind == "function_call":
-            call = {
-                "id": item.get("call_id") or item.get("id") or _new_id("call"),
-                "type": "function",
-                "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")},
-            }
-            last = out[-1] if out else None
-            if last is not None and last["role"] == "assistant" and not isinstance(last.get("content"), list):
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            output = item.get("output", "")
-            out.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": item.get("call_id", ""),
-                    "content": output if isinstance(output, str) else _encoder.encode(output).decode(),
-                }
-            )
-        elif kind == "reasoning":
-            continue
+        elif kind in ("function_call", "custom_tool_call"):
+            name = tools.flat_name(str(item.get("name", "")), item.get("namespace"))
+            arguments = item.get("arguments", "") if kind == "function_call" else item.get("input", "")
+            call_id = item.get("call_id") or item.get("id") or _new_id("call")
+            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": str(arguments)}}
+            _call_message(out, call)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            content = _output_text(item.get("output", ""))
+            out.append({"role": "tool", "tool_call_id": item.get("call_id", ""), "content": content})
+        elif kind in _HISTORY_ONLY or kind.endswith(("_call", "_call_output")):
+            continue  # hosted tool calls (web_search_call, …) and encrypted state: the engine cannot replay them
         else:
             raise InvalidRequest(f"{where}.type: unsupported input item {kind!r}", param=f"{where}.type")
     return out
 
 
-def to_chat_request(request: ResponsesRequest, model: str) -> dict[str, Any]:
+_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+
+
+def to_chat_request(request: ResponsesRequest, model: str, tools: ToolSet | None = None) -> dict[str, Any]:
     """The chat completion request for ``request``, for ``model`` (the resolved id)."""
-    body: dict[str, Any] = {"model": model, "messages": chat_messages(request), "stream": request.stream}
+    tools = tools or ToolSet(request.tools)
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(request, tools), "stream": request.stream}
     if request.stream:
         body["stream_options"] = {"include_usage": True}
     if request.max_output_tokens is not None:
@@ -165,16 +247,16 @@ def to_chat_request(request: ResponsesRequest, model: str) -> dict[str, Any]:
         value = getattr(request, key)
         if value is not None:
             body[key] = value
-    if request.tools:
-        body["tools"] = [
-            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-            for t in request.tools
-        ]
-    choice = request.tool_choice
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        body["tool_choice"] = {"type": "function", "function": {"name": choice.get("name", "")}}
-    elif isinstance(choice, str):
-        body["tool_choice"] = choice
+    if tools.functions:
+        body["tools"] = tools.functions
+        choice = request.tool_choice
+        if isinstance(choice, dict) and choice.get("type") == "function":
+            name = tools.flat_name(str(choice.get("name", "")), choice.get("namespace"))
+            body["tool_choice"] = {"type": "function", "function": {"name": name}}
+        elif choice in ("auto", "none", "required"):
+            body["tool_choice"] = choice
+    else:
+        body.pop("parallel_tool_calls", None)
     fmt = (request.text or {}).get("format") or {}
     if fmt.get("type") == "json_schema":
         schema = {
@@ -186,7 +268,10 @@ def to_chat_request(request: ResponsesRequest, model: str) -> dict[str, Any]:
     elif fmt.get("type") == "json_object":
         body["response_format"] = {"type": "json_object"}
     if request.reasoning is not None:
-        body["chat_template_kwargs"] = {"enable_thinking": request.reasoning.get("effort") != "none"}
+        effort = request.reasoning.get("effort")
+        body["chat_template_kwargs"] = {"enable_thinking": effort != "none"}
+        if effort in _EFFORT:
+            body["reasoning_effort"] = _EFFORT[effort]
     return body
 
 
@@ -242,19 +327,19 @@ def _message_item(item_id: str, text: str, status: str = "completed") -> dict[st
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
 
 
-def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
-    return {
-        "type": "function_call",
-        "id": item_id,
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-        "status": status,
-    }
+def _call_item(
+    tools: ToolSet, item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed"
+) -> dict[str, Any]:
+    item = {"type": "function_call", "id": item_id, "call_id": call_id, **tools.call_fields(name)}
+    item.update(arguments=arguments, status=status)
+    return item
 
 
-def to_response(chat: dict[str, Any], request: ResponsesRequest, model: str) -> dict[str, Any]:
+def to_response(
+    chat: dict[str, Any], request: ResponsesRequest, model: str, tools: ToolSet | None = None
+) -> dict[str, Any]:
     """The Responses object for a non-streaming chat completion."""
+    tools = tools or ToolSet(request.tools)
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     envelope = _envelope(request, _new_id("resp"), model, "completed")
@@ -267,6 +352,7 @@ def to_response(chat: dict[str, Any], request: ResponsesRequest, model: str) -> 
         function = call.get("function") or {}
         output.append(
             _call_item(
+                tools,
                 _new_id("fc"),
                 call.get("id") or _new_id("call"),
                 function.get("name", ""),
@@ -281,7 +367,8 @@ def to_response(chat: dict[str, Any], request: ResponsesRequest, model: str) -> 
 class ResponsesStream:
     """Translates one chat chunk stream into Responses streaming events (``event:`` + JSON ``data:``)."""
 
-    def __init__(self, request: ResponsesRequest, model: str) -> None:
+    def __init__(self, request: ResponsesRequest, model: str, tools: ToolSet | None = None) -> None:
+        self.tools = tools or ToolSet(request.tools)
         self.envelope = _envelope(request, _new_id("resp"), model, "in_progress")
         self._sequence = 0
         self._open: dict[str, Any] | None = None  # the item being streamed
@@ -431,9 +518,8 @@ class ResponsesStream:
         function = call.get("function") or {}
         position = call.get("index", len(self._calls))
         if position not in self._calls:
-            item = _call_item(
-                _new_id("fc"), call.get("id") or _new_id("call"), function.get("name", ""), "", "in_progress"
-            )
+            call_id = call.get("id") or _new_id("call")
+            item = _call_item(self.tools, _new_id("fc"), call_id, function.get("name", ""), "", status="in_progress")
             self._calls[position] = item
             out += self._begin("function_call", item)
         if function.get("arguments") and self._open is self._calls[position]:
@@ -445,6 +531,13 @@ class ResponsesStream:
                 )
             )
         return out
+
+    def fail(self, code: str, message: str) -> bytes:
+        """``response.failed`` with the error, for a failure after the stream started."""
+        out = [] if self.started else [self.start()]
+        self.envelope.update(status="failed", error={"code": code, "message": message})
+        out.append(self._event("response.failed", {"response": self.envelope}))
+        return b"".join(out)
 
     def finish(self) -> bytes:
         """Close the open item, then ``response.completed`` (or ``response.incomplete``)."""

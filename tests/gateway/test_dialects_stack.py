@@ -260,9 +260,17 @@ async def test_responses_bad_requests_name_the_field(stack):
     cases = [
         ({"model": "agent"}, "input"),
         ({"model": "agent", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
-        ({"model": "agent", "input": [{"type": "computer_call"}]}, "input[0].type"),
+        ({"model": "agent", "input": [{"type": "bogus_item"}]}, "input[0].type"),
         ({"model": "agent", "input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"model": "agent", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"model": "agent", "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        (
+            {"model": "agent", "input": "x", "tools": [{"type": "namespace", "name": "ns", "tools": [{"name": 3}]}]},
+            "tools[0].tools[0].name",
+        ),
+        (
+            {"model": "agent", "input": "x", "tools": [{"type": "function", "name": "f", "parameters": "no"}]},
+            "tools[0].parameters",
+        ),
     ]
     async with aiohttp.ClientSession() as session:
         for body, field in cases:

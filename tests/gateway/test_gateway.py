@@ -357,13 +357,10 @@ def anthropic_events(text: str) -> list[tuple[str, dict]]:
     return out
 
 
-async def test_anthropic_stream_pings_while_the_engine_is_silent(fleet, monkeypatch):
-    from helexa.gateway import translation
-
-    monkeypatch.setattr(translation, "KEEPALIVE_INTERVAL_S", 0.05)
+async def test_anthropic_stream_pings_while_the_engine_is_silent(fleet):
     a = FakeNeuron("a", chunk_delay=0.2, reply="slow words here")
     a.preload("m")
-    client, _ = await fleet([a])
+    client, _ = await fleet([a], gateway={"keepalive_seconds": 0.05})
     body = {"model": "m", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     resp = await client.post("/v1/messages", json=body)
     events = anthropic_events(await resp.text())

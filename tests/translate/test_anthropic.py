@@ -140,7 +140,7 @@ def test_tool_result_error_and_url_image():
         (None, "messages[0].content[0].type", "Invalid value 'video'"),
         (None, "tool_choice.name", "tool 'nope' is not in tools"),
         (None, "max_tokens", "must be at least 1"),
-        (None, "tools.0.type", "server tool 'web_search_20250305' is not supported"),
+        (None, "tools.0.name", "a custom tool needs a name"),
     ],
 )
 def test_malformed_requests_name_the_field(body, field, text):
@@ -149,7 +149,7 @@ def test_malformed_requests_name_the_field(body, field, text):
         "messages[0].content[0].type": req(messages=[{"role": "user", "content": [{"type": "video", "url": "x"}]}]),
         "tool_choice.name": req(tools=TOOLS, tool_choice={"type": "tool", "name": "nope"}),
         "max_tokens": req(max_tokens=0),
-        "tools.0.type": req(tools=[{"type": "web_search_20250305", "name": "web_search", "input_schema": {}}]),
+        "tools.0.name": req(tools=[{"name": "", "input_schema": {}}]),
     }
     raw = msgspec.json.encode(body) if body is not None else variants[field]
     with pytest.raises(InvalidRequest) as info:
@@ -196,7 +196,12 @@ def test_response_translation():
         {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}},
     ]
     assert (message["stop_reason"], message["stop_sequence"]) == ("tool_use", None)
-    assert message["usage"] == {"input_tokens": 11, "output_tokens": 7}
+    assert message["usage"] == {
+        "input_tokens": 11,
+        "output_tokens": 7,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -286,7 +291,7 @@ def test_stream_event_sequence_is_exact():
     assert events[12] == {
         "type": "message_delta",
         "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-        "usage": {"input_tokens": 3, "output_tokens": 9},
+        "usage": {"input_tokens": 3, "output_tokens": 9, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
     }
     assert events[13] == {"type": "message_stop"}
 
