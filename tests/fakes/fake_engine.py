@@ -2,9 +2,15 @@
 
     python fake_engine.py --port N [--startup-delay S] [--fail-health] [--exit-at-start CODE]
         [--crash-after N] [--ignore-sigterm] [--reply TEXT] [--chunk-size N] [--chunk-delay S]
+        [--agent-tool-call JSON] [--bare-json] [--record FILE]
 
 Serves GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions (streaming or not) and
 POST /v1/embeddings. /stats reports requests served and streams aborted by the client.
+
+``--agent-tool-call '{"name": …, "arguments": {…}}'`` scripts one agent turn: a request that offers tools and
+does not end with a tool result is answered with that call (as ``<tool_call>`` text, or as bare JSON with
+``--bare-json``); a request that ends with a tool result is answered "The tool said: <result>". ``--record``
+appends every chat request body, one JSON line each, so tests can assert what the engine received.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ def main() -> None:
     p.add_argument("--reply", default="Hello from the fake engine.")
     p.add_argument("--chunk-size", type=int, default=4)
     p.add_argument("--chunk-delay", type=float, default=0.0)
+    p.add_argument("--agent-tool-call", default="", help="JSON of the call to make when tools are offered")
+    p.add_argument("--bare-json", action="store_true", help="write the scripted call as bare JSON, no markers")
+    p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
     print(f"fake engine pid {os.getpid()} starting on port {args.port}", flush=True)
     if args.say:
@@ -78,11 +87,27 @@ def main() -> None:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
+    def scripted(body):
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else {}
+        if last.get("role") == "tool":
+            content = last.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return f"The tool said: {str(content).strip()[:300]}"
+        if args.agent_tool_call and body.get("tools"):
+            call = args.agent_tool_call
+            return call if args.bare_json else f"<tool_call>{call}</tool_call>"
+        return args.reply
+
     async def chat(request):
         body = await request.json()
         stats["last_request"] = body
+        if args.record:
+            with open(args.record, "a") as fh:
+                fh.write(json.dumps(body) + "\n")
         served()
-        reply = args.reply
+        reply = scripted(body)
         usage = {"prompt_tokens": 5, "completion_tokens": len(reply.split()), "total_tokens": 5 + len(reply.split())}
         if not body.get("stream"):
             message = {"role": "assistant", "content": reply}
