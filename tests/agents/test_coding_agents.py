@@ -16,6 +16,10 @@ import subprocess
 from tests.agents.conftest import MODEL, agent_env
 
 
+CLAUDE_FLAGS = ("--output-format", "json", "--allowedTools", "Read")
+CODEX_FLAGS = ("--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox")
+
+
 def run(argv: list[str], *, env: dict, cwd, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
         argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
@@ -27,8 +31,7 @@ def test_claude_code_runs_a_tool_loop_through_helexa(agents_bin, agent_stack, tm
     env = agent_env(tmp_path / "claude-home", ANTHROPIC_BASE_URL=stack.url, ANTHROPIC_API_KEY="sk-unused")
     env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] = MODEL  # background calls (titles, summaries) use the same model
     done = run(
-        [str(agents_bin / "claude"), "-p", "What does notes.txt say?", "--model", MODEL]
-        + ["--output-format", "json", "--allowedTools", "Read"],
+        [str(agents_bin / "claude"), "-p", "What does notes.txt say?", "--model", MODEL, *CLAUDE_FLAGS],
         env=env,
         cwd=stack.workdir,
     )
@@ -73,8 +76,7 @@ def test_codex_exec_runs_a_tool_loop_through_helexa(agents_bin, agent_stack, tmp
     write_codex_config(codex_home, stack.url)
     env = agent_env(tmp_path / "home", CODEX_HOME=str(codex_home), HELEXA_API_KEY="sk-unused")
     done = run(
-        [str(agents_bin / "codex"), "exec", "--skip-git-repo-check"]
-        + ["--dangerously-bypass-approvals-and-sandbox", "What does notes.txt say?"],
+        [str(agents_bin / "codex"), "exec", *CODEX_FLAGS, "What does notes.txt say?"],
         env=env,
         cwd=stack.workdir,
     )

@@ -291,7 +291,12 @@ def test_stream_event_sequence_is_exact():
     assert events[12] == {
         "type": "message_delta",
         "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-        "usage": {"input_tokens": 3, "output_tokens": 9, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+        "usage": {
+            "input_tokens": 3,
+            "output_tokens": 9,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
     }
     assert events[13] == {"type": "message_stop"}
 
