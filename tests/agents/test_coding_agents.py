@@ -15,7 +15,6 @@ import subprocess
 
 from tests.agents.conftest import MODEL, agent_env
 
-
 CLAUDE_FLAGS = ("--output-format", "json", "--allowedTools", "Read")
 CODEX_FLAGS = ("--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox")
 
