@@ -150,6 +150,21 @@ class ModelEntry(ConfigStruct):
     normalise: Annotated[
         bool, _doc("Turn <think> and <tool_call> text into reasoning_content and tool_calls for this model.")
     ] = True
+    json_tool_calls: Annotated[
+        bool,
+        _doc(
+            "With normalise: when a request offers tools and the whole answer is bare JSON naming one of them "
+            "(a code fence allowed), answer with structured tool calls (small models often skip the markers)."
+        ),
+    ] = True
+    system_messages: Annotated[
+        Literal["auto", "keep", "merge"],
+        _doc(
+            "System messages after the first turn (Claude Code sends them): keep = in place; merge = folded into "
+            "the leading system message (templates that allow only one); auto = keep, and merge from then on if "
+            "the engine rejects a request that has them."
+        ),
+    ] = "auto"
 
     def spec(self) -> ModelSpec:
         """What a neuron is asked to load for this entry."""
@@ -162,6 +177,8 @@ class ModelEntry(ConfigStruct):
             vram_mb=self.vram_mb,
             options=self.options,
             normalise=self.normalise,
+            json_tool_calls=self.json_tool_calls,
+            system_messages=self.system_messages,
         )
 
 

@@ -51,6 +51,7 @@ class ModelRecord:
     in_flight: int = 0
     loaded_at: float = 0.0
     task: asyncio.Task[ModelRecord] | None = None
+    merge_system: bool = False  # the engine refused late system messages: merge them (system_messages = auto)
 
     def info(self) -> ModelInfo:
         """The wire view of this record."""

@@ -8,7 +8,10 @@ between the tool-call markers (``<tool_call>``â€¦``</tool_call>``, ``{"name": â€
 - a tool call whose body is not valid JSON falls back to its original text, markers included;
 - a choice that already carries ``reasoning_content`` or ``tool_calls`` (the engine parsed them itself) is
   passed through unchanged from then on;
-- ``finish_reason`` ``stop`` becomes ``tool_calls`` when the normaliser produced tool calls.
+- ``finish_reason`` ``stop`` becomes ``tool_calls`` when the normaliser produced tool calls;
+- when the request offered tools (``offered``), an answer that is wholly bare JSON naming an offered tool
+  becomes tool calls too (:mod:`helexa.translate.toolcalls` has the exact rule); its text is held back only
+  while it can still become such a call.
 
 Events that need no change are forwarded as the engine's own bytes; only events whose text contains a marker
 (or follows one) are decoded and re-encoded.
@@ -24,6 +27,7 @@ from typing import Any
 import msgspec
 
 from helexa.sse import EventFramer
+from helexa.translate.toolcalls import bare_tool_calls, may_become_call
 
 __all__ = ["ChatNormaliser", "MarkerSplitter", "Markers", "Piece", "SSENormaliser"]
 
@@ -170,25 +174,65 @@ class _Choice:
     structured: bool = False  # the engine emits reasoning/tool_calls itself: pass through
     tool_calls: int = 0
     role_sent: bool = False
+    bare_decided: bool = False  # whether the answer can no longer be a bare JSON tool call
+    held: str = ""  # content held back while it may still become one
 
 
 class ChatNormaliser:
-    """Normalises chat completion chunks (streaming) or whole responses, one response at a time."""
+    """Normalises chat completion chunks (streaming) or whole responses, one response at a time.
 
-    def __init__(self, markers: Markers | None = None) -> None:
+    ``offered``: the names of the tools the request offered (empty: no bare-JSON tool-call detection).
+    """
+
+    def __init__(self, markers: Markers | None = None, offered: frozenset[str] = frozenset()) -> None:
         self.markers = markers or Markers()
+        self.offered = offered
         self._choices: dict[int, _Choice] = {}
         self._last_chunk: dict[str, Any] | None = None
 
+    def _new_choice(self) -> _Choice:
+        return _Choice(MarkerSplitter(self.markers), bare_decided=not self.offered)
+
+    def _bare(self, state: _Choice, pieces: list[Piece], final: bool) -> list[Piece]:
+        """Hold content back while the answer may still be a bare JSON tool call; at the end, decide."""
+        if state.bare_decided:
+            return pieces
+        out: list[Piece] = []
+        for piece in pieces:
+            if state.bare_decided or piece.kind == "reasoning":
+                out.append(piece)
+            elif piece.kind == "content":
+                state.held += piece.text
+                if not may_become_call(state.held):
+                    out.append(Piece("content", state.held))
+                    state.bare_decided, state.held = True, ""
+            else:  # the model writes marker tool calls: it is not answering with bare JSON
+                if state.held:
+                    out.append(Piece("content", state.held))
+                out.append(piece)
+                state.bare_decided, state.held = True, ""
+        if final and not state.bare_decided:
+            calls = bare_tool_calls(state.held, self.offered)
+            if calls:
+                out += [Piece("tool", name=name, arguments=arguments) for name, arguments in calls]
+            elif state.held:
+                out.append(Piece("content", state.held))
+            state.bare_decided, state.held = True, ""
+        return out
+
     def _choice(self, index: int) -> _Choice:
         if index not in self._choices:
-            self._choices[index] = _Choice(MarkerSplitter(self.markers))
+            self._choices[index] = self._new_choice()
         return self._choices[index]
 
     @property
     def idle(self) -> bool:
         """No choice holds anything back: an event without marker characters may pass as it is."""
-        return all(c.structured or (c.splitter.idle and not c.tool_calls) for c in self._choices.values())
+        if self.offered and not self._choices:
+            return False  # the first content decides whether the answer may be a bare JSON call
+        return all(
+            c.structured or (c.splitter.idle and not c.tool_calls and c.bare_decided) for c in self._choices.values()
+        )
 
     # -------------------------------------------------------------------------------------- streaming
 
@@ -208,14 +252,19 @@ class ChatNormaliser:
     def _choice_chunks(self, chunk: dict[str, Any], choice: dict[str, Any]) -> list[dict[str, Any]]:
         state = self._choice(choice.get("index", 0))
         delta = choice.get("delta") or {}
-        if delta.get("reasoning_content") or delta.get("tool_calls"):
+        if (delta.get("reasoning_content") or delta.get("tool_calls")) and not state.structured:
             state.structured = True
+            if state.held:  # content held for bare-JSON detection goes out first, unchanged
+                held = self._with_choice(chunk, {**choice, "delta": {"content": state.held}, "finish_reason": None})
+                state.held, state.bare_decided = "", True
+                return [held, self._with_choice(chunk, choice)]
         if state.structured:
             return [self._with_choice(chunk, choice)]
         pieces = state.splitter.feed(delta.get("content") or "")
         finish = choice.get("finish_reason")
         if finish is not None:
             pieces += state.splitter.finish()
+        pieces = self._bare(state, pieces, final=finish is not None)
         deltas = [self._delta(state, p) for p in pieces]
         extra = {k: v for k, v in delta.items() if k not in ("content", "role")}
         if "role" in delta and not state.role_sent:
@@ -260,7 +309,7 @@ class ChatNormaliser:
         for index, state in self._choices.items():
             if state.structured:
                 continue
-            for piece in state.splitter.finish():
+            for piece in self._bare(state, state.splitter.finish(), final=True):
                 choice = {"index": index, "delta": self._delta(state, piece), "finish_reason": None}
                 out.append(self._with_choice(self._last_chunk, choice))
         return out
@@ -278,8 +327,8 @@ class ChatNormaliser:
         content = message.get("content")
         if not isinstance(content, str) or message.get("reasoning_content") or message.get("tool_calls"):
             return choice
-        state = _Choice(MarkerSplitter(self.markers))
-        pieces = state.splitter.feed(content) + state.splitter.finish()
+        state = self._new_choice()
+        pieces = self._bare(state, state.splitter.feed(content) + state.splitter.finish(), final=True)
         text = "".join(p.text for p in pieces if p.kind == "content")
         reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
         calls = []
@@ -301,8 +350,8 @@ class ChatNormaliser:
 class SSENormaliser:
     """Applies :class:`ChatNormaliser` to a server-sent-event byte stream, chunk boundaries anywhere."""
 
-    def __init__(self, markers: Markers | None = None) -> None:
-        self.chat = ChatNormaliser(markers)
+    def __init__(self, markers: Markers | None = None, offered: frozenset[str] = frozenset()) -> None:
+        self.chat = ChatNormaliser(markers, offered)
         self._first_bytes = self.chat.markers.first_bytes
         self._framer = EventFramer()
 

@@ -9,6 +9,7 @@ handler, which closes the upstream connection, which makes the engine abort the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
@@ -32,20 +33,43 @@ async def relay(
     *,
     normalise: bool,
     markers: Markers,
+    offered: frozenset[str] = frozenset(),
+    fallback: bytes | None = None,
+    on_fallback: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
     """POST ``body`` to ``url`` and relay the answer to the client.
 
+    :param offered: tool names the request offered (the normaliser's bare-JSON tool calls).
+    :param fallback: a body to send instead when the engine answers ``body`` with an error (then
+        ``on_fallback()`` is called, before anything reached the client).
     :raises UpstreamError: the engine could not be reached, or broke off mid-stream (then, the client gets a
         final SSE error event from the error middleware).
     """
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
     upstream = await open_upstream(session, url, body, headers)
+    if fallback is not None and upstream.status >= 400:
+        async with upstream:
+            refusal = (await upstream.read())[:300].decode(errors="replace")
+        logger.warning(
+            "engine at %s refused system messages after the first turn (%d: %s); merging them from now on",
+            url,
+            upstream.status,
+            refusal,
+        )
+        if on_fallback is not None:
+            on_fallback()
+        upstream = await open_upstream(session, url, fallback, headers)
     async with upstream:
-        return await _forward(request, upstream, normalise=normalise, markers=markers)
+        return await _forward(request, upstream, normalise=normalise, markers=markers, offered=offered)
 
 
 async def _forward(
-    request: web.Request, upstream: aiohttp.ClientResponse, *, normalise: bool, markers: Markers
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    *,
+    normalise: bool,
+    markers: Markers,
+    offered: frozenset[str],
 ) -> web.StreamResponse:
     out_headers = response_headers(upstream, origin="engine")
     if upstream.content_type != "text/event-stream":
@@ -54,12 +78,12 @@ async def _forward(
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise UpstreamError(f"engine response broke off: {exc}") from None
         if normalise and upstream.status == 200 and upstream.content_type == "application/json":
-            data = _normalise_body(data, markers)
+            data = _normalise_body(data, markers, offered)
         return web.Response(status=upstream.status, body=data, headers=out_headers)
     response = web.StreamResponse(status=upstream.status, headers=out_headers)
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(request)
-    stream: SSENormaliser | EventFramer = SSENormaliser(markers) if normalise else EventFramer()
+    stream: SSENormaliser | EventFramer = SSENormaliser(markers, offered) if normalise else EventFramer()
     try:
         async for chunk in upstream.content.iter_any():
             out = stream.feed(chunk)
@@ -74,11 +98,11 @@ async def _forward(
     return response
 
 
-def _normalise_body(data: bytes, markers: Markers) -> bytes:
+def _normalise_body(data: bytes, markers: Markers, offered: frozenset[str]) -> bytes:
     try:
         body = msgspec.json.decode(data)
     except msgspec.DecodeError:
         return data
     if not isinstance(body, dict) or body.get("object") != "chat.completion":
         return data
-    return msgspec.json.encode(ChatNormaliser(markers).completion(body))
+    return msgspec.json.encode(ChatNormaliser(markers, offered).completion(body))

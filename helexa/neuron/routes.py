@@ -12,6 +12,7 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, InvalidRequest, NotFound, UpstreamError
 from helexa.metrics import NeuronMetrics
+from helexa.neuron.chat_shape import ChatShape, shape_chat_request
 from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
@@ -162,15 +163,20 @@ async def inference(request: web.Request) -> web.StreamResponse:
     url = record.endpoint.removesuffix("/v1") + request.path
     status = 500
     metrics.in_flight.labels(model).inc()
+    chat = endpoint_name == "chat/completions"
+    shape = shape_chat_request(body, record.spec, merge_learned=record.merge_system) if chat else ChatShape(body)
     try:
         async with manager.serving(record):
             response = await relay(
                 request,
                 app[session_key],
                 url,
-                body,
-                normalise=record.spec.normalise and endpoint_name == "chat/completions",
+                shape.body,
+                normalise=record.spec.normalise and chat,
                 markers=app[markers_key],
+                offered=shape.offered,
+                fallback=shape.fallback,
+                on_fallback=lambda: setattr(record, "merge_system", True),
             )
             status = response.status
             return response

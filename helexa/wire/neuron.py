@@ -7,7 +7,7 @@ requests keep the base's ``omit_defaults``.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -132,6 +132,8 @@ class ModelSpec(WireStruct):
     vram_mb: int = 0
     options: dict[str, Any] = {}
     normalise: bool = True
+    json_tool_calls: bool = True
+    system_messages: Literal["auto", "keep", "merge"] = "auto"
 
 
 class LoadRequest(ModelSpec):

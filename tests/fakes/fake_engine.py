@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--chunk-delay", type=float, default=0.0)
     p.add_argument("--agent-tool-call", default="", help="JSON of the call to make when tools are offered")
     p.add_argument("--bare-json", action="store_true", help="write the scripted call as bare JSON, no markers")
+    p.add_argument("--strict-system", action="store_true", help="refuse system messages after the first turn")
     p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
     print(f"fake engine pid {os.getpid()} starting on port {args.port}", flush=True)
@@ -90,7 +91,7 @@ def main() -> None:
     def scripted(body):
         messages = body.get("messages") or []
         last = messages[-1] if messages else {}
-        if last.get("role") == "tool":
+        if args.agent_tool_call and last.get("role") == "tool":
             content = last.get("content")
             if isinstance(content, list):
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -106,6 +107,11 @@ def main() -> None:
         if args.record:
             with open(args.record, "a") as fh:  # noqa: ASYNC230 (a test double: one small line per request)
                 fh.write(json.dumps(body) + "\n")
+        roles = [m.get("role") for m in body.get("messages") or []]
+        if args.strict_system and "system" in roles[1:]:
+            return web.json_response(
+                {"error": {"message": "System role supported only at the start", "code": 400}}, status=400
+            )
         served()
         reply = scripted(body)
         usage = {"prompt_tokens": 5, "completion_tokens": len(reply.split()), "total_tokens": 5 + len(reply.split())}
