@@ -52,9 +52,11 @@ def test_never_without_offered_tools():
 
 @pytest.mark.parametrize(
     ("prefix", "may"),
-    [("", True), ("  ", True), ("{", True), ("[", True), ("`", True), ("``", True), ("```", True)]
-    + [("```json", True), ("```json\n", True), ("```json\n {", True), ("H", False), ("```json\nHi", False)]
-    + [("``x", False), ("```a b", False), ("Sure", False)],
+    [
+        *[("", True), ("  ", True), ("{", True), ("[", True), ("`", True), ("``", True), ("```", True)],
+        *[("```json", True), ("```json\n", True), ("```json\n {", True), ("H", False), ("```json\nHi", False)],
+        *[("``x", False), ("```a b", False), ("Sure", False)],
+    ],
 )
 def test_text_is_held_only_while_it_may_become_a_call(prefix, may):
     assert may_become_call(prefix) is may
