@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from helexa.gateway.affinity import anthropic_session, conversation_key
 from helexa.gateway.forward import lifecycle_key
 from helexa.gateway.translation import ignored_tools_note, serve_translated
 from helexa.server.app import json_response
@@ -35,8 +36,10 @@ _PING = event("ping", {})
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
-    req = decode_request(await request.read())
+    raw = await request.read()
+    req = decode_request(raw)
     dropped = offered_tools(req.tools)[1]
+    session = anthropic_session(req.metadata.user_id) if req.metadata is not None else ""
     return await serve_translated(
         request,
         model=req.model,
@@ -45,6 +48,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         whole=lambda chat: to_anthropic_message(chat, req, req.model),
         keepalive=_PING,
         headers=ignored_tools_note(request, req.model, dropped),
+        conversation=conversation_key(raw, session or request.headers.get("x-claude-code-session-id", "")),
     )
 
 

@@ -30,12 +30,20 @@ gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 
 @contextlib.asynccontextmanager
 async def forward(
-    request: web.Request, model_id: str, state: NeuronState, *, path: str, body: bytes, exchange: Exchange
+    request: web.Request,
+    model_id: str,
+    state: NeuronState,
+    *,
+    path: str,
+    body: bytes,
+    exchange: Exchange,
+    affinity: str = "",
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
     """POST ``body`` to ``path`` on a neuron serving ``model_id``; yield the open response and the neuron.
 
     A neuron that cannot be reached is marked down and another replica is tried, as long as nothing has been
-    sent to the client. The request counts as in flight on that neuron until the block exits.
+    sent to the client. The request counts as in flight on that neuron until the block exits. The neuron that
+    answers is remembered for conversation ``affinity`` (prefix affinity).
 
     :raises UpstreamError: no replica could be reached.
     """
@@ -57,6 +65,7 @@ async def forward(
             if other is None:
                 raise
             state = other
+    lifecycle.remember(model_id, affinity, state.name)
     series = metrics.series(model_id, state.name)
     state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
     series.in_flight.inc()

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
 import msgspec
@@ -31,6 +31,7 @@ from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
 __all__ = ["Lifecycle", "NoCapacity"]
 
 logger = logging.getLogger(__name__)
+AFFINITY_ENTRIES = 8192  # conversations remembered for prefix affinity
 FIRST_POLL_WAIT_S = 15.0  # longest a request waits, at start-up, for the first poll of every neuron
 
 
@@ -67,17 +68,30 @@ class Lifecycle:
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._waiting: dict[str, int] = defaultdict(int)
         self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()  # (model, conversation) -> neuron
 
     # ------------------------------------------------------------------------------------------ routing
 
-    def choose(self, model_id: str, exclude: frozenset[str] = frozenset()) -> NeuronState | None:
-        """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``)."""
+    def choose(self, model_id: str, exclude: frozenset[str] = frozenset(), affinity: str = "") -> NeuronState | None:
+        """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``), or the one that
+        served conversation ``affinity`` last unless it is much busier (prefix affinity)."""
         replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
         if len(replicas) <= 1:
             return replicas[0] if replicas else None
+        preferred = self._affinity.get((model_id, affinity)) if affinity else None
         # this gateway's requests in flight plus what the engine itself reports as queued
-        name = pick_replica([(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas])
-        return self.registry.neurons[name]
+        loads = [(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas]
+        return self.registry.neurons[pick_replica(loads, preferred)]
+
+    def remember(self, model_id: str, affinity: str, neuron: str) -> None:
+        """Note that ``neuron`` served conversation ``affinity`` of ``model_id`` (bounded, oldest forgotten)."""
+        if not affinity:
+            return
+        key = (model_id, affinity)
+        self._affinity[key] = neuron
+        self._affinity.move_to_end(key)
+        while len(self._affinity) > AFFINITY_ENTRIES:
+            self._affinity.popitem(last=False)
 
     async def check(self, requested: str) -> str:
         """The model id for ``requested`` (an id or alias) when it can be served, without loading anything.
@@ -99,15 +113,16 @@ class Lifecycle:
             )
         return model_id
 
-    async def route(self, requested: str) -> tuple[str, NeuronState]:
-        """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed.
+    async def route(self, requested: str, affinity: str = "") -> tuple[str, NeuronState]:
+        """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed;
+        ``affinity`` names the conversation (see :meth:`choose`).
 
         :raises NotFound: the model is neither in the catalogue nor loaded anywhere.
         :raises Overloaded: too many requests wait for this model's load, or it took too long.
         :raises NoCapacity: no neuron can take it, even after evictions.
         """
         model_id = await self.check(requested)
-        state = self.choose(model_id)
+        state = self.choose(model_id, affinity=affinity)
         if state is not None:
             return model_id, state
         name = await self.ensure_loaded(self.registry.catalogue[model_id])

@@ -171,6 +171,21 @@ def plan_eviction(need: Need, neurons: Iterable[NeuronView], strategy: str = "lr
     return min(plans, key=lambda p: p[0])[1]
 
 
-def pick_replica(candidates: Sequence[tuple[str, int]]) -> str:
-    """Of ``(neuron, requests in flight)`` pairs, the neuron with the fewest in flight (then by name)."""
-    return min(candidates, key=lambda c: (c[1], c[0]))[0]
+AFFINITY_SLACK = 2  # how many more requests the replica with a conversation's prefix may have than the idlest
+
+
+def pick_replica(
+    candidates: Sequence[tuple[str, int]], preferred: str | None = None, slack: int = AFFINITY_SLACK
+) -> str:
+    """Of ``(neuron, requests in flight)`` pairs, the neuron with the fewest in flight (then by name).
+
+    Prefix affinity: ``preferred`` — the replica that served this conversation last, whose engine still holds
+    its prompt prefix in cache — wins unless it is much busier: more than ``slack`` requests above the idlest.
+    Agents resend the whole conversation each turn, so a cache hit saves the whole prefill.
+    """
+    name, load = min(candidates, key=lambda c: (c[1], c[0]))
+    if preferred is not None and preferred != name:
+        for candidate, candidate_load in candidates:
+            if candidate == preferred and candidate_load <= load + slack:
+                return candidate
+    return name

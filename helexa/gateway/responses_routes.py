@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from helexa.errors import HelexaError
+from helexa.gateway.affinity import conversation_key
 from helexa.gateway.translation import Translator, ignored_tools_note, serve_translated
 from helexa.translate.responses import (
     ResponsesStream,
@@ -24,7 +25,8 @@ def _failed(err: HelexaError, translator: Translator) -> bytes:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses``: translate to chat, route, translate the answer back (whole or streamed)."""
-    req = decode_responses_request(await request.read())
+    raw = await request.read()
+    req = decode_responses_request(raw)
     tools = ToolSet(req.tools)
     return await serve_translated(
         request,
@@ -34,6 +36,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         whole=lambda chat: to_response(chat, req, req.model, tools),
         error_event=_failed,
         headers=ignored_tools_note(request, req.model, tools.dropped),
+        conversation=conversation_key(raw, req.prompt_cache_key or req.user or ""),
     )
 
 

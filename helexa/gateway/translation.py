@@ -135,6 +135,7 @@ async def serve_translated(
     keepalive: bytes = b"",
     error_event: Callable[[HelexaError, Translator], bytes] | None = None,
     headers: dict[str, str] | None = None,
+    conversation: str = "",
 ) -> web.StreamResponse:
     """Serve a request of another dialect: route ``model``, send ``chat_request(model_id)`` as a chat
     completion, and answer with ``stream()``'s events (when streaming) or ``whole(chat)`` (when not).
@@ -143,13 +144,17 @@ async def serve_translated(
     once (after the model is known to exist) with the translator's opening events, then ``keepalive`` while
     the gateway waits for the engine; a failure after that is ``error_event(err, translator)`` (default: the
     middleware's). Before that, an engine's error answer is re-raised with its status, so the middleware
-    renders it in the dialect's envelope. ``headers`` go on the response (notes for the client).
+    renders it in the dialect's envelope. ``headers`` go on the response (notes for the client);
+    ``conversation`` names the conversation for prefix affinity.
     """
     exchange = Exchange(started=time.perf_counter())
     lifecycle = request.app[lifecycle_key]
     if stream is None:
-        model_id, state = await lifecycle.route(model)
-        async with _open(request, model_id, state, chat_request, exchange) as (upstream, state):
+        model_id, state = await lifecycle.route(model, conversation)
+        async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
+            upstream,
+            state,
+        ):
             chat = _decoder.decode(await read_body(upstream))
             usage = chat.get("usage") or {}
             exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
@@ -165,8 +170,11 @@ async def serve_translated(
     await response.write(translator.start() + keepalive)
     interval = request.app[keepalive_seconds_key]
     async with KeepAlive(response, keepalive, interval) as waiting:
-        model_id, state = await lifecycle.route(model)
-        async with _open(request, model_id, state, chat_request, exchange) as (upstream, state):
+        model_id, state = await lifecycle.route(model, conversation)
+        async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
+            upstream,
+            state,
+        ):
             await waiting.stop()
             await relay_translated(response, upstream, translator, exchange, keepalive=keepalive, interval=interval)
     observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
@@ -180,9 +188,14 @@ async def _open(
     state: NeuronState,
     chat_request: Callable[[str], dict[str, Any]],
     exchange: Exchange,
+    *,
+    conversation: str,
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
     body = _encoder.encode(chat_request(model_id))
-    async with forward(request, model_id, state, path="/v1/chat/completions", body=body, exchange=exchange) as opened:
+    path = "/v1/chat/completions"
+    async with forward(
+        request, model_id, state, path=path, body=body, exchange=exchange, affinity=conversation
+    ) as opened:
         upstream = opened[0]
         if upstream.status != 200:
             raise error_from_response("engine", upstream.status, await read_body(upstream))

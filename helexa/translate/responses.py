@@ -130,6 +130,7 @@ class ResponsesRequest(_Base):
     reasoning: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     user: str | None = None
+    prompt_cache_key: str = ""
 
 
 _decoder = msgspec.json.Decoder(ResponsesRequest)

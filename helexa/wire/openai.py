@@ -15,6 +15,8 @@ class InferenceHead(WireStruct):
 
     model: str = ""
     stream: bool = False
+    user: str = ""  # with prompt_cache_key: names the conversation for prefix affinity
+    prompt_cache_key: str = ""
 
 
 _head_decoder = msgspec.json.Decoder(InferenceHead)

@@ -89,7 +89,9 @@ async def test_cold_load_through_the_gateway_with_the_openai_sdk(aiohttp_server,
         text = "".join([t async for t in stream.text_stream])
         final = await stream.get_final_message()
     assert text and final.content[0].text == text
-    assert final.usage.input_tokens == whole.usage.input_tokens
+    prompt = whole.usage.input_tokens + whole.usage.cache_read_input_tokens
+    assert final.usage.input_tokens + final.usage.cache_read_input_tokens == prompt
+    assert final.usage.cache_read_input_tokens > 0  # llama.cpp served the repeated prompt from its prefix cache
     counted = await claude.messages.count_tokens(model="gemma", system="Be brief.", messages=turn)
     assert counted.input_tokens == whole.usage.input_tokens  # the engine's own tokenizer and template
 

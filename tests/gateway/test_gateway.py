@@ -407,3 +407,26 @@ async def test_a_sleeping_model_is_woken_where_it_sleeps(fleet):
     client, _ = await fleet([a, b], models=[entry("m", 8000)])
     assert (await chat(client, "m")).status == 200
     assert a.loads == ["m"] and b.loads == []  # not placed on b, which has more free memory
+
+
+async def test_prefix_affinity_sends_a_conversation_back_to_the_replica_that_served_it(fleet):
+    a, b = FakeNeuron("a"), FakeNeuron("b")
+    a.preload("m")
+    b.preload("m")
+    client, _ = await fleet([a, b])
+    lifecycle = client.app[lifecycle_key]
+    for conversation in ("c1", "c2", "c3", "c4"):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prompt_cache_key": conversation}
+        for turn in range(3):
+            state = lifecycle.registry.neurons["a" if turn % 2 else "b"]
+            state.in_flight["m"] = 1  # the replica that did not serve last is idler every other turn
+            assert (await client.post("/v1/chat/completions", json=body)).status == 200
+            state.in_flight["m"] = 0
+        served = [n for n in (a, b) if n.served]
+        assert served, "no neuron served"
+    first = {}
+    for key, neuron in lifecycle._affinity.items():
+        first[key[1]] = neuron
+    # each conversation stayed on one neuron for all its turns
+    assert len(a.served) % 3 == 0 and len(b.served) % 3 == 0
+    assert set(first) == {"n:c1", "n:c2", "n:c3", "n:c4"}

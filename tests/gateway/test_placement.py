@@ -85,3 +85,12 @@ def test_nothing_can_ever_fit():
 
 def test_pick_replica_takes_the_least_busy():
     assert pick_replica([("a", 3), ("b", 1), ("c", 1)]) == "b"
+
+
+def test_prefix_affinity_keeps_a_conversation_on_its_replica_unless_much_busier():
+    loads = [("a", 0), ("b", 2)]
+    assert pick_replica(loads) == "a"
+    assert pick_replica(loads, preferred="b") == "b"  # two more in flight: the cached prefix is worth it
+    assert pick_replica([("a", 0), ("b", 3)], preferred="b") == "a"  # much busier: least busy wins
+    assert pick_replica([("a", 0), ("b", 3)], preferred="b", slack=3) == "b"
+    assert pick_replica(loads, preferred="gone") == "a"  # the remembered replica no longer has it
