@@ -95,6 +95,13 @@ class GatewaySection(ConfigStruct):
             gt=0,
         ),
     ] = 10.0
+    prefix_affinity: Annotated[
+        bool,
+        _doc(
+            "Send a conversation's next turn to the replica that served it last (its engine has the prompt prefix "
+            "cached) unless that replica has more than 2 requests more in flight than the idlest."
+        ),
+    ] = True
 
 
 class AuthSection(ConfigStruct):

@@ -69,6 +69,7 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 defrag_after_cycles=cfg.eviction.defrag_after_cycles,
                 load_timeout=cfg.gateway.load_timeout_seconds,
                 queue_limit=cfg.gateway.load_queue_limit,
+                affinity=cfg.gateway.prefix_affinity,
             )
 
             def on_poll(state: NeuronState) -> None:

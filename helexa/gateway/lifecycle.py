@@ -55,6 +55,7 @@ class Lifecycle:
         defrag_after_cycles: int = 0,
         load_timeout: float = 900.0,
         queue_limit: int = 64,
+        affinity: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -64,6 +65,7 @@ class Lifecycle:
         self.defrag_after_cycles = defrag_after_cycles
         self.load_timeout = load_timeout
         self.queue_limit = queue_limit
+        self.affinity = affinity
         self.clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._waiting: dict[str, int] = defaultdict(int)
@@ -78,7 +80,7 @@ class Lifecycle:
         replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
         if len(replicas) <= 1:
             return replicas[0] if replicas else None
-        preferred = self._affinity.get((model_id, affinity)) if affinity else None
+        preferred = self._affinity.get((model_id, affinity)) if affinity and self.affinity else None
         # this gateway's requests in flight plus what the engine itself reports as queued
         loads = [(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas]
         return self.registry.neurons[pick_replica(loads, preferred)]

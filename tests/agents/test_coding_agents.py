@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 from tests.agents.conftest import MODEL, agent_env
 
@@ -94,3 +96,21 @@ def test_codex_exec_runs_a_tool_loop_through_helexa(agents_bin, agent_stack, tmp
     assert tool_messages and stack.secret in tool_messages[-1]["content"]
     calls = [m for m in second["messages"] if m.get("tool_calls")]
     assert calls[-1]["tool_calls"][0]["function"]["name"] == "exec_command"
+
+
+def test_llm_cli_calls_a_tool_a_small_model_wrote_as_bare_json(agent_stack, tmp_path):
+    """Simon Willison's ``llm`` with ``-T``: the engine answers the call as fenced bare JSON, no markers."""
+    stack = agent_stack({"name": "llm_time", "arguments": {}}, bare_json=True)
+    user_dir = tmp_path / "llm"
+    user_dir.mkdir()
+    (user_dir / "extra-openai-models.yaml").write_text(
+        f"- model_id: helexa-local\n  model_name: {MODEL}\n  api_base: {stack.url}/v1\n  supports_tools: true\n"
+    )
+    env = agent_env(tmp_path / "home", LLM_USER_PATH=str(user_dir), OPENAI_API_KEY="sk-unused")
+    llm = Path(sys.executable).with_name("llm")
+    done = run([str(llm), "-m", "helexa-local", "-T", "llm_time", "What time is it?"], env=env, cwd=tmp_path)
+    assert done.returncode == 0, f"llm failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert "The tool said:" in done.stdout and "utc_time" in done.stdout, done.stdout
+    first, second = stack.received()[0], stack.received()[-1]
+    assert [t["function"]["name"] for t in first["tools"]] == ["llm_time"]
+    assert second["messages"][-1]["role"] == "tool"
