@@ -7,7 +7,8 @@ assistant ``tool_calls``; each ``tool_result`` becomes a ``tool`` message (befor
 custom ``tools`` become functions (server tools and ``defer_loading`` tools are left out: the engine cannot
 run the one and must not see the other) and ``tool_choice`` auto/any/tool/none becomes
 auto/required/{function}/none; ``thinking`` enabled/adaptive/disabled switches the chat template's
-``enable_thinking``; ``output_config.effort`` becomes ``reasoning_effort``; a ``clear_thinking`` context
+``enable_thinking``; ``output_config.effort`` becomes ``reasoning_effort`` and ``output_config.format``
+(structured outputs, a JSON schema) ``response_format``; a ``clear_thinking`` context
 edit keeps reasoning only in the turns it names; ``stop_sequences``, ``temperature``, ``top_p``, ``top_k``
 and ``metadata.user_id`` map to their OpenAI (or vLLM/llama.cpp) names.
 
@@ -268,6 +269,9 @@ def to_chat_request(request: AnthropicRequest, model: str) -> dict[str, Any]:
     effort = _EFFORT.get((request.output_config and request.output_config.effort) or "")
     if effort and thinking is not False:
         body["reasoning_effort"] = effort
+    fmt = (request.output_config and request.output_config.format) or request.output_format
+    if fmt is not None and fmt.type == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt.schema}}
     if request.metadata is not None and request.metadata.user_id:
         body["user"] = request.metadata.user_id
     return body

@@ -23,6 +23,7 @@ __all__ = [
     "ImageSource",
     "Message",
     "OutputConfig",
+    "OutputFormat",
     "RedactedThinkingBlock",
     "TextBlock",
     "ThinkingBlock",
@@ -103,8 +104,16 @@ class ThinkingConfig(_Base):
     budget_tokens: int = 0
 
 
+class OutputFormat(_Base):
+    """Structured outputs: ``{"type": "json_schema", "schema": {…}}``."""
+
+    type: str
+    schema: dict[str, Any] = {}
+
+
 class OutputConfig(_Base):
     effort: str | None = None
+    format: OutputFormat | None = None
 
 
 class ContextEdit(_Base):
@@ -139,6 +148,7 @@ class AnthropicRequest(_Base):
     thinking: ThinkingConfig | None = None
     metadata: Metadata | None = None
     output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None  # the structured-outputs beta's spelling of output_config.format
     context_management: ContextManagement | None = None
 
 

@@ -304,3 +304,57 @@ def test_stream_event_sequence_is_exact():
 def test_empty_stream_still_closes_the_message():
     events = parse(AnthropicStream("m", []).finish())
     assert [e["type"] for e in events] == ["message_start", "message_delta", "message_stop"]
+
+
+def test_claude_code_fields_map_to_engine_settings():
+    history = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t1"}, {"type": "text", "text": "x"}]},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t2"}, {"type": "text", "text": "y"}]},
+        {"role": "user", "content": "c"},
+        {"role": "system", "content": "reminder"},
+    ]
+    edit = {"edits": [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}}]}
+    chat = to_chat_request(
+        decode_request(req(messages=history, context_management=edit, output_config={"effort": "max"})), "m"
+    )
+    assistants = [m for m in chat["messages"] if m["role"] == "assistant"]
+    assert "reasoning_content" not in assistants[0] and assistants[1]["reasoning_content"] == "t2"
+    assert chat["messages"][-1] == {"role": "system", "content": "reminder"}
+    assert chat["reasoning_effort"] == "high"
+
+    kept = to_chat_request(decode_request(req(messages=history, context_management={"edits": []})), "m")
+    assert [m.get("reasoning_content") for m in kept["messages"] if m["role"] == "assistant"] == ["t1", "t2"]
+
+    off = to_chat_request(decode_request(req(thinking={"type": "disabled"}, output_config={"effort": "low"})), "m")
+    assert off["chat_template_kwargs"] == {"enable_thinking": False} and "reasoning_effort" not in off
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    structured = to_chat_request(
+        decode_request(req(output_config={"format": {"type": "json_schema", "schema": schema}})), "m"
+    )
+    assert structured["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+    tools = [
+        {"name": "f", "input_schema": {"type": "object"}},
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"name": "later", "input_schema": {"type": "object"}, "defer_loading": True},
+    ]
+    offered = to_chat_request(decode_request(req(tools=tools)), "m")
+    assert [t["function"]["name"] for t in offered["tools"]] == ["f"]
+    only_server = to_chat_request(decode_request(req(tools=tools[1:], tool_choice={"type": "auto"})), "m")
+    assert "tools" not in only_server and "tool_choice" not in only_server
+
+
+def test_cached_prompt_tokens_are_cache_reads():
+    usage = {"prompt_tokens": 100, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 96}}
+    from helexa.translate.anthropic import anthropic_usage
+
+    assert anthropic_usage(usage) == {
+        "input_tokens": 4,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 96,
+        "cache_creation_input_tokens": 0,
+    }
+    assert anthropic_usage({"prompt_tokens": 3, "prompt_tokens_details": None})["cache_read_input_tokens"] == 0
