@@ -39,6 +39,12 @@ async def _healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "role": request.app[role_key]})
 
 
+async def _root(request: web.Request) -> web.Response:
+    """``GET /`` (and ``HEAD /``, the reachability probe clients such as Claude Code send): who answers."""
+    version = request.app[version_key]
+    return json_response({"name": "helexa", "role": request.app[role_key], "version": version.version})
+
+
 async def _version(request: web.Request) -> web.Response:
     return json_response(request.app[version_key])
 
@@ -76,6 +82,7 @@ def base_app(
     app[registry_key] = metrics.registry
     app[http_metrics_key] = metrics
     app.on_response_prepare.append(on_response_prepare)
+    app.router.add_get("/", _root)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/version", _version)
     if serve_metrics:

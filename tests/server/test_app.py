@@ -224,3 +224,10 @@ async def test_apps_have_independent_registries(aiohttp_client, version):
     await asyncio.gather(a.get("/healthz"), a.get("/healthz"))
     text_b = await (await b.get("/metrics")).text()
     assert 'route="/healthz",status="200"} 2.0' not in text_b
+
+
+async def test_root_answers_the_reachability_probe(client):
+    head = await client.head("/")
+    assert head.status == 200
+    got = await client.get("/")
+    assert got.status == 200 and (await got.json())["name"] == "helexa"
