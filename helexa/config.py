@@ -198,6 +198,13 @@ class NeuronSection(ConfigStruct):
         _doc("Bearer token required on mutating endpoints and /v1. Required when listen is not a loopback address."),
     ] = ""
     name: Annotated[str, _doc("Name this neuron reports; empty = the host name.")] = ""
+    allowed_hosts: Annotated[
+        list[str],
+        _doc(
+            "Host names clients may reach this neuron by, besides IP addresses, localhost and this machine's own "
+            "names (requests naming any other Host are refused: DNS-rebinding protection)."
+        ),
+    ] = []
     model_dirs: Annotated[
         list[str], _doc("Directories model files may be loaded from (the first also receives packaged GGUFs).")
     ] = msgspec.field(default_factory=lambda: ["~/.cache/helexa/models"])

@@ -21,6 +21,7 @@ __all__ = [
     "PermissionDenied",
     "PluginError",
     "PreflightError",
+    "UnsupportedMediaType",
     "UpstreamError",
     "anthropic_type_for_status",
     "openai_type_for_status",
@@ -135,6 +136,13 @@ class PermissionDenied(HelexaError):
 
     status = 403
     code = "permission_denied"
+
+
+class UnsupportedMediaType(HelexaError):
+    """A request body that is not JSON where JSON is required (415)."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class NotFound(HelexaError):

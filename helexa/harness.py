@@ -98,10 +98,18 @@ class Harness(abc.ABC):
 
     - ``name``: the harness name used in config (``harness = "llamacpp"``); unique across installed plugins.
     - ``Options``: a strict msgspec Struct for one model's engine options (``[[models]] options``).
+    - ``load_options``: the options a load request over HTTP may set (context size, parallel slots, …). All
+      others come only from the neuron's own configuration: never list one that chooses an executable, its
+      arguments, its environment or a URL — a neuron starts programs, and HTTP must not pick them.
+    - ``request_source``: ``False`` when the ``source`` itself must come from configuration (a URL).
     """
 
     name: ClassVar[str]
     Options: ClassVar[type[msgspec.Struct]] = NoOptions
+    load_options: ClassVar[frozenset[str]] = frozenset()
+    #: Whether a load request may name the model's ``source`` (a path under the model directories, which
+    #: preflight checks). ``False`` where the source is a URL or anything else that must come from config.
+    request_source: ClassVar[bool] = True
     #: Weight formats the engine reads (``gguf``, ``safetensors``); preflight refuses others.
     formats: ClassVar[frozenset[str]] = frozenset()
 

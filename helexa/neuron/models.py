@@ -126,6 +126,37 @@ class ModelManager:
         fields["harness"] = fields["harness"] or self.default_harness
         return ModelSpec(**fields)
 
+    def from_request(self, spec: ModelSpec) -> ModelSpec:
+        """A load request's spec, completed from the catalogue, with only what HTTP may choose.
+
+        The request may pick among configured models and set the harness's ``load_options`` (context size,
+        parallel slots, …), merged over the catalogue's options. Executables, arguments, environment and URLs
+        come only from the neuron's configuration.
+
+        :raises PreflightError: ``invalid_options`` naming the option (or ``source``) the request may not set.
+        """
+        known = self.spec_for(spec.model_id)
+        completed = self.complete(msgspec.structs.replace(spec, options={}))
+        harness = self.harness(completed.harness, completed.model_id)
+        refused = sorted(set(spec.options) - harness.load_options)
+        if refused:
+            allowed = ", ".join(sorted(harness.load_options)) or "none"
+            raise PreflightError(
+                "invalid_options",
+                completed.model_id,
+                f"option {refused[0]!r} of harness {harness.name!r} can only be set in the neuron's configuration "
+                "([[models]] options), not in a load request",
+                f"a load request may set: {allowed}",
+            )
+        if not harness.request_source and spec.source and (known is None or spec.source != known.source):
+            raise PreflightError(
+                "invalid_options",
+                completed.model_id,
+                f"the source of a {harness.name!r} model can only come from the neuron's configuration",
+                "add the model to the neuron's [[models]] and load it by id",
+            )
+        return msgspec.structs.replace(completed, options={**completed.options, **spec.options})
+
     def harness(self, name: str, model_id: str = "") -> Harness:
         """The harness instance called ``name``. :raises PreflightError: ``harness_not_installed``."""
         try:

@@ -87,7 +87,7 @@ async def load(request: web.Request) -> web.Response:
     """``POST /models/load``: 200 when loaded, 202 with ``wait = false``, 422 when preflight refuses."""
     req = decode_request_body(_load_decoder, await request.read())
     manager = request.app[manager_key]
-    spec = ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__})
+    spec = manager.from_request(ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__}))
     if not req.wait:
         record = manager.start_load(spec)
         return json_response(LoadResponse(model_id=record.spec.model_id, status=record.status), status=202)

@@ -30,6 +30,7 @@ class External(Harness):
 
     name = "external"
     Options = ExternalOptions
+    request_source = False  # a URL: only the neuron's own [[models]] may name one
 
     def __init__(self, context: object = None) -> None:
         super().__init__(context)  # type: ignore[arg-type]

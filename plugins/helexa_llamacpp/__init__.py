@@ -43,6 +43,7 @@ class LlamaCpp(ProcessHarness):
 
     name = "llamacpp"
     Options = LlamaCppOptions
+    load_options = frozenset({"ctx_size", "parallel", "gpu_layers", "threads", "jinja"})
     formats = frozenset({"gguf"})
     cpu_ok = True
     health_path = "/health"
@@ -80,16 +81,25 @@ class LlamaCpp(ProcessHarness):
         template: dict[str, Any] = {"messages": messages}
         if tools:
             template["tools"] = tools
-        async with session.post(f"{root}/apply-template", json=template) as resp:
-            resp.raise_for_status()
-            prompt = (await resp.json())["prompt"]
-        async with session.post(f"{root}/tokenize", json={"content": prompt, "add_special": True}) as resp:
-            resp.raise_for_status()
-            return len((await resp.json())["tokens"])
+        prompt = (await _post_json(session, f"{root}/apply-template", template))["prompt"]
+        return len((await _post_json(session, f"{root}/tokenize", {"content": prompt, "add_special": True}))["tokens"])
 
     def environment(self, spec: ModelSpec, plan: PlacementPlan, options: LlamaCppOptions) -> dict[str, str]:
         """Only the planned GPUs are visible (none for a CPU plan)."""
         return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in plan.devices)}
+
+
+async def _post_json(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> Any:
+    """POST an idempotent request; a pooled connection llama.cpp already closed is retried (twice at most)."""
+    for attempt in range(3):
+        try:
+            async with session.post(url, json=payload) as resp:
+                resp.raise_for_status()
+                return await resp.json()
+        except aiohttp.ServerDisconnectedError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @hookimpl

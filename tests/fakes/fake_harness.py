@@ -19,6 +19,8 @@ class FakeOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class FakeHarness(ProcessHarness):
     name = "fake"
     Options = FakeOptions
+    # The fake always runs fake_engine.py; its flags only script that fake, so tests may send them over HTTP.
+    load_options = frozenset({"flags"})
     formats = frozenset({"gguf"})
     cpu_ok = True
 

@@ -27,8 +27,12 @@ def gpu_neuron(neuron, models_dir, monkeypatch):
 
     monkeypatch.setattr("helexa.neuron.models.read_health", fake_health)
 
-    async def make():
-        client = await neuron(harnesses={"vllm": Vllm})
+    async def make(*command_extra: str):
+        # commands come only from the neuron's own configuration, never from a load request
+        command = [sys.executable, str(FAKE_ENGINE), "--sleep-endpoints", *command_extra]
+        options = {"command": command, "sleep_mode": True}
+        models = [{"id": m, "harness": "vllm", "source": "ckpt", "options": options} for m in ("m", "a", "b")]
+        client = await neuron(harnesses={"vllm": Vllm}, models=models)
         client.app[manager_key].discovery = Discovery(
             hostname="gpu", devices=[DeviceInfo(index=0, name="GPU", vram_total_mb=24000)]
         )
@@ -38,8 +42,7 @@ def gpu_neuron(neuron, models_dir, monkeypatch):
 
 
 def body(model_id="m", vram_mb=8000, **extra):
-    options = {"command": [sys.executable, str(FAKE_ENGINE), "--sleep-endpoints"], "sleep_mode": True}
-    return {"model_id": model_id, "harness": "vllm", "source": "ckpt", "vram_mb": vram_mb, "options": options, **extra}
+    return {"model_id": model_id, "harness": "vllm", "source": "ckpt", "vram_mb": vram_mb, **extra}
 
 
 async def engine_stats(manager: ModelManager, model_id: str) -> dict:
@@ -83,10 +86,8 @@ async def test_memory_pressure_stops_sleeping_engines_for_real(gpu_neuron):
 
 
 async def test_a_recognised_start_failure_leads_last_error(gpu_neuron):
-    client, _ = await gpu_neuron()
-    failing = body()
-    failing["options"]["command"] += ["--say", "OSError: [Errno 98] Address already in use", "--exit-at-start", "1"]
-    resp = await client.post("/models/load", json=failing)
+    client, _ = await gpu_neuron("--say", "OSError: [Errno 98] Address already in use", "--exit-at-start", "1")
+    resp = await client.post("/models/load", json=body())
     assert resp.status == 502
     assert (await resp.json())["error"]["message"].startswith("model 'm' failed to load: port already in use")
     models = (await (await client.get("/models")).json())["models"]

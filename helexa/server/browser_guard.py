@@ -1,0 +1,84 @@
+"""Keeping web browsers from driving a daemon: JSON-only writes, Host and Origin checks.
+
+A neuron starts programs. A web page cannot read its answers (no CORS headers are ever sent), but without
+these checks it could still *send* requests: a form or ``fetch`` with ``Content-Type: text/plain`` needs no
+preflight, and DNS rebinding points a name the attacker controls at 127.0.0.1. So, before anything else:
+
+- a POST/PUT/PATCH/DELETE must carry a JSON content type (``application/json`` or ``…+json``), which a
+  browser can only send cross-site after a CORS preflight that is never granted → else 415;
+- the ``Host`` header must name this daemon: an IP address, ``localhost``, this machine's host names, or a
+  name in ``allowed_hosts`` → else 403 (DNS-rebinding protection);
+- a request with an ``Origin`` (browsers add it) from any other host, or ``Sec-Fetch-Site: cross-site``, is
+  refused → 403.
+
+Programs (SDKs, curl with ``-H 'content-type: application/json'``, the gateway) pass untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Collection
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from helexa.errors import PermissionDenied, UnsupportedMediaType
+
+__all__ = ["browser_guard", "known_host_names"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def known_host_names(extra: Collection[str] = ()) -> frozenset[str]:
+    """The names this machine answers to by default (``localhost``, its host names), plus ``extra``."""
+    names = {"localhost", socket.gethostname(), socket.getfqdn(), *extra}
+    return frozenset(n.lower().rstrip(".") for n in names if n)
+
+
+def _host_name(value: str) -> str:
+    """The host part of a ``Host`` header or URL authority (port and IPv6 brackets removed), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def browser_guard(allowed_hosts: Collection[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The middleware; ``allowed_hosts`` are the names (besides IP addresses) the ``Host`` header may carry."""
+    allowed = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+
+    def known(name: str) -> bool:
+        return _is_ip(name) or name.rstrip(".") in allowed or name.endswith(".localhost")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = _host_name(request.headers.get("Host", ""))
+        if not known(host):
+            raise PermissionDenied(
+                f"Host {host[:100]!r} is not a name of this daemon; add it to allowed_hosts if clients use it",
+                code="host_not_allowed",
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and not known(_host_name(urlsplit(origin).netloc or origin)):
+            raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
+        if request.headers.get("Sec-Fetch-Site") == "cross-site":
+            raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
+        if request.method in _WRITES and request.can_read_body:
+            kind = request.content_type
+            if kind != "application/json" and not kind.endswith("+json"):
+                raise UnsupportedMediaType(
+                    f"send the body as JSON with 'Content-Type: application/json' (got {kind[:80]!r})",
+                )
+        return await handler(request)
+
+    return middleware
