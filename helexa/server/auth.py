@@ -41,7 +41,8 @@ def bearer_auth(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if protected(request):
-            given = presented_token(request, allow_x_api_key=allow_x_api_key).encode()
+            # surrogateescape: header bytes that are not UTF-8 are a wrong key (401), not a crash
+            given = presented_token(request, allow_x_api_key=allow_x_api_key).encode("utf-8", "surrogateescape")
             if not given:
                 raise AuthenticationError(
                     f"missing {what}: send 'Authorization: Bearer <{what}>'",

@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from helexa.errors import HelexaError, anthropic_type_for_status, openai_type_for_status
+from helexa.errors import HelexaError, InvalidRequest, anthropic_type_for_status, openai_type_for_status
 
 __all__ = [
     "ORIGIN_HEADER",
@@ -59,13 +61,32 @@ def _is_anthropic(request: web.Request) -> bool:
     return request.path.startswith("/v1/messages")
 
 
+# Client input that breaks a decoder deep down: a body in a broken Content-Encoding, JSON nested past the
+# interpreter's recursion limit, bytes that are not UTF-8 where text is required. Always the client's: 400.
+_INPUT_ERRORS = (HttpProcessingError, RequestPayloadError, RecursionError, UnicodeDecodeError)
+MAX_MESSAGE_CHARS = 1000  # an error message quoting the client (a 5 MB model name) is cut to this
+
+
+def _input_error(exc: BaseException) -> HelexaError:
+    if isinstance(exc, RecursionError):
+        return InvalidRequest("request body is nested too deeply; flatten the JSON")
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidRequest("request body is not valid UTF-8")
+    return InvalidRequest(f"request body could not be read: {str(exc).strip() or type(exc).__name__}")
+
+
+def _message(err: HelexaError) -> str:
+    message = err.message
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "… (cut)"
+
+
 def error_body(err: HelexaError, *, anthropic: bool = False) -> bytes:
     """Encode ``err`` in the OpenAI envelope, or Anthropic's when ``anthropic`` is true."""
     if anthropic:
         return _encoder.encode(
-            {"type": "error", "error": {"type": anthropic_type_for_status(err.status), "message": err.message}}
+            {"type": "error", "error": {"type": anthropic_type_for_status(err.status), "message": _message(err)}}
         )
-    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code, **err.extra}
+    body = {"message": _message(err), "type": err.type, "param": err.param, "code": err.code, **err.extra}
     return _encoder.encode({"error": body})
 
 
@@ -144,6 +165,8 @@ def request_middleware(*, max_body_bytes: int, observe: Observer | None = None) 
                 status = exc.status
                 raise
             response = await _render(request, _from_http_exception(exc))
+        except _INPUT_ERRORS as exc:  # raised while reading or decoding what the client sent
+            response = await _render(request, _input_error(exc))
         except asyncio.CancelledError:
             status = 499  # the client went away (nginx's code for it)
             raise
