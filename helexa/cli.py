@@ -118,7 +118,7 @@ def config_check(path: str, role: Role | None) -> None:
     cfg = _load(path)
     try:
         if role is not None:
-            prepared = prepare(cfg, role)
+            prepared = prepare(cfg, role, create_token=False)
             if role in ("neuron", "both"):
                 harnesses = get_harnesses(get_plugin_manager(blocked=cfg.plugins.disabled))
                 check_harnesses(prepared if role == "neuron" else cfg, "neuron", harnesses)

@@ -195,8 +195,17 @@ class NeuronSection(ConfigStruct):
     listen: Annotated[str, _doc("host:port of the neuron API (the gateway connects here).")] = "127.0.0.1:13131"
     token: Annotated[
         str,
-        _doc("Bearer token required on mutating endpoints and /v1. Required when listen is not a loopback address."),
+        _doc(
+            "Bearer token required on every endpoint but /healthz, /version and /metrics. Empty = the token in "
+            "state_dir/neuron.token, created (mode 0600) on first start; give it to the gateway's [[neurons]]."
+        ),
     ] = ""
+    allow_unauthenticated: Annotated[
+        bool, _doc("Run without any token (loopback addresses only): any local program may then start engines.")
+    ] = False
+    state_dir: Annotated[str, _doc("Where the neuron keeps its generated token (neuron.token).")] = (
+        "~/.local/state/helexa"
+    )
     name: Annotated[str, _doc("Name this neuron reports; empty = the host name.")] = ""
     allowed_hosts: Annotated[
         list[str],

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import secrets
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -25,6 +25,7 @@ from helexa.neuron.app import make_neuron_app
 from helexa.neuron.demo import with_demo_model
 from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.server.app import metrics_app, registry_key
+from helexa.server.auth import load_or_create_token
 from helexa.server.runner import Listener, serve
 from helexa.server.version import version_info
 
@@ -51,22 +52,19 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def prepare(cfg: Config, role: Role) -> Config:
-    """Apply the role's rules to ``cfg``: security checks, and in ``both`` the local neuron and its token.
+def prepare(cfg: Config, role: Role, *, create_token: bool = True) -> Config:
+    """Apply the role's rules to ``cfg``: security checks, the neuron's token (read from, or created in,
+    ``state_dir`` unless ``create_token`` is false), and in ``both`` the local neuron.
 
     :raises ConfigError: a neuron listening beyond loopback without a token.
     """
     if role in ("neuron", "both"):
         cfg = with_demo_model(cfg)
         host, port = parse_listen(cfg.neuron.listen)
-        if not cfg.neuron.token and not _is_loopback(host):
-            raise ConfigError(
-                f"neuron.token is required when neuron.listen ({cfg.neuron.listen}) is not a loopback address: "
-                "set [neuron] token (or HELEXA_NEURON__TOKEN) and give the same token to the gateway's [[neurons]]"
-            )
+        cfg = _with_neuron_token(cfg, host, create=create_token)
     if role != "both" or any(n.name == LOCAL_NEURON for n in cfg.neurons):
         return cfg
-    token = cfg.neuron.token or secrets.token_urlsafe(32)
+    token = cfg.neuron.token
     if port == 0:
         port = _free_port(host)
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
@@ -77,6 +75,37 @@ def prepare(cfg: Config, role: Role) -> Config:
         neuron=msgspec.structs.replace(cfg.neuron, token=token, listen=f"{host}:{port}"),
         neurons=[local, *cfg.neurons],
     )
+
+
+def token_path(cfg: Config) -> Path:
+    """Where a neuron without a configured token keeps its generated one."""
+    return Path(cfg.neuron.state_dir).expanduser() / "neuron.token"
+
+
+def _with_neuron_token(cfg: Config, host: str, *, create: bool) -> Config:
+    """Tokens on by default: a neuron without one uses ``state_dir/neuron.token`` (created on first start).
+
+    :raises ConfigError: ``allow_unauthenticated`` on an address other than loopback, or an unusable state_dir.
+    """
+    if cfg.neuron.token:
+        return cfg
+    if cfg.neuron.allow_unauthenticated:
+        if not _is_loopback(host):
+            raise ConfigError(
+                f"neuron.allow_unauthenticated is only allowed on a loopback address, not {cfg.neuron.listen}: "
+                "remove it to use a token"
+            )
+        logger.warning("the neuron runs without a token (allow_unauthenticated): any local program can start engines")
+        return cfg
+    if not create:
+        return msgspec.structs.replace(cfg, neuron=msgspec.structs.replace(cfg.neuron, token="(generated at start)"))
+    path = token_path(cfg)
+    try:
+        token, created = load_or_create_token(path)
+    except OSError as exc:
+        raise ConfigError(f"neuron.state_dir: cannot keep the neuron token in {path}: {exc.strerror}") from None
+    logger.debug("neuron token %s %s", "created in" if created else "read from", path)
+    return msgspec.structs.replace(cfg, neuron=msgspec.structs.replace(cfg.neuron, token=token))
 
 
 def check_harnesses(cfg: Config, role: Role, harnesses: dict[str, type[Harness]]) -> None:
@@ -127,5 +156,9 @@ async def run_daemon(
 
     :raises ConfigError: see :func:`prepare`; :class:`helexa.errors.PluginError` for plugin problems.
     """
+    generated = role != "gateway" and not cfg.neuron.token and not cfg.neuron.allow_unauthenticated
     cfg = prepare(cfg, role)
-    await serve(_listeners(cfg, role), grace=cfg.server.shutdown_grace_seconds, stop=stop, on_ready=on_ready)
+    listeners = _listeners(cfg, role)
+    if generated:
+        logger.info("the neuron's token is in %s; give it to the gateway's [[neurons]] token", token_path(cfg))
+    await serve(listeners, grace=cfg.server.shutdown_grace_seconds, stop=stop, on_ready=on_ready)

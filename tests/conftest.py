@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -68,11 +69,18 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
 
 
 @pytest.fixture
-def helexa_process() -> Iterator:
-    """Start ``python -m helexa …`` subprocesses; every one still running at the end is killed by PID."""
+def helexa_process(tmp_path_factory) -> Iterator:
+    """Start ``python -m helexa …`` subprocesses; every one still running at the end is killed by PID.
+
+    Each gets ``HELEXA_NEURON__STATE_DIR`` in a temporary directory (``start.state_dir``) unless the test sets
+    one, so a neuron's generated token never lands in the real home directory.
+    """
     started: list[subprocess.Popen] = []
+    state_dir = tmp_path_factory.mktemp("state")
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**(env if env is not None else os.environ)}
+        env.setdefault("HELEXA_NEURON__STATE_DIR", str(state_dir))
         proc = subprocess.Popen(
             [sys.executable, "-m", "helexa", *args],
             stdout=subprocess.PIPE,
@@ -83,6 +91,7 @@ def helexa_process() -> Iterator:
         started.append(proc)
         return proc
 
+    start.state_dir = state_dir
     yield start
     for proc in started:
         if proc.poll() is None:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -23,6 +24,8 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
 
 def helexa(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {**(env if env is not None else os.environ)}
+    env.setdefault("HELEXA_NEURON__STATE_DIR", tempfile.mkdtemp(prefix="helexa-state-"))  # not the real home
     return subprocess.run(
         [sys.executable, "-m", "helexa", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -76,11 +79,28 @@ def test_config_path_from_environment(tmp_path):
     assert result.stderr == f"Error: {tmp_path / 'env.toml'}: no such file\n"
 
 
-def test_neuron_on_a_public_address_needs_a_token():
-    env = {**os.environ, "HELEXA_NEURON__LISTEN": "0.0.0.0:0"}
+def test_a_tokenless_neuron_on_a_public_address_is_refused():
+    env = {**os.environ, "HELEXA_NEURON__LISTEN": "0.0.0.0:0", "HELEXA_NEURON__ALLOW_UNAUTHENTICATED": "true"}
     result = helexa("run", "--role", "neuron", env=env)
     assert result.returncode == 2
-    assert result.stderr.startswith("Error: neuron.token is required when neuron.listen (0.0.0.0:0)")
+    assert result.stderr.startswith("Error: neuron.allow_unauthenticated is only allowed on a loopback address")
+
+
+def test_a_neuron_without_a_token_creates_one_and_keeps_it(tmp_path):
+    from helexa.daemon import prepare
+    from tests.conftest import make_config
+
+    state = tmp_path / "state"
+    cfg = prepare(make_config(neuron={"state_dir": str(state), "demo": False}), "neuron")
+    token_file = state / "neuron.token"
+    assert cfg.neuron.token and token_file.read_text().strip() == cfg.neuron.token
+    assert token_file.stat().st_mode & 0o777 == 0o600 and state.stat().st_mode & 0o777 == 0o700
+    again = prepare(make_config(neuron={"state_dir": str(state), "demo": False}), "neuron")
+    assert again.neuron.token == cfg.neuron.token
+    both = prepare(make_config(neuron={"state_dir": str(state), "demo": False, "listen": "127.0.0.1:0"}), "both")
+    assert both.neurons[0].token == cfg.neuron.token  # the gateway half of --role both uses the same token
+    open_ = prepare(make_config(neuron={"allow_unauthenticated": True, "demo": False}), "neuron")
+    assert open_.neuron.token == ""
 
 
 def test_port_in_use_exits_1_with_a_clear_message():

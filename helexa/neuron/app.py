@@ -43,9 +43,12 @@ logger = logging.getLogger(__name__)
 _GPU_REFRESH_S = 5.0
 
 
+_OPEN = frozenset({"/healthz", "/version", "/metrics"})
+
+
 def _protected(request: web.Request) -> bool:
-    """Mutating control calls and inference need the token; read-only status does not."""
-    return request.method == "POST" or request.path.startswith("/v1/")
+    """Everything needs the token (engine logs and model lists included) but liveness, version and metrics."""
+    return request.path not in _OPEN
 
 
 def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type[Harness]]) -> web.Application:

@@ -7,14 +7,36 @@ envelope with ``WWW-Authenticate: Bearer``. With no tokens configured nothing is
 from __future__ import annotations
 
 import hmac
+import os
+import secrets
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from helexa.errors import AuthenticationError
 from helexa.server.middlewares import Handler
 
-__all__ = ["bearer_auth", "presented_token"]
+__all__ = ["bearer_auth", "load_or_create_token", "presented_token"]
+
+
+def load_or_create_token(path: Path) -> tuple[str, bool]:
+    """The token stored at ``path``, or a new random one written there (directory 0700, file 0600).
+
+    :returns: ``(token, created)``.
+    :raises OSError: the file cannot be read or written.
+    """
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token, True
 
 
 def presented_token(request: web.Request, *, allow_x_api_key: bool = False) -> str:

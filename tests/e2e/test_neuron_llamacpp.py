@@ -157,7 +157,11 @@ def test_a_neuron_stopped_with_sigterm_stops_its_engines(gguf_dir, helexa_proces
         import json
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as resp:
+        token = (helexa_process.state_dir / "neuron.token").read_text().strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/models", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
             if json.load(resp)["models"][0]["status"] == "loaded":
                 break
         time.sleep(0.1)

@@ -205,10 +205,13 @@ async def test_bad_inference_bodies_get_400(neuron):
     assert (await client.post("/models/unload", json={"model_id": "never-loaded"})).status == 404
 
 
-async def test_token_protects_mutations_and_inference(neuron):
+async def test_token_protects_everything_but_liveness_version_and_metrics(neuron):
     client = await neuron(neuron={"token": "s3cret"})
-    assert (await client.get("/models")).status == 200
-    assert (await client.get("/discovery")).status == 200
+    for path in ("/healthz", "/version", "/metrics"):
+        assert (await client.get(path)).status == 200, path
+    for path in ("/models", "/discovery", "/health", "/v1/models", "/models/x/logs"):  # logs may hold prompts
+        assert (await client.get(path)).status == 401, path
+    assert (await client.get("/models", headers={"Authorization": "Bearer s3cret"})).status == 200
     resp = await load(client)
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == "Bearer"
