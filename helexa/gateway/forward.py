@@ -6,6 +6,7 @@ through :func:`forward`, so routing, retries and metrics behave the same for all
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -55,7 +56,9 @@ async def forward(
         if state.ref.token:
             headers["Authorization"] = f"Bearer {state.ref.token}"
         try:
-            upstream = await open_upstream(app[session_key], state.ref.endpoint.rstrip("/") + path, body, headers)
+            upstream = await _open_watched(
+                state, app[session_key], state.ref.endpoint.rstrip("/") + path, body, headers
+            )
             break
         except UpstreamError as exc:
             metrics.errors.labels(model_id, state.name, exc.code).inc()
@@ -70,6 +73,7 @@ async def forward(
     state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
     series.in_flight.inc()
     exchange.status = upstream.status
+    state.aborts.add(upstream.close)  # a neuron marked down closes the connection: the relay ends at once
     try:
         async with upstream:
             yield upstream, state
@@ -77,10 +81,34 @@ async def forward(
         metrics.errors.labels(model_id, state.name, exc.code).inc()
         raise
     finally:
+        state.aborts.discard(upstream.close)
         series.in_flight.dec()
         state.in_flight[model_id] -= 1
         state.last_used[model_id] = time.monotonic()
         series.request(exchange.status)
+
+
+async def _open_watched(
+    state: NeuronState, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """:func:`open_upstream`, given up at once when the poller marks the neuron down meanwhile.
+
+    :raises UpstreamError: unreachable, or marked down before it answered.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(None) as deadline:
+
+            def abort() -> None:
+                deadline.reschedule(loop.time())
+
+            state.aborts.add(abort)
+            try:
+                return await open_upstream(session, url, body, headers)
+            finally:
+                state.aborts.discard(abort)
+    except TimeoutError:
+        raise UpstreamError(f"neuron {state.name} stopped answering: {state.last_error}") from None
 
 
 def observe(metrics: GatewayMetrics, model: str, neuron: str, exchange: Exchange) -> None:

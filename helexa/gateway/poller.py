@@ -1,7 +1,9 @@
 """Keeps the registry current: each neuron's /health and /models on an interval, /discovery when needed.
 
-A neuron that fails a poll is marked unhealthy and polled again with exponential backoff (up to
-:data:`MAX_BACKOFF_S`); the first answer marks it healthy again. Discovery is read at start and again
+A neuron that fails a poll (no answer within ``neuron_timeout_seconds``) is marked down — the requests in
+flight through it are ended, so a hung host costs a client at most about ``poll_interval + neuron_timeout`` —
+and polled again with exponential backoff (up to :data:`MAX_BACKOFF_S`); the first answer marks it healthy
+again. Discovery is read at start and again
 whenever a neuron comes back or its uptime went backwards (it restarted, possibly upgraded). Models that a
 neuron no longer reports vanish from the registry.
 """
@@ -33,7 +35,7 @@ async def poll_once(state: NeuronState, client: NeuronClient) -> bool:
     except HelexaError as exc:
         if state.healthy or state.failures == 0:
             logger.warning("neuron %s is unreachable: %s", state.name, exc.message)
-        state.healthy, state.last_error = False, exc.message
+        state.mark_down(exc.message)
         state.failures += 1
         return False
     if not state.healthy:

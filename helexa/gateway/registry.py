@@ -8,7 +8,7 @@ used (for LRU), and load/unload cycles per neuron (for ``defrag_after_cycles``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from helexa.config import ModelEntry, NeuronRef
@@ -33,6 +33,17 @@ class NeuronState:
     failures: int = 0
     cycles: int = 0
     polled: bool = False
+    #: How to end each request in flight through this neuron (registered by the proxy while it waits).
+    aborts: set[Callable[[], None]] = field(default_factory=set)
+
+    def mark_down(self, reason: str) -> None:
+        """The neuron stopped answering: unhealthy, and every request in flight through it is ended now —
+        one still waiting for the neuron's answer fails over to another replica, a stream gets its final
+        error event — instead of hanging for as long as the neuron does."""
+        self.healthy, self.last_error = False, reason
+        aborts, self.aborts = self.aborts, set()
+        for abort in aborts:
+            abort()
 
     @property
     def name(self) -> str:

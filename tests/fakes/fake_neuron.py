@@ -41,6 +41,8 @@ class FakeNeuron:
     reply: str = "Hello from the fake neuron"
     chunk_delay: float = 0.0
     die_after_chunks: int = 0  # close the connection mid-stream after N chunks
+    hang_after_chunks: int = -1  # freeze (like SIGSTOP) after N chunks of a stream; 0 = before any answer
+    frozen: bool = False  # every endpoint hangs: a neuron under SIGSTOP
     models: dict[str, ModelInfo] = field(default_factory=dict)
     vram: dict[str, int] = field(default_factory=dict)  # model -> MiB used on device 0
     loads: list[str] = field(default_factory=list)
@@ -87,7 +89,14 @@ class FakeNeuron:
         )
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
+    async def freeze(self) -> None:
+        """Hang like a SIGSTOPped process: never answer (until the test ends)."""
+        self.frozen = True
+        await asyncio.Event().wait()
+
     async def health(self, request):
+        if self.frozen:
+            await self.freeze()
         devices = [
             DeviceHealth(
                 index=i, vram_used_mb=self.used() if i == 0 else 0, vram_free_mb=t - (self.used() if i == 0 else 0)
@@ -125,6 +134,8 @@ class FakeNeuron:
         return web.json_response({"model_id": req.model_id, "status": "unloaded"})
 
     async def chat(self, request):
+        if self.frozen or self.hang_after_chunks == 0:
+            await self.freeze()
         self.auth_seen.append(request.headers.get("Authorization", ""))
         body = await request.json()
         model = body["model"]
@@ -164,6 +175,8 @@ class FakeNeuron:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": usage})
         for n, event in enumerate(events):
+            if n == self.hang_after_chunks:
+                await self.freeze()
             if self.die_after_chunks and n == self.die_after_chunks:
                 request.transport.close()
                 return resp

@@ -1,0 +1,69 @@
+"""A hung neuron (SIGSTOP: connections accepted, nothing answered) cannot hang clients.
+
+The poller marks it down when a poll gets no answer within ``neuron_timeout_seconds``; requests waiting for it
+fail over to another replica, or get an error; a stream it was serving ends with the final error event.
+Bound: about ``poll_interval + neuron_timeout`` (here 0.2 s + 0.5 s; ≤ 15 s at the defaults of 5 s + 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from tests.fakes.fake_neuron import FakeNeuron
+
+FAST = {"poll_interval_seconds": 0.2, "neuron_timeout_seconds": 0.5}
+BOUND_S = 3 * FAST["poll_interval_seconds"] + FAST["neuron_timeout_seconds"] + 1.0
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_request_waiting_on_a_hung_neuron_fails_over_to_another_replica(fleet):
+    a, b = FakeNeuron("a", hang_after_chunks=0), FakeNeuron("b")  # a hangs on the request itself
+    a.preload("m")
+    b.preload("m")
+    client, _ = await fleet([a, b], gateway=FAST)
+    began = time.monotonic()
+    task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))  # goes to a (ties: by name)
+    await asyncio.sleep(0.1)
+    a.frozen = True  # now its health checks hang too
+    resp = await asyncio.wait_for(task, 10)
+    assert resp.status == 200 and "Hello" in (await resp.json())["choices"][0]["message"]["content"]
+    assert time.monotonic() - began < BOUND_S
+    assert b.served == ["m"]
+    # routing skips it while it is down
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200 and b.served == ["m", "m"]
+
+
+async def test_the_only_replica_hanging_is_an_error_within_the_bound(fleet):
+    a = FakeNeuron("a", hang_after_chunks=0)
+    a.preload("m")
+    client, _ = await fleet([a], gateway=FAST)
+    began = time.monotonic()
+    task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+    await asyncio.sleep(0.1)
+    a.frozen = True
+    resp = await asyncio.wait_for(task, 10)
+    assert resp.status in (502, 503), await resp.text()
+    assert "stopped answering" in (await resp.json())["error"]["message"]
+    assert time.monotonic() - began < BOUND_S
+
+
+async def test_a_stream_from_a_neuron_that_hangs_mid_way_ends_with_an_error_event(fleet):
+    a = FakeNeuron("a", hang_after_chunks=3, reply="one two three four five six")
+    a.preload("m")
+    client, _ = await fleet([a], gateway=FAST)
+    began = time.monotonic()
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    task = asyncio.create_task(resp.text())
+    await asyncio.sleep(0.2)
+    a.frozen = True
+    text = await asyncio.wait_for(task, 10)
+    assert time.monotonic() - began < BOUND_S
+    last = text.strip().split("\n\n")[-1]
+    assert "error" in json.loads(last.removeprefix("data: ")), text
+    assert '"content": "one "' in text or '"content":"one "' in text  # what came before was relayed
+
+    # while it is down, a new request gets a plain answer at once (no replica: 404), not a hang
+    resp = await asyncio.wait_for(client.post("/v1/messages", json={**CHAT, "max_tokens": 8, "stream": True}), 5)
+    assert resp.status == 404 and (await resp.json())["type"] == "error"
