@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "Conflict",
     "HelexaError",
     "InvalidRequest",
     "NotFound",
@@ -143,6 +144,14 @@ class UnsupportedMediaType(HelexaError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class Conflict(HelexaError):
+    """The request clashes with another one in progress (409): an unload cancelled this load, or a load of
+    the same model with another spec is under way."""
+
+    status = 409
+    code = "conflict"
 
 
 class NotFound(HelexaError):

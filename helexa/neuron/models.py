@@ -19,7 +19,7 @@ import aiohttp
 import msgspec
 
 from helexa.config import Config, ModelEntry
-from helexa.errors import HelexaError, NotFound, PreflightError
+from helexa.errors import Conflict, HelexaError, InvalidRequest, NotFound, PreflightError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.neuron.gpus import host_info, read_health
 from helexa.plugins import resolve_harness
@@ -29,6 +29,17 @@ from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
 __all__ = ["EngineError", "ModelManager", "ModelRecord"]
 
 logger = logging.getLogger(__name__)
+MAX_FAILED_RECORDS = 32  # failed loads of models outside the catalogue that /models keeps showing
+_WHAT_RUNS = ("harness", "source", "quant", "tensor_parallel", "devices", "options")
+
+
+def _differences(running: ModelSpec, wanted: ModelSpec) -> str:
+    """The fields that decide what runs and differ between two specs, as ``source ('a' vs 'b')``."""
+    return ", ".join(
+        f"{name} ({getattr(running, name)!r} vs {getattr(wanted, name)!r})"
+        for name in _WHAT_RUNS
+        if getattr(running, name) != getattr(wanted, name)
+    )
 
 
 class EngineError(HelexaError):
@@ -135,6 +146,10 @@ class ModelManager:
 
         :raises PreflightError: ``invalid_options`` naming the option (or ``source``) the request may not set.
         """
+        for name in ("harness", "source", "quant"):
+            value = getattr(spec, name)
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise InvalidRequest(f"{name}: control characters are not allowed", param=name)
         known = self.spec_for(spec.model_id)
         completed = self.complete(msgspec.structs.replace(spec, options={}))
         harness = self.harness(completed.harness, completed.model_id)
@@ -216,7 +231,14 @@ class ModelManager:
         spec = self.complete(spec)
         record = self.records.get(spec.model_id)
         if record is not None and record.task is not None and not record.task.done():
-            return await asyncio.shield(record.task)
+            differences = _differences(record.spec, spec)
+            if differences:
+                raise Conflict(
+                    f"model {spec.model_id!r} is being loaded with another {differences}; wait for that load, "
+                    "or unload it first",
+                    code="load_in_progress",
+                )
+            return await self._wait(record)
         if record is not None and record.status == ModelStatus.LOADED:
             return record
         if record is not None and record.status == ModelStatus.SLEEPING:
@@ -230,7 +252,22 @@ class ModelManager:
         record = ModelRecord(spec=spec, harness=harness.name, status=ModelStatus.LOADING)
         self.records[spec.model_id] = record
         record.task = asyncio.create_task(self._load(record, harness), name=f"load {spec.model_id}")
-        return await asyncio.shield(record.task)
+        return await self._wait(record)
+
+    @staticmethod
+    async def _wait(record: ModelRecord) -> ModelRecord:
+        """Wait for ``record``'s load; an unload that cancels it is a 409 to every waiter, not a dropped
+        connection (a waiter that is itself cancelled — its client left — stays cancelled)."""
+        assert record.task is not None
+        try:
+            return await asyncio.shield(record.task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            raise Conflict(
+                f"the load of model {record.spec.model_id!r} was cancelled by an unload", code="load_cancelled"
+            ) from None
 
     def start_load(self, spec: ModelSpec) -> ModelRecord:
         """Begin a load without waiting for it (the answer of a ``wait = false`` request)."""
@@ -249,16 +286,24 @@ class ModelManager:
             logger.warning("load of %s refused: reason=%s %s", spec.model_id, exc.kind, exc.message)
             record.status, record.last_error = ModelStatus.UNLOADED, exc.message
             self._observer("refused", spec.model_id, time.monotonic() - began)
+            self._forget(record)  # the client got the reason; refused ad-hoc loads must not pile up
             raise
         except (EngineFailed, OSError, RuntimeError) as exc:
             record.status, record.last_error = ModelStatus.FAILED, str(exc)
             self._observer("failed", spec.model_id, time.monotonic() - began)
+            self._forget_old_failures()
             raise EngineError(f"model {spec.model_id!r} failed to load: {exc}") from None
         except asyncio.CancelledError:
             record.status = ModelStatus.UNLOADED
             with contextlib.suppress(Exception):
                 await harness.unload(spec.model_id)
             raise
+        except Exception as exc:  # a harness bug or an input it did not expect: never stay "loading"
+            logger.exception("load of %s failed unexpectedly", spec.model_id)
+            record.status, record.last_error = ModelStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            self._observer("failed", spec.model_id, time.monotonic() - began)
+            self._forget_old_failures()
+            raise EngineError(f"model {spec.model_id!r} failed to load: {type(exc).__name__}: {exc}") from None
         record.status, record.last_error, record.loaded_at = ModelStatus.LOADED, "", time.time()
         seconds = time.monotonic() - began
         logger.info("loaded %s with %s in %.1fs at %s", spec.model_id, harness.name, seconds, record.endpoint)
@@ -266,7 +311,19 @@ class ModelManager:
         return record
 
     async def _preflight(self, harness: Harness, spec: ModelSpec) -> PlacementPlan:
-        """Preflight; under memory pressure, stop sleeping engines for real and try once more."""
+        """Preflight; under memory pressure, stop sleeping engines for real and try once more. A source the
+        file system refuses (a name too long, a broken link) is a refusal, not an engine failure."""
+        try:
+            return await self._preflight_once(harness, spec)
+        except OSError as exc:
+            raise PreflightError(
+                "source_missing",
+                spec.model_id,
+                f"source {spec.source[:200]!r} cannot be read: {exc.strerror or exc}",
+                "name a model file or directory under the neuron's model_dirs",
+            ) from None
+
+    async def _preflight_once(self, harness: Harness, spec: ModelSpec) -> PlacementPlan:
         try:
             return await harness.preflight(spec, await self.inventory())
         except PreflightError as exc:
@@ -299,6 +356,19 @@ class ModelManager:
         record.status, record.endpoint, record.loaded_at = ModelStatus.UNLOADED, "", 0.0
         logger.info("unloaded %s", record.spec.model_id)
         return record
+
+    def _forget(self, record: ModelRecord) -> None:
+        """Drop a record that is not running, unless it is a catalogue model (those stay listed)."""
+        if record.spec.model_id not in self.catalogue and self.records.get(record.spec.model_id) is record:
+            del self.records[record.spec.model_id]
+
+    def _forget_old_failures(self) -> None:
+        """Keep the newest :data:`MAX_FAILED_RECORDS` failed ad-hoc loads (``/models`` stays bounded)."""
+        failed = [
+            r for r in self.records.values() if r.status == ModelStatus.FAILED and r.spec.model_id not in self.catalogue
+        ]
+        for old in failed[: max(0, len(failed) - MAX_FAILED_RECORDS)]:
+            del self.records[old.spec.model_id]
 
     def _engine_exited(self, model_id: str, reason: str) -> None:
         record = self.records.get(model_id)
