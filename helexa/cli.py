@@ -41,11 +41,13 @@ def _load(path: str | None) -> Config:
 def _redacted(cfg: Config) -> dict[str, object]:
     """The config as plain data with secrets masked, for printing."""
     data = msgspec.to_builtins(cfg)
-    if data["auth"]["api_keys"]:
-        data["auth"]["api_keys"] = ["***"] * len(data["auth"]["api_keys"])
-    for section in (data["neuron"], *data["neurons"]):
-        if section.get("token"):
-            section["token"] = "***"
+    auth = data["auth"]
+    for name in ("api_keys", "admin_keys"):
+        auth[name] = ["***"] * len(auth.get(name, []))
+    for section in (data["neuron"], *data["neurons"], *auth.get("keys", [])):
+        for secret in ("token", "key"):
+            if section.get(secret):
+                section[secret] = "***"
     return data
 
 

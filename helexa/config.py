@@ -104,13 +104,41 @@ class GatewaySection(ConfigStruct):
     ] = True
 
 
+class KeyEntry(ConfigStruct):
+    """One named client key of the gateway, with its scopes and limits."""
+
+    name: Annotated[str, _doc("The key's name: what logs and metrics show (never the key itself).")]
+    key: Annotated[str, _doc("The key clients send; or leave empty and give sha256.")] = ""
+    sha256: Annotated[str, _doc("The key's SHA-256 as 64 hex digits, so the config holds no secret.")] = ""
+    scopes: Annotated[
+        list[Literal["inference", "admin"]], _doc("inference: the OpenAI/Anthropic APIs; admin: /admin routes.")
+    ] = msgspec.field(default_factory=lambda: ["inference"])
+    requests_per_minute: Annotated[int, _doc("Most requests a minute; more get 429; 0 = no limit.", ge=0)] = 0
+    max_concurrent: Annotated[int, _doc("Most requests at once; more get 429; 0 = no limit.", ge=0)] = 0
+    tokens_per_hour: Annotated[
+        int, _doc("Most prompt + completion tokens an hour; past it 429 until the hour ends; 0 = no limit.", ge=0)
+    ] = 0
+
+    def __post_init__(self) -> None:
+        if bool(self.key) == bool(self.sha256):
+            raise ValueError(f"auth.keys {self.name!r}: give exactly one of key and sha256")
+        if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
+            raise ValueError(f"auth.keys {self.name!r}: sha256 must be 64 hex digits")
+
+
 class AuthSection(ConfigStruct):
-    """Client authentication on the gateway."""
+    """Client authentication on the gateway: inference and admin keys, optionally named, hashed and limited.
+
+    With any key configured, every API route needs one; /admin routes need a key with the admin scope (none
+    configured: admin routes are closed).
+    """
 
     api_keys: Annotated[
         list[str],
-        _doc("Keys clients must send (Authorization: Bearer or x-api-key). Empty = no authentication."),
+        _doc("Inference keys clients send (Authorization: Bearer or x-api-key). No keys at all = no authentication."),
     ] = []
+    admin_keys: Annotated[list[str], _doc("Keys for the /admin routes (load and unload models).")] = []
+    keys: Annotated[list[KeyEntry], _doc("Named keys with scopes and limits ([[auth.keys]]).")] = []
 
 
 class EvictionSection(ConfigStruct):

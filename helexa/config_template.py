@@ -28,6 +28,9 @@ _EXAMPLES: dict[tuple[str, str], Any] = {
     ("neurons", "name"): "gpu1",
     ("neurons", "endpoint"): "http://gpu1.internal:13131",
     ("models", "id"): "Qwen/Qwen3-8B",
+    ("auth.keys", "name"): "ci-bot",
+    ("auth.keys", "key"): "sk-change-me",
+    ("auth.keys", "requests_per_minute"): 60,
 }
 _ROLE_INTRO = {
     "gateway": "The gateway: one OpenAI + Anthropic API in front of the neurons.",
@@ -62,25 +65,41 @@ def _default(field: mi.Field) -> Any:
 def _value_line(key: str, value: Any) -> str:
     if isinstance(value, dict):  # tomli-w writes dicts as sub-tables; an empty inline table reads better here
         return f"{key} = {{}}" if not value else tomli_w.dumps({key: value}).strip()
+    if isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value):  # one line, commentable
+        items = (tomli_w.dumps({"v": v}).strip().split(" = ", 1)[1] for v in value)
+        return f"{key} = [{', '.join(items)}]"
     return tomli_w.dumps({key: value}).strip()
+
+
+def _summary(cls: type) -> str:
+    """The first paragraph of a class docstring, on one line."""
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 def _section(name: str, cls: type[msgspec.Struct], *, array: bool) -> list[str]:
     info = mi.type_info(cls)
     assert isinstance(info, mi.StructType)
     comment = "# " if array else ""
-    lines = [f"# {(cls.__doc__ or '').strip()}"]
+    lines = [f"# {_summary(cls)}"]
     if array:
         lines.append("# Repeat the table for each entry; shown commented out.")
     lines.append(f"{comment}[[{name}]]" if array else f"[{name}]")
+    tables = []
     for field in info.fields:
+        nested = _struct_type(field.type)
+        if nested is not None and not array:  # an array of tables inside this section: shown after it
+            tables.append((f"{name}.{field.name}", nested))
+            continue
         doc = _field_doc(field)
         if doc:
             lines.append(f"{comment}# {doc}")
-        value = _default(field)
+        value = _EXAMPLES.get((name, field.name), _default(field)) if array else _default(field)
         if value is msgspec.NODEFAULT:
             value = _EXAMPLES[(name, field.name)]
         lines.append(comment + _value_line(field.name, msgspec.to_builtins(value)))
+    for table_name, nested in tables:
+        lines.append("")
+        lines.extend(_section(table_name, nested, array=True))
     return lines
 
 

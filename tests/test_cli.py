@@ -140,11 +140,15 @@ def test_config_init_writes_a_file_and_will_not_overwrite(tmp_path):
 
 def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path):
     path = tmp_path / "gateway.toml"
-    path.write_text('[auth]\napi_keys = ["sk-very-secret"]\n[[neurons]]\nname = "a"\nendpoint = "http://a:1"\n')
+    path.write_text(
+        '[auth]\napi_keys = ["sk-very-secret"]\nadmin_keys = ["sk-admin-secret"]\n'
+        '[[auth.keys]]\nname = "ci"\nkey = "sk-named-secret"\n[[neurons]]\nname = "a"\nendpoint = "http://a:1"\n'
+    )
     result = invoke("config", "check", str(path), env={"HELEXA_NEURONS__0__TOKEN": "tok-secret"})
     assert result.exit_code == 0, result.output
-    assert "sk-very-secret" not in result.output
-    assert "tok-secret" not in result.output
+    for secret in ("sk-very-secret", "sk-admin-secret", "sk-named-secret", "tok-secret"):
+        assert secret not in result.output
+    assert 'name = "ci"' in result.output
     assert 'api_keys = [\n    "***",\n]' in result.output or 'api_keys = [ "***" ]' in result.output.replace("\n", " ")
     assert 'endpoint = "http://a:1"' in result.output
     assert 'listen = "127.0.0.1:31313"' in result.output  # defaults are part of the effective config

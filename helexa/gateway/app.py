@@ -23,14 +23,20 @@ from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
 from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
-from helexa.server.auth import bearer_auth
+from helexa.server.keys import KeyRing, key_middleware
 from helexa.server.version import VersionInfo
 
 __all__ = ["make_gateway_app"]
 
 
-def _protected(request: web.Request) -> bool:
-    return request.path.startswith(("/v1/", "/admin/", "/fleet"))
+def _scope(request: web.Request) -> str | None:
+    """The key scope a route needs (``None``: open)."""
+    path = request.path
+    if path.startswith("/v1/"):
+        return "inference"
+    if path.startswith("/admin/"):
+        return "admin"
+    return "any" if path.startswith("/fleet") else None
 
 
 def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
@@ -38,7 +44,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app = base_app(
         role="gateway", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024, serve_metrics=False
     )
-    app.middlewares.extend(bearer_auth(cfg.auth.api_keys, protected=_protected, allow_x_api_key=True, what="API key"))
+    app.middlewares.extend(key_middleware(KeyRing.from_config(cfg.auth), app[registry_key], scope_of=_scope))
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds

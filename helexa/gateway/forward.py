@@ -19,6 +19,7 @@ from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.proxy import Exchange
 from helexa.gateway.registry import NeuronState
 from helexa.metrics import GatewayMetrics
+from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 from helexa.server.upstream import open_upstream
 
@@ -111,15 +112,18 @@ async def _open_watched(
         raise UpstreamError(f"neuron {state.name} stopped answering: {state.last_error}") from None
 
 
-def observe(metrics: GatewayMetrics, model: str, neuron: str, exchange: Exchange) -> None:
-    """Record a finished request's latency, first-token time and tokens."""
-    series = metrics.series(model, neuron)
+def observe(request: web.Request, model: str, neuron: str, exchange: Exchange) -> None:
+    """Record a finished request's latency, first-token time and tokens (for its key's limits too)."""
+    series = request.app[gateway_metrics_key].series(model, neuron)
     series.duration.observe(time.perf_counter() - exchange.started)
     if exchange.first_token_s:
         series.ttft.observe(exchange.first_token_s)
     usage = exchange.usage
     if usage is None:
         return
+    key_usage = request.get(key_usage_key)
+    if key_usage is not None:
+        key_usage.tokens += usage.prompt_tokens + usage.completion_tokens
     series.prompt_tokens.inc(usage.prompt_tokens)
     series.completion_tokens.inc(usage.completion_tokens)
     if exchange.generation_s > 0 and usage.completion_tokens > 1:

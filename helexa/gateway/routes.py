@@ -39,7 +39,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
             request, model_id, state, path=request.path, body=body, exchange=exchange, affinity=conversation
         ) as (up, state):
             response = await relay(request, up, hide_usage=False, exchange=exchange)
-        observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+        observe(request, model_id, state.name, exchange)
         return response
     await lifecycle.check(head.model)
     response = await open_event_stream(request)
@@ -51,7 +51,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
         ) as (up, state):
             await waiting.stop()
             await relay_stream(response, up, hide_usage=injected, exchange=exchange)
-    observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+    observe(request, model_id, state.name, exchange)
     return response
 
 

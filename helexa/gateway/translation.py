@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
-from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe
+from helexa.gateway.forward import forward, lifecycle_key, observe
 from helexa.gateway.keepalive import KeepAlive, keepalive_seconds_key, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
@@ -159,7 +159,7 @@ async def serve_translated(
             usage = chat.get("usage") or {}
             exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
             response = json_response(whole(chat), headers=headers)
-        observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+        observe(request, model_id, state.name, exchange)
         return response
     await lifecycle.check(model)
     translator = stream()
@@ -177,7 +177,7 @@ async def serve_translated(
         ):
             await waiting.stop()
             await relay_translated(response, upstream, translator, exchange, keepalive=keepalive, interval=interval)
-    observe(request.app[gateway_metrics_key], model_id, state.name, exchange)
+    observe(request, model_id, state.name, exchange)
     return response
 
 

@@ -1,0 +1,198 @@
+"""API keys with scopes and limits, as one middleware (the gateway's clients).
+
+Every configured key becomes a :class:`Key`: a name (what logs and metrics show), the SHA-256 of the key
+(configs may hold only the digest), its scopes and its limits. A request's key is found by hashing what it
+presents and comparing with every key's digest in constant time. Scopes: ``inference`` for the APIs,
+``admin`` for ``/admin`` routes (closed when no key has it). Limits, per key name: requests per minute (a token
+bucket), requests at once, and tokens per hour; past one, 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from helexa.config import AuthSection
+from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
+
+__all__ = [
+    "Key",
+    "KeyRing",
+    "KeyUsage",
+    "RateLimited",
+    "digest_of",
+    "key_middleware",
+    "key_name_key",
+    "key_usage_key",
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+key_name_key = web.RequestKey("key_name_key", str)
+
+
+class RateLimited(HelexaError):
+    """A key went past one of its limits (429 with Retry-After); ``reason`` names the limit."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, reason: str, retry_after: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+        self.reason = reason
+
+
+@dataclass
+class KeyUsage:
+    """What a request used, for the tokens-per-hour limit (set by the route that knows)."""
+
+    tokens: int = 0
+
+
+key_usage_key = web.RequestKey("key_usage_key", KeyUsage)
+
+
+@dataclass
+class Key:
+    """One client key: ``digest`` is the SHA-256 of the key; limits of 0 mean none."""
+
+    name: str
+    digest: bytes
+    scopes: frozenset[str]
+    requests_per_minute: int = 0
+    max_concurrent: int = 0
+    tokens_per_hour: int = 0
+    # state, per key
+    bucket: float = 0.0
+    refilled: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    hour_started: float = field(default_factory=time.monotonic)
+    hour_tokens: int = 0
+
+    def admit(self, now: float) -> None:
+        """Count one request against the limits. :raises RateLimited: past one, with ``Retry-After``."""
+        if self.tokens_per_hour:
+            if now - self.hour_started >= 3600:
+                self.hour_started, self.hour_tokens = now, 0
+            if self.hour_tokens >= self.tokens_per_hour:
+                wait = 3600 - (now - self.hour_started)
+                message = f"key {self.name!r} used its {self.tokens_per_hour} tokens this hour"
+                raise RateLimited(message, "tokens_per_hour", wait)
+        if self.max_concurrent and self.in_flight >= self.max_concurrent:
+            message = f"key {self.name!r} already has {self.in_flight} requests in flight"
+            raise RateLimited(message, "max_concurrent", 1)
+        if self.requests_per_minute:
+            rate = self.requests_per_minute / 60
+            self.bucket = min(self.requests_per_minute, self.bucket + (now - self.refilled) * rate)
+            self.refilled = now
+            if self.bucket < 1:
+                message = f"key {self.name!r} is limited to {self.requests_per_minute} requests a minute"
+                raise RateLimited(message, "requests_per_minute", (1 - self.bucket) / rate)
+            self.bucket -= 1
+
+
+def digest_of(secret: str) -> bytes:
+    """The SHA-256 of a key as presented (surrogate-escaped bytes for non-UTF-8 headers)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+class KeyRing:
+    """The configured keys. Empty: authentication is off."""
+
+    @classmethod
+    def from_config(cls, auth: AuthSection) -> KeyRing:
+        """The keys of ``[auth]``: ``api_keys`` (named ``key-N``), ``admin_keys`` (``admin-N``), ``[[auth.keys]]``."""
+        keys = [Key(f"key-{i}", digest_of(k), frozenset({"inference"})) for i, k in enumerate(auth.api_keys, 1)]
+        keys += [Key(f"admin-{i}", digest_of(k), frozenset({"admin"})) for i, k in enumerate(auth.admin_keys, 1)]
+        for entry in auth.keys:
+            digest = bytes.fromhex(entry.sha256) if entry.sha256 else digest_of(entry.key)
+            keys.append(
+                Key(
+                    entry.name,
+                    digest,
+                    frozenset(entry.scopes),
+                    requests_per_minute=entry.requests_per_minute,
+                    max_concurrent=entry.max_concurrent,
+                    tokens_per_hour=entry.tokens_per_hour,
+                    bucket=float(entry.requests_per_minute),
+                )
+            )
+        return cls(keys)
+
+    def __init__(self, keys: list[Key]) -> None:
+        self.keys = keys
+        self.admin_configured = any("admin" in k.scopes for k in keys)
+
+    def find(self, presented: str) -> Key | None:
+        """The key ``presented`` is, compared in constant time against every key."""
+        digest, found = digest_of(presented), None
+        for key in self.keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+
+def _presented(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+def key_middleware(
+    ring: KeyRing, registry: CollectorRegistry, *, scope_of: Callable[[web.Request], str | None]
+) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+    """The middleware (none when no key is configured). ``scope_of(request)``: the scope a route needs
+    (``inference``, ``admin``, ``any``), or ``None`` when it is open."""
+    if not ring.keys:
+        return []
+    requests = Counter("helexa_gateway_key_requests", "Requests admitted, by key name.", ("key",), registry=registry)
+    tokens = Counter("helexa_gateway_key_tokens", "Tokens used, by key name.", ("key",), registry=registry)
+    refused = Counter(
+        "helexa_gateway_key_rejections", "Requests refused by a key's limits.", ("key", "reason"), registry=registry
+    )
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scope = scope_of(request)
+        if scope is None:
+            return await handler(request)
+        presented = _presented(request)
+        if not presented:
+            raise AuthenticationError(
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        key = ring.find(presented)
+        if key is None:
+            raise AuthenticationError("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if scope == "admin" and "admin" not in key.scopes:
+            closed = "" if ring.admin_configured else " (none is configured: set [auth] admin_keys)"
+            raise PermissionDenied(f"this route needs a key with the admin scope{closed}")
+        if scope == "inference" and "inference" not in key.scopes:
+            raise PermissionDenied(f"key {key.name!r} has no inference scope")
+        try:
+            key.admit(time.monotonic())
+        except RateLimited as exc:
+            refused.labels(key.name, exc.reason).inc()
+            raise
+        requests.labels(key.name).inc()
+        request[key_name_key] = key.name
+        usage = request[key_usage_key] = KeyUsage()
+        key.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            key.in_flight -= 1
+            if usage.tokens:
+                key.hour_tokens += usage.tokens
+                tokens.labels(key.name).inc(usage.tokens)
+
+    return [middleware]

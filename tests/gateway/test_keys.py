@@ -1,0 +1,91 @@
+"""Keys with scopes and limits: inference vs admin, hashed keys, 429 with Retry-After, metrics by key name."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from prometheus_client import generate_latest
+
+from helexa.server.app import registry_key
+from tests.fakes.fake_neuron import FakeNeuron
+from tests.gateway.test_gateway import metric
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_admin_routes_need_an_admin_key(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a], auth={"api_keys": ["sk-user"], "admin_keys": ["sk-admin"]})
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-user"))).status == 200
+    resp = await client.post("/admin/models/m/unload", headers=bearer("sk-user"))
+    assert resp.status == 403 and (await resp.json())["error"]["type"] == "permission_error"
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-admin"))).status == 403
+    assert (await client.post("/admin/models/m/unload", headers=bearer("sk-admin"))).status == 200
+    assert (await client.get("/fleet", headers=bearer("sk-admin"))).status == 200
+    assert (await client.get("/fleet")).status == 401
+
+
+async def test_with_auth_on_and_no_admin_key_admin_routes_are_closed(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a], auth={"api_keys": ["sk-user"]})
+    resp = await client.post("/admin/models/m/unload", headers=bearer("sk-user"))
+    assert resp.status == 403 and "admin_keys" in (await resp.json())["error"]["message"]
+    assert a.unloads == []
+
+
+async def test_a_key_stored_as_its_sha256_works_and_metrics_name_it_never_show_it(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    secret = "sk-very-secret-123"
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    client, _ = await fleet([a], auth={"keys": [{"name": "ci-bot", "sha256": digest}]})
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": secret})).status == 200
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer(secret + "x"))).status == 401
+    exported = generate_latest(client.app[registry_key]).decode()
+    assert metric(exported, "helexa_gateway_key_requests_total", key="ci-bot") == 1
+    assert metric(exported, "helexa_gateway_key_tokens_total", key="ci-bot") > 0
+    assert secret not in exported and digest not in exported
+
+
+async def test_requests_per_minute_is_a_429_with_retry_after(fleet):
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a], auth={"keys": [{"name": "slow", "key": "sk-s", "requests_per_minute": 2}]})
+    for _ in range(2):
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-s"))).status == 200
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-s"))
+    assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 30
+    error = (await resp.json())["error"]
+    assert error["type"] == "rate_limit_error" and "2 requests a minute" in error["message"]
+    resp = await client.post("/v1/messages", json={**CHAT, "max_tokens": 5}, headers=bearer("sk-s"))
+    assert resp.status == 429 and (await resp.json())["error"]["type"] == "rate_limit_error"  # Anthropic's envelope
+    exported = generate_latest(client.app[registry_key]).decode()
+    assert metric(exported, "helexa_gateway_key_rejections_total", key="slow", reason="requests_per_minute") == 2
+
+
+async def test_max_concurrent_and_tokens_per_hour(fleet):
+    a = FakeNeuron("a", chunk_delay=0.1)
+    a.preload("m")
+    keys = [
+        {"name": "one-at-a-time", "key": "sk-1", "max_concurrent": 1},
+        {"name": "budget", "key": "sk-b", "tokens_per_hour": 5},
+    ]
+    client, _ = await fleet([a], auth={"keys": keys})
+    slow = asyncio.create_task(
+        client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer("sk-1"))
+    )
+    await asyncio.sleep(0.05)
+    second = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-1"))
+    assert second.status == 429 and second.headers["Retry-After"] == "1"
+    await (await slow).read()
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-1"))).status == 200
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))).status == 200  # 7+ tokens
+    over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
+    assert over.status == 429 and "5 tokens this hour" in (await over.json())["error"]["message"]
