@@ -91,6 +91,12 @@ async def run(args: argparse.Namespace) -> None:
         f'metrics_listen = "127.0.0.1:{metrics_port}"\npoll_interval_seconds = 1.0\n'
         f'[[neurons]]\nname = "fast"\nendpoint = "http://127.0.0.1:{neuron_port}"\n'
     )
+    if args.auth:  # a named key with every limit on (none is reached): the cost of checking them
+        with config.open("a") as fh:
+            fh.write(
+                '[[auth.keys]]\nname = "bench"\nkey = "sk-bench"\nrequests_per_minute = 100000000\n'
+                "max_concurrent = 100000\ntokens_per_hour = 1000000000000\n"
+            )
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = {
         "neuron": subprocess.Popen(
@@ -120,7 +126,8 @@ async def run(args: argparse.Namespace) -> None:
     rows = []
     try:
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        headers = {"Authorization": "Bearer sk-bench"} if args.auth else {}
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
             for url in urls.values():
                 await wait_ready(session, url)
             for stream, count in ((False, args.requests), (True, args.streams)):
@@ -176,6 +183,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per load; medians are printed")
+    parser.add_argument("--auth", action="store_true", help="a named API key with limits on the gateway")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -12,7 +12,7 @@ import hashlib
 
 import msgspec
 
-__all__ = ["PREFIX_BYTES", "anthropic_session", "conversation_key"]
+__all__ = ["PREFIX_BYTES", "Conversation", "anthropic_session", "conversation_key"]
 
 PREFIX_BYTES = 2048
 _decoder = msgspec.json.Decoder()
@@ -23,6 +23,28 @@ def conversation_key(body: bytes, named: str = "") -> str:
     if named:
         return "n:" + named
     return "p:" + hashlib.blake2b(body[:PREFIX_BYTES], digest_size=12).hexdigest()
+
+
+class Conversation:
+    """A request's conversation, named lazily: the key is computed only where a model has several replicas
+    (a single replica needs no choice), so the common case costs nothing."""
+
+    __slots__ = ("_body", "_key", "_named")
+
+    def __init__(self, body: bytes, named: str = "") -> None:
+        self._body, self._named, self._key = body, named, ""
+
+    @property
+    def key(self) -> str:
+        """The conversation key (computed on first use)."""
+        if not self._key:
+            self._key = conversation_key(self._body, self._named)
+        return self._key
+
+    @property
+    def keyed(self) -> bool:
+        """Whether routing needed the key (then the replica that serves it is worth remembering)."""
+        return bool(self._key)
 
 
 def anthropic_session(user_id: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from helexa.gateway.affinity import anthropic_session, conversation_key
+from helexa.gateway.affinity import Conversation, anthropic_session
 from helexa.gateway.forward import lifecycle_key
 from helexa.gateway.translation import ignored_tools_note, serve_translated
 from helexa.server.app import json_response
@@ -48,7 +48,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         whole=lambda chat: to_anthropic_message(chat, req, req.model),
         keepalive=_PING,
         headers=ignored_tools_note(request, req.model, dropped),
-        conversation=conversation_key(raw, session or request.headers.get("x-claude-code-session-id", "")),
+        conversation=Conversation(raw, session or request.headers.get("x-claude-code-session-id", "")),
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from helexa.config import Config
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
@@ -23,7 +24,7 @@ from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
 from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
-from helexa.server.keys import KeyRing, key_middleware
+from helexa.server.keys import KeyGuard, KeyRing
 from helexa.server.version import VersionInfo
 
 __all__ = ["make_gateway_app"]
@@ -41,10 +42,15 @@ def _scope(request: web.Request) -> str | None:
 
 def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     """Build the gateway API app for ``cfg``."""
+    prometheus = CollectorRegistry()
     app = base_app(
-        role="gateway", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024, serve_metrics=False
+        role="gateway",
+        version=version,
+        max_body_bytes=cfg.server.max_body_mb * 1024 * 1024,
+        registry=prometheus,
+        serve_metrics=False,
+        guards=[KeyGuard(KeyRing.from_config(cfg.auth), prometheus, scope_of=_scope)],
     )
-    app.middlewares.extend(key_middleware(KeyRing.from_config(cfg.auth), app[registry_key], scope_of=_scope))
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
+from helexa.gateway.affinity import Conversation
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.proxy import Exchange
 from helexa.gateway.registry import NeuronState
@@ -39,13 +40,13 @@ async def forward(
     path: str,
     body: bytes,
     exchange: Exchange,
-    affinity: str = "",
+    conversation: Conversation | None = None,
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
     """POST ``body`` to ``path`` on a neuron serving ``model_id``; yield the open response and the neuron.
 
     A neuron that cannot be reached is marked down and another replica is tried, as long as nothing has been
     sent to the client. The request counts as in flight on that neuron until the block exits. The neuron that
-    answers is remembered for conversation ``affinity`` (prefix affinity).
+    answers is remembered for ``conversation`` (prefix affinity).
 
     :raises UpstreamError: no replica could be reached.
     """
@@ -69,7 +70,7 @@ async def forward(
             if other is None:
                 raise
             state = other
-    lifecycle.remember(model_id, affinity, state.name)
+    lifecycle.remember(model_id, conversation, state.name)
     series = metrics.series(model_id, state.name)
     state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
     series.in_flight.inc()

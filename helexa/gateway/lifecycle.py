@@ -21,6 +21,7 @@ import msgspec
 
 from helexa.config import ModelEntry
 from helexa.errors import HelexaError, NotFound, Overloaded
+from helexa.gateway.affinity import Conversation
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.placement import EvictionPlan, could_fit, pick_replica, place, plan_eviction
 from helexa.gateway.poller import poll_once
@@ -33,6 +34,15 @@ __all__ = ["Lifecycle", "NoCapacity"]
 logger = logging.getLogger(__name__)
 AFFINITY_ENTRIES = 8192  # conversations remembered for prefix affinity
 FIRST_POLL_WAIT_S = 15.0  # longest a request waits, at start-up, for the first poll of every neuron
+
+
+def _not_found(requested: str) -> NotFound:
+    return NotFound(
+        f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
+        "GET /v1/models lists the models",
+        param="model",
+        code="model_not_found",
+    )
 
 
 class NoCapacity(HelexaError):
@@ -74,22 +84,27 @@ class Lifecycle:
 
     # ------------------------------------------------------------------------------------------ routing
 
-    def choose(self, model_id: str, exclude: frozenset[str] = frozenset(), affinity: str = "") -> NeuronState | None:
+    def choose(
+        self, model_id: str, exclude: frozenset[str] = frozenset(), conversation: Conversation | None = None
+    ) -> NeuronState | None:
         """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``), or the one that
-        served conversation ``affinity`` last unless it is much busier (prefix affinity)."""
+        served ``conversation`` last unless it is much busier (prefix affinity)."""
         replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
         if len(replicas) <= 1:
             return replicas[0] if replicas else None
-        preferred = self._affinity.get((model_id, affinity)) if affinity and self.affinity else None
+        preferred = None
+        if conversation is not None and self.affinity:
+            preferred = self._affinity.get((model_id, conversation.key))
         # this gateway's requests in flight plus what the engine itself reports as queued
         loads = [(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas]
         return self.registry.neurons[pick_replica(loads, preferred)]
 
-    def remember(self, model_id: str, affinity: str, neuron: str) -> None:
-        """Note that ``neuron`` served conversation ``affinity`` of ``model_id`` (bounded, oldest forgotten)."""
-        if not affinity:
+    def remember(self, model_id: str, conversation: Conversation | None, neuron: str) -> None:
+        """Note that ``neuron`` served ``conversation`` of ``model_id`` (bounded, oldest forgotten); only where
+        routing had a choice to make."""
+        if conversation is None or not conversation.keyed:
             return
-        key = (model_id, affinity)
+        key = (model_id, conversation.key)
         self._affinity[key] = neuron
         self._affinity.move_to_end(key)
         while len(self._affinity) > AFFINITY_ENTRIES:
@@ -104,30 +119,33 @@ class Lifecycle:
         """
         model_id = self.registry.resolve(requested)
         if not self.registry.first_round.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
-        if self.choose(model_id) is None and model_id not in self.registry.catalogue:
-            raise NotFound(
-                f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
-                "GET /v1/models lists the models",
-                param="model",
-                code="model_not_found",
-            )
+            await self._first_round()
+        if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
+            raise _not_found(requested)
         return model_id
 
-    async def route(self, requested: str, affinity: str = "") -> tuple[str, NeuronState]:
+    async def _first_round(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
+
+    async def route(self, requested: str, conversation: Conversation | None = None) -> tuple[str, NeuronState]:
         """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed;
-        ``affinity`` names the conversation (see :meth:`choose`).
+        ``conversation`` is for prefix affinity (see :meth:`choose`).
 
         :raises NotFound: the model is neither in the catalogue nor loaded anywhere.
         :raises Overloaded: too many requests wait for this model's load, or it took too long.
         :raises NoCapacity: no neuron can take it, even after evictions.
         """
-        model_id = await self.check(requested)
-        state = self.choose(model_id, affinity=affinity)
+        model_id = self.registry.resolve(requested)
+        if not self.registry.first_round.is_set():
+            await self._first_round()
+        state = self.choose(model_id, conversation=conversation)
         if state is not None:
             return model_id, state
-        name = await self.ensure_loaded(self.registry.catalogue[model_id])
+        entry = self.registry.catalogue.get(model_id)
+        if entry is None:
+            raise _not_found(requested)
+        name = await self.ensure_loaded(entry)
         return model_id, self.registry.neurons[name]
 
     async def ensure_loaded(self, entry: ModelEntry) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from helexa.errors import HelexaError
-from helexa.gateway.affinity import conversation_key
+from helexa.gateway.affinity import Conversation
 from helexa.gateway.translation import Translator, ignored_tools_note, serve_translated
 from helexa.translate.responses import (
     ResponsesStream,
@@ -36,7 +36,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         whole=lambda chat: to_response(chat, req, req.model, tools),
         error_event=_failed,
         headers=ignored_tools_note(request, req.model, tools.dropped),
-        conversation=conversation_key(raw, req.prompt_cache_key or req.user or ""),
+        conversation=Conversation(raw, req.prompt_cache_key or req.user or ""),
     )
 
 

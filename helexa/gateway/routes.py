@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from helexa.errors import NotFound
-from helexa.gateway.affinity import conversation_key
+from helexa.gateway.affinity import Conversation
 from helexa.gateway.catalogue import fleet_report, model_cards
 from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe, session_key
 from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, keepalive_seconds_key, open_event_stream
@@ -31,12 +31,12 @@ async def inference(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     head = decode_head(body)
     lifecycle = request.app[lifecycle_key]
-    conversation = conversation_key(body, head.prompt_cache_key or head.user)
+    conversation = Conversation(body, head.prompt_cache_key or head.user)
     if not head.stream:
         model_id, state = await lifecycle.route(head.model, conversation)
         body, _ = prepare_body(body, head.model, model_id, stream=False, wants_usage=False)
         async with forward(
-            request, model_id, state, path=request.path, body=body, exchange=exchange, affinity=conversation
+            request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
         ) as (up, state):
             response = await relay(request, up, hide_usage=False, exchange=exchange)
         observe(request, model_id, state.name, exchange)
@@ -47,7 +47,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
         model_id, state = await lifecycle.route(head.model, conversation)
         body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
         async with forward(
-            request, model_id, state, path=request.path, body=body, exchange=exchange, affinity=conversation
+            request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
         ) as (up, state):
             await waiting.stop()
             await relay_stream(response, up, hide_usage=injected, exchange=exchange)

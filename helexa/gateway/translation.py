@@ -21,6 +21,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
+from helexa.gateway.affinity import Conversation
 from helexa.gateway.forward import forward, lifecycle_key, observe
 from helexa.gateway.keepalive import KeepAlive, keepalive_seconds_key, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
@@ -135,7 +136,7 @@ async def serve_translated(
     keepalive: bytes = b"",
     error_event: Callable[[HelexaError, Translator], bytes] | None = None,
     headers: dict[str, str] | None = None,
-    conversation: str = "",
+    conversation: Conversation | None = None,
 ) -> web.StreamResponse:
     """Serve a request of another dialect: route ``model``, send ``chat_request(model_id)`` as a chat
     completion, and answer with ``stream()``'s events (when streaming) or ``whole(chat)`` (when not).
@@ -189,12 +190,12 @@ async def _open(
     chat_request: Callable[[str], dict[str, Any]],
     exchange: Exchange,
     *,
-    conversation: str,
+    conversation: Conversation | None,
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
     body = _encoder.encode(chat_request(model_id))
     path = "/v1/chat/completions"
     async with forward(
-        request, model_id, state, path=path, body=body, exchange=exchange, affinity=conversation
+        request, model_id, state, path=path, body=body, exchange=exchange, conversation=conversation
     ) as opened:
         upstream = opened[0]
         if upstream.status != 200:

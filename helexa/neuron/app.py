@@ -33,8 +33,8 @@ from helexa.neuron.routes import (
     started_key,
 )
 from helexa.server.app import base_app, cancel_all, registry_key
-from helexa.server.auth import bearer_auth
-from helexa.server.browser_guard import browser_guard, known_host_names
+from helexa.server.auth import BearerGuard
+from helexa.server.browser_guard import BrowserGuard, known_host_names
 from helexa.server.version import VersionInfo
 
 __all__ = ["make_neuron_app"]
@@ -53,10 +53,12 @@ def _protected(request: web.Request) -> bool:
 
 def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type[Harness]]) -> web.Application:
     """Build the neuron app for ``cfg`` with the installed ``harnesses``."""
-    app = base_app(role="neuron", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024)
     listen_host = cfg.neuron.listen.rsplit(":", 1)[0].strip("[]")
-    app.middlewares.append(browser_guard(known_host_names([listen_host, *cfg.neuron.allowed_hosts])))
-    app.middlewares.extend(bearer_auth([cfg.neuron.token], protected=_protected, what="neuron token"))
+    guards = [
+        BrowserGuard(known_host_names([listen_host, *cfg.neuron.allowed_hosts])),
+        BearerGuard([cfg.neuron.token], protected=_protected, what="neuron token"),
+    ]
+    app = base_app(role="neuron", version=version, max_body_bytes=cfg.server.max_body_mb * 1024 * 1024, guards=guards)
     metrics = NeuronMetrics(app[registry_key])
     app[neuron_metrics_key] = metrics
 

@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import UpstreamError
+from helexa.errors import UpstreamError, openai_type_for_status
 from helexa.neuron.normaliser import ChatNormaliser, Markers, SSENormaliser
 from helexa.server.upstream import open_upstream, response_headers
 from helexa.sse import EventFramer
@@ -79,6 +79,9 @@ async def _forward(
             raise UpstreamError(f"engine response broke off: {exc}") from None
         if normalise and upstream.status == 200 and upstream.content_type == "application/json":
             data = _normalise_body(data, markers, offered)
+        elif upstream.status >= 400 and upstream.content_type != "application/json":
+            data = _engine_error(upstream.status, data)  # llama.cpp's "404: Not Found" is text/plain
+            out_headers["Content-Type"] = "application/json"
         return web.Response(status=upstream.status, body=data, headers=out_headers)
     response = web.StreamResponse(status=upstream.status, headers=out_headers)
     response.headers["Cache-Control"] = "no-cache"
@@ -96,6 +99,18 @@ async def _forward(
         await response.write(tail)
     await response.write_eof()
     return response
+
+
+def _engine_error(status: int, data: bytes) -> bytes:
+    """An engine's non-JSON error answer in the OpenAI envelope (its status and words kept)."""
+    text = data.decode(errors="replace").strip()[:1000] or f"HTTP {status}"
+    error = {
+        "message": f"engine: {text}",
+        "type": openai_type_for_status(status),
+        "param": None,
+        "code": "engine_error",
+    }
+    return msgspec.json.encode({"error": error})
 
 
 def _normalise_body(data: bytes, markers: Markers, offered: frozenset[str]) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -17,7 +17,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from helexa.metrics import HttpMetrics
-from helexa.server.middlewares import on_response_prepare, request_middleware, role_key
+from helexa.server import parse_errors
+from helexa.server.middlewares import Guard, on_response_prepare, request_middleware, role_key
 from helexa.server.version import VersionInfo
 
 __all__ = ["base_app", "cancel_all", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
@@ -63,6 +64,7 @@ def base_app(
     max_body_bytes: int,
     registry: CollectorRegistry | None = None,
     serve_metrics: bool = True,
+    guards: Sequence[Guard] = (),
 ) -> web.Application:
     """A new Application for ``role`` with the shared middlewares and routes.
 
@@ -70,11 +72,13 @@ def base_app(
         before reading, and enforced while reading for chunked bodies).
     :param registry: the app's own Prometheus registry (a fresh one when ``None``).
     :param serve_metrics: ``False`` when metrics are served by a separate :func:`metrics_app`.
+    :param guards: checks every request passes first, in order (see :class:`Guard`).
     """
+    parse_errors.install()
     metrics = HttpMetrics(registry if registry is not None else CollectorRegistry(), role, version)
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe)],
+        middlewares=[request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe, guards=guards)],
     )
     app[role_key] = role
     app[max_body_key] = max_body_bytes

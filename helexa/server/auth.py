@@ -15,9 +15,8 @@ from pathlib import Path
 from aiohttp import web
 
 from helexa.errors import AuthenticationError
-from helexa.server.middlewares import Handler
 
-__all__ = ["bearer_auth", "load_or_create_token", "presented_token"]
+__all__ = ["BearerGuard", "load_or_create_token", "presented_token"]
 
 
 def load_or_create_token(path: Path) -> tuple[str, bool]:
@@ -50,28 +49,33 @@ def presented_token(request: web.Request, *, allow_x_api_key: bool = False) -> s
     return ""
 
 
-def bearer_auth(
-    tokens: Sequence[str],
-    *,
-    protected: Callable[[web.Request], bool],
-    allow_x_api_key: bool = False,
-    what: str = "token",
-) -> list[Callable[[web.Request, Handler], object]]:
-    """Middlewares (none when ``tokens`` is empty) requiring one of ``tokens`` where ``protected(request)``."""
-    expected = [t.encode() for t in tokens if t]
+class BearerGuard:
+    """Requires one of ``tokens`` where ``protected(request)`` (a :class:`helexa.server.middlewares.Guard`).
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if protected(request):
-            # surrogateescape: header bytes that are not UTF-8 are a wrong key (401), not a crash
-            given = presented_token(request, allow_x_api_key=allow_x_api_key).encode("utf-8", "surrogateescape")
-            if not given:
-                raise AuthenticationError(
-                    f"missing {what}: send 'Authorization: Bearer <{what}>'",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if not any(hmac.compare_digest(given, t) for t in expected):
-                raise AuthenticationError(f"invalid {what}", headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
+    Nothing is required when ``tokens`` holds none. Compared in constant time; header bytes that are not
+    UTF-8 are a wrong token (401), not a crash.
+    """
 
-    return [middleware] if expected else []
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        *,
+        protected: Callable[[web.Request], bool],
+        allow_x_api_key: bool = False,
+        what: str = "token",
+    ) -> None:
+        self.expected = [t.encode() for t in tokens if t]
+        self.protected, self.allow_x_api_key, self.what = protected, allow_x_api_key, what
+
+    def enter(self, request: web.Request) -> None:
+        """Admit ``request`` or raise :class:`AuthenticationError`."""
+        if not self.expected or not self.protected(request):
+            return
+        given = presented_token(request, allow_x_api_key=self.allow_x_api_key).encode("utf-8", "surrogateescape")
+        if not given:
+            raise AuthenticationError(
+                f"missing {self.what}: send 'Authorization: Bearer <{self.what}>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not any(hmac.compare_digest(given, t) for t in self.expected):
+            raise AuthenticationError(f"invalid {self.what}", headers={"WWW-Authenticate": "Bearer"})

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from helexa.errors import PermissionDenied, UnsupportedMediaType
 
-__all__ = ["browser_guard", "known_host_names"]
+__all__ = ["BrowserGuard", "known_host_names"]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -53,23 +52,26 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def browser_guard(allowed_hosts: Collection[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The middleware; ``allowed_hosts`` are the names (besides IP addresses) the ``Host`` header may carry."""
-    allowed = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+class BrowserGuard:
+    """The checks above, as a :class:`helexa.server.middlewares.Guard`; ``allowed_hosts`` are the names
+    (besides IP addresses and ``*.localhost``) the ``Host`` header may carry."""
 
-    def known(name: str) -> bool:
-        return _is_ip(name) or name.rstrip(".") in allowed or name.endswith(".localhost")
+    def __init__(self, allowed_hosts: Collection[str]) -> None:
+        self.allowed = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def _known(self, name: str) -> bool:
+        return _is_ip(name) or name.rstrip(".") in self.allowed or name.endswith(".localhost")
+
+    def enter(self, request: web.Request) -> None:
+        """Admit ``request`` or raise 403 / 415."""
         host = _host_name(request.headers.get("Host", ""))
-        if not known(host):
+        if not self._known(host):
             raise PermissionDenied(
                 f"Host {host[:100]!r} is not a name of this daemon; add it to allowed_hosts if clients use it",
                 code="host_not_allowed",
             )
         origin = request.headers.get("Origin")
-        if origin is not None and not known(_host_name(urlsplit(origin).netloc or origin)):
+        if origin is not None and not self._known(_host_name(urlsplit(origin).netloc or origin)):
             raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
         if request.headers.get("Sec-Fetch-Site") == "cross-site":
             raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
@@ -79,6 +81,3 @@ def browser_guard(allowed_hosts: Collection[str]) -> Callable[[web.Request, Hand
                 raise UnsupportedMediaType(
                     f"send the body as JSON with 'Content-Type: application/json' (got {kind[:80]!r})",
                 )
-        return await handler(request)
-
-    return middleware

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -24,16 +24,15 @@ from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
 
 __all__ = [
     "Key",
+    "KeyGuard",
     "KeyRing",
     "KeyUsage",
     "RateLimited",
     "digest_of",
-    "key_middleware",
     "key_name_key",
     "key_usage_key",
 ]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 key_name_key = web.RequestKey("key_name_key", str)
 
 
@@ -146,53 +145,59 @@ def _presented(request: web.Request) -> str:
     return request.headers.get("x-api-key", "").strip()
 
 
-def key_middleware(
-    ring: KeyRing, registry: CollectorRegistry, *, scope_of: Callable[[web.Request], str | None]
-) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
-    """The middleware (none when no key is configured). ``scope_of(request)``: the scope a route needs
-    (``inference``, ``admin``, ``any``), or ``None`` when it is open."""
-    if not ring.keys:
-        return []
-    requests = Counter("helexa_gateway_key_requests", "Requests admitted, by key name.", ("key",), registry=registry)
-    tokens = Counter("helexa_gateway_key_tokens", "Tokens used, by key name.", ("key",), registry=registry)
-    refused = Counter(
-        "helexa_gateway_key_rejections", "Requests refused by a key's limits.", ("key", "reason"), registry=registry
-    )
+class KeyGuard:
+    """Keys, scopes and limits as a :class:`helexa.server.middlewares.Guard`. ``scope_of(request)``: the scope a
+    route needs (``inference``, ``admin``, ``any``), or ``None`` when it is open. Off when no key is configured."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        scope = scope_of(request)
+    def __init__(
+        self, ring: KeyRing, registry: CollectorRegistry, *, scope_of: Callable[[web.Request], str | None]
+    ) -> None:
+        self.ring, self.scope_of = ring, scope_of
+        self._requests = Counter(
+            "helexa_gateway_key_requests", "Requests admitted, by key name.", ("key",), registry=registry
+        )
+        self._tokens = Counter("helexa_gateway_key_tokens", "Tokens used, by key name.", ("key",), registry=registry)
+        self._refused = Counter(
+            "helexa_gateway_key_rejections", "Requests refused by a key's limits.", ("key", "reason"), registry=registry
+        )
+        self._series = {k.name: (self._requests.labels(k.name), self._tokens.labels(k.name)) for k in ring.keys}
+
+    def enter(self, request: web.Request) -> Callable[[], None] | None:
+        """Admit ``request`` (401, 403 or 429 otherwise); the returned callable releases it."""
+        if not self.ring.keys:
+            return None
+        scope = self.scope_of(request)
         if scope is None:
-            return await handler(request)
+            return None
         presented = _presented(request)
         if not presented:
             raise AuthenticationError(
                 "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        key = ring.find(presented)
+        key = self.ring.find(presented)
         if key is None:
             raise AuthenticationError("invalid API key", headers={"WWW-Authenticate": "Bearer"})
         if scope == "admin" and "admin" not in key.scopes:
-            closed = "" if ring.admin_configured else " (none is configured: set [auth] admin_keys)"
+            closed = "" if self.ring.admin_configured else " (none is configured: set [auth] admin_keys)"
             raise PermissionDenied(f"this route needs a key with the admin scope{closed}")
         if scope == "inference" and "inference" not in key.scopes:
             raise PermissionDenied(f"key {key.name!r} has no inference scope")
         try:
             key.admit(time.monotonic())
         except RateLimited as exc:
-            refused.labels(key.name, exc.reason).inc()
+            self._refused.labels(key.name, exc.reason).inc()
             raise
-        requests.labels(key.name).inc()
+        requests, tokens = self._series[key.name]
+        requests.inc()
         request[key_name_key] = key.name
         usage = request[key_usage_key] = KeyUsage()
         key.in_flight += 1
-        try:
-            return await handler(request)
-        finally:
+
+        def release() -> None:
             key.in_flight -= 1
             if usage.tokens:
                 key.hour_tokens += usage.tokens
-                tokens.labels(key.name).inc(usage.tokens)
+                tokens.inc(usage.tokens)
 
-    return [middleware]
+        return release

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from helexa.wire import ModelId
+
 __all__ = [
     "AnthropicRequest",
     "Block",
@@ -134,7 +136,7 @@ class Metadata(_Base):
 class AnthropicRequest(_Base):
     """The body of ``POST /v1/messages``."""
 
-    model: str
+    model: ModelId
     max_tokens: int
     messages: list[Message]
     system: str | list[TextBlock] = ""
@@ -155,7 +157,7 @@ class AnthropicRequest(_Base):
 class CountTokensRequest(_Base):
     """The body of ``POST /v1/messages/count_tokens``: a request without ``max_tokens``."""
 
-    model: str
+    model: ModelId
     messages: list[Message]
     system: str | list[TextBlock] = ""
     tools: list[Tool] = []

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from helexa.errors import InvalidRequest
-from helexa.wire import decode_request_body
+from helexa.wire import ModelId, decode_request_body
 
 __all__ = [
     "ResponsesRequest",
@@ -115,7 +115,7 @@ class ToolSet:
 class ResponsesRequest(_Base):
     """The body of ``POST /v1/responses``."""
 
-    model: str
+    model: ModelId
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     tools: list[FunctionTool] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from helexa.errors import InvalidRequest
-from helexa.wire import WireStruct, decode_request_body
+from helexa.wire import ModelId, WireStruct, decode_request_body
 
 __all__ = ["InferenceHead", "decode_head"]
 
@@ -13,7 +13,7 @@ __all__ = ["InferenceHead", "decode_head"]
 class InferenceHead(WireStruct):
     """The only fields of an inference request the neuron and gateway read."""
 
-    model: str = ""
+    model: ModelId = ""
     stream: bool = False
     user: str = ""  # with prompt_cache_key: names the conversation for prefix affinity
     prompt_cache_key: str = ""

@@ -54,3 +54,13 @@ async def test_control_bytes_in_a_source_are_refused_and_leave_no_record(neuron)
     _, manager = engine(client)
     assert "nul" not in manager.records
     assert all(m["status"] != "loading" for m in (await (await client.get("/models")).json())["models"])
+
+
+async def test_an_engines_text_error_reaches_the_client_as_json_with_its_status(neuron):
+    client = await neuron()
+    assert (await load(client)).status == 200
+    resp = await client.post("/v1/completions", json={"model": "fake-model", "prompt": "x"})  # the fake has no route
+    assert resp.status == 404 and resp.content_type == "application/json"
+    assert resp.headers["x-helexa-origin"] == "engine"
+    error = (await resp.json())["error"]
+    assert error["message"] == "engine: 404: Not Found" and error["code"] == "engine_error"

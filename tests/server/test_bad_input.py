@@ -86,3 +86,28 @@ async def test_non_utf8_credentials_are_a_401(daemons, header):
     answer = await asyncio.to_thread(raw_request, port, head)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b'"authentication_error"' in answer
+
+
+RAW = {
+    "garbage request line": b"HELLO WORLD\r\n\r\n",
+    "header too large": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    "bad chunk size": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    "length and chunked": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "deflate that is not": b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Encoding: deflate\r\nContent-Length: 9\r\n\r\nnot zlib!",
+}
+
+
+@pytest.mark.parametrize("case", list(RAW))
+async def test_http_level_errors_are_json_and_the_daemon_serves_on(daemons, case):
+    gateway, neuron = daemons
+    for client in (gateway, neuron):
+        answer = await asyncio.to_thread(raw_request, client.server.port, RAW[case])
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        assert 400 <= status < 500, head[:100]
+        assert b"application/json" in head.lower(), head
+        assert b'"error"' in body
+        assert (await client.get("/healthz")).status == 200

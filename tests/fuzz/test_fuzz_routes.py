@@ -1,0 +1,194 @@
+"""A seeded, time-bounded fuzz run over every route of both daemons: no input may produce a 5xx.
+
+Requests are mutations of a valid request per route — a field replaced by random JSON, removed, or given a
+wrong type deep inside, bodies truncated, nested thousands deep or not UTF-8, odd path parameters — plus raw
+random bytes. Every answer must be a non-5xx; every error must be JSON in the envelope of its API (Anthropic's
+on ``/v1/messages``). Afterwards both daemons still answer a good request. ``HELEXA_FUZZ_REQUESTS`` and
+``HELEXA_FUZZ_SEED`` change the run (defaults: 6000 requests, seed 20261124).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from urllib.parse import quote
+
+import pytest
+
+from helexa.gateway.app import make_gateway_app
+from helexa.neuron.app import make_neuron_app
+from tests.conftest import make_config
+from tests.fakes.fake_harness import FakeHarness
+
+REQUESTS = int(os.environ.get("HELEXA_FUZZ_REQUESTS", "6000"))
+SEED = int(os.environ.get("HELEXA_FUZZ_SEED", "20261124"))
+TIME_LIMIT_S = 150.0
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+GATEWAY_POSTS = {
+    "/v1/chat/completions": {"model": "m", "messages": MESSAGES, "stream": True, "tools": TOOLS},
+    "/v1/completions": {"model": "m", "prompt": "hi", "max_tokens": 3},
+    "/v1/embeddings": {"model": "m", "input": "hi"},
+    "/v1/messages": {
+        "model": "m",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "system", "content": "s"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "auto"},
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "metadata": {"user_id": '{"session_id": "s"}'},
+    },
+    "/v1/messages/count_tokens": {"model": "m", "messages": MESSAGES},
+    "/v1/responses": {
+        "model": "m",
+        "input": [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "x"}]}],
+        "tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "g"}]}],
+        "reasoning": {"summary": "auto"},
+        "stream": True,
+    },
+    "/admin/models/m/load": {},
+    "/admin/models/m/unload": {},
+}
+NEURON_POSTS = {
+    "/models/load": {"model_id": "m", "harness": "fake", "source": "nope.gguf", "options": {"flags": []}},
+    "/models/unload": {"model_id": "m", "full": True},
+    "/tokenize": {"model": "m", "messages": MESSAGES},
+    "/v1/chat/completions": {"model": "m", "messages": MESSAGES},
+    "/v1/completions": {"model": "m", "prompt": "x"},
+    "/v1/embeddings": {"model": "m", "input": "x"},
+}
+GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}"]
+NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models"]
+
+
+def random_json(rng: random.Random, depth: int = 0):
+    kind = rng.randrange(9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**63, -(2**70), 10**30, 7])
+    if kind == 3:
+        return rng.choice([0.5, -1e308, 1e-300, 3.0])
+    if kind in (4, 5):
+        return random_text(rng)
+    if kind == 6:
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == 7:
+        return {random_text(rng): random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return {"type": rng.choice(["text", "image", "tool_use", "function", "namespace", "web_search", "bogus"])}
+
+
+def random_text(rng: random.Random) -> str:
+    pool = ["", "m", "x" * rng.randrange(1, 600), "\u0000", "../../etc/passwd", "é🙂", "\ud800"[:0], "a/b", " ", "\n"]
+    pool += ["user", "assistant", "system", "developer", "tool", "auto", "any", "none", "enabled", "adaptive"]
+    return rng.choice(pool)
+
+
+def paths_of(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from paths_of(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from paths_of(v, (*prefix, i))
+
+
+def mutate(rng: random.Random, template: dict) -> bytes:
+    body = json.loads(json.dumps(template))
+    for _ in range(rng.randrange(1, 4)):
+        path = rng.choice(list(paths_of(body)))
+        if not path:
+            continue
+        parent = body
+        for step in path[:-1]:
+            parent = parent[step]
+        action = rng.randrange(4)
+        if action == 0:
+            parent[path[-1]] = random_json(rng)
+        elif action == 1 and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif action == 2 and isinstance(parent, dict):
+            parent[random_text(rng)] = random_json(rng)
+        else:
+            parent[path[-1]] = [parent[path[-1]]] * rng.randrange(0, 3)
+    raw = json.dumps(body, ensure_ascii=rng.random() < 0.5).encode()
+    shape = rng.randrange(12)
+    if shape == 0:
+        return raw[: rng.randrange(len(raw) + 1)]  # truncated
+    if shape == 1:
+        return raw.replace(b'"m"', b'"m\xff\xfe"', 1)  # not UTF-8
+    if shape == 2:
+        depth = rng.choice([50, 5000, 20000])
+        return raw[:-1] + b',"deep":' + b"[" * depth + b"]" * depth + b"}"
+    if shape == 3:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+    if shape == 4:
+        return raw.replace(b"true", b"NaN", 1)
+    return raw
+
+
+def check_answer(path: str, status: int, content_type: str, text: str) -> None:
+    assert status < 500, f"{path}: {status} {text[:300]}"
+    if status >= 400:
+        assert content_type == "application/json", f"{path}: {status} {content_type} {text[:200]}"
+        body = json.loads(text)
+        if path.startswith("/v1/messages"):
+            assert body["type"] == "error" and body["error"]["type"] and body["error"]["message"], body
+        else:
+            assert body["error"]["message"] and body["error"]["type"], body
+        assert len(text) < 4000, f"{path}: error echoed the input ({len(text)} chars)"
+
+
+@pytest.fixture
+async def daemons(aiohttp_client, tmp_path, version):
+    models = tmp_path / "models"
+    models.mkdir()
+    neuron_cfg = make_config(neuron={"model_dirs": [str(models)], "port_range": [49000, 49999]}, models=[])
+    neuron = await aiohttp_client(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))
+    gateway_cfg = make_config(
+        neurons=[{"name": "n", "endpoint": str(neuron.make_url("")).rstrip("/")}],
+        gateway={"poll_interval_seconds": 0.2},
+    )
+    gateway = await aiohttp_client(make_gateway_app(gateway_cfg, version))
+    return gateway, neuron
+
+
+async def test_no_input_makes_a_5xx_on_any_route(daemons):
+    gateway, neuron = daemons
+    rng = random.Random(SEED)
+    targets = [(gateway, "POST", p, t) for p, t in GATEWAY_POSTS.items()]
+    targets += [(neuron, "POST", p, t) for p, t in NEURON_POSTS.items()]
+    targets += [(gateway, "GET", p, None) for p in GATEWAY_GETS] + [(neuron, "GET", p, None) for p in NEURON_GETS]
+    began, sent, statuses = time.monotonic(), 0, {}
+    while sent < REQUESTS and time.monotonic() - began < TIME_LIMIT_S:
+        client, method, path, template = rng.choice(targets)
+        url = path.replace("{id}", quote(random_text(rng) or "x", safe=""))
+        url = url.replace("/m/", "/" + quote(random_text(rng) or "m", safe="") + "/") if rng.random() < 0.3 else url
+        headers = {"Content-Type": rng.choice(["application/json"] * 8 + ["text/plain", "application/x-www-form"])}
+        if rng.random() < 0.05:  # a body that does not decode ends the connection too: do not reuse it
+            headers["Content-Encoding"] = rng.choice(["gzip", "deflate", "br", "bogus"])
+            headers["Connection"] = "close"
+        if method == "GET":
+            resp = await client.get(url)
+        else:
+            resp = await client.post(url, data=mutate(rng, template), headers=headers)
+        text = await resp.text(errors="replace")
+        check_answer(url, resp.status, resp.content_type, text)
+        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        sent += 1
+    print(f"fuzz: {sent} requests in {time.monotonic() - began:.1f}s, statuses {dict(sorted(statuses.items()))}")
+    assert sent >= min(REQUESTS, 5000), f"only {sent} requests in {TIME_LIMIT_S}s"
+    assert len(statuses) > 3  # the mutations reached more than one kind of answer
+    # both daemons serve on
+    assert (await gateway.get("/v1/models")).status == 200
+    assert (await neuron.get("/models")).status == 200
+    resp = await gateway.post("/v1/messages", json={"model": "nope", "max_tokens": 4, "messages": MESSAGES})
+    assert resp.status == 404
