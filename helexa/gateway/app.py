@@ -49,7 +49,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         max_body_bytes=cfg.server.max_body_mb * 1024 * 1024,
         registry=prometheus,
         serve_metrics=False,
-        guards=[KeyGuard(KeyRing.from_config(cfg.auth), prometheus, scope_of=_scope)],
+        guards=[KeyGuard(ring, prometheus, scope_of=_scope)] if (ring := KeyRing.from_config(cfg.auth)).keys else [],
     )
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics

@@ -95,22 +95,29 @@ async def _open_watched(
 ) -> aiohttp.ClientResponse:
     """:func:`open_upstream`, given up at once when the poller marks the neuron down meanwhile.
 
+    The abort cancels this task and is told apart from any other cancellation by its flag (cheaper on the hot
+    path than an ``asyncio.timeout`` block).
+
     :raises UpstreamError: unreachable, or marked down before it answered.
     """
-    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    aborted = False
+
+    def abort() -> None:
+        nonlocal aborted
+        aborted = True
+        if task is not None:
+            task.cancel()
+
+    state.aborts.add(abort)
     try:
-        async with asyncio.timeout(None) as deadline:
-
-            def abort() -> None:
-                deadline.reschedule(loop.time())
-
-            state.aborts.add(abort)
-            try:
-                return await open_upstream(session, url, body, headers)
-            finally:
-                state.aborts.discard(abort)
-    except TimeoutError:
+        return await open_upstream(session, url, body, headers)
+    except asyncio.CancelledError:
+        if not aborted or task is None or task.uncancel() > 0:
+            raise
         raise UpstreamError(f"neuron {state.name} stopped answering: {state.last_error}") from None
+    finally:
+        state.aborts.discard(abort)
 
 
 def observe(request: web.Request, model: str, neuron: str, exchange: Exchange) -> None:
