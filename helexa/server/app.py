@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from helexa.metrics import HttpMetrics
 from helexa.server import parse_errors
-from helexa.server.middlewares import Guard, on_response_prepare, request_middleware, role_key
+from helexa.server.middlewares import Guard, active_key, on_response_prepare, request_middleware, role_key
 from helexa.server.version import VersionInfo
 
 __all__ = ["base_app", "cancel_all", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
@@ -81,6 +81,7 @@ def base_app(
         middlewares=[request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe, guards=guards)],
     )
     app[role_key] = role
+    app[active_key] = {}
     app[max_body_key] = max_body_bytes
     app[version_key] = version
     app[registry_key] = metrics.registry
@@ -98,6 +99,7 @@ def metrics_app(*, role: str, registry: CollectorRegistry) -> web.Application:
     """An app that serves only ``/metrics`` for ``registry`` (another app's), on a port of its own."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[request_middleware(max_body_bytes=64 * 1024)])
     app[role_key] = role
+    app[active_key] = {}
     app[registry_key] = registry
     app.on_response_prepare.append(on_response_prepare)
     app.router.add_get("/metrics", _metrics)

@@ -31,6 +31,8 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "AccessLogger",
     "Guard",
+    "active_key",
+    "end_requests",
     "error_body",
     "on_response_prepare",
     "request_id_key",
@@ -47,6 +49,8 @@ REQUEST_ID_HEADER = "x-request-id"
 role_key = web.AppKey("role_key", str)
 request_id_key = web.RequestKey("request_id_key", str)
 _stream_key = web.RequestKey("_stream_key", web.StreamResponse)
+# Requests being handled, per app: the drain waits for them, then ends what is left (see end_requests).
+active_key = web.AppKey("active_key", dict)  # id(request) -> request (requests are not hashable)
 # A route whose stream speaks another dialect sets how a late error is encoded there (err -> event bytes).
 sse_error_key = web.RequestKey("sse_error_key", Callable[[HelexaError], bytes])
 
@@ -135,6 +139,25 @@ async def _render(request: web.Request, err: HelexaError) -> web.StreamResponse:
     )
 
 
+async def end_requests(app: web.Application, err: HelexaError) -> int:
+    """End every request ``app`` is still handling: an open event stream gets the final error event of its
+    API (then its end), and every handler is cancelled. Returns how many there were (the drain's last step)."""
+    requests = list((app.get(active_key) or {}).values())
+    for request in requests:
+        stream = request.get(_stream_key)
+        if stream is not None and stream.prepared and stream.content_type == "text/event-stream":
+            encode = request.get(sse_error_key)
+            try:
+                await stream.write(
+                    encode(err) if encode is not None else sse_error_event(err, anthropic=_is_anthropic(request))
+                )
+                await stream.write_eof()
+            except (ConnectionError, RuntimeError):
+                logger.debug("a stream closed before its final event")
+        request.task.cancel()
+    return len(requests)
+
+
 Observer = Callable[[str, str, int, float], None]  # (route pattern, method, status, seconds)
 
 
@@ -176,6 +199,8 @@ def request_middleware(
         request[request_id_key] = rid if rid and _CLIENT_REQUEST_ID.match(rid) else f"{_ID_PREFIX}{next(_ids):010x}"
         status = 500
         done: list[Callable[[], None]] = []
+        active = request.app[active_key]
+        active[id(request)] = request
         try:
             length = request.content_length
             if length is not None and length > max_body_bytes:
@@ -204,6 +229,7 @@ def request_middleware(
             err = HelexaError(f"internal error; the helexa log has the details under request id {rid}")
             response = await _render(request, err)
         finally:
+            active.pop(id(request), None)
             for release in done:
                 release()
             if observe is not None:

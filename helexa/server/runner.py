@@ -1,9 +1,10 @@
 """Serve one or more aiohttp Applications in one event loop, each on its own port, and drain on signals.
 
 Shutdown: the first SIGTERM or SIGINT stops every listener at once (new connections are refused), then all
-apps drain concurrently: in-flight requests get up to the grace period to finish, after which their handlers
-are cancelled and connections closed; cleanup contexts (engine processes, client sessions) then run. A second
-signal during the drain skips the rest of the grace period.
+apps drain concurrently: in-flight requests get up to the grace period to finish; at its end, every stream
+still open gets its API's final error event ("the server is shutting down") and every handler is cancelled;
+cleanup contexts (engine processes, client sessions) then get at most :data:`CLEANUP_S` more, so the process
+exits within grace + 2 s. A second signal during the drain skips the rest of the grace period.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
-from helexa.server.middlewares import AccessLogger
+from helexa.errors import Overloaded
+from helexa.server.middlewares import AccessLogger, active_key, end_requests
 
-__all__ = ["Listener", "run", "serve"]
+__all__ = ["CLEANUP_S", "Listener", "run", "serve"]
 
 logger = logging.getLogger(__name__)
+CLEANUP_S = 1.5  # what cleanup (engines stopped, sessions closed) may take after the grace period
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ async def serve(
         for lst in listeners:
             runner = web.AppRunner(
                 lst.app,
-                shutdown_timeout=grace,
+                shutdown_timeout=0.2,  # the drain has already waited out the grace period (see _drain)
                 handler_cancellation=True,  # a client that disconnects aborts its upstream request
                 access_log_class=AccessLogger,
             )
@@ -86,7 +89,7 @@ async def serve(
             on_ready(ports)
         await stop.wait()
     finally:
-        drain = asyncio.ensure_future(_drain(runners))
+        drain = asyncio.ensure_future(_drain(runners, grace))
         try:
             await drain
         except asyncio.CancelledError:
@@ -96,12 +99,28 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
-async def _drain(runners: Sequence[web.AppRunner]) -> None:
+async def _drain(runners: Sequence[web.AppRunner], grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
     # Stop accepting everywhere first, so no listener takes new work while another is still draining.
     for runner in runners:
         for site in list(runner.sites):
             await site.stop()
-    results = await asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
+    apps = [runner.app for runner in runners if isinstance(runner, web.AppRunner)]
+    try:
+        while any(app.get(active_key) for app in apps) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # a poll, only while shutting down
+    finally:  # also when a second signal cancels the wait
+        err = Overloaded("the server is shutting down; retry on another instance", retry_after=1)
+        ended = sum([await end_requests(app, err) for app in apps])
+        if ended:
+            logger.warning("grace period over: ended %d request(s) still running", ended)
+        cleanup = asyncio.gather(*(r.cleanup() for r in runners), return_exceptions=True)
+        try:
+            results = await asyncio.wait_for(cleanup, CLEANUP_S)
+        except TimeoutError:
+            logger.error("cleanup took longer than %.1fs; stopping anyway", CLEANUP_S)
+            results = []
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             logger.error("error while shutting down: %r", result)

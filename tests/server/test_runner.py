@@ -91,3 +91,40 @@ async def test_bind_failure_raises_and_stops_what_started(version):
         )
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_streams_still_running_when_grace_ends_get_a_final_error_event_and_the_drain_is_bounded(version):
+    app = base_app(role="gateway", version=version, max_body_bytes=1024)
+
+    async def endless(request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        while True:  # a generation that would outlive any grace period
+            await resp.write(b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n')
+            await asyncio.sleep(0.05)
+
+    async def anthropic(request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'event: message_start\ndata: {"type": "message_start"}\n\n')
+        await asyncio.sleep(3600)
+
+    app.router.add_get("/v1/stream", endless)
+    app.router.add_post("/v1/messages", anthropic)
+    task, stop, base = await start(app, grace=1.0)
+    async with aiohttp.ClientSession() as session:
+        openai_stream = await session.get(f"{base}/v1/stream")
+        anthropic_stream = await session.post(f"{base}/v1/messages", json={})
+        await openai_stream.content.readline()
+        began = time.monotonic()
+        stop.set()
+        openai_text, anthropic_text = await asyncio.wait_for(
+            asyncio.gather(openai_stream.text(), anthropic_stream.text()), 5
+        )
+        await asyncio.wait_for(task, 5)
+        took = time.monotonic() - began
+    assert 1.0 <= took < 1.0 + 2.0, took
+    last = openai_text.strip().split("\n\n")[-1]
+    assert last.startswith("data: {") and "shutting down" in last and '"error"' in last
+    last = anthropic_text.strip().split("\n\n")[-1]
+    assert last.startswith("event: error") and "overloaded_error" in last
