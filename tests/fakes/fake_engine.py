@@ -107,7 +107,12 @@ def main() -> None:
         if args.record:
             with open(args.record, "a") as fh:  # noqa: ASYNC230 (a test double: one small line per request)
                 fh.write(json.dumps(body) + "\n")
-        roles = [m.get("role") for m in body.get("messages") or []]
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            # like vLLM's request validation: a 400 in the OpenAI envelope
+            error = {"message": "messages: expected a list of objects", "type": "BadRequestError", "code": 400}
+            return web.json_response({"error": error}, status=400)
+        roles = [m.get("role") for m in messages]
         if args.strict_system and "system" in roles[1:]:
             return web.json_response(
                 {"error": {"message": "System role supported only at the start", "code": 400}}, status=400
