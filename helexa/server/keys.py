@@ -74,6 +74,11 @@ class Key:
     hour_started: float = field(default_factory=time.monotonic)
     hour_tokens: int = 0
 
+    @property
+    def limited(self) -> bool:
+        """Whether any limit applies (else admitting is free)."""
+        return bool(self.requests_per_minute or self.max_concurrent or self.tokens_per_hour)
+
     def admit(self, now: float) -> None:
         """Count one request against the limits. :raises RateLimited: past one, with ``Retry-After``."""
         if self.tokens_per_hour:
@@ -183,11 +188,12 @@ class KeyGuard:
             raise PermissionDenied(f"this route needs a key with the admin scope{closed}")
         if scope == "inference" and "inference" not in key.scopes:
             raise PermissionDenied(f"key {key.name!r} has no inference scope")
-        try:
-            key.admit(time.monotonic())
-        except RateLimited as exc:
-            self._refused.labels(key.name, exc.reason).inc()
-            raise
+        if key.limited:
+            try:
+                key.admit(time.monotonic())
+            except RateLimited as exc:
+                self._refused.labels(key.name, exc.reason).inc()
+                raise
         requests, tokens = self._series[key.name]
         requests.inc()
         request[key_name_key] = key.name
