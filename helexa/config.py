@@ -95,6 +95,14 @@ class GatewaySection(ConfigStruct):
             gt=0,
         ),
     ] = 10.0
+    first_byte_timeout_seconds: Annotated[
+        float,
+        _doc(
+            "Longest wait for a neuron's answer to begin (its response head: after a cold load, the engine's "
+            "prefill); past it the request fails over to another replica or gets 502; 0 = no limit.",
+            ge=0,
+        ),
+    ] = 0.0
     prefix_affinity: Annotated[
         bool,
         _doc(

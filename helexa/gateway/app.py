@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from helexa.config import Config
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
+from helexa.gateway.forward import first_byte_timeout_key
 from helexa.gateway.keepalive import keepalive_seconds_key
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.neuron_client import NeuronClient
@@ -54,6 +55,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds
+    app[first_byte_timeout_key] = cfg.gateway.first_byte_timeout_seconds
     registry = Registry(cfg.neurons, cfg.models)
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     setup_routes(app)

@@ -24,11 +24,12 @@ from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 from helexa.server.upstream import open_upstream
 
-__all__ = ["forward", "gateway_metrics_key", "lifecycle_key", "observe", "session_key"]
+__all__ = ["first_byte_timeout_key", "forward", "gateway_metrics_key", "lifecycle_key", "observe", "session_key"]
 
 lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
 session_key = web.AppKey("session_key", aiohttp.ClientSession)
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
+first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)
 
 
 @contextlib.asynccontextmanager
@@ -58,9 +59,9 @@ async def forward(
         if state.ref.token:
             headers["Authorization"] = f"Bearer {state.ref.token}"
         try:
-            upstream = await _open_watched(
-                state, app[session_key], state.ref.endpoint.rstrip("/") + path, body, headers
-            )
+            url = state.ref.endpoint.rstrip("/") + path
+            timeout = app[first_byte_timeout_key]
+            upstream = await _open_watched(state, app[session_key], url, body, headers, first_byte_timeout=timeout)
             break
         except UpstreamError as exc:
             metrics.errors.labels(model_id, state.name, exc.code).inc()
@@ -91,9 +92,16 @@ async def forward(
 
 
 async def _open_watched(
-    state: NeuronState, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    state: NeuronState,
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    first_byte_timeout: float = 0.0,
 ) -> aiohttp.ClientResponse:
-    """:func:`open_upstream`, given up at once when the poller marks the neuron down meanwhile.
+    """:func:`open_upstream`, given up at once when the poller marks the neuron down meanwhile, or when it has
+    not begun to answer within ``first_byte_timeout`` seconds (0: no limit).
 
     The abort cancels this task and is told apart from any other cancellation by its flag (cheaper on the hot
     path than an ``asyncio.timeout`` block).
@@ -101,23 +109,29 @@ async def _open_watched(
     :raises UpstreamError: unreachable, or marked down before it answered.
     """
     task = asyncio.current_task()
-    aborted = False
+    aborted = ""
 
-    def abort() -> None:
+    def abort(reason: str = "") -> None:
         nonlocal aborted
-        aborted = True
+        aborted = reason or f"neuron {state.name} stopped answering: {state.last_error}"
         if task is not None:
             task.cancel()
 
     state.aborts.add(abort)
+    timer = None
+    if first_byte_timeout:
+        reason = f"neuron {state.name} did not begin to answer within {first_byte_timeout:g}s"
+        timer = asyncio.get_running_loop().call_later(first_byte_timeout, abort, reason)
     try:
         return await open_upstream(session, url, body, headers)
     except asyncio.CancelledError:
         if not aborted or task is None or task.uncancel() > 0:
             raise
-        raise UpstreamError(f"neuron {state.name} stopped answering: {state.last_error}") from None
+        raise UpstreamError(aborted) from None
     finally:
         state.aborts.discard(abort)
+        if timer is not None:
+            timer.cancel()
 
 
 def observe(request: web.Request, model: str, neuron: str, exchange: Exchange) -> None:

@@ -67,3 +67,21 @@ async def test_a_stream_from_a_neuron_that_hangs_mid_way_ends_with_an_error_even
     # while it is down, a new request gets a plain answer at once (no replica: 404), not a hang
     resp = await asyncio.wait_for(client.post("/v1/messages", json={**CHAT, "max_tokens": 8, "stream": True}), 5)
     assert resp.status == 404 and (await resp.json())["type"] == "error"
+
+
+async def test_a_first_byte_limit_fails_over_while_the_slow_neuron_stays_healthy(fleet):
+    a, b = FakeNeuron("a", hang_after_chunks=0), FakeNeuron("b")  # a accepts and never answers; its polls do
+    a.preload("m")
+    b.preload("m")
+    client, _ = await fleet([a, b], gateway={"poll_interval_seconds": 0.2, "first_byte_timeout_seconds": 0.3})
+    began = time.monotonic()
+    resp = await asyncio.wait_for(client.post("/v1/chat/completions", json=CHAT), 5)
+    assert resp.status == 200 and b.served == ["m"]
+    assert time.monotonic() - began < 0.3 + 0.5
+
+    c = FakeNeuron("c", hang_after_chunks=0)
+    c.preload("m")
+    only, _ = await fleet([c], gateway={"first_byte_timeout_seconds": 0.3})
+    resp = await asyncio.wait_for(only.post("/v1/chat/completions", json=CHAT), 5)
+    assert resp.status == 502
+    assert "did not begin to answer within 0.3s" in (await resp.json())["error"]["message"]
