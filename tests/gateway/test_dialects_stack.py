@@ -59,8 +59,9 @@ async def stack(aiohttp_server, tmp_path, version):
     # engines stop with the neuron app's cleanup
 
 
-async def engine_last_request(neuron_app) -> dict:
-    record = neuron_app[manager_key].records["agent"]
+async def engine_last_request(neuron_app, model_id: str = "agent") -> dict:
+    """The last chat request the fake engine serving ``model_id`` received."""
+    record = neuron_app[manager_key].records[model_id]
     async with (
         aiohttp.ClientSession() as session,
         session.get(record.endpoint.removesuffix("/v1") + "/last-request") as r,

@@ -3,7 +3,6 @@ through a real neuron in front of a fake engine process."""
 
 from __future__ import annotations
 
-import aiohttp
 import anthropic
 import openai
 import pytest
@@ -16,6 +15,7 @@ from helexa.translate.chat import has_late_system_message, merge_system_messages
 from helexa.wire.neuron import ModelSpec
 from tests.conftest import make_config
 from tests.fakes.fake_harness import FakeHarness
+from tests.gateway.test_dialects_stack import engine_last_request
 
 LATE = [
     {"role": "system", "content": "Be brief."},
@@ -60,15 +60,6 @@ async def neuron(aiohttp_server, tmp_path, version):
     return make
 
 
-async def engine_requests(app) -> dict:
-    record = app[manager_key].records["m"]
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(record.endpoint.removesuffix("/v1") + "/last-request") as r,
-    ):
-        return await r.json()
-
-
 @pytest.mark.parametrize("stream", [False, True])
 async def test_auto_retries_merged_when_the_engine_refuses_late_system_messages(neuron, stream):
     url, app = await neuron(["--strict-system", "--reply", "ok"])
@@ -81,7 +72,7 @@ async def test_auto_retries_merged_when_the_engine_refuses_late_system_messages(
         else:
             text = (await client.chat.completions.create(model="m", messages=LATE)).choices[0].message.content
         assert text == "ok"
-        sent = (await engine_requests(app))["messages"]
+        sent = (await engine_last_request(app, "m"))["messages"]
         assert [m["role"] for m in sent] == ["system", "user"]
     assert app[manager_key].records["m"].merge_system is True
 
@@ -90,7 +81,7 @@ async def test_keep_sends_late_system_messages_in_place(neuron):
     url, app = await neuron(["--reply", "ok"], system_messages="keep")
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     await client.chat.completions.create(model="m", messages=LATE)
-    assert [m["role"] for m in (await engine_requests(app))["messages"]] == ["system", "user", "system"]
+    assert [m["role"] for m in (await engine_last_request(app, "m"))["messages"]] == ["system", "user", "system"]
 
 
 BARE = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
