@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from helexa.gateway.app import make_gateway_app
+from helexa.gateway.routes import lifecycle_key
 from tests.conftest import ROOT, free_port, make_config, wait_http
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -83,3 +84,36 @@ async def test_a_sigstopped_neuron_fails_over_and_never_hangs_clients(aiohttp_se
         os.kill(two_neurons[1][1].pid, signal.SIGSTOP)
         status, seconds = await timed()
         assert status in (404, 502, 503) and seconds < BOUND_S, (status, seconds)
+
+
+async def test_a_neuron_killed_and_restarted_is_used_again(
+    aiohttp_server, two_neurons, helexa_process, version, tmp_path
+):
+    cfg = make_config(
+        neurons=[{"name": n, "endpoint": f"http://127.0.0.1:{p}", "token": t} for n, _, p, t in two_neurons],
+        gateway={"poll_interval_seconds": 0.3, "neuron_timeout_seconds": 1.0},
+    )
+    app = make_gateway_app(cfg, version)
+    gateway = await aiohttp_server(app)
+    url = str(gateway.make_url("/v1/chat/completions"))
+    registry = app[lifecycle_key].registry
+
+    async def wait_for(condition, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+
+    await wait_for(lambda: len(registry.replicas("m")) == 2, "both neurons serve m")
+    name, proc, _, _ = two_neurons[0]
+    proc.kill()  # SIGKILL: its engine (external) keeps running; the neuron is gone
+    proc.wait(timeout=10)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for _ in range(4):  # served by the other neuron meanwhile, with failover when routed to the dead one
+            async with session.post(url, json=CHAT) as resp:
+                assert resp.status == 200
+        helexa_process("run", "--role", "neuron", "--config", str(tmp_path / f"{name}.toml"))  # same port, same token
+        await wait_for(lambda: registry.neurons[name].healthy and registry.neurons[name].loaded("m"), "restarted")
+        async with session.post(url, json=CHAT) as resp:
+            assert resp.status == 200
+    assert registry.neurons[name].discovery is not None
