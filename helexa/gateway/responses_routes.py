@@ -8,12 +8,12 @@ from helexa.errors import HelexaError
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.translation import Translator, ignored_tools_note, serve_translated
 from helexa.translate.responses import (
-    ResponsesStream,
     ToolSet,
     decode_responses_request,
     to_chat_request,
     to_response,
 )
+from helexa.translate.responses_stream import ResponsesStream
 
 __all__ = ["responses", "setup_responses_routes"]
 

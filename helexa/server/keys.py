@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from helexa.config import AuthSection
 from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
+from helexa.server.auth import presented_token
 
 __all__ = [
     "Key",
@@ -29,11 +30,8 @@ __all__ = [
     "KeyUsage",
     "RateLimited",
     "digest_of",
-    "key_name_key",
     "key_usage_key",
 ]
-
-key_name_key = web.RequestKey("key_name_key", str)
 
 
 class RateLimited(HelexaError):
@@ -142,14 +140,6 @@ class KeyRing:
         return found
 
 
-def _presented(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.headers.get("x-api-key", "").strip()
-
-
 class KeyGuard:
     """Keys, scopes and limits as a :class:`helexa.server.middlewares.Guard`. ``scope_of(request)``: the scope a
     route needs (``inference``, ``admin``, ``any``), or ``None`` when it is open. Off when no key is configured."""
@@ -174,7 +164,7 @@ class KeyGuard:
         scope = self.scope_of(request)
         if scope is None:
             return None
-        presented = _presented(request)
+        presented = presented_token(request, allow_x_api_key=True)
         if not presented:
             raise AuthenticationError(
                 "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
@@ -196,7 +186,6 @@ class KeyGuard:
                 raise
         requests, tokens = self._series[key.name]
         requests.inc()
-        request[key_name_key] = key.name
         usage = request[key_usage_key] = KeyUsage()
         key.in_flight += 1
 

@@ -13,9 +13,7 @@ tools inside a ``namespace`` tool, flattened to ``<namespace>__<name>``), ``tool
 
 Response: reasoning → a ``reasoning`` item, text → a ``message`` item with one ``output_text`` part, each
 tool call → a ``function_call`` item (a flattened namespace tool gets its ``name`` and ``namespace`` back).
-Streams emit ``response.created``/``in_progress``, per item
-``output_item.added`` … ``output_item.done`` with their part/delta/done events in order, then
-``response.completed`` (or ``response.incomplete`` when the token limit cut the answer).
+Streamed answers are :mod:`helexa.translate.responses_stream`'s; tools are :mod:`helexa.translate.responses_tools`'s.
 """
 
 from __future__ import annotations
@@ -27,15 +25,20 @@ from typing import Any
 import msgspec
 
 from helexa.errors import InvalidRequest
+from helexa.translate.responses_tools import FunctionTool, ToolSet
 from helexa.wire import ModelId, decode_request_body
 
 __all__ = [
     "ResponsesRequest",
-    "ResponsesStream",
     "ToolSet",
+    "call_item",
     "decode_responses_request",
+    "finish_status",
+    "new_id",
+    "response_envelope",
     "to_chat_request",
     "to_response",
+    "usage_object",
 ]
 
 _encoder = msgspec.json.Encoder()
@@ -43,73 +46,6 @@ _encoder = msgspec.json.Encoder()
 
 class _Base(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Tolerant of fields helexa does not model."""
-
-
-class FunctionTool(_Base):
-    """A tool: ``function`` (name, parameters), ``namespace`` (name, function ``tools``) or a hosted one."""
-
-    type: str
-    name: str = ""
-    description: str = ""
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-    tools: list[dict[str, Any]] = []
-
-
-_NAMESPACE_SEPARATOR = "__"
-
-
-class ToolSet:
-    """The chat functions a request's tools become, and the way back from a flattened name.
-
-    ``functions``: OpenAI chat tools; ``origin``: flattened name → (namespace, name) for namespace members;
-    ``dropped``: the hosted tools left out (their ``type``).
-    """
-
-    def __init__(self, tools: list[FunctionTool]) -> None:
-        self.functions: list[dict[str, Any]] = []
-        self.origin: dict[str, tuple[str, str]] = {}
-        self.dropped: list[str] = []
-        for i, tool in enumerate(tools):
-            if tool.type == "function":
-                self._add(tool.name, tool.description, tool.parameters, f"tools[{i}]")
-            elif tool.type == "namespace":
-                self._namespace(tool, f"tools[{i}]")
-            else:
-                self.dropped.append(tool.type)
-
-    def _add(self, name: str, description: str, parameters: Any, where: str, namespace: str = "") -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"{where}.name: a function tool needs a name", param=f"{where}.name")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise InvalidRequest(f"{where}.parameters: expected an object", param=f"{where}.parameters")
-        flat = f"{namespace}{_NAMESPACE_SEPARATOR}{name}" if namespace else name
-        if namespace:
-            self.origin[flat] = (namespace, name)
-        function = {"name": flat, "description": description if isinstance(description, str) else ""}
-        function["parameters"] = parameters if parameters is not None else {"type": "object", "properties": {}}
-        self.functions.append({"type": "function", "function": function})
-
-    def _namespace(self, tool: FunctionTool, where: str) -> None:
-        if not tool.name:
-            raise InvalidRequest(f"{where}.name: a namespace tool needs a name", param=f"{where}.name")
-        for j, member in enumerate(tool.tools):
-            inner = f"{where}.tools[{j}]"
-            if member.get("type", "function") != "function":
-                self.dropped.append(str(member.get("type")))
-                continue
-            self._add(member.get("name", ""), member.get("description", ""), member.get("parameters"), inner, tool.name)
-
-    def flat_name(self, name: str, namespace: str | None) -> str:
-        """The chat name of a call the client sends back (``namespace`` set for namespace members)."""
-        return f"{namespace}{_NAMESPACE_SEPARATOR}{name}" if namespace else name
-
-    def call_fields(self, flat: str) -> dict[str, str]:
-        """``name`` (and ``namespace``) of an output ``function_call`` item for the engine's call ``flat``."""
-        if flat in self.origin:
-            namespace, name = self.origin[flat]
-            return {"name": name, "namespace": namespace}
-        return {"name": flat}
 
 
 class ResponsesRequest(_Base):
@@ -137,7 +73,8 @@ _decoder = msgspec.json.Decoder(ResponsesRequest)
 _any = msgspec.json.Decoder()
 
 
-def _new_id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
+    """A new id such as ``resp_…``, ``msg_…``, ``fc_…``."""
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
@@ -220,7 +157,7 @@ def chat_messages(request: ResponsesRequest, tools: ToolSet | None = None) -> li
         elif kind in ("function_call", "custom_tool_call"):
             name = tools.flat_name(str(item.get("name", "")), item.get("namespace"))
             arguments = item.get("arguments", "") if kind == "function_call" else item.get("input", "")
-            call_id = item.get("call_id") or item.get("id") or _new_id("call")
+            call_id = item.get("call_id") or item.get("id") or new_id("call")
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": str(arguments)}}
             _call_message(out, call)
         elif kind in ("function_call_output", "custom_tool_call_output"):
@@ -276,7 +213,8 @@ def to_chat_request(request: ResponsesRequest, model: str, tools: ToolSet | None
     return body
 
 
-def _usage(usage: dict[str, Any]) -> dict[str, Any]:
+def usage_object(usage: dict[str, Any]) -> dict[str, Any]:
+    """Responses usage for OpenAI chat usage."""
     prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
     return {
         "input_tokens": prompt,
@@ -287,7 +225,8 @@ def _usage(usage: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _envelope(request: ResponsesRequest, response_id: str, model: str, status: str) -> dict[str, Any]:
+def response_envelope(request: ResponsesRequest, response_id: str, model: str, status: str) -> dict[str, Any]:
+    """The response object around the output items."""
     return {
         "id": response_id,
         "object": "response",
@@ -311,7 +250,8 @@ def _envelope(request: ResponsesRequest, response_id: str, model: str, status: s
     }
 
 
-def _finish(envelope: dict[str, Any], finish_reason: str | None) -> None:
+def finish_status(envelope: dict[str, Any], finish_reason: str | None) -> None:
+    """Set ``status`` (and ``incomplete_details``) from the chat finish reason."""
     if finish_reason == "length":
         envelope["status"] = "incomplete"
         envelope["incomplete_details"] = {"reason": "max_output_tokens"}
@@ -328,9 +268,10 @@ def _message_item(item_id: str, text: str, status: str = "completed") -> dict[st
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
 
 
-def _call_item(
+def call_item(
     tools: ToolSet, item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed"
 ) -> dict[str, Any]:
+    """A ``function_call`` output item (``name`` and ``namespace`` mapped back through ``tools``)."""
     item = {"type": "function_call", "id": item_id, "call_id": call_id, **tools.call_fields(name)}
     item.update(arguments=arguments, status=status)
     return item
@@ -343,209 +284,23 @@ def to_response(
     tools = tools or ToolSet(request.tools)
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    envelope = _envelope(request, _new_id("resp"), model, "completed")
+    envelope = response_envelope(request, new_id("resp"), model, "completed")
     output = envelope["output"]
     if message.get("reasoning_content"):
-        output.append(_reasoning_item(_new_id("rs"), message["reasoning_content"]))
+        output.append(_reasoning_item(new_id("rs"), message["reasoning_content"]))
     if message.get("content"):
-        output.append(_message_item(_new_id("msg"), message["content"]))
+        output.append(_message_item(new_id("msg"), message["content"]))
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         output.append(
-            _call_item(
+            call_item(
                 tools,
-                _new_id("fc"),
-                call.get("id") or _new_id("call"),
+                new_id("fc"),
+                call.get("id") or new_id("call"),
                 function.get("name", ""),
                 function.get("arguments", ""),
             )
         )
-    _finish(envelope, choice.get("finish_reason"))
-    envelope["usage"] = _usage(chat.get("usage") or {})
+    finish_status(envelope, choice.get("finish_reason"))
+    envelope["usage"] = usage_object(chat.get("usage") or {})
     return envelope
-
-
-class ResponsesStream:
-    """Translates one chat chunk stream into Responses streaming events (``event:`` + JSON ``data:``)."""
-
-    def __init__(self, request: ResponsesRequest, model: str, tools: ToolSet | None = None) -> None:
-        self.tools = tools or ToolSet(request.tools)
-        self.envelope = _envelope(request, _new_id("resp"), model, "in_progress")
-        self._sequence = 0
-        self._open: dict[str, Any] | None = None  # the item being streamed
-        self._kind = ""
-        self._text = ""
-        self._calls: dict[int, dict[str, Any]] = {}
-        self._finish_reason: str | None = None
-        self._usage: dict[str, Any] = {}
-        self.started = False
-
-    def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
-        data = {"type": kind, "sequence_number": self._sequence, **payload}
-        self._sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
-
-    def start(self) -> bytes:
-        """``response.created`` and ``response.in_progress``."""
-        self.started = True
-        return self._event("response.created", {"response": self.envelope}) + self._event(
-            "response.in_progress", {"response": self.envelope}
-        )
-
-    @property
-    def _index(self) -> int:
-        return len(self.envelope["output"])
-
-    def _close(self) -> list[bytes]:
-        if self._open is None:
-            return []
-        item, kind, index, out = self._open, self._kind, self._index, []
-        if kind == "reasoning":
-            item["content"] = [{"type": "reasoning_text", "text": self._text}]
-            out.append(
-                self._event(
-                    "response.reasoning_text.done",
-                    {"item_id": item["id"], "output_index": index, "content_index": 0, "text": self._text},
-                )
-            )
-        elif kind == "message":
-            part = {"type": "output_text", "text": self._text, "annotations": [], "logprobs": []}
-            out.append(
-                self._event(
-                    "response.output_text.done",
-                    {
-                        "item_id": item["id"],
-                        "output_index": index,
-                        "content_index": 0,
-                        "text": self._text,
-                        "logprobs": [],
-                    },
-                )
-            )
-            out.append(
-                self._event(
-                    "response.content_part.done",
-                    {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
-                )
-            )
-            item.update(status="completed", content=[part])
-        else:
-            item.update(status="completed", arguments=self._text)
-            out.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    {"item_id": item["id"], "output_index": index, "arguments": self._text, "name": item["name"]},
-                )
-            )
-        out.append(self._event("response.output_item.done", {"output_index": index, "item": item}))
-        self.envelope["output"].append(item)
-        self._open, self._kind, self._text = None, "", ""
-        return out
-
-    def _begin(self, kind: str, item: dict[str, Any]) -> list[bytes]:
-        out = self._close()
-        self._open, self._kind, self._text = item, kind, ""
-        index = self._index
-        out.append(self._event("response.output_item.added", {"output_index": index, "item": item}))
-        if kind == "message":
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            out.append(
-                self._event(
-                    "response.content_part.added",
-                    {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
-                )
-            )
-        return out
-
-    def chunk(self, chunk: dict[str, Any]) -> bytes:
-        """Events for one chat completion chunk."""
-        out = [] if self.started else [self.start()]
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("reasoning_content"):
-                if self._kind != "reasoning":
-                    out += self._begin(
-                        "reasoning", {"type": "reasoning", "id": _new_id("rs"), "summary": [], "content": []}
-                    )
-                self._text += delta["reasoning_content"]
-                out.append(
-                    self._event(
-                        "response.reasoning_text.delta",
-                        {
-                            "item_id": self._open["id"],
-                            "output_index": self._index,
-                            "content_index": 0,
-                            "delta": delta["reasoning_content"],
-                        },
-                    )
-                )
-            if delta.get("content"):
-                if self._kind != "message":
-                    out += self._begin(
-                        "message",
-                        {
-                            "type": "message",
-                            "id": _new_id("msg"),
-                            "status": "in_progress",
-                            "role": "assistant",
-                            "content": [],
-                        },
-                    )
-                self._text += delta["content"]
-                out.append(
-                    self._event(
-                        "response.output_text.delta",
-                        {
-                            "item_id": self._open["id"],
-                            "output_index": self._index,
-                            "content_index": 0,
-                            "delta": delta["content"],
-                            "logprobs": [],
-                        },
-                    )
-                )
-            for call in delta.get("tool_calls") or []:
-                out += self._tool_call(call)
-            if choice.get("finish_reason"):
-                self._finish_reason = choice["finish_reason"]
-        return b"".join(out)
-
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        function = call.get("function") or {}
-        position = call.get("index", len(self._calls))
-        if position not in self._calls:
-            call_id = call.get("id") or _new_id("call")
-            item = _call_item(self.tools, _new_id("fc"), call_id, function.get("name", ""), "", status="in_progress")
-            self._calls[position] = item
-            out += self._begin("function_call", item)
-        if function.get("arguments") and self._open is self._calls[position]:
-            self._text += function["arguments"]
-            out.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    {"item_id": self._open["id"], "output_index": self._index, "delta": function["arguments"]},
-                )
-            )
-        return out
-
-    def fail(self, code: str, message: str) -> bytes:
-        """``response.failed`` with the error, for a failure after the stream started."""
-        out = [] if self.started else [self.start()]
-        self.envelope.update(status="failed", error={"code": code, "message": message})
-        out.append(self._event("response.failed", {"response": self.envelope}))
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """Close the open item, then ``response.completed`` (or ``response.incomplete``)."""
-        out = [] if self.started else [self.start()]
-        out += self._close()
-        _finish(self.envelope, self._finish_reason)
-        self.envelope["usage"] = _usage(self._usage)
-        kind = "response.incomplete" if self.envelope["status"] == "incomplete" else "response.completed"
-        out.append(self._event(kind, {"response": self.envelope}))
-        return b"".join(out)

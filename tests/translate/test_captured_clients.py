@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from helexa.translate.anthropic import decode_request, to_chat_request
-from helexa.translate.responses import ResponsesStream, ToolSet, decode_responses_request, to_response
+from helexa.translate.responses import ToolSet, decode_responses_request, to_response
 from helexa.translate.responses import to_chat_request as responses_to_chat
+from helexa.translate.responses_stream import ResponsesStream
 from tests.conftest import ROOT
 
 CAPTURED = ROOT / "tests" / "fixtures" / "captured"
