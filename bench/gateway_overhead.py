@@ -132,6 +132,8 @@ async def run(args: argparse.Namespace) -> None:
                 await wait_ready(session, url)
             for stream, count in ((False, args.requests), (True, args.streams)):
                 for concurrency in (1, 32):
+                    if args.only and f"{'stream' if stream else 'non-stream'} c={concurrency}" not in args.only:
+                        continue
                     samples: dict[str, list[tuple[float, float]]] = {n: [] for n in urls}
                     for url in urls.values():  # warm-up
                         await load(session, url, stream=stream, count=min(count, 50), concurrency=concurrency)
@@ -184,6 +186,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per load; medians are printed")
     parser.add_argument("--auth", action="store_true", help="a named API key with limits on the gateway")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="LOAD", help="run only this load (e.g. 'non-stream c=32')"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

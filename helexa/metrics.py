@@ -1,7 +1,8 @@
 """Prometheus metrics shared by every role, created on an app-owned registry (never the global one).
 
 Names follow ``helexa_<role>_<what>_<unit>``; labels stay low-cardinality: the route *pattern*, never the
-path, no request ids, no prompts. Role-specific metrics live with their role.
+path, no request ids, no prompts. Role-specific metrics live with their role. What every request updates
+uses the lock-free families of :mod:`helexa.hotmetrics`; the rest uses ``prometheus_client`` directly.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from helexa.hotmetrics import CounterChild, GaugeChild, HistogramChild, HotCounter, HotGauge, HotHistogram
 from helexa.server.version import VersionInfo
 
 __all__ = ["GatewayMetrics", "HttpMetrics", "NeuronMetrics"]
@@ -22,15 +24,15 @@ class HttpMetrics:
 
     def __init__(self, registry: CollectorRegistry, role: str, version: VersionInfo) -> None:
         self.registry = registry
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
         prefix = f"helexa_{role}"
-        self.requests = Counter(
+        self.requests = HotCounter(
             f"{prefix}_http_requests",
             "HTTP requests answered, by route pattern, method and status.",
             ("route", "method", "status"),
             registry=registry,
         )
-        self.duration = Histogram(
+        self.duration = HotHistogram(
             f"{prefix}_http_request_duration_seconds",
             "Time from request to the end of the response, by route pattern.",
             ("route",),
@@ -76,13 +78,13 @@ class NeuronMetrics:
             ("model",),
             registry=registry,
         )
-        self.in_flight = Gauge(
+        self.in_flight = HotGauge(
             "helexa_neuron_requests_in_flight",
             "Inference requests being served, by model.",
             ("model",),
             registry=registry,
         )
-        self.requests = Counter(
+        self.requests = HotCounter(
             "helexa_neuron_requests",
             "Inference requests passed to engines, by model, endpoint and status.",
             ("model", "endpoint", "status"),
@@ -109,38 +111,40 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ("model", "neuron")
-        self.requests = Counter(
+        self.requests = HotCounter(
             "helexa_gateway_requests", "Inference requests, by status.", (*labels, "status"), registry=registry
         )
-        self.errors = Counter(
+        self.errors = HotCounter(
             "helexa_gateway_errors", "Failed inference requests, by error code.", (*labels, "code"), registry=registry
         )
-        self.duration = Histogram(
+        self.duration = HotHistogram(
             "helexa_gateway_request_duration_seconds",
             "Time from request to the last byte of the response.",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
-        self.ttft = Histogram(
+        self.ttft = HotHistogram(
             "helexa_gateway_time_to_first_token_seconds",
             "Time from request to the first generated token (streams).",
             labels,
             buckets=_TTFT_BUCKETS,
             registry=registry,
         )
-        self.tokens_per_second = Histogram(
+        self.tokens_per_second = HotHistogram(
             "helexa_gateway_output_tokens_per_second",
             "Completion tokens per second after the first token (streams).",
             labels,
             buckets=_TPS_BUCKETS,
             registry=registry,
         )
-        self.prompt_tokens = Counter("helexa_gateway_prompt_tokens", "Prompt tokens.", labels, registry=registry)
-        self.completion_tokens = Counter(
+        self.prompt_tokens = HotCounter("helexa_gateway_prompt_tokens", "Prompt tokens.", labels, registry=registry)
+        self.completion_tokens = HotCounter(
             "helexa_gateway_completion_tokens", "Completion tokens.", labels, registry=registry
         )
-        self.in_flight = Gauge("helexa_gateway_requests_in_flight", "Requests being served.", labels, registry=registry)
+        self.in_flight = HotGauge(
+            "helexa_gateway_requests_in_flight", "Requests being served.", labels, registry=registry
+        )
         self.cold_starts = Counter(
             "helexa_gateway_cold_starts", "Models loaded because a request needed them.", labels, registry=registry
         )
@@ -189,13 +193,13 @@ class GatewayMetrics:
 class RequestSeries:
     """Metric children of one (model, neuron) pair."""
 
-    duration: Histogram
-    ttft: Histogram
-    tokens_per_second: Histogram
-    prompt_tokens: Counter
-    completion_tokens: Counter
-    in_flight: Gauge
-    requests: dict[int, Counter]
+    duration: HistogramChild
+    ttft: HistogramChild
+    tokens_per_second: HistogramChild
+    prompt_tokens: CounterChild
+    completion_tokens: CounterChild
+    in_flight: GaugeChild
+    requests: dict[int, CounterChild]
     parent: GatewayMetrics
     key: tuple[str, str]
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from helexa.errors import NotFound
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.catalogue import fleet_report, model_cards
-from helexa.gateway.forward import forward, gateway_metrics_key, lifecycle_key, observe, session_key
+from helexa.gateway.forward import Forward, gateway_metrics_key, lifecycle_key, observe, session_key
 from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, keepalive_seconds_key, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
 from helexa.server.app import json_response
@@ -35,7 +35,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     if not head.stream:
         model_id, state = await lifecycle.route(head.model, conversation)
         body, _ = prepare_body(body, head.model, model_id, stream=False, wants_usage=False)
-        async with forward(
+        async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
         ) as (up, state):
             response = await relay(request, up, hide_usage=False, exchange=exchange)
@@ -46,7 +46,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     async with KeepAlive(response, OPENAI_KEEPALIVE, request.app[keepalive_seconds_key]) as waiting:
         model_id, state = await lifecycle.route(head.model, conversation)
         body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
-        async with forward(
+        async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
         ) as (up, state):
             await waiting.stop()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
-from helexa.gateway.forward import forward, lifecycle_key, observe
+from helexa.gateway.forward import Forward, lifecycle_key, observe
 from helexa.gateway.keepalive import KeepAlive, keepalive_seconds_key, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
@@ -194,7 +194,7 @@ async def _open(
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
     body = _encoder.encode(chat_request(model_id))
     path = "/v1/chat/completions"
-    async with forward(
+    async with Forward(
         request, model_id, state, path=path, body=body, exchange=exchange, conversation=conversation
     ) as opened:
         upstream = opened[0]

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from helexa.config import AuthSection
 from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
+from helexa.hotmetrics import HotCounter
 from helexa.server.auth import presented_token
 
 __all__ = [
@@ -99,6 +100,9 @@ class Key:
             self.bucket -= 1
 
 
+KNOWN_KEYS = 1024  # valid keys remembered by their presented form (see KeyRing.find)
+
+
 def digest_of(secret: str) -> bytes:
     """The SHA-256 of a key as presented (surrogate-escaped bytes for non-UTF-8 headers)."""
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
@@ -130,13 +134,25 @@ class KeyRing:
     def __init__(self, keys: list[Key]) -> None:
         self.keys = keys
         self.admin_configured = any("admin" in k.scopes for k in keys)
+        # keys presented before and found valid: a hit skips the hash; only valid keys enter, bounded
+        self._known: dict[str, Key] = {}
 
     def find(self, presented: str) -> Key | None:
-        """The key ``presented`` is, compared in constant time against every key."""
+        """The key ``presented`` is: its SHA-256 compared in constant time against every key.
+
+        A key found once is remembered (up to :data:`KNOWN_KEYS` of them) and looked up by the string itself
+        afterwards; the dict's string hash is keyed per process, so the lookup's timing tells an attacker
+        nothing about any key. Unknown strings are never remembered.
+        """
+        known = self._known.get(presented)
+        if known is not None:
+            return known
         digest, found = digest_of(presented), None
         for key in self.keys:
             if hmac.compare_digest(digest, key.digest):
                 found = key
+        if found is not None and len(self._known) < KNOWN_KEYS:
+            self._known[presented] = found
         return found
 
 
@@ -148,10 +164,10 @@ class KeyGuard:
         self, ring: KeyRing, registry: CollectorRegistry, *, scope_of: Callable[[web.Request], str | None]
     ) -> None:
         self.ring, self.scope_of = ring, scope_of
-        self._requests = Counter(
+        self._requests = HotCounter(
             "helexa_gateway_key_requests", "Requests admitted, by key name.", ("key",), registry=registry
         )
-        self._tokens = Counter("helexa_gateway_key_tokens", "Tokens used, by key name.", ("key",), registry=registry)
+        self._tokens = HotCounter("helexa_gateway_key_tokens", "Tokens used, by key name.", ("key",), registry=registry)
         self._refused = Counter(
             "helexa_gateway_key_rejections", "Requests refused by a key's limits.", ("key", "reason"), registry=registry
         )

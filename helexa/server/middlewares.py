@@ -197,7 +197,7 @@ def request_middleware(
         started = time.perf_counter()
         rid = request.headers.get(REQUEST_ID_HEADER, "")
         request[request_id_key] = rid if rid and _CLIENT_REQUEST_ID.match(rid) else f"{_ID_PREFIX}{next(_ids):010x}"
-        status = 500
+        status, response = 500, None
         done: list[Callable[[], None]] = []
         active = request.app[active_key]
         active[id(request)] = request
@@ -235,7 +235,7 @@ def request_middleware(
             if observe is not None:
                 resource = request.match_info.route.resource
                 route = resource.canonical if resource is not None else "unmatched"
-                final = response.status if "response" in locals() else status
+                final = response.status if response is not None else status
                 observe(route, request.method, final, time.perf_counter() - started)
         return response
 
@@ -254,6 +254,11 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
 
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path, status, duration and request id (never bodies or prompts)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Only when the line would be written (aiohttp skips the call otherwise: it runs on every request)."""
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line for one finished request."""
