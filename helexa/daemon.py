@@ -28,6 +28,7 @@ from helexa.server.app import metrics_app, registry_key
 from helexa.server.auth import load_or_create_token
 from helexa.server.runner import Listener, serve
 from helexa.server.version import version_info
+from helexa.wire.neuron import AUTO_HARNESS
 
 __all__ = ["ROLES", "Role", "check_harnesses", "prepare", "run_daemon"]
 
@@ -111,16 +112,18 @@ def _with_neuron_token(cfg: Config, host: str, *, create: bool) -> Config:
 def check_harnesses(cfg: Config, role: Role, harnesses: dict[str, type[Harness]]) -> None:
     """Fail fast when the neuron would need a harness that is not installed.
 
-    A neuron checks its default harness and every catalogue model (its own); in ``both`` the catalogue may
-    name harnesses that only remote neurons have, so only the default and the preloaded models are checked.
+    A neuron checks its default harness and every catalogue model (its own; ``auto`` ones at load time); in
+    ``both`` the catalogue may name harnesses that only remote neurons have, so only the default and the
+    preloaded models are checked.
     Options are validated against each harness's schema too.
 
     :raises PluginError: naming the model and listing the installed harnesses.
     """
-    resolve_harness(harnesses, cfg.neuron.default_harness, wanted_by="$.neuron.default_harness")
+    if cfg.neuron.default_harness != AUTO_HARNESS:
+        resolve_harness(harnesses, cfg.neuron.default_harness, wanted_by="$.neuron.default_harness")
     for i, model in enumerate(cfg.models):
-        if role == "both" and model.id not in cfg.neuron.preload:
-            continue
+        if (role == "both" and model.id not in cfg.neuron.preload) or model.harness == AUTO_HARNESS:
+            continue  # auto: the neuron picks the harness at load time, options are checked then
         harness = resolve_harness(harnesses, model.harness, wanted_by=f"$.models[{i}] ({model.id})")
         harness.parse_options(model.options, model_id=model.id)
 

@@ -5,7 +5,8 @@ Each check raises :class:`helexa.errors.PreflightError` with a ``kind`` a progra
 
 ``path_not_allowed`` · ``source_missing`` · ``source_empty`` · ``source_mixed`` · ``unsupported_format`` ·
 ``quant_not_found`` · ``quant_ambiguous`` · ``tensor_parallel`` · ``device_not_found`` · ``insufficient_vram`` ·
-``insufficient_memory``
+``insufficient_memory`` · ``insufficient_disk`` · ``auth_required`` · ``hub_unreachable`` · ``checksum_mismatch`` ·
+``download_disabled``
 
 Functions here touch the file system only to list and stat (``classify_source``) and are otherwise pure;
 callers on the event loop run them in a thread.
@@ -18,36 +19,44 @@ import importlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TypeVar
 
 from helexa.errors import PreflightError
 from helexa.harness import GpuState
 
 __all__ = [
+    "MEMORY_OVERHEAD",
+    "RemoteSelection",
     "SourceInfo",
+    "check_disk",
     "check_format",
     "choose_devices",
+    "classify_files",
     "classify_source",
     "match_quant",
+    "needed_mb",
     "resolve_local_source",
     "resolve_packaged_source",
+    "select_from_listing",
 ]
 
 _WEIGHT_SUFFIXES = {".gguf": "gguf", ".safetensors": "safetensors"}
+P = TypeVar("P", bound=PurePath)
 
 
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
     """What a model source holds: its format and its weight files."""
 
-    path: Path
+    path: PurePath  # a local path, or the repository (hf:org/name) for a listing
     kind: str  # gguf | safetensors
-    files: tuple[Path, ...]
+    files: tuple[PurePath, ...]
 
     @property
     def size_mb(self) -> int:
         """Total size of the weight files, in MiB."""
-        return sum(f.stat().st_size for f in self.files) // (1024 * 1024)
+        return sum(Path(f).stat().st_size for f in self.files) // (1024 * 1024)
 
 
 def resolve_local_source(model_id: str, source: str, model_dirs: Sequence[Path]) -> Path:
@@ -138,7 +147,16 @@ def classify_source(model_id: str, path: Path) -> SourceInfo:
     if not path.exists():
         raise PreflightError("source_missing", model_id, f"{path} does not exist", "check the source path")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    by_kind: dict[str, list[Path]] = {}
+    kind, found = classify_files(model_id, str(path), files)
+    return SourceInfo(path=path, kind=kind, files=tuple(found))
+
+
+def classify_files(model_id: str, where: str, files: Sequence[P]) -> tuple[str, list[P]]:
+    """The weight format of ``files`` (paths on disk or in a repository listing) and its weight files. Pure.
+
+    :raises PreflightError: ``source_empty`` (no weights) or ``source_mixed`` (both formats).
+    """
+    by_kind: dict[str, list[P]] = {}
     for f in files:
         kind = _WEIGHT_SUFFIXES.get(f.suffix.lower())
         if kind:
@@ -147,18 +165,18 @@ def classify_source(model_id: str, path: Path) -> SourceInfo:
         raise PreflightError(
             "source_empty",
             model_id,
-            f"{path} holds no .gguf or .safetensors files",
+            f"{where} holds no .gguf or .safetensors files",
             "point source at the model's weights",
         )
     if len(by_kind) > 1:
         raise PreflightError(
             "source_mixed",
             model_id,
-            f"{path} holds both GGUF and safetensors weights",
+            f"{where} holds both GGUF and safetensors weights",
             "split them into separate directories, or set quant to pick one GGUF file",
         )
     ((kind, found),) = by_kind.items()
-    return SourceInfo(path=path, kind=kind, files=tuple(found))
+    return kind, found
 
 
 def check_format(model_id: str, source: SourceInfo, harness: str, formats: frozenset[str]) -> None:
@@ -177,20 +195,20 @@ def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def _quant_of(file: Path) -> str:
+def _quant_of(file: PurePath) -> str:
     # "Qwen3-8B-Q4_K_M.gguf" -> "Q4_K_M"; multi-part "…-Q4_K_M-00001-of-00002.gguf" -> "Q4_K_M"
     stem = re.sub(r"-\d{5}-of-\d{5}$", "", file.stem)
     match = re.search(r"(?:^|[-_.])((?:I?Q\d[\w]*|F16|BF16|F32|FP16|FP8|MXFP4)[\w]*)$", stem, re.I)
     return match.group(1) if match else stem
 
 
-def match_quant(model_id: str, source: SourceInfo, quant: str) -> tuple[Path, ...]:
+def match_quant(model_id: str, source: SourceInfo, quant: str) -> tuple[PurePath, ...]:
     """Pick the GGUF file(s) of ``quant`` (case- and punctuation-insensitive; split files kept together).
 
     With no quant and one GGUF model, that one. :raises PreflightError: ``quant_not_found`` with the nearest
     available name as suggestion, or ``quant_ambiguous`` when several quants exist and none was asked for.
     """
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, list[PurePath]] = {}
     for f in source.files:
         if "mmproj" in f.name.lower():  # vision projectors ride along, they are not a quant choice
             continue
@@ -300,3 +318,79 @@ def choose_devices(
             "unload another model, use a smaller quantisation, or raise tensor_parallel",
         )
     return tuple(sorted(g.index for g in chosen))
+
+
+MEMORY_OVERHEAD = 1.2  # weights -> weights + KV cache and buffers, when the catalogue gives no vram_mb
+# Weights in formats no helexa engine reads: never downloaded along with a safetensors model.
+_OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".tflite", ".ot", ".pkl", ".npz")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSelection:
+    """What to fetch of a repository for one model: its format, the files, and how many bytes of weights."""
+
+    kind: str
+    files: tuple[str, ...]
+    weight_bytes: int
+
+
+def select_from_listing(
+    model_id: str,
+    where: str,
+    files: Sequence[tuple[str, int]],
+    *,
+    quant: str,
+    harness: str,
+    formats: frozenset[str],
+    tensor_parallel: int,
+) -> RemoteSelection:
+    """Choose the files of a repository listing (``(path, size)`` pairs) a harness needs. Pure.
+
+    GGUF: the file(s) of ``quant`` (split ``-00001-of-0000N`` files together). Safetensors: the weights and
+    every other file but weights in other formats (config, tokenizer, chat template).
+
+    :raises PreflightError: ``source_empty``, ``source_mixed``, ``unsupported_format``, ``quant_not_found``
+        (with the nearest name), ``quant_ambiguous``, or ``tensor_parallel`` (vLLM cannot split a GGUF).
+    """
+    sizes = dict(files)
+    paths = [PurePosixPath(name) for name in sizes]
+    if quant and any(p.suffix.lower() == ".gguf" for p in paths):  # a quant names GGUF files: mixed repos are fine
+        paths = [p for p in paths if p.suffix.lower() != ".safetensors"]
+    kind, weights = classify_files(model_id, where, paths)
+    source = SourceInfo(path=PurePosixPath(where), kind=kind, files=tuple(weights))
+    check_format(model_id, source, harness, formats)
+    if kind == "gguf":
+        if tensor_parallel > 1 and harness == "vllm":
+            raise PreflightError(
+                "tensor_parallel",
+                model_id,
+                f"vLLM cannot split a GGUF model over {tensor_parallel} GPUs",
+                "use a safetensors repository for tensor parallelism, or tensor_parallel = 1",
+            )
+        chosen = [str(f) for f in match_quant(model_id, source, quant)]
+        weight_bytes = sum(sizes[name] for name in chosen)
+        return RemoteSelection(kind, tuple(chosen), weight_bytes)
+    chosen = [
+        name
+        for name in sizes
+        if not name.lower().endswith((*_OTHER_WEIGHTS, ".gguf")) and not name.startswith(("original/", "."))
+    ]
+    weight_bytes = sum(sizes[str(f)] for f in weights)
+    return RemoteSelection(kind, tuple(sorted(chosen)), weight_bytes)
+
+
+def needed_mb(weight_bytes: int, vram_mb: int = 0) -> int:
+    """Memory a model needs: the catalogue's ``vram_mb``, else its weights plus :data:`MEMORY_OVERHEAD`."""
+    return vram_mb or int(weight_bytes / (1024 * 1024) * MEMORY_OVERHEAD)
+
+
+def check_disk(model_id: str, where: str, to_fetch: int, free: int, *, reserve: int = 1 << 30) -> None:
+    """:raises PreflightError: ``insufficient_disk`` when ``to_fetch`` bytes plus ``reserve`` exceed ``free``."""
+    if to_fetch + reserve > free:
+        raise PreflightError(
+            "insufficient_disk",
+            model_id,
+            f"the download needs {to_fetch / 2**30:.1f} GiB and {where} has {free / 2**30:.1f} GiB free "
+            f"(1 GiB is kept free)",
+            "free disk space, point HF_HOME (or [neuron] hf_cache_dir) at a larger disk, or use a smaller quant",
+        )

@@ -12,8 +12,9 @@ import abc
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 import aiohttp
@@ -28,6 +29,7 @@ from helexa.preflight import (
     choose_devices,
     classify_source,
     match_quant,
+    needed_mb,
     resolve_local_source,
     resolve_packaged_source,
 )
@@ -37,7 +39,6 @@ from helexa.wire.neuron import ModelSpec
 __all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load"]
 
 logger = logging.getLogger(__name__)
-_OVERHEAD = 1.2  # weights -> weights + KV cache and buffers, when the catalogue gives no vram_mb
 
 
 class ProcessHarness(Harness):
@@ -94,7 +95,7 @@ class ProcessHarness(Harness):
         source = await self.resolve_source(spec)
         check_format(spec.model_id, source, self.name, self.formats)
         files = match_quant(spec.model_id, source, spec.quant) if source.kind == "gguf" else source.files
-        needed = spec.vram_mb or int(sum(f.stat().st_size for f in files) / (1024 * 1024) * _OVERHEAD)
+        needed = needed_mb(await asyncio.to_thread(_total_size, files), spec.vram_mb)
         devices = choose_devices(
             spec.model_id,
             inventory.gpus,
@@ -262,3 +263,7 @@ def parse_engine_load(text: str, names: dict[str, str]) -> EngineLoad:
 def model_file(plan: PlacementPlan) -> Path:
     """The first weight file of a plan (the one engines that take ``-m FILE`` are given)."""
     return Path(plan.files[0])
+
+
+def _total_size(files: Sequence[PurePath]) -> int:
+    return sum(Path(f).stat().st_size for f in files)

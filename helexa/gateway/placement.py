@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from helexa.wire.neuron import AUTO_HARNESS
+
 __all__ = [
     "DeviceView",
     "EvictionPlan",
@@ -87,7 +89,7 @@ class EvictionPlan:
 
 
 def _fits(need: Need, neuron: NeuronView, *, free: dict[int, int], ram_free: int, use_total: bool) -> bool:
-    if need.harness not in neuron.harnesses:
+    if need.harness not in neuron.harnesses and not (need.harness == AUTO_HARNESS and neuron.harnesses):
         return False
     if not neuron.devices:
         if need.devices > 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from helexa.config import ModelEntry, NeuronRef
 from helexa.gateway.placement import DeviceView, Need, NeuronView, ResidentModel
-from helexa.wire.neuron import Discovery, ModelInfo, ModelStatus, NeuronHealth
+from helexa.wire.neuron import RESIDENT, Discovery, ModelInfo, ModelStatus, NeuronHealth
 
 __all__ = ["NeuronState", "Registry"]
 
@@ -114,7 +114,7 @@ class Registry:
         host = state.health.host if state.health else state.discovery.host
         resident = []
         for model_id, info in state.models.items():
-            if info.status not in (ModelStatus.LOADED, ModelStatus.LOADING):
+            if info.status not in RESIDENT:
                 continue
             entry = self.catalogue.get(model_id)
             resident.append(

@@ -22,6 +22,7 @@ from helexa.metrics import NeuronMetrics
 from helexa.neuron.gpus import discover, read_health
 from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
+from helexa.neuron.pull_routes import setup_pull_routes
 from helexa.neuron.routes import (
     discovery_key,
     load_on_demand_key,
@@ -76,6 +77,7 @@ def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type
     app[load_on_demand_key] = cfg.neuron.load_on_demand
     app[started_key] = time.monotonic()
     setup_routes(app)
+    setup_pull_routes(app)
     app.cleanup_ctx.append(_discovery(sorted(harnesses), version.version))
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_engines)
@@ -86,7 +88,10 @@ def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type
 def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[discovery_key] = await asyncio.to_thread(discover, harnesses, version)
-        app[manager_key].discovery = app[discovery_key]
+        manager = app[manager_key]
+        manager.discovery = app[discovery_key]
+        app[discovery_key].default_harness = manager.describe_default_harness()
+        logger.info("default harness: %s", app[discovery_key].default_harness)
         for device in app[discovery_key].devices:
             app[neuron_metrics_key].vram_total.labels(str(device.index)).set(device.vram_total_mb)
         yield

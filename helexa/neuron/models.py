@@ -21,10 +21,13 @@ import msgspec
 from helexa.config import Config, ModelEntry
 from helexa.errors import Conflict, HelexaError, InvalidRequest, NotFound, PreflightError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
+from helexa.hub import cache_dir
 from helexa.neuron.gpus import host_info, read_health
+from helexa.neuron.harness_choice import choose_harness
+from helexa.neuron.sources import Pull, Sources
 from helexa.plugins import resolve_harness
 from helexa.process_harness import EngineFailed, EngineLoad, ProcessHarness
-from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
+from helexa.wire.neuron import AUTO_HARNESS, Discovery, ModelInfo, ModelSpec, ModelStatus
 
 __all__ = ["EngineError", "ModelManager", "ModelRecord"]
 
@@ -63,6 +66,7 @@ class ModelRecord:
     loaded_at: float = 0.0
     task: asyncio.Task[ModelRecord] | None = None
     merge_system: bool = False  # the engine refused late system messages: merge them (system_messages = auto)
+    pull: Pull | None = None  # the download this load waits for
 
     def info(self) -> ModelInfo:
         """The wire view of this record."""
@@ -75,10 +79,15 @@ class ModelRecord:
             last_error=self.last_error,
             in_flight=self.in_flight,
             loaded_at=self.loaded_at,
+            download=self.pull.info() if self.pull is not None and self.status == ModelStatus.DOWNLOADING else None,
         )
 
 
 Observer = Callable[[str, str, float], None]  # (event, model_id, seconds): "loaded", "crashed", "failed"
+
+
+def _downloading(record: ModelRecord, pull: Pull) -> None:
+    record.status, record.pull = ModelStatus.DOWNLOADING, pull
 
 
 class ModelManager:
@@ -88,9 +97,12 @@ class ModelManager:
         self, cfg: Config, harness_classes: dict[str, type[Harness]], observer: Observer | None = None
     ) -> None:
         neuron = cfg.neuron
+        model_dirs = tuple(Path(d).expanduser() for d in neuron.model_dirs)
+        hub_cache = cache_dir(neuron.hf_cache_dir)
+        self.sources = Sources(hub_cache, model_dirs, downloads=neuron.downloads)
         context = HarnessContext(
             port_range=(neuron.port_range[0], neuron.port_range[1]),
-            model_dirs=tuple(Path(d).expanduser() for d in neuron.model_dirs),
+            model_dirs=(*model_dirs, hub_cache),  # pulled models are read where huggingface_hub keeps them
             ready_timeout_s=neuron.ready_timeout_seconds,
             stop_timeout_s=neuron.stop_timeout_seconds,
             log_lines=neuron.log_lines,
@@ -109,6 +121,7 @@ class ModelManager:
             for name in (entry.id, *entry.aliases):
                 self.catalogue[name] = entry
         self.records: dict[str, ModelRecord] = {}
+        self._auto_why: dict[str, str] = {}  # model id -> why "auto" chose its harness (for the load log)
         self.discovery: Discovery | None = None
         self._observer = observer or (lambda event, model_id, seconds: None)
 
@@ -134,8 +147,25 @@ class ModelManager:
                     and type(fields[field.name]) is type(default)
                 ):
                     fields[field.name] = getattr(known, field.name)
-        fields["harness"] = fields["harness"] or self.default_harness
+        harness = fields["harness"] or self.default_harness
+        if harness == AUTO_HARNESS:
+            harness, why = self.auto_harness(fields["source"] or fields["model_id"], fields["quant"])
+            self._auto_why[fields["model_id"]] = f"{harness or 'none'}, chosen by default_harness = auto: {why}"
+        fields["harness"] = harness or AUTO_HARNESS  # none installed: refused when the harness is looked up
         return ModelSpec(**fields)
+
+    def auto_harness(self, source: str, quant: str) -> tuple[str, str]:
+        """``(harness, why)`` of ``default_harness = "auto"`` for ``source`` on this host."""
+        gpus = len(self.discovery.devices) if self.discovery is not None else 0
+        return choose_harness(source, quant, gpus=gpus, installed=self.harnesses)
+
+    def describe_default_harness(self) -> str:
+        """What a model that names no harness gets here, and why (for ``/discovery`` and the log)."""
+        if self.default_harness != AUTO_HARNESS:
+            return f"{self.default_harness} (configured)"
+        dense, why_dense = self.auto_harness("org/model", "")
+        gguf, why_gguf = self.auto_harness("model.gguf", "")
+        return f"auto: {dense or 'none'} for safetensors ({why_dense}); {gguf or 'none'} for GGUF ({why_gguf})"
 
     def from_request(self, spec: ModelSpec) -> ModelSpec:
         """A load request's spec, completed from the catalogue, with only what HTTP may choose.
@@ -279,7 +309,11 @@ class ModelManager:
 
     async def _load(self, record: ModelRecord, harness: Harness) -> ModelRecord:
         spec, began = record.spec, time.monotonic()
+        if spec.model_id in self._auto_why:
+            logger.info("loading %s with %s", spec.model_id, self._auto_why.pop(spec.model_id))
         try:
+            spec = await self.sources.prepare(spec, harness, await self.inventory(), lambda p: _downloading(record, p))
+            record.status, record.pull = ModelStatus.LOADING, None
             record.plan = await self._preflight(harness, spec)
             record.endpoint = await harness.load(spec, record.plan)
         except PreflightError as exc:
@@ -294,7 +328,7 @@ class ModelManager:
             self._forget_old_failures()
             raise EngineError(f"model {spec.model_id!r} failed to load: {exc}") from None
         except asyncio.CancelledError:
-            record.status = ModelStatus.UNLOADED
+            record.status, record.pull = ModelStatus.UNLOADED, None
             with contextlib.suppress(Exception):
                 await harness.unload(spec.model_id)
             raise
@@ -306,7 +340,13 @@ class ModelManager:
             raise EngineError(f"model {spec.model_id!r} failed to load: {type(exc).__name__}: {exc}") from None
         record.status, record.last_error, record.loaded_at = ModelStatus.LOADED, "", time.time()
         seconds = time.monotonic() - began
-        logger.info("loaded %s with %s in %.1fs at %s", spec.model_id, harness.name, seconds, record.endpoint)
+        logger.info(
+            "loaded %s with %s in %.1fs (engine at %s, served by this neuron)",
+            spec.model_id,
+            harness.name,
+            seconds,
+            record.endpoint,
+        )
         self._observer("loaded", spec.model_id, seconds)
         return record
 
@@ -395,8 +435,9 @@ class ModelManager:
             record.in_flight -= 1
 
     async def close(self) -> None:
-        """Cancel loads in progress and stop every engine."""
+        """Cancel loads and downloads in progress and stop every engine."""
         for record in self.records.values():
             if record.task is not None and not record.task.done():
                 record.task.cancel()
+        await self.sources.close()
         await asyncio.gather(*(h.close() for h in self.harnesses.values()), return_exceptions=True)

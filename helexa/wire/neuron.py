@@ -14,9 +14,12 @@ import msgspec
 from helexa.wire import ModelId, WireStruct
 
 __all__ = [
+    "AUTO_HARNESS",
+    "RESIDENT",
     "DeviceHealth",
     "DeviceInfo",
     "Discovery",
+    "DownloadInfo",
     "EndpointInfo",
     "HostInfo",
     "LoadRequest",
@@ -28,8 +31,14 @@ __all__ = [
     "NeuronHealth",
     "PreflightErrorBody",
     "PreflightErrorInfo",
+    "PullRequest",
+    "PullResponse",
     "UnloadRequest",
 ]
+
+
+#: A harness name that leaves the choice to the neuron (``default_harness = "auto"``).
+AUTO_HARNESS = "auto"
 
 
 class DeviceInfo(WireStruct, omit_defaults=False):
@@ -63,6 +72,7 @@ class Discovery(WireStruct, omit_defaults=False):
     harnesses: list[str] = []
     version: str = ""
     gpu_error: str = ""
+    default_harness: str = ""  # what a model naming no harness gets here, and why
 
 
 class DeviceHealth(WireStruct, omit_defaults=False):
@@ -86,11 +96,26 @@ class NeuronHealth(WireStruct, omit_defaults=False):
 class ModelStatus(enum.StrEnum):
     """A model's status as the gateway sees it."""
 
+    DOWNLOADING = "downloading"  # fetching the model's files before its engine starts (a load in progress)
     LOADING = "loading"
     LOADED = "loaded"
     SLEEPING = "sleeping"
     UNLOADED = "unloaded"
     FAILED = "failed"
+
+
+#: Statuses of a model that holds, or is about to hold, memory on its neuron.
+RESIDENT = frozenset({ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.DOWNLOADING})
+
+
+class DownloadInfo(WireStruct, omit_defaults=False):
+    """A download in progress: bytes so far, in total, and the rate (bytes per second)."""
+
+    source: str = ""
+    file: str = ""
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_per_second: float = 0.0
 
 
 class ModelInfo(WireStruct, omit_defaults=False):
@@ -107,6 +132,12 @@ class ModelInfo(WireStruct, omit_defaults=False):
     waiting: int = 0
     running: int = 0
     kv_cache_usage: float = 0.0
+    download: DownloadInfo | None = None  # while downloading
+    #: For a model not running here: whether it could start now. ``local`` (files here), ``download`` (its
+    #: ``download_bytes`` must be fetched first), ``unavailable`` (``unavailable_kind`` says why), "" = not checked.
+    availability: str = ""
+    download_bytes: int = 0
+    unavailable_kind: str = ""
 
 
 class ModelList(WireStruct, omit_defaults=False):
@@ -134,6 +165,26 @@ class ModelSpec(WireStruct):
     normalise: bool = True
     json_tool_calls: bool = True
     system_messages: Literal["auto", "keep", "merge"] = "auto"
+
+
+class PullRequest(WireStruct):
+    """``POST /models/pull``: fetch a source's files now (nothing starts). ``harness`` picks the format when a
+    repository holds several; ``wait = false`` answers 202 at once (progress in ``GET /pulls``)."""
+
+    source: str
+    quant: str = ""
+    harness: str = ""
+    wait: bool = True
+
+
+class PullResponse(WireStruct, omit_defaults=False):
+    """Answer to a pull: where the files are (once there), which, and how far the download is."""
+
+    source: str
+    status: Literal["downloading", "ready"]
+    path: str = ""
+    files: list[str] = []
+    download: DownloadInfo | None = None
 
 
 class LoadRequest(ModelSpec):

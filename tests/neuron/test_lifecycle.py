@@ -329,5 +329,7 @@ async def test_load_request_fields_win_over_the_catalogue(neuron):
     assert filled.options == {"flags": ["--reply", "x"]} and filled.normalise is True
     kept = manager.complete(ModelSpec(model_id="cat", normalise=False, options={"flags": []}))
     assert kept.normalise is False and kept.options == {"flags": []}
-    unknown = manager.complete(ModelSpec(model_id="other"))
-    assert (unknown.harness, unknown.source) == ("llamacpp", "")
+    unknown = manager.complete(ModelSpec(model_id="other"))  # default_harness = auto, and only "fake" here
+    assert (unknown.harness, unknown.source) == ("auto", "")
+    resp = await client.post("/models/load", json={"model_id": "other"})
+    assert resp.status == 422 and (await resp.json())["error"]["kind"] == "harness_not_installed"

@@ -1,0 +1,247 @@
+"""Models from a Hugging Face hub: preflight from the listing, pulls with progress, resume, sharing, gating.
+
+The real ``huggingface_hub`` client talks to a fake hub on loopback (``HF_ENDPOINT``); the neuron runs the
+fake engine, which reads GGUF files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from huggingface_hub import try_to_load_from_cache
+
+from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
+from tests.neuron.conftest import fake_model
+
+MiB = 1024 * 1024
+
+
+def read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def gguf(seed: int, size: int) -> bytes:
+    block = bytes((seed + i) % 251 for i in range(4096))
+    return (b"GGUF" + block * (size // len(block) + 1))[:size]
+
+
+@pytest.fixture
+async def hub(aiohttp_server, monkeypatch, tmp_path):
+    """A fake hub serving a GGUF repo with two quants, a split one, a safetensors repo and a gated repo."""
+    fake = FakeHub(
+        repos={
+            "acme/tiny-GGUF": {
+                "tiny-Q4_K_M.gguf": gguf(1, 3 * MiB),
+                "tiny-Q8_0.gguf": gguf(2, 5 * MiB),
+                "README.md": b"# tiny\n",
+            },
+            "acme/split-GGUF": {
+                "split-Q4_K_M-00001-of-00002.gguf": gguf(3, MiB),
+                "split-Q4_K_M-00002-of-00002.gguf": gguf(4, MiB),
+                "split-Q8_0.gguf": gguf(5, 2 * MiB),
+            },
+            "acme/dense": {
+                "config.json": b'{"num_hidden_layers": 2}',
+                "model-00001-of-00002.safetensors": b"\0" * 1000,
+                "model-00002-of-00002.safetensors": b"\0" * 1000,
+                "pytorch_model.bin": b"\0" * 5000,
+            },
+            "acme/gated-GGUF": {"gated-Q4_K_M.gguf": gguf(6, MiB)},
+        },
+        gated={"acme/gated-GGUF": "hf_sesame"},
+    )
+    server = await aiohttp_server(fake.app())
+    point_huggingface_hub_at(monkeypatch, str(server.make_url("")).rstrip("/"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    fake.cache = tmp_path / "hf-cache"  # type: ignore[attr-defined]
+    return fake
+
+
+async def make(neuron, hub, *models, **section):
+    return await neuron(neuron={"hf_cache_dir": str(hub.cache), **section}, models=list(models))
+
+
+async def test_pull_fetches_the_quant_into_the_huggingface_cache(neuron, hub):
+    client = await make(neuron, hub)
+    resp = await client.post("/models/pull", json={"source": "hf:acme/tiny-GGUF", "quant": "q8_0", "harness": "fake"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["status"] == "ready" and body["files"] == ["tiny-Q8_0.gguf"]
+    assert [d[0] for d in hub.downloads] == ["acme/tiny-GGUF/tiny-Q8_0.gguf"]  # only the quant asked for
+    # huggingface_hub itself finds the file where helexa put it (one cache for every engine)
+    cached = try_to_load_from_cache("acme/tiny-GGUF", "tiny-Q8_0.gguf", cache_dir=hub.cache)
+    assert isinstance(cached, str) and read(cached) == hub.repos["acme/tiny-GGUF"]["tiny-Q8_0.gguf"]
+    again = await client.post("/models/pull", json={"source": "acme/tiny-GGUF", "quant": "Q8_0", "harness": "fake"})
+    assert again.status == 200 and len(hub.downloads) == 1  # a bare org/name works; nothing fetched twice
+
+
+async def test_load_pulls_then_serves_and_shows_progress(neuron, hub):
+    hub.rate_bytes_per_s = 2 * MiB  # ~1.5 s for the 3 MiB quant
+    model = fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M")
+    client = await make(neuron, hub, model)
+    resp = await client.post("/models/load", json={"model_id": "tiny", "wait": False})
+    assert resp.status == 202
+    seen = None
+    for _ in range(100):
+        models = {m["id"]: m for m in (await (await client.get("/models")).json())["models"]}
+        info = models["tiny"]
+        if info["status"] == "downloading" and info["download"]["bytes_done"] > 0:
+            seen = info["download"]
+            break
+        await asyncio.sleep(0.05)
+    assert seen is not None, "never saw the download in progress"
+    assert seen["bytes_total"] == 3 * MiB and 0 < seen["bytes_done"] <= seen["bytes_total"]
+    assert seen["source"] == "hf:acme/tiny-GGUF" and seen["file"] == "tiny-Q4_K_M.gguf"
+    pulls = (await (await client.get("/pulls")).json())["pulls"]
+    assert [p["source"] for p in pulls] == ["hf:acme/tiny-GGUF"]
+    loaded = await client.post("/models/load", json={"model_id": "tiny"})
+    assert loaded.status == 200, await loaded.text()
+    chat = await client.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert chat.status == 200
+
+
+async def test_wrong_quant_is_refused_from_the_listing_with_the_nearest_name(neuron, hub):
+    client = await make(neuron, hub, fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q8_K"))
+    resp = await client.post("/models/load", json={"model_id": "tiny"})
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "quant_not_found"
+    assert "Q8_0" in err["suggestion"] and "Q4_K_M" in err["message"]
+    assert hub.downloads == []  # nothing fetched
+
+
+async def test_split_gguf_files_come_together(neuron, hub):
+    client = await make(neuron, hub)
+    resp = await client.post(
+        "/models/pull", json={"source": "hf:acme/split-GGUF", "quant": "Q4_K_M", "harness": "fake"}
+    )
+    assert (await resp.json())["files"] == [
+        "split-Q4_K_M-00001-of-00002.gguf",
+        "split-Q4_K_M-00002-of-00002.gguf",
+    ]
+
+
+async def test_gated_repo_needs_a_token(neuron, hub, monkeypatch):
+    client = await make(neuron, hub)
+    resp = await client.post("/models/pull", json={"source": "hf:acme/gated-GGUF", "harness": "fake"})
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "auth_required" and "HF_TOKEN" in err["suggestion"]
+    monkeypatch.setenv("HF_TOKEN", "hf_sesame")
+    ok = await client.post("/models/pull", json={"source": "hf:acme/gated-GGUF", "harness": "fake"})
+    assert ok.status == 200, await ok.text()
+
+
+async def test_unknown_repo_and_revision(neuron, hub):
+    client = await make(neuron, hub)
+    for source in ("hf:acme/nope", "hf:acme/tiny-GGUF@v9"):
+        resp = await client.post("/models/pull", json={"source": source, "harness": "fake", "quant": "Q4_K_M"})
+        err = (await resp.json())["error"]
+        assert resp.status == 422 and err["kind"] == "source_missing", err
+    bad = await client.post("/models/pull", json={"source": "hf:../../etc", "harness": "fake"})
+    assert bad.status == 400
+
+
+async def test_safetensors_and_tensor_parallel_preflight_from_the_listing(neuron, hub):
+    client = await make(neuron, hub, fake_model("dense", source="hf:acme/dense"))
+    resp = await client.post("/models/load", json={"model_id": "dense"})
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "unsupported_format" and "safetensors" in err["message"]
+    tp = await client.post(
+        "/models/load",
+        json={
+            "model_id": "tp",
+            "harness": "fake",
+            "source": "hf:acme/tiny-GGUF",
+            "quant": "Q4_K_M",
+            "tensor_parallel": 2,
+        },
+    )
+    err = (await tp.json())["error"]
+    assert tp.status == 422 and err["kind"] == "tensor_parallel"
+    assert hub.downloads == []
+
+
+async def test_too_big_for_memory_is_refused_before_downloading(neuron, hub):
+    model = fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q8_0", vram_mb=10_000_000)
+    client = await make(neuron, hub, model)
+    resp = await client.post("/models/load", json={"model_id": "tiny"})
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "insufficient_memory"
+    assert hub.downloads == []
+
+
+async def test_interrupted_download_resumes_with_a_range_request(neuron, hub):
+    hub.cut_after_bytes = MiB + 123  # the connection drops mid-file
+    client = await make(neuron, hub)
+    resp = await client.post("/models/pull", json={"source": "hf:acme/tiny-GGUF", "quant": "Q4_K_M", "harness": "fake"})
+    assert resp.status == 200, await resp.text()
+    ranges = [r for _, r in hub.downloads]
+    assert ranges == ["", f"bytes={MiB}-"], ranges  # resumed after the last whole chunk written
+    cached = try_to_load_from_cache("acme/tiny-GGUF", "tiny-Q4_K_M.gguf", cache_dir=hub.cache)
+    assert read(cached) == hub.repos["acme/tiny-GGUF"]["tiny-Q4_K_M.gguf"]
+
+
+async def test_unload_cancels_the_download_and_the_next_load_resumes_it(neuron, hub):
+    hub.rate_bytes_per_s = MiB  # 3 s for the file
+    client = await make(neuron, hub, fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M"))
+    await client.post("/models/load", json={"model_id": "tiny", "wait": False})
+    blobs = hub.cache / "models--acme--tiny-GGUF" / "blobs"
+    for _ in range(100):
+        partial = list(blobs.glob("*.incomplete")) if blobs.exists() else []
+        if partial and partial[0].stat().st_size > 256 * 1024:
+            break
+        await asyncio.sleep(0.05)
+    resp = await client.post("/models/unload", json={"model_id": "tiny"})
+    assert resp.status == 200
+    await asyncio.sleep(0.5)  # the download thread notices within a chunk
+    partial = list(blobs.glob("*.incomplete"))
+    assert partial, "the partial file was not kept"
+    kept = partial[0].stat().st_size
+    assert 0 < kept < 3 * MiB
+    models = {m["id"]: m for m in (await (await client.get("/models")).json())["models"]}
+    assert models["tiny"]["status"] == "unloaded"
+    hub.rate_bytes_per_s = 0
+    loaded = await client.post("/models/load", json={"model_id": "tiny"})
+    assert loaded.status == 200, await loaded.text()
+    assert hub.downloads[-1][1] == f"bytes={kept}-"
+
+
+async def test_concurrent_loads_share_one_download(neuron, hub):
+    hub.rate_bytes_per_s = 4 * MiB
+    client = await make(neuron, hub, fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M"))
+    pull = client.post("/models/pull", json={"source": "hf:acme/tiny-GGUF", "quant": "Q4_K_M", "harness": "fake"})
+    answers = await asyncio.gather(
+        client.post("/models/load", json={"model_id": "tiny"}),
+        pull,
+        client.post("/models/load", json={"model_id": "tiny"}),
+    )
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert len(hub.downloads) == 1
+
+
+async def test_offline_uses_the_cache(neuron, hub, monkeypatch):
+    from huggingface_hub import constants
+
+    client = await make(neuron, hub, fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M"))
+    assert (
+        await client.post("/models/pull", json={"source": "hf:acme/tiny-GGUF", "quant": "Q4_K_M", "harness": "fake"})
+    ).status == 200
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = hub.info_requests
+    loaded = await client.post("/models/load", json={"model_id": "tiny"})
+    assert loaded.status == 200, await loaded.text()
+    assert hub.info_requests == before  # not even a listing
+    other = await client.post("/models/pull", json={"source": "hf:acme/split-GGUF", "quant": "Q8_0", "harness": "fake"})
+    err = (await other.json())["error"]
+    assert other.status == 422 and err["kind"] == "hub_unreachable"
+
+
+async def test_downloads_off(neuron, hub):
+    client = await make(neuron, hub, fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M"), downloads=False)
+    resp = await client.post("/models/load", json={"model_id": "tiny"})
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "download_disabled"
+    assert hub.downloads == []
