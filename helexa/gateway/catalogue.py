@@ -4,43 +4,65 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from helexa.gateway.placement import could_fit
 from helexa.gateway.registry import Registry
-from helexa.wire.neuron import ModelStatus
+from helexa.wire.neuron import RESIDENT, ModelInfo, ModelStatus
 
 __all__ = ["fleet_report", "model_cards"]
 
 
 def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
-    """Every model loaded on a healthy neuron, then every catalogue model with a valid placement.
+    """Every model running or starting on a healthy neuron, then every catalogue model.
 
-    OpenAI ``model`` objects plus helexa's fields: ``status`` (``loaded``, ``loading`` or ``available``),
-    ``loaded_on`` (neuron names) and ``aliases``.
+    OpenAI ``model`` objects plus helexa's fields: ``status`` — ``loaded``, ``loading``, ``downloading`` (with
+    ``download``: bytes done, total, rate), ``available`` (loadable now), ``download`` (its files must be
+    fetched first: ``download_bytes``) or ``unavailable`` (``unavailable_kind`` says why: a preflight kind,
+    or ``no_placement`` when no neuron could hold it) — ``loaded_on`` (neuron names) and ``aliases``.
     """
     cards: dict[str, dict[str, Any]] = {}
     for state in registry.neurons.values():
         if not state.healthy:
             continue
         for model_id, info in state.models.items():
-            if info.status not in (ModelStatus.LOADED, ModelStatus.LOADING):
+            if info.status not in RESIDENT:
                 continue
             card = cards.setdefault(model_id, _card(registry, model_id, int(info.loaded_at)))
             if info.status == ModelStatus.LOADED:
                 card["loaded_on"].append(state.name)
                 card["status"] = "loaded"
             elif card["status"] != "loaded":
-                card["status"] = "loading"
+                card["status"] = str(info.status)
+                if info.download is not None:
+                    card["download"] = msgspec.to_builtins(info.download)
     views = registry.views()
     for entry in registry.entries:
         if entry.id in cards:
             continue
+        card = cards[entry.id] = _card(registry, entry.id, 0)
         need = registry.need(entry)
-        if any(could_fit(need, v) for v in views):
-            cards[entry.id] = _card(registry, entry.id, 0)
+        fits = {v.name for v in views if could_fit(need, v)}
+        if not fits:
+            card.update(status="unavailable", unavailable_kind="no_placement")
+            continue
+        _availability(card, [state.models.get(entry.id) for name, state in registry.neurons.items() if name in fits])
     for model_id in loading:
-        if model_id in cards and cards[model_id]["status"] != "loaded":
+        if model_id in cards and cards[model_id]["status"] not in ("loaded", "downloading"):
             cards[model_id]["status"] = "loading"
     return list(cards.values())
+
+
+def _availability(card: dict[str, Any], infos: list[ModelInfo | None]) -> None:
+    """The best the neurons that could hold a model say of it: loadable now, after a download, or not at all."""
+    known = [i for i in infos if i is not None and i.availability]
+    if not known or any(i.availability == "local" for i in known) or len(known) < len(infos):
+        return  # "available": files here, or a neuron that has not said (it would check at load time)
+    downloads = [i.download_bytes for i in known if i.availability == "download"]
+    if downloads:
+        card.update(status="download", download_bytes=min(downloads))
+        return
+    card.update(status="unavailable", unavailable_kind=known[0].unavailable_kind)
 
 
 def _card(registry: Registry, model_id: str, created: int) -> dict[str, Any]:
@@ -89,6 +111,7 @@ def fleet_report(registry: Registry, loading: list[str]) -> dict[str, Any]:
                         "harness": m.harness,
                         "in_flight": state.in_flight.get(m.id, 0),
                         "last_error": m.last_error,
+                        "download": msgspec.to_builtins(m.download) if m.download is not None else None,
                     }
                     for m in state.models.values()
                 ],

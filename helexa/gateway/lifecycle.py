@@ -119,12 +119,15 @@ class Lifecycle:
         """
         model_id = self.registry.resolve(requested)
         if not self.registry.first_round.is_set():
-            await self._first_round()
+            await self.first_round()
         if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
             raise _not_found(requested)
         return model_id
 
-    async def _first_round(self) -> None:
+    async def first_round(self) -> None:
+        """Wait (briefly) until every neuron was polled once since start, so answers reflect the fleet."""
+        if self.registry.first_round.is_set():
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
 
@@ -138,7 +141,7 @@ class Lifecycle:
         """
         model_id = self.registry.resolve(requested)
         if not self.registry.first_round.is_set():
-            await self._first_round()
+            await self.first_round()
         state = self.choose(model_id, conversation=conversation)
         if state is not None:
             return model_id, state

@@ -56,8 +56,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the merged catalogue."""
+    """``GET /v1/models``: the merged catalogue (once the fleet was polled: right after start, it waits)."""
     lifecycle = request.app[lifecycle_key]
+    await lifecycle.first_round()
     return json_response({"object": "list", "data": model_cards(lifecycle.registry, lifecycle.loading())})
 
 

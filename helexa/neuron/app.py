@@ -8,6 +8,7 @@ refresher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -117,7 +118,11 @@ async def _engines(app: web.Application) -> AsyncIterator[None]:
 
 def _background(preload: list[str]):  # noqa: ANN202
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_preload(app, preload)), asyncio.create_task(_refresh_gpus(app))]
+        tasks = [
+            asyncio.create_task(_preload(app, preload)),
+            asyncio.create_task(_refresh_gpus(app)),
+            asyncio.create_task(_check_availability(app)),
+        ]
         yield
         await cancel_all(tasks)
 
@@ -135,6 +140,23 @@ async def _preload(app: web.Application, model_ids: list[str]) -> None:
             await manager.load(spec)
         except HelexaError as exc:
             logger.error("preload of %s failed: %s", model_id, exc.message)
+
+
+AVAILABILITY_EVERY_S = 600.0
+
+
+async def _check_availability(app: web.Application) -> None:
+    """Which catalogue models could start here, need a download, or cannot run: at start, after every
+    download, and every :data:`AVAILABILITY_EVERY_S` (each check of a hub source is one listing request)."""
+    manager = app[manager_key]
+    while True:
+        manager.sources.changed.clear()
+        try:
+            await manager.check_availability()
+        except Exception:  # a check must never stop the neuron; the next round tries again
+            logger.exception("checking the catalogue's availability failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(manager.sources.changed.wait(), AVAILABILITY_EVERY_S)
 
 
 async def _refresh_gpus(app: web.Application) -> None:

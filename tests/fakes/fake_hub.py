@@ -180,3 +180,26 @@ def point_huggingface_hub_at(monkeypatch, endpoint: str) -> None:
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def main() -> None:
+    """``python tests/fakes/fake_hub.py --port P --file REPO=NAME:PATH … [--rate BYTES_PER_S]``: serve on loopback."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--file", action="append", default=[], help="org/name=filename:/path/on/disk")
+    parser.add_argument("--rate", type=int, default=0)
+    args = parser.parse_args()
+    repos: dict[str, dict[str, bytes | Path]] = {}
+    for spec in args.file:
+        repo, _, rest = spec.partition("=")
+        name, _, path = rest.partition(":")
+        repos.setdefault(repo, {})[name] = Path(path)
+    hub = FakeHub(repos=repos, rate_bytes_per_s=args.rate)
+    print(f"fake hub on 127.0.0.1:{args.port}", flush=True)
+    web.run_app(hub.app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

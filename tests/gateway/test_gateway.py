@@ -35,12 +35,38 @@ async def test_merged_catalogue_and_aliases(fleet):
     )
     data = (await (await client.get("/v1/models")).json())["data"]
     by_id = {m["id"]: m for m in data}
-    assert set(by_id) == {"loaded-a", "loaded-b", "cold"}  # too-big has no valid placement
+    assert set(by_id) == {"loaded-a", "loaded-b", "cold", "too-big"}
+    assert (by_id["too-big"]["status"], by_id["too-big"]["unavailable_kind"]) == ("unavailable", "no_placement")
     assert by_id["loaded-a"]["status"] == "loaded" and by_id["loaded-a"]["loaded_on"] == ["a"]
     assert by_id["cold"]["status"] == "available" and by_id["cold"]["aliases"] == ["c"]
     assert all(m["object"] == "model" and m["owned_by"] == "helexa" for m in data)
     assert (await (await client.get("/v1/models/c")).json())["id"] == "cold"
     assert (await client.get("/v1/models/nope")).status == 404
+
+
+async def test_the_catalogue_says_what_needs_a_download_and_what_cannot_run(fleet):
+    from helexa.wire.neuron import DownloadInfo, ModelInfo, ModelStatus
+
+    a = FakeNeuron("a")
+    a.models["pulled"] = ModelInfo(id="pulled", availability="local")
+    a.models["remote"] = ModelInfo(id="remote", availability="download", download_bytes=5 * 2**30)
+    a.models["gated"] = ModelInfo(id="gated", availability="unavailable", unavailable_kind="auth_required")
+    a.models["fetching"] = ModelInfo(
+        id="fetching",
+        status=ModelStatus.DOWNLOADING,
+        download=DownloadInfo(source="hf:o/n", bytes_done=10, bytes_total=40, bytes_per_second=5.0),
+    )
+    models = [entry(m) for m in ("pulled", "remote", "gated", "fetching", "unchecked")]
+    client, _ = await fleet([a], models=models)
+    by_id = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
+    assert by_id["pulled"]["status"] == "available" and by_id["unchecked"]["status"] == "available"
+    assert (by_id["remote"]["status"], by_id["remote"]["download_bytes"]) == ("download", 5 * 2**30)
+    assert (by_id["gated"]["status"], by_id["gated"]["unavailable_kind"]) == ("unavailable", "auth_required")
+    assert by_id["fetching"]["status"] == "downloading"
+    assert by_id["fetching"]["download"]["bytes_done"] == 10 and by_id["fetching"]["download"]["bytes_total"] == 40
+    fleet_view = await (await client.get("/fleet")).json()
+    (neuron,) = fleet_view["neurons"]
+    assert {m["id"]: m["download"] for m in neuron["models"]}["fetching"]["bytes_per_second"] == 5.0
 
 
 async def test_routes_to_the_loaded_replica_and_the_least_busy_one(fleet):
