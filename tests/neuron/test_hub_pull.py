@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
+from tests.fakes.fake_harness import FakeHarness
 from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
 from tests.neuron.conftest import fake_model
 
@@ -245,3 +246,24 @@ async def test_downloads_off(neuron, hub):
     err = (await resp.json())["error"]
     assert resp.status == 422 and err["kind"] == "download_disabled"
     assert hub.downloads == []
+
+
+class DenseFake(FakeHarness):
+    """The fake engine, as a harness that reads safetensors (like vLLM)."""
+
+    name = "dense"
+    formats = frozenset({"safetensors"})
+
+
+async def test_dense_repo_downloads_config_and_weights_only(neuron, hub):
+    client = await neuron(neuron={"hf_cache_dir": str(hub.cache)}, harnesses={"fake": FakeHarness, "dense": DenseFake})
+    resp = await client.post("/models/pull", json={"source": "hf:acme/dense", "harness": "dense"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["files"] == ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    tp = await client.post(
+        "/models/load",
+        json={"model_id": "dense-tp", "harness": "dense", "source": "hf:acme/dense", "tensor_parallel": 2},
+    )
+    err = (await tp.json())["error"]
+    assert tp.status == 422 and err["kind"] == "tensor_parallel" and "GPU" in err["message"]

@@ -220,3 +220,55 @@ def test_cpu_host_runs_cpu_capable_harnesses_in_ram():
         ram_available_mb=1000,
         cpu_ok=False,
     )
+
+
+def test_select_from_listing():
+    from helexa.errors import PreflightError
+    from helexa.preflight import select_from_listing
+
+    gguf_repo = [("a-Q4_K_M.gguf", 100), ("a-Q8_0.gguf", 200), ("mmproj-a-F16.gguf", 50), ("README.md", 1)]
+    chosen = select_from_listing(
+        "m", "hf:o/a", gguf_repo, quant="q8_0", harness="llamacpp", formats=frozenset({"gguf"}), tensor_parallel=1
+    )
+    assert (chosen.kind, chosen.files, chosen.weight_bytes) == ("gguf", ("a-Q8_0.gguf",), 200)
+    with pytest.raises(PreflightError) as refused:
+        select_from_listing(
+            "m", "hf:o/a", gguf_repo, quant="Q4", harness="vllm", formats=frozenset({"gguf"}), tensor_parallel=2
+        )
+    assert refused.value.kind == "tensor_parallel"
+    mixed = [("model.safetensors", 10), ("config.json", 1), ("gguf/a-Q4_K_M.gguf", 5)]
+    with pytest.raises(PreflightError) as both:
+        select_from_listing(
+            "m", "hf:o/m", mixed, quant="", harness="vllm", formats=frozenset({"safetensors"}), tensor_parallel=1
+        )
+    assert both.value.kind == "source_mixed"
+    by_quant = select_from_listing(
+        "m", "hf:o/m", mixed, quant="Q4_K_M", harness="llamacpp", formats=frozenset({"gguf"}), tensor_parallel=1
+    )
+    assert by_quant.files == ("gguf/a-Q4_K_M.gguf",)  # a quant names GGUF files: the safetensors are ignored
+    dense = [("model.safetensors", 10), ("config.json", 1), ("pytorch_model.bin", 10), ("original/x.pth", 9)]
+    picked = select_from_listing(
+        "m", "hf:o/d", dense, quant="", harness="vllm", formats=frozenset({"safetensors"}), tensor_parallel=4
+    )
+    assert (picked.files, picked.weight_bytes) == (("config.json", "model.safetensors"), 10)
+    with pytest.raises(PreflightError) as empty:
+        select_from_listing(
+            "m",
+            "hf:o/e",
+            [("README.md", 1)],
+            quant="",
+            harness="vllm",
+            formats=frozenset({"safetensors"}),
+            tensor_parallel=1,
+        )
+    assert empty.value.kind == "source_empty"
+
+
+def test_check_disk():
+    from helexa.errors import PreflightError
+    from helexa.preflight import check_disk
+
+    check_disk("m", "/c", 2**30, 3 * 2**30)
+    with pytest.raises(PreflightError) as full:
+        check_disk("m", "/c", 5 * 2**30, 3 * 2**30)
+    assert full.value.kind == "insufficient_disk" and "5.0 GiB" in full.value.message
