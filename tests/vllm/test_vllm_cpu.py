@@ -105,3 +105,46 @@ def test_environment_is_the_cpu_build():
 
     for broken in ("torchvision", "torchaudio", "torchcodec"):
         assert importlib.util.find_spec(broken) is None, f"{broken} must be uninstalled beside the CPU torch"
+
+
+async def test_vllm_serves_a_model_pulled_from_a_hub(aiohttp_server, tiny_llama, version, tmp_path, monkeypatch):
+    """hf: source with vLLM: the listing picks config, tokenizer and safetensors, they land in the Hugging Face
+    cache, and vLLM serves them from there."""
+    from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
+
+    files = {p.name: p for p in tiny_llama.iterdir() if p.is_file()}
+    hub = FakeHub(repos={"acme/tiny-llama": files})
+    hub_server = await aiohttp_server(hub.app())
+    point_huggingface_hub_at(monkeypatch, str(hub_server.make_url("")).rstrip("/"))
+    cache = tmp_path / "hf"
+    options = {"dtype": "float32", "max_model_len": 512, "cpu_kv_cache_gib": 1}
+    neuron_cfg = make_config(
+        neuron={
+            "model_dirs": [str(tmp_path / "models")],
+            "hf_cache_dir": str(cache),
+            "port_range": [48000, 48999],
+            "ready_timeout_seconds": 600,
+            "stop_timeout_seconds": 20,
+            "demo": False,
+        },
+        models=[{"id": MODEL, "harness": "vllm", "source": "hf:acme/tiny-llama", "vram_mb": 1500, "options": options}],
+    )
+    neuron_app = make_neuron_app(neuron_cfg, version, get_harnesses(get_plugin_manager()))
+    neuron = await aiohttp_server(neuron_app)
+    neuron_url = str(neuron.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=700)) as session:
+        async with session.post(f"{neuron_url}/models/load", json={"model_id": MODEL}) as resp:
+            body = await resp.json()
+            assert resp.status == 200, (body, "\n".join(neuron_app[manager_key].harnesses["vllm"].logs(MODEL, 40)))
+        fetched = sorted(name.removeprefix("acme/tiny-llama/") for name, _ in hub.downloads)
+        assert "config.json" in fetched and any(n.endswith(".safetensors") for n in fetched)
+        snapshot = next((cache / "models--acme--tiny-llama" / "snapshots").iterdir())
+        assert (snapshot / "config.json").is_file()
+        client = openai.AsyncOpenAI(base_url=f"{neuron_url}/v1", api_key="unused", max_retries=0)
+        reply = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+        )
+        assert reply.usage.completion_tokens > 0
+        async with session.post(f"{neuron_url}/models/unload", json={"model_id": MODEL, "full": True}) as resp:
+            assert resp.status == 200
+        await client.close()
