@@ -21,6 +21,7 @@ from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from tests.conftest import make_config
 from tests.fakes.fake_harness import FakeHarness
+from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
 
 REQUESTS = int(os.environ.get("HELEXA_FUZZ_REQUESTS", "6000"))
 SEED = int(os.environ.get("HELEXA_FUZZ_SEED", "20261124"))
@@ -57,13 +58,14 @@ GATEWAY_POSTS = {
 NEURON_POSTS = {
     "/models/load": {"model_id": "m", "harness": "fake", "source": "nope.gguf", "options": {"flags": []}},
     "/models/unload": {"model_id": "m", "full": True},
+    "/models/pull": {"source": "hf:acme/m-GGUF", "quant": "Q4_K_M", "harness": "fake", "wait": True},
     "/tokenize": {"model": "m", "messages": MESSAGES},
     "/v1/chat/completions": {"model": "m", "messages": MESSAGES},
     "/v1/completions": {"model": "m", "prompt": "x"},
     "/v1/embeddings": {"model": "m", "input": "x"},
 }
 GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}"]
-NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models"]
+NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models", "/pulls"]
 
 
 def random_json(rng: random.Random, depth: int = 0):
@@ -148,10 +150,13 @@ def check_answer(path: str, status: int, content_type: str, text: str) -> None:
 
 
 @pytest.fixture
-async def daemons(aiohttp_client, tmp_path, version):
+async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch):
     models = tmp_path / "models"
     models.mkdir()
-    neuron_cfg = make_config(neuron={"model_dirs": [str(models)], "port_range": [49000, 49999]}, models=[])
+    hub = FakeHub(repos={"acme/m-GGUF": {"m-Q4_K_M.gguf": b"GGUF" + b"\0" * 4096}, "a/b": {"b.gguf": b"GGUF"}})
+    point_huggingface_hub_at(monkeypatch, str((await aiohttp_server(hub.app())).make_url("")).rstrip("/"))
+    section = {"model_dirs": [str(models)], "port_range": [49000, 49999], "hf_cache_dir": str(tmp_path / "hf")}
+    neuron_cfg = make_config(neuron=section, models=[])
     neuron = await aiohttp_client(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))
     gateway_cfg = make_config(
         neurons=[{"name": "n", "endpoint": str(neuron.make_url("")).rstrip("/")}],
