@@ -16,6 +16,7 @@ from helexa.server.version import VersionInfo
 
 __all__ = ["GatewayMetrics", "HttpMetrics", "NeuronMetrics"]
 
+MIB = 1024 * 1024
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -26,6 +27,12 @@ class HttpMetrics:
         self.registry = registry
         self._children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
         prefix = f"helexa_{role}"
+        self.errors = HotCounter(
+            f"{prefix}_errors",
+            "Error answers (status >= 400), by route pattern, class (4xx or 5xx) and error code.",
+            ("route", "class", "code"),
+            registry,
+        )
         self.requests = HotCounter(
             f"{prefix}_http_requests",
             "HTTP requests answered, by route pattern, method and status.",
@@ -42,8 +49,11 @@ class HttpMetrics:
         build = Info(f"{prefix}_build", "Version of this helexa process.", registry=registry)
         build.info({"version": version.version, "git_sha": version.git_sha or "unknown", "python": version.python})
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Record one finished request (label children are cached: this runs on every request)."""
+    def observe(self, route: str, method: str, status: int, seconds: float, code: str = "") -> None:
+        """Record one finished request, and its error ``code`` when it failed (label children are cached: this
+        runs on every request). An error relayed from upstream without a code of ours counts as ``http_<status>``."""
+        if status >= 400:
+            self.errors.labels(route, f"{status // 100}xx", code or f"http_{status}").inc()
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
@@ -90,16 +100,26 @@ class NeuronMetrics:
             ("model", "endpoint", "status"),
             registry=registry,
         )
-        self.vram_used = Gauge("helexa_neuron_gpu_vram_used_mb", "VRAM in use, MiB.", ("device",), registry=registry)
-        self.vram_total = Gauge(
-            "helexa_neuron_gpu_vram_total_mb", "VRAM in total, MiB.", ("device",), registry=registry
-        )
+        device = ("device",)
+        self.memory_used = Gauge("helexa_neuron_gpu_memory_used_bytes", "GPU memory in use.", device, registry=registry)
+        self.memory_total = Gauge("helexa_neuron_gpu_memory_total_bytes", "GPU memory.", device, registry=registry)
         self.utilization = Gauge(
-            "helexa_neuron_gpu_utilization_pct", "GPU utilisation, %.", ("device",), registry=registry
+            "helexa_neuron_gpu_utilization_ratio", "GPU busy time over the last sample, 0-1.", device, registry=registry
         )
         self.temperature = Gauge(
-            "helexa_neuron_gpu_temperature_c", "GPU temperature, °C.", ("device",), registry=registry
+            "helexa_neuron_gpu_temperature_celsius", "GPU core temperature.", device, registry=registry
         )
+
+    def gpu_total(self, index: int, total_mib: int) -> None:
+        """Record a device's memory size (NVML reports MiB; exported in bytes)."""
+        self.memory_total.labels(str(index)).set(total_mib * MIB)
+
+    def gpu_reading(self, index: int, used_mib: int, utilization_pct: int, temperature_c: int) -> None:
+        """Record one NVML reading in base units: bytes, a 0-1 ratio, degrees Celsius."""
+        device = str(index)
+        self.memory_used.labels(device).set(used_mib * MIB)
+        self.utilization.labels(device).set(utilization_pct / 100)
+        self.temperature.labels(device).set(temperature_c)
 
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -115,7 +135,10 @@ class GatewayMetrics:
             "helexa_gateway_requests", "Inference requests, by status.", (*labels, "status"), registry=registry
         )
         self.errors = HotCounter(
-            "helexa_gateway_errors", "Failed inference requests, by error code.", (*labels, "code"), registry=registry
+            "helexa_gateway_upstream_errors",
+            "Inference requests a neuron failed (unreachable, broke off, engine error), by error code.",
+            (*labels, "code"),
+            registry=registry,
         )
         self.duration = HotHistogram(
             "helexa_gateway_request_duration_seconds",
@@ -164,6 +187,15 @@ class GatewayMetrics:
             ("model",),
             buckets=_TTFT_BUCKETS,
             registry=registry,
+        )
+        self.load_queue = Gauge(
+            "helexa_gateway_load_queue_requests",
+            "Requests waiting for a model's cold load.",
+            ("model",),
+            registry=registry,
+        )
+        self.load_queue_limit = Gauge(
+            "helexa_gateway_load_queue_limit", "Most requests that may wait for one model's load.", registry=registry
         )
         self._series: dict[tuple[str, str], RequestSeries] = {}
         self.neuron_up = Gauge(

@@ -75,6 +75,7 @@ class Lifecycle:
         self.defrag_after_cycles = defrag_after_cycles
         self.load_timeout = load_timeout
         self.queue_limit = queue_limit
+        metrics.load_queue_limit.set(queue_limit)
         self.affinity = affinity
         self.clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
@@ -164,6 +165,8 @@ class Lifecycle:
                 retry_after=5,
             )
         self._waiting[entry.id] += 1
+        queued = self.metrics.load_queue.labels(entry.id)
+        queued.inc()
         began = self.clock()
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.load_timeout)
@@ -173,6 +176,7 @@ class Lifecycle:
             ) from None
         finally:
             self._waiting[entry.id] -= 1
+            queued.dec()
             self.metrics.queue_wait.labels(entry.id).observe(self.clock() - began)
 
     def _load_done(self, model_id: str, task: asyncio.Task[str]) -> None:

@@ -94,7 +94,7 @@ def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
         app[discovery_key].default_harness = manager.describe_default_harness()
         logger.info("default harness: %s", app[discovery_key].default_harness)
         for device in app[discovery_key].devices:
-            app[neuron_metrics_key].vram_total.labels(str(device.index)).set(device.vram_total_mb)
+            app[neuron_metrics_key].gpu_total(device.index, device.vram_total_mb)
         yield
 
     return ctx
@@ -163,8 +163,5 @@ async def _refresh_gpus(app: web.Application) -> None:
     metrics, count = app[neuron_metrics_key], len(app[discovery_key].devices)
     while count:
         for h in await asyncio.to_thread(read_health, count):
-            device = str(h.index)
-            metrics.vram_used.labels(device).set(h.vram_used_mb)
-            metrics.utilization.labels(device).set(h.utilization_pct)
-            metrics.temperature.labels(device).set(h.temp_c)
+            metrics.gpu_reading(h.index, h.vram_used_mb, h.utilization_pct, h.temp_c)
         await asyncio.sleep(_GPU_REFRESH_S)

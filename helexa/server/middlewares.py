@@ -48,6 +48,7 @@ ORIGIN_HEADER = "x-helexa-origin"
 REQUEST_ID_HEADER = "x-request-id"
 role_key = web.AppKey("role_key", str)
 request_id_key = web.RequestKey("request_id_key", str)
+error_code_key = web.RequestKey("error_code_key", str)  # the code of the error a request was answered with
 _stream_key = web.RequestKey("_stream_key", web.StreamResponse)
 # Requests being handled, per app: the drain waits for them, then ends what is left (see end_requests).
 active_key = web.AppKey("active_key", dict)  # id(request) -> request (requests are not hashable)
@@ -119,6 +120,7 @@ def _from_http_exception(exc: web.HTTPException) -> HelexaError:
 
 
 async def _render(request: web.Request, err: HelexaError) -> web.StreamResponse:
+    request[error_code_key] = err.code
     anthropic = _is_anthropic(request)
     stream: web.StreamResponse | None = request.get(_stream_key)
     if stream is not None and stream.prepared:
@@ -158,7 +160,7 @@ async def end_requests(app: web.Application, err: HelexaError) -> int:
     return len(requests)
 
 
-Observer = Callable[[str, str, int, float], None]  # (route pattern, method, status, seconds)
+Observer = Callable[[str, str, int, float, str], None]  # (route pattern, method, status, seconds, error code)
 
 
 class Guard(Protocol):
@@ -236,7 +238,8 @@ def request_middleware(
                 resource = request.match_info.route.resource
                 route = resource.canonical if resource is not None else "unmatched"
                 final = response.status if response is not None else status
-                observe(route, request.method, final, time.perf_counter() - started)
+                code = request.get(error_code_key, "")
+                observe(route, request.method, final, time.perf_counter() - started, code)
         return response
 
     return middleware

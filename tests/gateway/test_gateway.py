@@ -245,7 +245,7 @@ async def test_neuron_dying_mid_stream_ends_with_an_error_event(fleet):
     from helexa.server.app import registry_key
 
     m = generate_latest(client.app[registry_key]).decode()
-    assert metric(m, "helexa_gateway_errors_total", model="m", neuron="a", code="upstream_error") == 1
+    assert metric(m, "helexa_gateway_upstream_errors_total", model="m", neuron="a", code="upstream_error") == 1
 
 
 async def test_dead_replica_is_skipped_before_any_byte(fleet):
