@@ -167,6 +167,13 @@ class NeuronRef(ConfigStruct):
     name: Annotated[str, _doc("Unique name of the neuron (used in metrics, pinned_on and status).", min_length=1)]
     endpoint: Annotated[str, _doc("Base URL of the neuron API, e.g. http://gpu1.internal:13131.")]
     token: Annotated[str, _doc("Bearer token the neuron expects (its neuron.token).")] = ""
+    token_file: Annotated[
+        str,
+        _doc(
+            "A file holding that token, read at start when token is empty: a neuron on the same host keeps it in "
+            "its state_dir (the RPM's: /var/lib/helexa/neuron.token)."
+        ),
+    ] = ""
 
 
 class ModelEntry(ConfigStruct):
@@ -291,7 +298,7 @@ class NeuronSection(ConfigStruct):
     preload: Annotated[list[str], _doc("Catalogue model ids to load when the neuron starts.")] = []
     demo: Annotated[
         bool,
-        _doc("With no [[models]] configured, offer and preload the demo model (Gemma 3 270M) if it is installed."),
+        _doc("With no [[models]] configured, offer and preload the demo model (SmolLM2-135M-Instruct, llama.cpp)."),
     ] = True
     ready_timeout_seconds: Annotated[float, _doc("How long an engine may take to become ready.", gt=0)] = 600.0
     stop_timeout_seconds: Annotated[

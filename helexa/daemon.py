@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.server.app import metrics_app, registry_key
 from helexa.server.auth import load_or_create_token
 from helexa.server.runner import Listener, serve
+from helexa.server.sdnotify import notify
 from helexa.server.version import version_info
 from helexa.wire.neuron import AUTO_HARNESS
 
@@ -63,19 +65,32 @@ def prepare(cfg: Config, role: Role, *, create_token: bool = True) -> Config:
         cfg = with_demo_model(cfg)
         host, port = parse_listen(cfg.neuron.listen)
         cfg = _with_neuron_token(cfg, host, create=create_token)
+    if role in ("gateway", "both"):
+        cfg = msgspec.structs.replace(cfg, neurons=[_read_token_file(n) for n in cfg.neurons])
     if role != "both" or any(n.name == LOCAL_NEURON for n in cfg.neurons):
         return cfg
     token = cfg.neuron.token
     if port == 0:
         port = _free_port(host)
-    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    shown = f"[{connect_host}]" if ":" in connect_host else connect_host
-    local = NeuronRef(name=LOCAL_NEURON, endpoint=f"http://{shown}:{port}", token=token)
+    local = NeuronRef(name=LOCAL_NEURON, endpoint=f"http://{_connect_host(host)}:{port}", token=token)
     return msgspec.structs.replace(
         cfg,
         neuron=msgspec.structs.replace(cfg.neuron, token=token, listen=f"{host}:{port}"),
         neurons=[local, *cfg.neurons],
     )
+
+
+def _read_token_file(ref: NeuronRef) -> NeuronRef:
+    """``ref`` with its token read from ``token_file`` when it has none (a warning when the file is missing:
+    the neuron then answers 401 and shows as down, which its last_error explains)."""
+    if ref.token or not ref.token_file:
+        return ref
+    path = Path(ref.token_file).expanduser()
+    try:
+        return msgspec.structs.replace(ref, token=path.read_text().strip())
+    except OSError as exc:
+        logger.warning("neuron %s: cannot read its token from %s: %s", ref.name, path, exc.strerror or exc)
+        return ref
 
 
 def token_path(cfg: Config) -> Path:
@@ -164,4 +179,47 @@ async def run_daemon(
     listeners = _listeners(cfg, role)
     if generated:
         logger.info("the neuron's token is in %s; give it to the gateway's [[neurons]] token", token_path(cfg))
-    await serve(listeners, grace=cfg.server.shutdown_grace_seconds, stop=stop, on_ready=on_ready)
+    if role == "gateway" and not cfg.neurons:
+        logger.warning(
+            "this gateway has no [[neurons]]: every model will be 404 until you add your neurons' endpoints and "
+            "tokens to its configuration"
+        )
+
+    def ready(ports: dict[str, int]) -> None:
+        for line in ready_banner(cfg, role, ports):
+            logger.info("%s", line)
+        notify(ready=1, status=f"serving on {', '.join(f'{n} :{p}' for n, p in ports.items())}")
+        if on_ready is not None:
+            on_ready(ports)
+
+    await serve(listeners, grace=cfg.server.shutdown_grace_seconds, stop=stop, on_ready=ready)
+
+
+def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[str]:
+    """What a person needs once helexa serves: where to send requests, where metrics are, which models, and a
+    request to try."""
+    lines = []
+    if "gateway" in ports:
+        host = _connect_host(parse_listen(cfg.gateway.listen)[0])
+        api = f"http://{host}:{ports['gateway']}"
+        metrics_host = _connect_host(parse_listen(cfg.gateway.metrics_listen)[0])
+        lines.append(f"gateway ready: OpenAI API {api}/v1, Anthropic API {api}/v1/messages")
+        lines.append(f"metrics: http://{metrics_host}:{ports.get('gateway metrics', 0)}/metrics")
+        models = [m.id for m in cfg.models]
+        lines.append(f"models: {', '.join(models) if models else 'none in the catalogue; see GET /v1/models'}")
+        if models:
+            body = json.dumps(
+                {"model": models[0], "max_tokens": 100, "messages": [{"role": "user", "content": "Hello!"}]}
+            )
+            key = ' -H "Authorization: Bearer $KEY"' if cfg.auth.api_keys or cfg.auth.keys else ""
+            lines.append(f"try: curl -s {api}/v1/chat/completions -H 'content-type: application/json'{key} -d '{body}'")
+    if "neuron" in ports:
+        host = _connect_host(parse_listen(cfg.neuron.listen)[0])
+        auth = "no token (allow_unauthenticated)" if not cfg.neuron.token else "bearer token required"
+        lines.append(f"neuron ready: http://{host}:{ports['neuron']} ({auth}; GET /models lists its models)")
+    return lines
+
+
+def _connect_host(host: str) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    return f"[{host}]" if ":" in host else host

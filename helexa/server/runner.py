@@ -22,6 +22,7 @@ from aiohttp import web
 
 from helexa.errors import Overloaded
 from helexa.server.middlewares import AccessLogger, active_key, end_requests
+from helexa.server.sdnotify import notify
 
 __all__ = ["CLEANUP_S", "Listener", "run", "serve"]
 
@@ -61,6 +62,7 @@ async def serve(
     def on_signal(signum: int) -> None:
         if not stop.is_set():
             logger.info("%s: draining (up to %.0fs); send again to stop now", signal.Signals(signum).name, grace)
+            notify(stopping=1, status="draining")
             stop.set()
         elif drain is not None:
             logger.warning("%s again: stopping now", signal.Signals(signum).name)
