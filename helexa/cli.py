@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration (one 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from helexa.config import Config, load_config
 from helexa.config_template import render_example
 from helexa.daemon import ROLES, Role, check_harnesses, prepare, run_daemon
 from helexa.errors import ConfigError, HelexaError, PluginError
+from helexa.logs import setup_logging
 from helexa.plugins import get_harnesses, get_plugin_manager
 from helexa.status import fetch, models_table, status_table
 
@@ -72,16 +72,18 @@ def cli() -> None:
 @cli.command()
 @role_option
 @config_option
-def run(role: Role, config_path: str | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text or json lines (default: [server] log_format).",
+)
+def run(role: Role, config_path: str | None, log_format: str | None) -> None:
     """Run the gateway, a neuron, or both in one process, until SIGTERM or Ctrl-C."""
     from helexa.server.runner import run as run_loop  # noqa: PLC0415  (keeps `helexa --help` light)
 
     cfg = _load(config_path)
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(cfg.server.log_level, log_format or cfg.server.log_format, role)
     try:
         run_loop(lambda: run_daemon(cfg, role))
     except (ConfigError, PluginError) as exc:

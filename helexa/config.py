@@ -67,6 +67,10 @@ class ServerSection(ConfigStruct):
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], _doc("Logging level: debug, info, warning or error.")
     ] = "info"
+    log_format: Annotated[
+        Literal["text", "json"],
+        _doc("text: one readable line per event; json: one JSON object per line (journald, Loki)."),
+    ] = "text"
 
 
 class GatewaySection(ConfigStruct):

@@ -27,6 +27,7 @@ from helexa.neuron.demo import with_demo_model
 from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.server.app import metrics_app, registry_key
 from helexa.server.auth import load_or_create_token
+from helexa.server.middlewares import quiet_access_key
 from helexa.server.runner import Listener, serve
 from helexa.server.sdnotify import notify
 from helexa.server.version import version_info
@@ -150,6 +151,7 @@ def _listeners(cfg: Config, role: Role) -> list[Listener]:
         harnesses = get_harnesses(pm)
         check_harnesses(cfg, role, harnesses)
         app = make_neuron_app(cfg, version_info("neuron", pm), harnesses)
+        app[quiet_access_key] = role == "both"  # the gateway's access line covers each request
         host, port = parse_listen(cfg.neuron.listen)
         listeners.append(Listener("neuron", app, host, port))
     if role in ("gateway", "both"):
@@ -186,8 +188,8 @@ async def run_daemon(
         )
 
     def ready(ports: dict[str, int]) -> None:
-        for line in ready_banner(cfg, role, ports):
-            logger.info("%s", line)
+        for who, line in ready_banner(cfg, role, ports):
+            logger.info("%s", line, extra={"role": who})
         notify(ready=1, status=f"serving on {', '.join(f'{n} :{p}' for n, p in ports.items())}")
         if on_ready is not None:
             on_ready(ports)
@@ -195,10 +197,10 @@ async def run_daemon(
     await serve(listeners, grace=cfg.server.shutdown_grace_seconds, stop=stop, on_ready=ready)
 
 
-def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[str]:
-    """What a person needs once helexa serves: where to send requests, where metrics are, which models, and a
-    request to try."""
-    lines = []
+def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[tuple[str, str]]:
+    """What a person needs once helexa serves, as ``(role, line)``: where to send requests, where metrics are,
+    which models, and a request to try."""
+    lines: list[str] = []
     if "gateway" in ports:
         host = _connect_host(parse_listen(cfg.gateway.listen)[0])
         api = f"http://{host}:{ports['gateway']}"
@@ -213,11 +215,14 @@ def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[str]:
             )
             key = ' -H "Authorization: Bearer $KEY"' if cfg.auth.api_keys or cfg.auth.keys else ""
             lines.append(f"try: curl -s {api}/v1/chat/completions -H 'content-type: application/json'{key} -d '{body}'")
+    banner = [("gateway", line) for line in lines]
     if "neuron" in ports:
         host = _connect_host(parse_listen(cfg.neuron.listen)[0])
         auth = "no token (allow_unauthenticated)" if not cfg.neuron.token else "bearer token required"
-        lines.append(f"neuron ready: http://{host}:{ports['neuron']} ({auth}; GET /models lists its models)")
-    return lines
+        banner.append(
+            ("neuron", f"neuron ready: http://{host}:{ports['neuron']} ({auth}; GET /models lists its models)")
+        )
+    return banner
 
 
 def _connect_host(host: str) -> str:

@@ -29,6 +29,7 @@ from helexa.harness import HarnessState
 __all__ = ["EngineFailed", "EngineProcess", "PortAllocator"]
 
 logger = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 15.0  # a log line this often while an engine starts
 _PR_SET_PDEATHSIG = 1
 
 
@@ -157,10 +158,16 @@ class EngineProcess:
 
     async def _until_ready(self) -> None:
         timeout = aiohttp.ClientTimeout(total=2)
+        next_report = time.monotonic() + PROGRESS_EVERY_S
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 if self._exited.is_set():
                     raise EngineFailed(self.last_error)
+                if time.monotonic() >= next_report:  # big models take minutes: say what the engine is doing
+                    next_report += PROGRESS_EVERY_S
+                    last = self._logs[-1][:160] if self._logs else "no output yet"
+                    elapsed = time.monotonic() - self.started_at
+                    logger.info("engine for %s still starting after %.0fs: %s", self.name, elapsed, last)
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(self.health_url) as resp:
                         if resp.status == 200:

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from helexa.__about__ import __version__
 from helexa.config import Config
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.forward import first_byte_timeout_key
@@ -26,6 +27,7 @@ from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_ke
 from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.keys import KeyGuard, KeyRing
+from helexa.server.middlewares import POLLER_AGENT_PREFIX
 from helexa.server.version import VersionInfo
 
 __all__ = ["make_gateway_app"]
@@ -69,7 +71,10 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
         # Streams last minutes: no total timeout; connecting to a neuron must be quick.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+        agent = {"User-Agent": f"{POLLER_AGENT_PREFIX}/{__version__}"}  # the neurons log its polls at DEBUG
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False, headers=agent
+        ) as session:
             app[session_key] = session
             clients = {
                 name: NeuronClient(session, state.ref, cfg.gateway.neuron_timeout_seconds)

@@ -1,7 +1,9 @@
 """``default_harness = "auto"``: which engine serves a model that names none. Pure.
 
 vLLM is the engine for GPU hosts: it is chosen when the host has NVIDIA GPUs, vLLM is installed, and the
-source is not GGUF. llama.cpp serves GGUF sources and CPU-only hosts.
+source is not GGUF. llama.cpp serves GGUF sources and CPU-only hosts — except dense (safetensors) sources,
+which llama.cpp cannot read: those go to vLLM when it is installed (its CPU build), else to llama.cpp, whose
+preflight then says what to do.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def choose_harness(source: str, quant: str, *, gpus: int, installed: Collection[
             return "vllm", "the source is GGUF and llama.cpp is not installed"
     elif gpus and "vllm" in installed:
         return "vllm", f"{gpus} NVIDIA GPU(s) found and vLLM is installed"
+    elif "vllm" in installed:  # dense weights on a CPU host: llama.cpp cannot read them, vLLM's CPU build can
+        return "vllm", "no NVIDIA GPU found, and llama.cpp cannot read safetensors (vLLM's CPU build can)"
     if "llamacpp" in installed:
         why = "no NVIDIA GPU found" if not gpus else "vLLM is not installed"
         return "llamacpp", why

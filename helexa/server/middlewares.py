@@ -28,6 +28,7 @@ from helexa.errors import HelexaError, InvalidRequest, anthropic_type_for_status
 
 __all__ = [
     "ORIGIN_HEADER",
+    "POLLER_AGENT_PREFIX",
     "REQUEST_ID_HEADER",
     "AccessLogger",
     "Guard",
@@ -35,6 +36,7 @@ __all__ = [
     "end_requests",
     "error_body",
     "on_response_prepare",
+    "quiet_access_key",
     "request_id_key",
     "request_middleware",
     "role_key",
@@ -45,6 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "x-helexa-origin"
+POLLER_AGENT_PREFIX = "helexa-gateway"  # the User-Agent of a gateway's requests to its neurons
 REQUEST_ID_HEADER = "x-request-id"
 role_key = web.AppKey("role_key", str)
 request_id_key = web.RequestKey("request_id_key", str)
@@ -255,22 +258,54 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
         request[_stream_key] = response
 
 
+quiet_access_key = web.AppKey("quiet_access_key", bool)  # this app's access lines at DEBUG (--role both's neuron)
+_QUIET_PATHS = frozenset({"/healthz", "/metrics", "/health", "/discovery", "/models", "/pulls"})
+
+
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path, status, duration and request id (never bodies or prompts)."""
+    """One line per request: method, path, status, duration and request id (never bodies or prompts).
+
+    At DEBUG rather than INFO: liveness and metrics scrapes, a gateway's own polls of its neurons (GETs sent with
+    its ``User-Agent``), and every request of an app marked quiet (the neuron inside ``--role both``, whose
+    requests the gateway already logged).
+    """
 
     @property
     def enabled(self) -> bool:
         """Only when the line would be written (aiohttp skips the call otherwise: it runs on every request)."""
-        return self.logger.isEnabledFor(logging.INFO)
+        return self.logger.isEnabledFor(logging.INFO)  # DEBUG enabled implies INFO enabled
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line for one finished request."""
-        self.logger.info(
+        app = request.app if isinstance(request, web.Request) else None
+        level = logging.DEBUG if _routine(request, app) else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        rid = request.get(request_id_key, "-")
+        self.logger.log(
+            level,
             '%s "%s %s" %d %.1fms rid=%s',
             request.remote,
             request.method,
             request.path,
             response.status,
             time * 1000,
-            request.get(request_id_key, "-"),
+            rid,
+            extra={
+                "role": app[role_key] if app is not None and role_key in app else "-",
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(time * 1000, 1),
+                "request_id": rid,
+                "remote": request.remote,
+            },
         )
+
+
+def _routine(request: web.BaseRequest, app: web.Application | None) -> bool:
+    """Requests whose access lines are noise at INFO: probes, scrapes, a gateway's polls, a quiet app's."""
+    if request.path in ("/healthz", "/metrics") or (app is not None and app.get(quiet_access_key, False)):
+        return True
+    polled = request.method == "GET" and request.headers.get("User-Agent", "").startswith(POLLER_AGENT_PREFIX)
+    return polled and request.path in _QUIET_PATHS

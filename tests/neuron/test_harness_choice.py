@@ -14,7 +14,8 @@ BOTH = {"vllm", "llamacpp"}
     [
         ("Qwen/Qwen3-8B", "", 2, BOTH, "vllm"),
         ("hf:Qwen/Qwen3-8B@main", "", 1, BOTH, "vllm"),
-        ("Qwen/Qwen3-8B", "", 0, BOTH, "llamacpp"),  # CPU-only host
+        ("Qwen/Qwen3-8B", "", 0, BOTH, "vllm"),  # CPU-only host, dense weights: only vLLM (CPU build) reads them
+        ("Qwen/Qwen3-8B", "", 0, {"llamacpp", "external"}, "llamacpp"),  # refused by its preflight, with advice
         ("Qwen/Qwen3-8B-GGUF", "", 2, BOTH, "llamacpp"),  # a GGUF repository
         ("Qwen/Qwen3-8B", "Q4_K_M", 2, BOTH, "llamacpp"),  # a quant names GGUF files
         ("models/x.gguf", "", 2, BOTH, "llamacpp"),

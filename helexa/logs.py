@@ -1,0 +1,61 @@
+"""Log lines people (and journald, and Loki) can read: the role on every line, text or JSON.
+
+``role`` comes from the logger's name (``helexa.gateway…`` → gateway, ``helexa.neuron…`` and engines → neuron),
+from the access logger (the app that answered), else the process's role. JSON lines carry the same fields plus
+whatever a call passed in ``extra`` (the access lines: method, path, status, duration, request id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+__all__ = ["JsonFormatter", "RoleFilter", "setup_logging"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(role)-7s %(name)s: %(message)s"
+_PREFIXES = (("helexa.gateway", "gateway"), ("helexa.neuron", "neuron"), ("helexa.engine", "neuron"))
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "role"}
+
+
+class RoleFilter(logging.Filter):
+    """Sets ``record.role`` when the call did not (``extra={"role": …}``)."""
+
+    def __init__(self, default: str) -> None:
+        super().__init__()
+        self.default = default
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always keeps the record; only adds the role."""
+        if not hasattr(record, "role"):
+            record.role = next((role for prefix, role in _PREFIXES if record.name.startswith(prefix)), self.default)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (RFC 3339, UTC), ``level``, ``role``, ``logger``, ``message``, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a JSON line."""
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "role": getattr(record, "role", ""),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str, log_format: str, role: str) -> None:
+    """Configure the root logger once: ``level`` (debug … error), ``log_format`` (``text`` or ``json``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RoleFilter(role))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
