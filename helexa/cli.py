@@ -14,13 +14,13 @@ import msgspec
 import tomli_w
 
 from helexa.__about__ import __version__
-from helexa.config import Config, load_config
+from helexa.config import Config, load_config, parse_listen
 from helexa.config_template import render_example
-from helexa.daemon import ROLES, Role, check_harnesses, prepare, run_daemon
+from helexa.daemon import ROLES, Role, check_harnesses, connect_host, prepare, run_daemon
 from helexa.errors import ConfigError, HelexaError, PluginError
 from helexa.logs import setup_logging
 from helexa.plugins import get_harnesses, get_plugin_manager
-from helexa.status import fetch, models_table, status_table
+from helexa.status import fetch, fetch_text, models_table, status_table
 
 __all__ = ["cli", "main"]
 
@@ -169,21 +169,42 @@ def plugins(as_json: bool) -> None:
 gateway_option = click.option(
     "--url",
     envvar="HELEXA_URL",
-    default="http://127.0.0.1:31313",
-    show_default=True,
-    help="The gateway (env HELEXA_URL).",
+    default="",
+    help="The gateway (env HELEXA_URL; default: the configuration's [gateway] listen).",
 )
-api_key_option = click.option("--api-key", envvar="HELEXA_API_KEY", default="", help="API key (env HELEXA_API_KEY).")
+api_key_option = click.option(
+    "--api-key",
+    envvar="HELEXA_API_KEY",
+    default="",
+    help="API key (env HELEXA_API_KEY; default: a key of the configuration with the scope the command needs).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _gateway(url: str, api_key: str, config_path: str | None, scope: str) -> tuple[str, str]:
+    """The gateway's URL and a key for routes of ``scope`` (``inference`` or ``admin``): as given, else from
+    the configuration the daemons read (its file and ``HELEXA_*`` variables)."""
+    if url and api_key:
+        return url, api_key
+    cfg = _load(config_path)
+    if not url:
+        host, port = parse_listen(cfg.gateway.listen)
+        url = f"http://{connect_host(host)}:{port}"
+    if not api_key:
+        plain = cfg.auth.admin_keys if scope == "admin" else cfg.auth.api_keys
+        named = [k.key for k in cfg.auth.keys if k.key and scope in k.scopes]
+        api_key = next(iter([*plain, *named]), "")
+    return url, api_key
 
 
 @cli.command()
 @gateway_option
 @api_key_option
 @json_option
-def status(url: str, api_key: str, as_json: bool) -> None:
+@config_option
+def status(url: str, api_key: str, as_json: bool, config_path: str | None) -> None:
     """Neurons and models of a running gateway."""
-    data = _fetch(url, "/fleet", api_key)
+    data = _fetch(*_gateway(url, api_key, config_path, "inference"), "/fleet")
     click.echo(json.dumps(data, indent=2) if as_json else status_table(data))
 
 
@@ -191,10 +212,31 @@ def status(url: str, api_key: str, as_json: bool) -> None:
 @gateway_option
 @api_key_option
 @json_option
-def models(url: str, api_key: str, as_json: bool) -> None:
+@config_option
+def models(url: str, api_key: str, as_json: bool, config_path: str | None) -> None:
     """The models a running gateway offers."""
-    data = _fetch(url, "/v1/models", api_key)
+    data = _fetch(*_gateway(url, api_key, config_path, "inference"), "/v1/models")
     click.echo(json.dumps(data, indent=2) if as_json else models_table(data))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--lines", default=200, show_default=True, help="How many of the last lines.")
+@click.option("--neuron", "neuron_name", default="", help="The neuron to ask (default: the one running it).")
+@gateway_option
+@api_key_option
+@config_option
+def logs(model: str, *, lines: int, neuron_name: str, url: str, api_key: str, config_path: str | None) -> None:
+    """An engine's recent output, through the gateway (needs an admin key when auth is on)."""
+    from urllib.parse import quote, urlencode  # noqa: PLC0415
+
+    query = urlencode({"lines": lines, **({"neuron": neuron_name} if neuron_name else {})})
+    base, key = _gateway(url, api_key, config_path, "admin")
+    try:
+        text = fetch_text(base, f"/admin/models/{quote(model, safe='')}/logs?{query}", key)
+    except HelexaError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(text, nl=False)
 
 
 @cli.command()
@@ -236,7 +278,7 @@ def pull(
     click.echo(f"ready: {answer['path']} ({', '.join(answer.get('files', []))})")
 
 
-def _fetch(url: str, path: str, api_key: str) -> dict:
+def _fetch(url: str, api_key: str, path: str) -> dict:
     try:
         return fetch(url, path, api_key)
     except HelexaError as exc:

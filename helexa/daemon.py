@@ -33,7 +33,7 @@ from helexa.server.sdnotify import notify
 from helexa.server.version import version_info
 from helexa.wire.neuron import AUTO_HARNESS
 
-__all__ = ["ROLES", "Role", "check_harnesses", "prepare", "run_daemon"]
+__all__ = ["ROLES", "Role", "check_harnesses", "connect_host", "prepare", "ready_banner", "run_daemon"]
 
 Role = Literal["gateway", "neuron", "both"]
 ROLES: tuple[Role, ...] = ("gateway", "neuron", "both")
@@ -73,7 +73,7 @@ def prepare(cfg: Config, role: Role, *, create_token: bool = True) -> Config:
     token = cfg.neuron.token
     if port == 0:
         port = _free_port(host)
-    local = NeuronRef(name=LOCAL_NEURON, endpoint=f"http://{_connect_host(host)}:{port}", token=token)
+    local = NeuronRef(name=LOCAL_NEURON, endpoint=f"http://{connect_host(host)}:{port}", token=token)
     return msgspec.structs.replace(
         cfg,
         neuron=msgspec.structs.replace(cfg.neuron, token=token, listen=f"{host}:{port}"),
@@ -202,9 +202,9 @@ def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[tuple[s
     which models, and a request to try."""
     lines: list[str] = []
     if "gateway" in ports:
-        host = _connect_host(parse_listen(cfg.gateway.listen)[0])
+        host = connect_host(parse_listen(cfg.gateway.listen)[0])
         api = f"http://{host}:{ports['gateway']}"
-        metrics_host = _connect_host(parse_listen(cfg.gateway.metrics_listen)[0])
+        metrics_host = connect_host(parse_listen(cfg.gateway.metrics_listen)[0])
         lines.append(f"gateway ready: OpenAI API {api}/v1, Anthropic API {api}/v1/messages")
         lines.append(f"metrics: http://{metrics_host}:{ports.get('gateway metrics', 0)}/metrics")
         models = [m.id for m in cfg.models]
@@ -217,7 +217,7 @@ def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[tuple[s
             lines.append(f"try: curl -s {api}/v1/chat/completions -H 'content-type: application/json'{key} -d '{body}'")
     banner = [("gateway", line) for line in lines]
     if "neuron" in ports:
-        host = _connect_host(parse_listen(cfg.neuron.listen)[0])
+        host = connect_host(parse_listen(cfg.neuron.listen)[0])
         auth = "no token (allow_unauthenticated)" if not cfg.neuron.token else "bearer token required"
         banner.append(
             ("neuron", f"neuron ready: http://{host}:{ports['neuron']} ({auth}; GET /models lists its models)")
@@ -225,6 +225,7 @@ def ready_banner(cfg: Config, role: Role, ports: dict[str, int]) -> list[tuple[s
     return banner
 
 
-def _connect_host(host: str) -> str:
+def connect_host(host: str) -> str:
+    """The address a client on this host uses for a listener bound to ``host`` (wildcards → loopback)."""
     host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     return f"[{host}]" if ":" in host else host

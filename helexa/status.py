@@ -9,17 +9,22 @@ from typing import Any
 
 from helexa.errors import UpstreamError
 
-__all__ = ["describe_progress", "describe_status", "fetch", "models_table", "status_table"]
+__all__ = ["describe_progress", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
 
 
 def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
     """GET ``url + path`` as JSON. :raises UpstreamError: unreachable, or an error status (its message)."""
+    return json.loads(fetch_text(url, path, api_key, timeout))
+
+
+def fetch_text(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> str:
+    """GET ``url + path`` as text. :raises UpstreamError: unreachable, or an error status (its message)."""
     request = urllib.request.Request(url.rstrip("/") + path)
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.load(resp)
+            return resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         try:
             message = json.load(exc)["error"]["message"]
@@ -35,23 +40,26 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+_COUNTED = ("loaded", "loading", "downloading", "sleeping")  # models that occupy, or will occupy, the host
+
+
 def status_table(fleet: dict[str, Any]) -> str:
-    """Neurons (health, devices, VRAM used/total) and models (status, where, in flight)."""
-    rows = [["NEURON", "HEALTH", "DEVICES", "VRAM USED/TOTAL (MiB)", "MODELS", "ERROR"]]
+    """Neurons (health, devices, memory used/total: VRAM on GPU hosts, RAM on CPU hosts; models running or
+    starting) and models (status, where, in flight)."""
+    rows = [["NEURON", "HEALTH", "DEVICES", "MEMORY USED/TOTAL", "MODELS", "ERROR"]]
     for n in fleet["neurons"]:
-        used = sum(d["vram_used_mb"] for d in n["devices"])
-        total = sum(d["vram_total_mb"] for d in n["devices"])
-        devices = f"{len(n['devices'])} GPU" if n["devices"] else "CPU"
-        rows.append(
-            [
-                n["name"],
-                "up" if n["healthy"] else "DOWN",
-                devices,
-                f"{used}/{total}" if n["devices"] else "-",
-                str(len(n["models"])),
-                n["last_error"][:60],
-            ]
-        )
+        if n["devices"]:
+            devices = f"{len(n['devices'])} GPU"
+            used = sum(d["vram_used_mb"] for d in n["devices"]) * 2**20
+            total = sum(d["vram_total_mb"] for d in n["devices"]) * 2**20
+        else:
+            host = n.get("host") or {}
+            devices = f"CPU ({host.get('cpu_count', '?')} cores)"
+            total = host.get("ram_total_mb", 0) * 2**20
+            used = total - host.get("ram_available_mb", 0) * 2**20
+        memory = f"{_size(used)} / {_size(total)}" if total else "-"
+        running = sum(1 for m in n["models"] if m["status"] in _COUNTED)
+        rows.append([n["name"], "up" if n["healthy"] else "DOWN", devices, memory, str(running), n["last_error"][:60]])
     in_flight = {(m["id"], n["name"]): m["in_flight"] for n in fleet["neurons"] for m in n["models"]}
     mrows = [["MODEL", "STATUS", "WHERE", "IN FLIGHT"]]
     for m in fleet["models"]:

@@ -30,21 +30,29 @@ class NeuronClient:
     async def _call(
         self, method: str, path: str, kind: type[_T], *, body: Any = None, limit_s: float | None = None
     ) -> _T:
+        raw = await self._raw(method, path, body=body, limit_s=limit_s)
+        try:
+            return msgspec.json.decode(raw, type=kind)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"neuron {self.ref.name!r} sent an unreadable answer to {path}: {exc}") from None
+
+    async def _raw(
+        self, method: str, path: str, *, body: Any = None, limit_s: float | None = None, params: Any = None
+    ) -> bytes:
+        """The body of a successful answer. :raises HelexaError: the neuron's error; UpstreamError: no answer."""
         data = _encoder.encode(body) if body is not None else None
         headers = {**self.headers, "Content-Type": "application/json"} if data else self.headers
         limit = aiohttp.ClientTimeout(total=limit_s) if limit_s else self.timeout
         try:
             async with self.session.request(
-                method, self.base + path, data=data, headers=headers, timeout=limit
+                method, self.base + path, data=data, headers=headers, timeout=limit, params=params
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise error_from_response(f"neuron {self.ref.name!r}", resp.status, raw)
-                return msgspec.json.decode(raw, type=kind)
+                return raw
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"neuron {self.ref.name!r} did not answer {method} {path}: {exc!r}") from None
-        except msgspec.DecodeError as exc:
-            raise UpstreamError(f"neuron {self.ref.name!r} sent an unreadable answer to {path}: {exc}") from None
 
     async def discovery(self) -> Discovery:
         """``GET /discovery``."""
@@ -66,6 +74,11 @@ class NeuronClient:
         """``POST /tokenize``: prompt tokens of chat ``messages`` with the model's own tokenizer."""
         body = {"model": model_id, "messages": messages, "tools": tools}
         return (await self._call("POST", "/tokenize", _TokenCount, body=body)).count
+
+    async def logs(self, model_id: str, lines: int) -> str:
+        """``GET /models/{id}/logs``: the engine's last ``lines`` lines of output."""
+        raw = await self._raw("GET", f"/models/{model_id}/logs", params={"lines": str(lines)})
+        return raw.decode(errors="replace")
 
     async def unload(self, model_id: str, *, full: bool = False) -> LoadResponse:
         """``POST /models/unload``."""

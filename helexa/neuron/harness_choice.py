@@ -25,17 +25,21 @@ def choose_harness(source: str, quant: str, *, gpus: int, installed: Collection[
     Returns ``("", why)`` when neither vLLM nor llama.cpp is installed.
     """
     if looks_like_gguf(source, quant):
-        if "llamacpp" in installed:
-            return "llamacpp", "the source is GGUF"
-        if "vllm" in installed:
-            return "vllm", "the source is GGUF and llama.cpp is not installed"
-    elif gpus and "vllm" in installed:
-        return "vllm", f"{gpus} NVIDIA GPU(s) found and vLLM is installed"
-    elif "vllm" in installed:  # dense weights on a CPU host: llama.cpp cannot read them, vLLM's CPU build can
-        return "vllm", "no NVIDIA GPU found, and llama.cpp cannot read safetensors (vLLM's CPU build can)"
-    if "llamacpp" in installed:
-        why = "no NVIDIA GPU found" if not gpus else "vLLM is not installed"
-        return "llamacpp", why
-    if "vllm" in installed:
-        return "vllm", "llama.cpp is not installed"
+        preferences = [
+            ("llamacpp", "the source is GGUF"),
+            ("vllm", "the source is GGUF and llama.cpp is not installed"),
+        ]
+    elif gpus:
+        preferences = [
+            ("vllm", f"{gpus} NVIDIA GPU(s) found and vLLM is installed"),
+            ("llamacpp", "vLLM is not installed"),
+        ]
+    else:  # dense weights on a CPU host: llama.cpp cannot read them, vLLM's CPU build can
+        preferences = [
+            ("vllm", "no NVIDIA GPU found, and llama.cpp cannot read safetensors (vLLM's CPU build can)"),
+            ("llamacpp", "no NVIDIA GPU found and vLLM is not installed"),
+        ]
+    for harness, why in preferences:
+        if harness in installed:
+            return harness, why
     return "", "neither vllm nor llamacpp is installed"
