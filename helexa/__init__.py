@@ -4,13 +4,14 @@ This module holds the public plugin API only. Plugins import these names and not
 """
 
 from helexa.__about__ import __version__
-from helexa.errors import PreflightError
+from helexa.errors import ConfigError, PreflightError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, NoOptions, PlacementPlan
 from helexa.hookspecs import hookimpl
 from helexa.process_harness import ProcessHarness, model_file
 from helexa.wire.neuron import DeviceInfo, ModelSpec
 
 __all__ = [
+    "ConfigError",
     "DeviceInfo",
     "GpuState",
     "Harness",

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from helexa import HarnessContext, ModelSpec, PlacementPlan, ProcessHarness, hookimpl, model_file
+from helexa import ConfigError, HarnessContext, ModelSpec, PlacementPlan, ProcessHarness, hookimpl, model_file
 
 __all__ = ["LlamaCpp", "LlamaCppOptions"]
 
@@ -34,8 +34,14 @@ class LlamaCppOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """CPU threads for generation (-t); 0 = llama.cpp's default."""
     jinja: bool = True
     """Use the model's Jinja chat template (--jinja)."""
+    chat_template: str = ""
+    """A Jinja chat template to use instead of the GGUF's own (--chat-template; with jinja = false, one of
+    llama.cpp's built-in template names)."""
+    chat_template_file: str = ""
+    """A file holding a Jinja chat template (--chat-template-file)."""
     extra_args: list[str] = []
-    """Further llama-server flags, passed as they are."""
+    """Further llama-server flags, passed as they are; with the bundled server, only the ones it takes (others
+    are refused at preflight: 422 invalid_options naming the flag)."""
 
 
 class LlamaCpp(ProcessHarness):
@@ -71,7 +77,29 @@ class LlamaCpp(ProcessHarness):
             argv += ["-t", str(options.threads)]
         if options.jinja:
             argv.append("--jinja")
+        if options.chat_template:
+            argv += ["--chat-template", options.chat_template]
+        if options.chat_template_file:
+            argv += ["--chat-template-file", options.chat_template_file]
         return argv + list(options.extra_args)
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any], *, model_id: str = "") -> msgspec.Struct:
+        """The options, with ``extra_args`` checked against the bundled server's flags when it is the one that
+        will run (no ``binary``, no ``llama-server`` on PATH). :raises ConfigError: naming the flag."""
+        options = super().parse_options(raw, model_id=model_id)
+        assert isinstance(options, LlamaCppOptions)
+        if options.extra_args and not options.binary and shutil.which("llama-server") is None:
+            # imported here: the engine process runs that module with -m, and must not find it imported already
+            from helexa_llamacpp.server import accepted_flags, unknown_flags  # noqa: PLC0415
+
+            refused = unknown_flags(list(options.extra_args))
+            if refused:
+                raise ConfigError(
+                    f"harness 'llamacpp', model {model_id!r}: extra_args: the bundled llama.cpp server does not take "
+                    f"{refused[0]!r}; it takes {', '.join(accepted_flags())} (or set binary to a llama-server)"
+                )
+        return options
 
     async def count_tokens(
         self, session: aiohttp.ClientSession, base_url: str, messages: list[dict[str, Any]], tools: list[Any]

@@ -1,7 +1,8 @@
 """``python -m helexa_llamacpp.server``: llama.cpp's HTTP server from the prebuilt ``xllamacpp`` wheel.
 
-Takes the subset of ``llama-server`` flags the llama.cpp harness passes, so the harness builds one argv for
-either binary. Runs until SIGTERM or SIGINT.
+Takes the ``llama-server`` flags the harness passes plus the common tuning flags of :data:`PASSTHROUGH`
+(spelled as llama-server spells them), so one argv works for either binary; :func:`unknown_flags` tells the
+harness which ``extra_args`` it would not understand. Runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -9,11 +10,42 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import NoReturn
+
+# llama-server flags (with their short forms) -> the xllamacpp.CommonParams field they set, and its type.
+PASSTHROUGH: dict[tuple[str, ...], tuple[str, type]] = {
+    ("--chat-template",): ("chat_template", str),
+    ("-b", "--batch-size"): ("n_batch", int),
+    ("-ub", "--ubatch-size"): ("n_ubatch", int),
+    ("-n", "--n-predict"): ("n_predict", int),
+    ("--keep",): ("n_keep", int),
+    ("--cache-reuse",): ("n_cache_reuse", int),
+    ("--threads-http",): ("n_threads_http", int),
+    ("--rope-freq-base",): ("rope_freq_base", float),
+    ("--rope-freq-scale",): ("rope_freq_scale", float),
+    ("--temp",): ("sampling.temp", float),
+    ("--top-k",): ("sampling.top_k", int),
+    ("--top-p",): ("sampling.top_p", float),
+    ("--min-p",): ("sampling.min_p", float),
+    ("--repeat-penalty",): ("sampling.penalty_repeat", float),
+    ("--repeat-last-n",): ("sampling.penalty_last_n", int),
+    ("--presence-penalty",): ("sampling.penalty_present", float),
+    ("--frequency-penalty",): ("sampling.penalty_freq", float),
+    ("-s", "--seed"): ("sampling.seed", int),
+}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The llama-server flags this launcher understands."""
-    p = argparse.ArgumentParser(prog="helexa_llamacpp.server", description=__doc__)
+class _Refusal(Exception):
+    pass
+
+
+class _CheckingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # raise instead of printing usage and exiting
+        raise _Refusal(message)
+
+
+def _parser(kind: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = kind(prog="helexa_llamacpp.server", description=__doc__)
     p.add_argument("-m", "--model", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -25,7 +57,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tensor-split", default="")
     p.add_argument("--jinja", action="store_true")
     p.add_argument("--metrics", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--chat-template-file", default="")
+    for flags, (field, value_type) in PASSTHROUGH.items():
+        p.add_argument(*flags, dest=field.replace(".", "__"), type=value_type, default=None)
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The llama-server flags this launcher understands."""
+    return _parser().parse_args(argv)
+
+
+def unknown_flags(extra: list[str]) -> list[str]:
+    """The flags of ``extra`` (arguments appended to a llama-server command line) this launcher would refuse."""
+    try:
+        _, rest = _parser(_CheckingParser).parse_known_args(["-m", "x", "--port", "1", *extra])
+    except _Refusal as exc:
+        return [str(exc)]  # e.g. "argument --temp: expected one argument"
+    return [arg for arg in rest if arg.startswith("-")] or rest
+
+
+def accepted_flags() -> list[str]:
+    """Every flag this launcher takes beyond the ones the harness sets itself, for error messages."""
+    return ["--chat-template-file", *(flags[-1] for flags in PASSTHROUGH)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +102,14 @@ def main(argv: list[str] | None = None) -> None:
         params.model_alias = {args.alias}
     if args.threads:
         params.cpuparams.n_threads = args.threads
+    if args.chat_template_file:
+        with open(args.chat_template_file, encoding="utf-8") as fh:
+            params.chat_template = fh.read()
+    for _, (field, _) in PASSTHROUGH.items():
+        value = getattr(args, field.replace(".", "__"))
+        if value is not None:
+            target, _, name = field.rpartition(".")
+            setattr(getattr(params, target) if target else params, name, value)
     if args.tensor_split:
         split = [float(x) for x in args.tensor_split.split(",")]
         params.tensor_split = split + [0.0] * (len(params.tensor_split) - len(split))
