@@ -22,7 +22,7 @@ from aiohttp import web
 from helexa.errors import UpstreamError
 from helexa.gateway.neuron_client import error_from_response
 from helexa.server.upstream import response_headers
-from helexa.sse import EventFramer
+from helexa.sse import EventFramer, event_data
 
 __all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay", "relay_stream"]
 
@@ -99,22 +99,25 @@ class StreamScanner:
 
     def _usage_event(self, event: bytes) -> bytes:
         """Record the usage an event carries; drop or strip it when we injected the request for it."""
-        if not event.startswith(b"data: {") or not _USAGE.search(event):
-            return event
-        try:
-            chunk = _usage_decoder.decode(event[6:])
-        except msgspec.DecodeError:
-            return event
-        if chunk.usage is None:
+        data = event_data(event + b"\n\n") if _USAGE.search(event) else None
+        chunk = _decode_usage(data) if data is not None else None
+        if chunk is None or chunk.usage is None:
             return event
         self.usage = chunk.usage
         if not self.hide_usage:
             return event
         if not chunk.choices:
             return b""  # the usage-only chunk we asked for and the client did not
-        full = _decoder.decode(event[6:])
+        full = _decoder.decode(data)
         full.pop("usage", None)
         return b"data: " + _encoder.encode(full)
+
+
+def _decode_usage(data: bytes) -> _WithUsage | None:
+    try:
+        return _usage_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
 
 
 def _has_token(events: bytes) -> bool:

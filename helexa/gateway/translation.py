@@ -29,7 +29,7 @@ from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
 from helexa.gateway.registry import NeuronState
 from helexa.server.app import json_response
 from helexa.server.middlewares import sse_error_key
-from helexa.sse import EventFramer
+from helexa.sse import EventFramer, event_data
 
 __all__ = ["IGNORED_TOOLS_HEADER", "Translator", "ignored_tools_note", "relay_translated", "serve_translated"]
 
@@ -109,9 +109,10 @@ async def relay_translated(
 
 
 def _translate(translator: Translator, raw: bytes) -> bytes:
-    if not raw.startswith(b"data:"):
+    payload = event_data(raw)
+    if payload is None:
         return b""
-    payload = raw[5:].strip()
+    payload = payload.strip()
     if payload == b"[DONE]":
         return b""
     try:

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from helexa.sse import EventFramer
+from helexa.sse import EventFramer, event_data
 from helexa.translate.toolcalls import bare_tool_calls, may_become_call
 
 __all__ = ["ChatNormaliser", "MarkerSplitter", "Markers", "Piece", "SSENormaliser"]
@@ -372,9 +372,10 @@ class SSENormaliser:
     def _event(self, event: bytes) -> bytes:
         if self.chat.idle and not any(b in event for b in self._first_bytes):
             return event  # the fast path: nothing to change, forward the engine's bytes
-        if not event.startswith(b"data:"):
+        data = event_data(event)
+        if data is None:
             return event
-        payload = event[5:].strip()
+        payload = data.strip()
         if payload == b"[DONE]":
             return b"".join(self._encode(c) for c in self.chat.flush()) + event
         try:

@@ -43,8 +43,13 @@ def main() -> None:
     p.add_argument("--agent-tool-call", default="", help="JSON of the call to make when tools are offered")
     p.add_argument("--bare-json", action="store_true", help="write the scripted call as bare JSON, no markers")
     p.add_argument("--strict-system", action="store_true", help="refuse system messages after the first turn")
+    p.add_argument("--crlf", action="store_true", help="end stream lines with CRLF (as some servers do)")
     p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
+
+    def frame(event: bytes) -> bytes:
+        return event.replace(b"\n", b"\r\n") if args.crlf else event
+
     print(f"fake engine pid {os.getpid()} starting on port {args.port}", flush=True)
     if args.say:
         print(args.say, flush=True)
@@ -142,10 +147,10 @@ def main() -> None:
             if (body.get("stream_options") or {}).get("include_usage"):
                 events.append({**chunk(None), "choices": [], "usage": usage})
             for event in events:
-                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                await resp.write(frame(b"data: " + json.dumps(event).encode() + b"\n\n"))
                 if args.chunk_delay:
                     await asyncio.sleep(args.chunk_delay)
-            await resp.write(b"data: [DONE]\n\n")
+            await resp.write(frame(b"data: [DONE]\n\n"))
         except (asyncio.CancelledError, ConnectionError):
             stats["aborted"] += 1
             raise

@@ -367,7 +367,7 @@ async def test_status_and_models_commands(fleet):
     assert report["neurons"][0]["name"] == "a" and report["neurons"][0]["healthy"] is True
     assert report["neurons"][0]["devices"][0]["vram_used_mb"] == 6000
     table = (await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", url])).output
-    assert "6000/48000" in table and "2 GPU" in table
+    assert "5.9 GiB / 46.9 GiB" in table and "2 GPU" in table
     models = (await asyncio.to_thread(CliRunner().invoke, cli, ["models", "--url", url])).output
     assert "m " in models and "loaded" in models and "mm" in models
     down = await asyncio.to_thread(CliRunner().invoke, cli, ["status", "--url", "http://127.0.0.1:9"])
