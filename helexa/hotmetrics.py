@@ -51,6 +51,20 @@ class _Family(Generic[Child]):
         raise NotImplementedError
 
 
+class _ValueFamily(_Family[Child]):
+    """A family whose children hold one ``value`` (counters, gauges)."""
+
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        """The family's samples now."""
+        family = self._family()
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.value)  # type: ignore[attr-defined]
+        yield family
+
+
 class CounterChild:
     """One counter series."""
 
@@ -64,7 +78,7 @@ class CounterChild:
         self.value += amount
 
 
-class HotCounter(_Family[CounterChild]):
+class HotCounter(_ValueFamily[CounterChild]):
     """A counter family exported as ``<name>_total``."""
 
     def _new_child(self) -> CounterChild:
@@ -72,13 +86,6 @@ class HotCounter(_Family[CounterChild]):
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> Iterator[Metric]:
-        """The family's samples now."""
-        family = self._family()
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
 
 
 class GaugeChild:
@@ -102,7 +109,7 @@ class GaugeChild:
         self.value = value
 
 
-class HotGauge(_Family[GaugeChild]):
+class HotGauge(_ValueFamily[GaugeChild]):
     """A gauge family."""
 
     def _new_child(self) -> GaugeChild:
@@ -110,13 +117,6 @@ class HotGauge(_Family[GaugeChild]):
 
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> Iterator[Metric]:
-        """The family's samples now."""
-        family = self._family()
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
 
 
 class HistogramChild:

@@ -17,7 +17,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import free_port, wait_http
+from tests.fakes import fake_hub
 
 RATE = 24 * 1024 * 1024  # bytes/s: the ~98 MB file takes ~4 s, long enough to watch
 
@@ -26,22 +27,8 @@ RATE = 24 * 1024 * 1024  # bytes/s: the ~98 MB file takes ~4 s, long enough to w
 def fleet(smollm2_gguf, helexa_process, tmp_path):
     hub_port, gateway, neuron = free_port(), free_port(), free_port()
     name = "SmolLM2-135M-Instruct-Q4_1.gguf"
-    hub = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fakes" / "fake_hub.py"),
-            "--port",
-            str(hub_port),
-            "--file",
-            f"acme/SmolLM2-GGUF={name}:{smollm2_gguf}",
-            "--file",
-            f"acme/SmolLM2-copy-GGUF={name}:{smollm2_gguf}",
-            "--rate",
-            str(RATE),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    files = {repo: (name, smollm2_gguf) for repo in ("acme/SmolLM2-GGUF", "acme/SmolLM2-copy-GGUF")}
+    hub = fake_hub.spawn(hub_port, files, rate=RATE)
     config = tmp_path / "helexa.toml"
     config.write_text(
         f"""

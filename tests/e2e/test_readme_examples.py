@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, free_port, wait_http
+from tests.fakes import fake_hub
 
 README = (ROOT / "README.md").read_text()
 
@@ -40,20 +41,11 @@ def commands(block: str) -> list[str]:
 @pytest.fixture
 def both(demo_models_dir, smollm2_gguf, helexa_process, tmp_path):
     hub_port = free_port()
-    hub = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fakes" / "fake_hub.py"),
-            "--port",
-            str(hub_port),
-            "--file",
-            f"Qwen/Qwen3-0.6B-GGUF=Qwen3-0.6B-Q8_0.gguf:{smollm2_gguf}",
-            "--file",
-            f"Qwen/Qwen3-8B-GGUF=Qwen3-8B-Q4_K_M.gguf:{smollm2_gguf}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    files = {
+        "Qwen/Qwen3-0.6B-GGUF": ("Qwen3-0.6B-Q8_0.gguf", smollm2_gguf),
+        "Qwen/Qwen3-8B-GGUF": ("Qwen3-8B-Q4_K_M.gguf", smollm2_gguf),
+    }
+    hub = fake_hub.spawn(hub_port, files)
     home = tmp_path / "home"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("HELEXA_", "HF_"))},

@@ -182,6 +182,18 @@ def point_huggingface_hub_at(monkeypatch, endpoint: str) -> None:
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
 
 
+def spawn(port: int, files: dict[str, tuple[str, Path]], *, rate: int = 0):
+    """Start this module as a process serving ``files`` (``{"org/name": ("file name", path)}``, one file per
+    repo) on ``port``; the caller stops it. Returns the ``Popen``."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, __file__, "--port", str(port), "--rate", str(rate)]
+    for repo, (name, path) in files.items():
+        argv += ["--file", f"{repo}={name}:{path}"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     """``python tests/fakes/fake_hub.py --port P --file REPO=NAME:PATH … [--rate BYTES_PER_S]``: serve on loopback."""
     import argparse
