@@ -278,6 +278,93 @@ def pull(
     click.echo(f"ready: {answer['path']} ({', '.join(answer.get('files', []))})")
 
 
+DEFAULT_BENCH_DB = "~/.local/share/helexa/bench.sqlite"
+db_option = click.option(
+    "--db", default=DEFAULT_BENCH_DB, show_default=True, envvar="HELEXA_BENCH_DB", help="The SQLite database."
+)
+
+
+@cli.group()
+def bench() -> None:
+    """Version-aware benchmarks of a gateway or a neuron, kept in SQLite."""
+
+
+@bench.command("run")
+@click.option("--url", required=True, help="A gateway (or a neuron) to measure.")
+@click.option("--model", "models", multiple=True, help="Models to measure (default: the first one offered).")
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["chat", "anthropic", "responses", "swap"]),
+    help="Scenarios (default: all): chat sweeps concurrency; swap times cold load to first token.",
+)
+@db_option
+@click.option("--quick", is_flag=True, help="A short run: finishes within two minutes on a CPU.")
+@click.option("--repeat", default=3, show_default=True, help="Measure each cell this many times per build.")
+@click.option("--loop", is_flag=True, help="Keep going: a round every --interval seconds.")
+@click.option("--interval", default=3600.0, show_default=True, help="Seconds between rounds with --loop.")
+@click.option("--api-key", envvar="HELEXA_API_KEY", default="", help="Inference key (env HELEXA_API_KEY).")
+@click.option("--admin-key", envvar="HELEXA_ADMIN_KEY", default="", help="Admin key for swap (env HELEXA_ADMIN_KEY).")
+def bench_run(
+    *,
+    url: str,
+    models: tuple[str, ...],
+    scenarios: tuple[str, ...],
+    db: str,
+    quick: bool,
+    repeat: int,
+    loop: bool,
+    interval: float,
+    api_key: str,
+    admin_key: str,
+) -> None:
+    """Measure the cells not yet measured --repeat times for the target's build (its /version)."""
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from helexa.bench.runner import SCENARIOS, Plan, run_once  # noqa: PLC0415
+    from helexa.bench.store import Store  # noqa: PLC0415
+
+    store = Store(Path(db).expanduser())
+    plan = Plan(models=models, scenarios=scenarios or SCENARIOS, repeat=repeat, quick=quick)
+    while True:
+        measured = asyncio.run(run_once(url, store, plan, api_key=api_key, admin_key=admin_key, say=click.echo))
+        click.echo(f"{measured} cell(s) measured; results in {store.path}")
+        if not loop:
+            return
+        time.sleep(interval)
+
+
+@bench.command("report")
+@db_option
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also write this report.")
+def bench_report(db: str, html_path: str | None) -> None:
+    """Medians per cell (and the knee of each concurrency curve); --html writes a self-contained report."""
+    from helexa.bench.report import html_report, knees, summary_table  # noqa: PLC0415
+    from helexa.bench.store import Store  # noqa: PLC0415
+
+    rows = Store(Path(db).expanduser()).rows()
+    click.echo(summary_table(rows))
+    for (build, model), knee in sorted(knees(rows).items()):
+        click.echo(f"knee {build} {model}: {f'c={knee}' if knee else 'beyond the sweep'}")
+    if html_path:
+        Path(html_path).write_text(html_report(rows))
+        click.echo(f"wrote {html_path}")
+
+
+@bench.command("compare")
+@click.argument("build_a")
+@click.argument("build_b")
+@db_option
+def bench_compare(build_a: str, build_b: str, db: str) -> None:
+    """The change from build A to build B in every cell both measured, with the noise of the repeats."""
+    from helexa.bench.report import compare_table  # noqa: PLC0415
+    from helexa.bench.store import Store  # noqa: PLC0415
+
+    click.echo(compare_table(Store(Path(db).expanduser()).rows(), build_a, build_b))
+
+
 def _fetch(url: str, api_key: str, path: str) -> dict:
     try:
         return fetch(url, path, api_key)

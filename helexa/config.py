@@ -78,6 +78,9 @@ class GatewaySection(ConfigStruct):
 
     listen: Annotated[str, _doc("host:port of the OpenAI + Anthropic API.")] = "127.0.0.1:31313"
     metrics_listen: Annotated[str, _doc("host:port of the Prometheus /metrics endpoint.")] = "127.0.0.1:31314"
+    bench_db: Annotated[
+        str, _doc("A helexa bench database whose latest results the fleet page (/ui) shows; empty = none.")
+    ] = ""
     catalogue: Annotated[
         str, _doc("Path of a models.toml with [[models]] entries, relative to this file; empty = none.")
     ] = ""

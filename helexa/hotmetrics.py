@@ -40,6 +40,10 @@ class _Family(Generic[Child]):
             child = self._children[values] = self._new_child()
         return child
 
+    def children(self) -> list[tuple[tuple[str, ...], Child]]:
+        """``(label values, child)`` of every series so far (a snapshot: safe while requests add series)."""
+        return list(self._children.items())
+
     def describe(self) -> list[Metric]:
         """Names only (the registry checks for clashes without collecting)."""
         return [self._family()]

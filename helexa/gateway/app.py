@@ -24,6 +24,7 @@ from helexa.gateway.poller import poll_forever
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
+from helexa.gateway.ui import setup_ui
 from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.keys import KeyGuard, KeyRing
@@ -54,6 +55,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         serve_metrics=False,
         guards=[KeyGuard(ring, prometheus, scope_of=_scope)] if (ring := KeyRing.from_config(cfg.auth)).keys else [],
     )
+    setup_ui(app, ring, bench_db=cfg.gateway.bench_db)
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds

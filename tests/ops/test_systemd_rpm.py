@@ -27,7 +27,8 @@ from tests.conftest import ROOT, free_port
 from tests.tools import debian_tool
 
 RPM = ROOT / "rpm"
-UNITS = ("helexa-gateway.service", "helexa-neuron.service")
+UNITS = ("helexa-gateway.service", "helexa-neuron.service")  # the daemons
+ALL_UNITS = (*UNITS, "helexa-bench.service", "helexa-bench.timer")
 
 
 def unit(name: str) -> configparser.ConfigParser:
@@ -42,15 +43,22 @@ def test_units_parse_cleanly_with_systemd_analyze_verify(tmp_path):
     fake = tmp_path / "helexa"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    for name in UNITS:  # verify wants the executable to exist: point ExecStart at a stand-in
+    for name in ALL_UNITS:  # verify wants the executable to exist: point ExecStart at a stand-in
         (tmp_path / name).write_text((RPM / name).read_text().replace("/usr/bin/helexa", str(fake)))
     done = subprocess.run(
-        [analyze, "verify", "--man=no", *UNITS], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        [analyze, "verify", "--man=no", *ALL_UNITS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
-@pytest.mark.parametrize(("name", "limit"), [("helexa-gateway.service", 4.0), ("helexa-neuron.service", 4.0)])
+@pytest.mark.parametrize(
+    ("name", "limit"), [("helexa-gateway.service", 4.0), ("helexa-neuron.service", 4.0), ("helexa-bench.service", 4.0)]
+)
 def test_sandboxing_scores(name, limit):
     analyze = debian_tool("systemd-analyze", "systemd")
     done = subprocess.run(
@@ -91,6 +99,20 @@ def test_spec_ships_license_sysusers_and_a_check():
         service = unit(name)["Service"]
         assert service["Type"] == "notify"
         assert not any(k.startswith("HELEXA_") for k in _environment(service)), "paths belong in /etc/helexa/*.toml"
+
+
+def test_the_bench_timer_runs_a_valid_bench_command():
+    from helexa.cli import cli
+
+    service = unit("helexa-bench.service")["Service"]
+    env = _environment(service)
+    argv = shlex.split(service["ExecStart"].replace("${HELEXA_BENCH_URL}", env["HELEXA_BENCH_URL"]))
+    assert argv[:3] == ["/usr/bin/helexa", "bench", "run"]
+    params = cli.get_command(None, "bench").get_command(None, "run").make_context("run", argv[3:]).params
+    assert params["url"] == "http://127.0.0.1:31313" and params["db"].startswith("/var/lib/helexa/")
+    assert unit("helexa-bench.timer")["Timer"]["OnUnitActiveSec"] == "1h"
+    spec = (RPM / "helexa.spec").read_text()
+    assert "%{_unitdir}/helexa-bench.timer" in spec and "install -Dm0644 rpm/helexa-bench.timer" in spec
 
 
 def _environment(service: configparser.SectionProxy) -> dict[str, str]:

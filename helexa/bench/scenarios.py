@@ -1,0 +1,221 @@
+"""What ``helexa bench`` measures, over HTTP with one aiohttp session: streaming requests in the three API
+dialects at a concurrency, and the cost of a model swap.
+
+Per request: time to first token (first generated text), the gaps between text events (inter-token latency),
+end-to-end latency and completion tokens (from the stream's usage). Per cell: p50/p95 of those, and tokens per
+second after the first token. Figures are seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from helexa.bench.store import Result
+from helexa.sse import EventFramer, event_data
+
+__all__ = ["DIALECTS", "Sample", "measure", "swap_cost"]
+
+PROMPT = "Write two short sentences about the sea."
+
+
+@dataclass
+class Sample:
+    """One request's figures (``error`` set when it failed)."""
+
+    ttft: float = 0.0
+    latency: float = 0.0
+    gaps: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    error: str = ""
+
+
+def _chat(model: str, max_tokens: int) -> tuple[str, dict[str, Any]]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return "/v1/chat/completions", body
+
+
+def _anthropic(model: str, max_tokens: int) -> tuple[str, dict[str, Any]]:
+    body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    return "/v1/messages", body
+
+
+def _responses(model: str, max_tokens: int) -> tuple[str, dict[str, Any]]:
+    return "/v1/responses", {"model": model, "input": PROMPT, "max_output_tokens": max_tokens, "stream": True}
+
+
+def _chat_event(data: dict[str, Any]) -> tuple[bool, int]:
+    """(carries generated text, completion tokens when it reports usage)."""
+    choices = data.get("choices") or []
+    delta = choices[0].get("delta", {}) if choices else {}
+    text = bool(delta.get("content") or delta.get("reasoning_content"))
+    usage = data.get("usage") or {}
+    return text, int(usage.get("completion_tokens") or 0)
+
+
+def _anthropic_event(data: dict[str, Any]) -> tuple[bool, int]:
+    if data.get("type") == "content_block_delta":
+        return True, 0
+    if data.get("type") == "message_delta":
+        return False, int((data.get("usage") or {}).get("output_tokens") or 0)
+    return False, 0
+
+
+def _responses_event(data: dict[str, Any]) -> tuple[bool, int]:
+    if data.get("type") in ("response.output_text.delta", "response.reasoning_summary_text.delta"):
+        return True, 0
+    if data.get("type") in ("response.completed", "response.incomplete"):
+        return False, int(((data.get("response") or {}).get("usage") or {}).get("output_tokens") or 0)
+    return False, 0
+
+
+#: scenario name -> (request builder, event reader)
+DIALECTS: dict[
+    str, tuple[Callable[[str, int], tuple[str, dict[str, Any]]], Callable[[dict[str, Any]], tuple[bool, int]]]
+] = {
+    "chat": (_chat, _chat_event),
+    "anthropic": (_anthropic, _anthropic_event),
+    "responses": (_responses, _responses_event),
+}
+
+
+async def _one(session: aiohttp.ClientSession, url: str, scenario: str, model: str, max_tokens: int) -> Sample:
+    build, read = DIALECTS[scenario]
+    path, body = build(model, max_tokens)
+    sample, began, last = Sample(), time.perf_counter(), 0.0
+    try:
+        async with session.post(url + path, json=body) as resp:
+            if resp.status != 200:
+                text = (await resp.text())[:300]
+                return Sample(error=f"HTTP {resp.status}: {text}")
+            framer = EventFramer()
+            async for chunk in resp.content.iter_any():
+                for event in framer.feed(chunk).split(b"\n\n"):
+                    raw = event_data(event + b"\n\n") if event else None
+                    if not raw or raw.strip() == b"[DONE]":
+                        continue
+                    data = json.loads(raw)
+                    if "error" in data and not data.get("choices"):
+                        return Sample(error=f"stream error: {json.dumps(data['error'])[:300]}")
+                    text, tokens = read(data)
+                    now = time.perf_counter()
+                    if text:
+                        if sample.ttft == 0.0:
+                            sample.ttft = now - began
+                        else:
+                            sample.gaps.append(now - last)
+                        last = now
+                    sample.completion_tokens = tokens or sample.completion_tokens
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return Sample(error=f"{type(exc).__name__}: {exc}"[:300])
+    sample.latency = time.perf_counter() - began
+    if sample.ttft == 0.0:
+        sample.error = "the stream carried no generated text"
+    return sample
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    model: str,
+    scenario: str,
+    concurrency: int,
+    requests: int,
+    max_tokens: int,
+) -> Result:
+    """Send ``requests`` streaming requests, ``concurrency`` at a time; the cell's figures."""
+    queue = iter(range(requests))
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        for _ in queue:
+            samples.append(await _one(session, url, scenario, model, max_tokens))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    good = [s for s in samples if not s.error]
+    if not good:
+        return Result(model, scenario, concurrency, ok=False, error=samples[0].error, requests=len(samples))
+    rates = [
+        (s.completion_tokens - 1) / (s.latency - s.ttft) for s in good if s.completion_tokens > 1 and s.latency > s.ttft
+    ]
+    return Result(
+        model,
+        scenario,
+        concurrency,
+        ok=True,
+        error=next((s.error for s in samples if s.error), ""),
+        requests=len(samples),
+        ttft_p50=_quantile([s.ttft for s in good], 0.5),
+        ttft_p95=_quantile([s.ttft for s in good], 0.95),
+        itl_p50=_quantile([g for s in good for g in s.gaps], 0.5),
+        tokens_per_second=statistics.median(rates) if rates else None,
+        latency_p50=_quantile([s.latency for s in good], 0.5),
+        latency_p95=_quantile([s.latency for s in good], 0.95),
+        completion_tokens=int(statistics.median(s.completion_tokens for s in good)),
+    )
+
+
+async def swap_cost(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    model: str,
+    max_tokens: int,
+    unload: Callable[[], Awaitable[None]],
+) -> Result:
+    """Unload ``model`` (``unload``), then time a request to it: cold load (or wake) to first token."""
+    try:
+        await unload()
+    except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+        return Result(model, "swap", 1, ok=False, error=f"unload failed: {exc}"[:300])
+    sample = await _one(session, url, "chat", model, max_tokens)
+    if sample.error:
+        return Result(model, "swap", 1, ok=False, error=sample.error, requests=1)
+    return Result(
+        model,
+        "swap",
+        1,
+        ok=True,
+        requests=1,
+        ttft_p50=sample.ttft,
+        latency_p50=sample.latency,
+        swap_seconds=sample.ttft,
+    )
+
+
+def unloader(session: aiohttp.ClientSession, url: str, role: str, model: str) -> Callable[[], Awaitable[None]]:
+    """How to unload ``model`` on a gateway (``/admin``) or a neuron (``/models/unload``); 404 is fine."""
+
+    async def unload() -> None:
+        if role == "neuron":
+            request = session.post(f"{url}/models/unload", json={"model_id": model, "full": True})
+        else:
+            request = session.post(f"{url}/admin/models/{quote(model, safe='')}/unload")
+        async with request as resp:
+            if resp.status not in (200, 404):
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+
+    return unload

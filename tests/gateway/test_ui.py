@@ -1,0 +1,73 @@
+"""The fleet page: sign-in with a key (never shown), what it shows, and admin-only same-origin buttons."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.fakes.fake_neuron import FakeNeuron
+from tests.gateway.conftest import entry
+
+AUTH = {"api_keys": ["sk-user-secret"], "admin_keys": ["sk-admin-secret"]}
+
+
+async def sign_in(client, key: str) -> None:
+    resp = await client.post("/ui/login", data={"key": key}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    assert "HttpOnly" in resp.headers["Set-Cookie"] and "SameSite=Strict" in resp.headers["Set-Cookie"]
+    assert key not in resp.headers["Set-Cookie"]  # a session id, not the key
+
+
+async def test_the_page_needs_a_key_and_never_shows_it(fleet):
+    a = FakeNeuron("gpu1", devices=[24000, 24000])
+    a.preload("big", 20000)
+    client, _ = await fleet([a], models=[entry("big"), entry("cold", vram_mb=1000)], auth=AUTH)
+    first = await client.get("/ui")
+    assert first.status == 401 and 'name="key"' in await first.text()
+    wrong = await client.post("/ui/login", data={"key": "sk-nope"}, allow_redirects=False)
+    assert wrong.status == 401
+    await sign_in(client, "sk-user-secret")
+    page = await (await client.get("/ui")).text()
+    assert "gpu1" in page and "GPU 1 Fake GPU" in page and "big" in page and "cold" in page
+    assert "sk-user-secret" not in page and "key-1" in page  # the key's name, not the key
+    assert "/ui/models/big/unload" not in page  # an inference key gets no buttons
+    refused = await client.post("/ui/models/cold/load", allow_redirects=False)
+    assert refused.status == 403
+    bearer = await client.get("/ui", headers={"Authorization": "Bearer sk-admin-secret"})
+    assert bearer.status == 200 and "/ui/models/big/unload" in await bearer.text()
+
+
+async def test_admin_buttons_load_and_unload(fleet):
+    a = FakeNeuron("gpu1", devices=[24000])
+    client, fakes = await fleet([a], models=[entry("cold", vram_mb=1000)], auth=AUTH)
+    await sign_in(client, "sk-admin-secret")
+    page = await (await client.get("/ui")).text()
+    assert "/ui/models/cold/load" in page
+    cross = await client.post("/ui/models/cold/load", headers={"Origin": "http://evil.example"}, allow_redirects=False)
+    assert cross.status == 403
+    done = await client.post("/ui/models/cold/load", allow_redirects=False)
+    assert done.status == 303 and "loaded" in done.headers["Location"]
+    assert "cold" in fakes["gpu1"].models
+    await asyncio.sleep(0.2)
+    page = await (await client.get("/ui")).text()
+    assert "/ui/models/cold/unload" in page
+    gone = await client.post("/ui/models/cold/unload", allow_redirects=False)
+    assert gone.status == 303 and "cold" not in fakes["gpu1"].models
+    out = await client.post("/ui/logout", allow_redirects=False)
+    assert out.status == 303
+    assert (await client.get("/ui")).status == 401
+
+
+async def test_without_auth_the_page_is_open_and_shows_live_figures(fleet):
+    a = FakeNeuron("cpu1", devices=[])
+    a.preload("m")
+    client, _ = await fleet([a], models=[entry("m")])
+    for _ in range(3):
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        await (await client.post("/v1/chat/completions", json=chat)).read()
+    await client.get("/ui")
+    await asyncio.sleep(1.1)
+    page = await (await client.get("/ui")).text()
+    assert "CPU, " in page and "RAM" in page
+    row = page.split('data-model="m"', 1)[1].split("</tr>", 1)[0]
+    assert row.count("<td>-</td>") <= 1, row  # rate, TTFT and tokens/s filled in
+    assert '<meta http-equiv="refresh"' in page and "<script" not in page
