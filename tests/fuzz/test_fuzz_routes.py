@@ -54,6 +54,10 @@ GATEWAY_POSTS = {
     },
     "/admin/models/m/load": {},
     "/admin/models/m/unload": {},
+    "/ui/login": {"key": "x"},
+    "/ui/models/m/load": {},
+    "/ui/models/m/unload": {},
+    "/ui/logout": {},
 }
 NEURON_POSTS = {
     "/models/load": {"model_id": "m", "harness": "fake", "source": "nope.gguf", "options": {"flags": []}},
@@ -64,7 +68,8 @@ NEURON_POSTS = {
     "/v1/completions": {"model": "m", "prompt": "x"},
     "/v1/embeddings": {"model": "m", "input": "x"},
 }
-GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}"]
+GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}", "/ui"]
+GATEWAY_GETS += ["/ui?note={id}", "/ui/models/{id}/logs?neuron={id}", "/admin/models/{id}/logs?lines={id}"]
 NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models", "/pulls"]
 
 
@@ -139,6 +144,9 @@ def mutate(rng: random.Random, template: dict) -> bytes:
 
 def check_answer(path: str, status: int, content_type: str, text: str) -> None:
     assert status < 500, f"{path}: {status} {text[:300]}"
+    if status == 401 and path.startswith("/ui") and content_type == "text/html":
+        assert 'name="key"' in text  # the fleet page's sign-in form, for browsers
+        return
     if status >= 400:
         assert content_type == "application/json", f"{path}: {status} {content_type} {text[:200]}"
         body = json.loads(text)
