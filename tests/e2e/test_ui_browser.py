@@ -4,44 +4,20 @@ the neuron and the demo model, load the second model with its button. A screensh
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT
 from tests.tools import debian_tool
 
 ADMIN = "sk-admin-for-the-browser"
 
 
 @pytest.fixture
-def fleet_url(demo_models_dir, helexa_process):
-    port = free_port()
-    env = {
-        **os.environ,
-        "HELEXA_GATEWAY__LISTEN": f"127.0.0.1:{port}",
-        "HELEXA_GATEWAY__METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-        "HELEXA_NEURON__LISTEN": f"127.0.0.1:{free_port()}",
-        "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
-        "HELEXA_NEURON__PORT_RANGE": "[43000, 43999]",
-        "HELEXA_AUTH__API_KEYS": '["sk-user"]',
-        "HELEXA_AUTH__ADMIN_KEYS": f'["{ADMIN}"]',
-    }
-    helexa_process("run", "--role", "both", env=env)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/healthz", timeout=30)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        request = urllib.request.Request(f"{base}/v1/models", headers={"x-api-key": "sk-user"})
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            if any(m["status"] == "loaded" for m in json.load(resp)["data"]):
-                break
-        time.sleep(0.3)
-    return base
+def fleet_url(demo_fleet):
+    return demo_fleet(api_keys=["sk-user"], admin_keys=[ADMIN], port_range="[43000, 43999]")
 
 
 def test_sign_in_see_the_fleet_and_load_a_model(fleet_url):
