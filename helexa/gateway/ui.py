@@ -37,6 +37,7 @@ _keyring_key = web.AppKey("ui_keyring_key", KeyRing)
 _sessions_key = web.AppKey("ui_sessions_key", dict)
 _rates_key = web.AppKey("ui_rates_key", list)
 _bench_key = web.AppKey("ui_bench_key", str)
+_notes_key = web.AppKey("ui_notes_key", dict)  # id -> what the last actions did (bounded)
 
 
 @dataclass
@@ -53,6 +54,7 @@ def setup_ui(app: web.Application, ring: KeyRing, *, bench_db: str = "") -> None
     app[_sessions_key] = {}
     app[_rates_key] = []
     app[_bench_key] = bench_db
+    app[_notes_key] = {}
     r = app.router
     r.add_get("/ui", page)
     r.add_post("/ui/login", login)
@@ -142,7 +144,12 @@ async def act(request: web.Request) -> web.Response:
             note = f"unloaded {model_id}" if holders else f"{model_id} was not loaded"
     except HelexaError as exc:
         note = f"{request.match_info['action']} {model_id} failed: {exc.message}"
-    raise web.HTTPSeeOther("/ui?note=" + quote(note[:300]))
+    notes: dict[str, str] = request.app[_notes_key]
+    token = secrets.token_urlsafe(8)  # the page shows notes the server wrote, never text from a URL
+    notes[token] = note[:300]
+    while len(notes) > 100:
+        notes.pop(next(iter(notes)))
+    raise web.HTTPSeeOther("/ui?note=" + token)
 
 
 async def engine_logs(request: web.Request) -> web.Response:
@@ -173,7 +180,7 @@ async def page(request: web.Request) -> web.Response:
     await lifecycle.first_round()
     fleet = msgspec.to_builtins(fleet_report(lifecycle.registry, lifecycle.loading()))  # plain data, as /fleet
     figures = _figures(request.app)
-    note = request.query.get("note", "")
+    note = request.app[_notes_key].get(request.query.get("note", ""), "")
     who = (
         f'<form method="post" action="/ui/logout" class="who">signed in as <b>{html.escape(viewer.name)}</b> '
         f'<button type="submit">sign out</button></form>'

@@ -45,7 +45,8 @@ async def test_admin_buttons_load_and_unload(fleet):
     cross = await client.post("/ui/models/cold/load", headers={"Origin": "http://evil.example"}, allow_redirects=False)
     assert cross.status == 403
     done = await client.post("/ui/models/cold/load", allow_redirects=False)
-    assert done.status == 303 and "loaded" in done.headers["Location"]
+    assert done.status == 303
+    assert "loaded cold on gpu1" in await (await client.get(done.headers["Location"])).text()
     assert "cold" in fakes["gpu1"].models
     await asyncio.sleep(0.2)
     page = await (await client.get("/ui")).text()
@@ -71,3 +72,12 @@ async def test_without_auth_the_page_is_open_and_shows_live_figures(fleet):
     row = page.split('data-model="m"', 1)[1].split("</tr>", 1)[0]
     assert row.count("<td>-</td>") <= 1, row  # rate, TTFT and tokens/s filled in
     assert '<meta http-equiv="refresh"' in page and "<script" not in page
+
+
+async def test_notes_come_from_the_server_not_the_url(fleet):
+    client, _ = await fleet([FakeNeuron("a")], models=[entry("m", vram_mb=1000)])
+    spoofed = await (await client.get("/ui?note=Your+session+expired%2C+enter+your+key+at+evil.example")).text()
+    assert "evil.example" not in spoofed
+    done = await client.post("/ui/models/m/load", allow_redirects=False)
+    page = await (await client.get(done.headers["Location"])).text()
+    assert "loaded m on a" in page
