@@ -296,8 +296,9 @@ def bench() -> None:
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["chat", "anthropic", "responses", "swap"]),
-    help="Scenarios (default: all): chat sweeps concurrency; swap times cold load to first token.",
+    type=click.Choice(["chat", "anthropic", "responses", "swap", "evict"]),
+    help="Scenarios (default: all): chat sweeps concurrency; swap times unload to first token (cold load or "
+    "wake); evict times unloading another model and loading this one.",
 )
 @db_option
 @click.option("--quick", is_flag=True, help="A short run: finishes within two minutes on a CPU.")

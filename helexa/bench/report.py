@@ -47,7 +47,7 @@ def summary_table(rows: Iterable[Row]) -> str:
     for (build, model, scenario, level), cell in sorted(_cells(rows).items()):
         failed = sum(1 for r in cell if not r["ok"])
         tps = _median(cell, "tokens_per_second")
-        latency = _median(cell, "swap_seconds") if scenario == "swap" else _median(cell, "latency_p50")
+        latency = _median(cell, "swap_seconds") if scenario in ("swap", "evict") else _median(cell, "latency_p50")
         out.append(
             [
                 build,
@@ -170,7 +170,7 @@ def html_report(rows: list[Row]) -> str:
             curve[model].append((float(level), latency))
         if scenario == "chat" and level == 1 and ttft is not None:
             trend[model].append((float(builds.index(build) + 1), ttft * 1000))
-        if level == 1 and scenario != "swap" and build == builds[-1]:
+        if level == 1 and scenario not in ("swap", "evict") and build == builds[-1]:
             ok = [r["ttft_p50"] * 1000 for r in cell if r["ok"] and r["ttft_p50"] is not None]
             spread[f"{model} {scenario}"] += [(float(i + 1), v) for i, v in enumerate(ok)]
     knee_rows = "".join(

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from helexa.bench.scenarios import DIALECTS, measure, swap_cost, unloader
+from helexa.bench.scenarios import DIALECTS, control, measure, swap_cost
 from helexa.bench.store import Build, Result, Store
 
 __all__ = ["SCENARIOS", "Plan", "run_once"]
 
-SCENARIOS = ("chat", "anthropic", "responses", "swap")
+SCENARIOS = ("chat", "anthropic", "responses", "swap", "evict")
 CELL_TIMEOUT_S = 600.0
 
 
@@ -120,6 +120,7 @@ async def run_once(
                         role=role,
                         admin_key=admin_key,
                         model=model,
+                        offered=offered,
                         scenario=scenario,
                         level=level,
                         plan=plan,
@@ -137,18 +138,25 @@ async def _cell(
     role: str,
     admin_key: str,
     model: str,
+    offered: list[str],
     scenario: str,
     level: int,
     plan: Plan,
 ) -> Result:
     try:
-        if scenario == "swap":
+        if scenario in ("swap", "evict"):
+            other = ""
+            if scenario == "evict":
+                other = next((m for m in offered if m != model), "")
+                if not other:
+                    return Result(model, scenario, 1, ok=False, error="eviction needs a second model on the target")
             admin = aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_key}"} if admin_key else {})
             async with admin:
-                unload = unloader(admin, url, role, model)
-                return await asyncio.wait_for(
-                    swap_cost(session, url, model=model, max_tokens=plan.max_tokens, unload=unload), CELL_TIMEOUT_S
+                unload, status = control(admin, url, role)
+                cost = swap_cost(
+                    session, url, model=model, max_tokens=plan.max_tokens, unload=unload, status=status, other=other
                 )
+                return await asyncio.wait_for(cost, CELL_TIMEOUT_S)
         if scenario not in DIALECTS:
             return Result(model, scenario, level, ok=False, error=f"no scenario {scenario!r}")
         requests = max(plan.requests, level)
@@ -173,8 +181,8 @@ def describe(result: Result) -> str:
     head = f"{result.model} {result.scenario} c={result.concurrency}:"
     if not result.ok:
         return f"{head} FAILED {result.error}"
-    if result.scenario == "swap":
-        return f"{head} first token {result.swap_seconds:.2f}s after an unload"
+    if result.scenario in ("swap", "evict"):
+        return f"{head} {result.detail}: first token {result.swap_seconds:.2f}s after the unload"
     tps = f"{result.tokens_per_second:.1f} tok/s" if result.tokens_per_second else "- tok/s"
     itl = f"{result.itl_p50 * 1000:.0f}ms" if result.itl_p50 else "-"
     return (

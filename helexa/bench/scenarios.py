@@ -22,7 +22,7 @@ import aiohttp
 from helexa.bench.store import Result
 from helexa.sse import EventFramer, event_data
 
-__all__ = ["DIALECTS", "Sample", "measure", "swap_cost"]
+__all__ = ["DIALECTS", "Sample", "control", "measure", "swap_cost"]
 
 PROMPT = "Write two short sentences about the sea."
 
@@ -184,38 +184,56 @@ async def swap_cost(
     *,
     model: str,
     max_tokens: int,
-    unload: Callable[[], Awaitable[None]],
+    unload: Callable[[str], Awaitable[None]],
+    status: Callable[[str], Awaitable[str]],
+    other: str = "",
 ) -> Result:
-    """Unload ``model`` (``unload``), then time a request to it: cold load (or wake) to first token."""
+    """The cost of a model swap, from the unload to the first token of the next request.
+
+    Without ``other``: ``model`` is unloaded, then asked for — a cold load, or a wake where the engine put it to
+    sleep (``detail`` says which). With ``other``: ``other`` is made warm, then unloaded, and ``model`` (unloaded
+    first, so cold) is asked for — eviction plus load, as an operator swapping two models sees it.
+    """
+    scenario = "evict" if other else "swap"
     try:
-        await unload()
-    except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
-        return Result(model, "swap", 1, ok=False, error=f"unload failed: {exc}"[:300])
+        if other:
+            warm = await _one(session, url, "chat", other, 1)
+            if warm.error:
+                return Result(model, scenario, 1, ok=False, error=f"{other} did not answer: {warm.error}")
+            await unload(model)
+        began = time.perf_counter()
+        await unload(other or model)
+        state = await status(model)
+    except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError) as exc:
+        return Result(model, scenario, 1, ok=False, error=f"unload failed: {exc}"[:300])
     sample = await _one(session, url, "chat", model, max_tokens)
     if sample.error:
-        return Result(model, "swap", 1, ok=False, error=sample.error, requests=1)
-    return Result(
-        model,
-        "swap",
-        1,
-        ok=True,
-        requests=1,
-        ttft_p50=sample.ttft,
-        latency_p50=sample.latency,
-        swap_seconds=sample.ttft,
-    )
+        return Result(model, scenario, 1, ok=False, error=sample.error, requests=1)
+    detail = f"unload {other} + load {model}" if other else ("wake from sleep" if state == "sleeping" else "cold load")
+    swap = time.perf_counter() - began - sample.latency + sample.ttft  # unload(s) + time to first token
+    figures = {"ttft_p50": sample.ttft, "latency_p50": sample.latency, "swap_seconds": swap}
+    return Result(model, scenario, 1, ok=True, requests=1, detail=detail, **figures)
 
 
-def unloader(session: aiohttp.ClientSession, url: str, role: str, model: str) -> Callable[[], Awaitable[None]]:
-    """How to unload ``model`` on a gateway (``/admin``) or a neuron (``/models/unload``); 404 is fine."""
+def control(
+    session: aiohttp.ClientSession, url: str, role: str
+) -> tuple[Callable[[str], Awaitable[None]], Callable[[str], Awaitable[str]]]:
+    """How to unload a model (gateway ``/admin``, neuron ``/models/unload``; 404 is fine) and read its status
+    (``sleeping``, ``unloaded``, …) on the target, with an admin ``session``."""
 
-    async def unload() -> None:
+    async def unload(model: str) -> None:
         if role == "neuron":
-            request = session.post(f"{url}/models/unload", json={"model_id": model, "full": True})
+            request = session.post(f"{url}/models/unload", json={"model_id": model})
         else:
             request = session.post(f"{url}/admin/models/{quote(model, safe='')}/unload")
         async with request as resp:
             if resp.status not in (200, 404):
                 raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
 
-    return unload
+    async def status(model: str) -> str:
+        async with session.get(f"{url}/models" if role == "neuron" else f"{url}/fleet") as resp:
+            data = await resp.json()
+        listed = data.get("models", []) if role == "neuron" else [m for n in data["neurons"] for m in n["models"]]
+        return next((str(m["status"]) for m in listed if m["id"] == model), "unloaded")
+
+    return unload, status

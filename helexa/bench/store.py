@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS results (
     requests INTEGER NOT NULL DEFAULT 0,
     ttft_p50 REAL, ttft_p95 REAL, itl_p50 REAL, tokens_per_second REAL,
     latency_p50 REAL, latency_p95 REAL, completion_tokens INTEGER,
-    swap_seconds REAL
+    swap_seconds REAL,
+    detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS results_cell ON results (model, scenario, concurrency);
 """
@@ -79,6 +80,7 @@ class Result:
     latency_p95: float | None = None
     completion_tokens: int | None = None
     swap_seconds: float | None = None
+    detail: str = ""  # what a swap measured: "cold load", "wake from sleep", "unload A + load B"
 
 
 RESULT_FIELDS = [f.name for f in fields(Result)]

@@ -36,7 +36,8 @@ def smollm2_gguf(demo_models_dir):
 @pytest.fixture
 def demo_fleet(demo_models_dir, helexa_process):
     """``demo_fleet(api_keys=[…], admin_keys=[…], port_range="[a, b]")`` -> the URL of a ``helexa run --role
-    both`` on free ports, once its demo model is loaded."""
+    both`` on free ports, once its demo model is loaded (``demo_fleet.neuron_url`` and ``.neuron_token``: its
+    neuron's URL and token file)."""
     import json
     import os
     import time
@@ -45,12 +46,14 @@ def demo_fleet(demo_models_dir, helexa_process):
     from tests.conftest import free_port, wait_http
 
     def start(*, api_keys: list[str], admin_keys: list[str], port_range: str) -> str:
-        port = free_port()
+        port, neuron = free_port(), free_port()
+        start.neuron_url = f"http://127.0.0.1:{neuron}"  # type: ignore[attr-defined]
+        start.neuron_token = helexa_process.state_dir / "neuron.token"  # type: ignore[attr-defined]
         env = {
             **os.environ,
             "HELEXA_GATEWAY__LISTEN": f"127.0.0.1:{port}",
             "HELEXA_GATEWAY__METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-            "HELEXA_NEURON__LISTEN": f"127.0.0.1:{free_port()}",
+            "HELEXA_NEURON__LISTEN": f"127.0.0.1:{neuron}",
             "HELEXA_NEURON__MODEL_DIRS": json.dumps([str(demo_models_dir)]),
             "HELEXA_NEURON__PORT_RANGE": port_range,
             "HELEXA_AUTH__API_KEYS": json.dumps(api_keys),

@@ -37,13 +37,16 @@ def test_quick_bench_run_report_and_compare(gateway, tmp_path):
     assert took < 120, f"--quick took {took:.0f}s"
     rows = Store(db).rows()
     by_cell = {(r["scenario"], r["concurrency"]): r for r in rows}
-    assert set(by_cell) == {("chat", 1), ("chat", 2), ("anthropic", 1), ("responses", 1), ("swap", 1)}, done.stdout
+    cells = {("chat", 1), ("chat", 2), ("anthropic", 1), ("responses", 1), ("swap", 1), ("evict", 1)}
+    assert set(by_cell) == cells, done.stdout
     assert all(r["ok"] for r in rows), [(r["scenario"], r["error"]) for r in rows]
     for key in (("chat", 1), ("chat", 2), ("anthropic", 1), ("responses", 1)):
         row = by_cell[key]
         assert row["ttft_p50"] > 0 and row["latency_p50"] >= row["ttft_p50"], row
         assert (row["tokens_per_second"] or 0) > 0, (key, row)
-    assert by_cell[("swap", 1)]["swap_seconds"] > 0
+    assert by_cell[("swap", 1)]["swap_seconds"] > 0 and by_cell[("swap", 1)]["detail"] == "cold load"  # llama.cpp
+    evict = by_cell[("evict", 1)]
+    assert evict["swap_seconds"] > 0 and evict["detail"] == "unload gemma-3-270m + load smollm2-135m-instruct"
     assert rows[0]["model"] == "smollm2-135m-instruct" and rows[0]["build"].startswith("0.")
     assert "llamacpp" in rows[0]["engine"]
 
@@ -64,6 +67,19 @@ def test_quick_bench_run_report_and_compare(gateway, tmp_path):
         store.add(run, Result(**slower))
     compared = helexa("bench", "compare", build, "9.9.9+feedface", "--db", str(db))
     assert compared.returncode == 0 and "+10.0%" in compared.stdout, compared.stdout
+
+
+def test_a_neuron_as_the_target(gateway, demo_fleet, tmp_path):
+    db = tmp_path / "bench.sqlite"
+    token = demo_fleet.neuron_token.read_text().strip()
+    args = ("--url", demo_fleet.neuron_url, "--quick", "--db", str(db), "--repeat", "1")
+    done = helexa("bench", "run", *args, "--api-key", token, "--admin-key", token)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Store(db).rows()
+    by_cell = {(r["scenario"], r["concurrency"]): r for r in rows}
+    assert set(by_cell) == {("chat", 1), ("chat", 2), ("swap", 1), ("evict", 1)}, done.stdout  # OpenAI only
+    assert all(r["ok"] for r in rows), [(r["scenario"], r["error"]) for r in rows]
+    assert by_cell[("swap", 1)]["detail"] == "cold load"
 
 
 def test_a_target_that_is_down_is_a_recorded_failure(tmp_path):
