@@ -39,13 +39,14 @@ def test_the_no_config_demo_answers_hello_with_words(demo_models_dir, helexa_pro
         time.sleep(0.5)
     else:
         raise AssertionError(f"the demo model never loaded: {cards}")
+    # temperature 0: one answer, every run (at the engine's default temperature SmolLM2 ran to the length limit
+    # once in about 50 samples, which would make this test flaky)
     reply = client.chat.completions.create(
-        model=DEMO_MODEL_ID, messages=[{"role": "user", "content": "Hello!"}], max_tokens=200
+        model=DEMO_MODEL_ID, messages=[{"role": "user", "content": "Hello!"}], max_tokens=200, temperature=0
     )
     text = reply.choices[0].message.content or ""
     assert reply.choices[0].finish_reason == "stop", text
     assert "<|" not in text and "im_end" not in text, text  # no chat-template tokens
-    # words, not template tokens; at the engine's default temperature a third of SmolLM2's answers are a bare
-    # "Hello!", the rest a sentence or two (30 samples, 2026-11-24)
-    assert re.search(r"[A-Za-z]{2,}", text), text
+    # words, not template tokens (at the default temperature a third of SmolLM2's answers are a bare "Hello!")
+    assert len(re.findall(r"[A-Za-z']+", text)) >= 3, text
     assert reply.usage.completion_tokens < 200
