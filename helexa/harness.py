@@ -177,5 +177,10 @@ class Harness(abc.ABC):
         """Why ``model_id`` is ``failed`` (empty otherwise)."""
         return ""
 
+    def engine_version(self) -> str:
+        """The engine this harness runs and its version, e.g. ``vllm 0.11.0`` (empty when unknown). Blocking is
+        allowed (the neuron calls it once, in a thread, at start); it must not raise."""
+        return ""
+
     async def close(self) -> None:  # noqa: B027  (optional: harnesses that start nothing keep the no-op)
         """Stop everything this harness started. Called once, when the neuron shuts down."""

@@ -49,32 +49,38 @@ async def _json(session: aiohttp.ClientSession, url: str) -> dict:
         return await resp.json()
 
 
-async def _stamp(session: aiohttp.ClientSession, url: str) -> tuple[Build, str, list[str]]:
-    """The target's build, its role, and the models it offers (loaded first)."""
+async def _stamp(session: aiohttp.ClientSession, url: str) -> tuple[Build, str, list[str], dict[str, str]]:
+    """The target's build (helexa version and sha, engines with their versions, devices), its role, the models it
+    offers (warm ones first) and their quantisations."""
     version = await _json(session, f"{url}/version")
     role = str(version.get("role") or "gateway")
-    engines, devices, models = set(), [], []
+    engines: set[str] = set()
+    devices: list[str] = []
+    quants: dict[str, str] = {}
     if role == "gateway":
         fleet = await _json(session, f"{url}/fleet")
         for neuron in fleet.get("neurons", []):
-            engines.update(neuron.get("harnesses", []))
+            named = neuron.get("engines") or {name: "" for name in neuron.get("harnesses", [])}
+            engines.update(version or name for name, version in named.items())
             devices += [d.get("name", "") for d in neuron.get("devices", [])] or ["cpu"]
         rank = {"loaded": 0, "loading": 1, "downloading": 2, "available": 3}  # what is warm first
         cards = sorted((c for c in fleet.get("models", []) if c.get("status") in rank), key=lambda c: rank[c["status"]])
         models = [c["id"] for c in cards]
+        quants = {c["id"]: c.get("quant", "") for c in cards}
     else:
         listed = await _json(session, f"{url}/models")
         models = [m["id"] for m in sorted(listed.get("models", []), key=lambda m: m.get("status") != "loaded")]
-        plugins = version.get("plugins", [])
-        engines.update(p.get("name", "") for p in plugins if isinstance(p, dict))
+        discovery = await _json(session, f"{url}/discovery")
+        engines.update(v or k for k, v in (discovery.get("engines") or {}).items())
+        devices = [d.get("name", "") for d in discovery.get("devices", [])] or ["cpu"]
     build = Build(
         target=url,
         helexa_version=str(version.get("version", "")),
         git_sha=str(version.get("git_sha", "")),
-        engine=",".join(sorted(e for e in engines if e)),
+        engine=", ".join(sorted(e for e in engines if e)),
         devices=",".join(sorted(set(devices))),
     )
-    return build, role, models
+    return build, role, models, quants
 
 
 async def run_once(
@@ -93,7 +99,7 @@ async def run_once(
     timeout = aiohttp.ClientTimeout(total=CELL_TIMEOUT_S, sock_connect=10)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         try:
-            build, role, offered = await _stamp(session, url)
+            build, role, offered, quants = await _stamp(session, url)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             run = store.start_run(Build(target=url, helexa_version="unreachable", git_sha=""))
             store.add(run, Result("-", "stamp", 0, ok=False, error=f"{type(exc).__name__}: {exc}"[:300]))
@@ -125,6 +131,7 @@ async def run_once(
                         level=level,
                         plan=plan,
                     )
+                    result.quant = quants.get(model, "")
                     store.add(run, result)
                     measured += 1
                     say("  " + describe(result))

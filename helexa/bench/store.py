@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS results (
     ttft_p50 REAL, ttft_p95 REAL, itl_p50 REAL, tokens_per_second REAL,
     latency_p50 REAL, latency_p95 REAL, completion_tokens INTEGER,
     swap_seconds REAL,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    quant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS results_cell ON results (model, scenario, concurrency);
 """
@@ -81,6 +82,7 @@ class Result:
     completion_tokens: int | None = None
     swap_seconds: float | None = None
     detail: str = ""  # what a swap measured: "cold load", "wake from sleep", "unload A + load B"
+    quant: str = ""  # the model's quantisation, as the target's catalogue names it
 
 
 RESULT_FIELDS = [f.name for f in fields(Result)]

@@ -75,6 +75,7 @@ def _card(registry: Registry, model_id: str, created: int) -> dict[str, Any]:
         "status": "available",
         "loaded_on": [],
         "aliases": list(entry.aliases) if entry else [],
+        "quant": entry.quant if entry else "",
     }
 
 
@@ -93,6 +94,7 @@ def fleet_report(registry: Registry, loading: list[str]) -> dict[str, Any]:
                 "hostname": disc.hostname if disc else "",
                 "version": disc.version if disc else "",
                 "harnesses": disc.harnesses if disc else [],
+                "engines": disc.engines if disc else {},
                 "devices": [
                     {
                         "index": d.index,

@@ -92,6 +92,7 @@ def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
         manager = app[manager_key]
         manager.discovery = app[discovery_key]
         app[discovery_key].default_harness = manager.describe_default_harness()
+        app[discovery_key].engines = await asyncio.to_thread(manager.engine_versions)
         logger.info("default harness: %s", app[discovery_key].default_harness)
         for device in app[discovery_key].devices:
             app[neuron_metrics_key].gpu_total(device.index, device.vram_total_mb)

@@ -160,6 +160,16 @@ class ModelManager:
         gpus = len(self.discovery.devices) if self.discovery is not None else 0
         return choose_harness(source, quant, gpus=gpus, installed=self.harnesses)
 
+    def engine_versions(self) -> dict[str, str]:
+        """Each harness's engine and version (blocking: call in a thread); a harness that fails says nothing."""
+        versions = {}
+        for name, harness in self.harnesses.items():
+            try:
+                versions[name] = harness.engine_version()
+            except Exception:  # a third-party harness's bug must not stop the neuron
+                logger.exception("harness %r could not tell its engine version", name)
+        return versions
+
     def describe_default_harness(self) -> str:
         """What a model that names no harness gets here, and why (for ``/discovery`` and the log)."""
         if self.default_harness != AUTO_HARNESS:

@@ -73,6 +73,7 @@ class Discovery(WireStruct, omit_defaults=False):
     version: str = ""
     gpu_error: str = ""
     default_harness: str = ""  # what a model naming no harness gets here, and why
+    engines: dict[str, str] = {}  # harness name -> its engine and version ("llamacpp": "xllamacpp 2026.10.1")
 
 
 class DeviceHealth(WireStruct, omit_defaults=False):

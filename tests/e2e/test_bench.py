@@ -4,10 +4,13 @@ the comparison read the database, and a target that is down is a recorded failur
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -48,7 +51,11 @@ def test_quick_bench_run_report_and_compare(gateway, tmp_path):
     evict = by_cell[("evict", 1)]
     assert evict["swap_seconds"] > 0 and evict["detail"] == "unload gemma-3-270m + load smollm2-135m-instruct"
     assert rows[0]["model"] == "smollm2-135m-instruct" and rows[0]["build"].startswith("0.")
-    assert "llamacpp" in rows[0]["engine"]
+    assert re.search(r"(xllamacpp|llama-server) \S+", rows[0]["engine"]), rows[0]["engine"]  # engine + version
+    request = urllib.request.Request(f"{gateway}/v1/models", headers={"x-api-key": "sk-bench"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        cards = {m["id"]: m for m in json.load(resp)["data"]}
+    assert cards["gemma-3-270m"]["quant"] == "Q4_K_M" and rows[0]["quant"] == cards[rows[0]["model"]]["quant"]
 
     again = helexa("bench", "run", "--url", gateway, "--quick", "--db", str(db), "--repeat", "1", *keys)
     assert again.returncode == 0 and "0 cell(s) measured" in again.stdout and "skipped" in again.stdout
