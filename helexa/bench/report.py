@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["compare_table", "html_report", "knees", "summary_table"]
+__all__ = ["compare_table", "html_report", "knees", "summary_table", "trend_svg"]
 
 Row = dict[str, Any]
 KNEE_FACTOR = 1.5  # latency this many times the single-request latency: the knee of the concurrency curve
@@ -157,19 +157,27 @@ def _svg_lines(title: str, series: dict[str, list[tuple[float, float]]], x_label
     return "".join(parts)
 
 
+def trend_svg(rows: list[Row]) -> str:
+    """An SVG of each model's p50 time to first token (one request at a time) across builds, oldest first."""
+    builds = list(dict.fromkeys(r["build"] for r in rows))
+    trend: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (build, model, scenario, level), cell in _cells(rows).items():
+        ttft = _median(cell, "ttft_p50")
+        if scenario == "chat" and level == 1 and ttft is not None:
+            trend[model].append((float(builds.index(build) + 1), ttft * 1000))
+    return _svg_lines("Time to first token across builds", trend, "build (oldest first)", "p50 TTFT ms")
+
+
 def html_report(rows: list[Row]) -> str:
     """The whole report as one HTML document (inline CSS and SVG, nothing fetched)."""
     cells = _cells(rows)
     builds = list(dict.fromkeys(r["build"] for r in rows))
     curve: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    trend: dict[str, list[tuple[float, float]]] = defaultdict(list)
     spread: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for (build, model, scenario, level), cell in cells.items():
-        latency, ttft = _median(cell, "latency_p50"), _median(cell, "ttft_p50")
+        latency = _median(cell, "latency_p50")
         if scenario == "chat" and latency is not None and build == builds[-1]:
             curve[model].append((float(level), latency))
-        if scenario == "chat" and level == 1 and ttft is not None:
-            trend[model].append((float(builds.index(build) + 1), ttft * 1000))
         if level == 1 and scenario not in ("swap", "evict") and build == builds[-1]:
             ok = [r["ttft_p50"] * 1000 for r in cell if r["ok"] and r["ttft_p50"] is not None]
             spread[f"{model} {scenario}"] += [(float(i + 1), v) for i, v in enumerate(ok)]
@@ -180,7 +188,7 @@ def html_report(rows: list[Row]) -> str:
     build_list = "".join(f"<li>{i + 1}: {html.escape(b)}</li>" for i, b in enumerate(builds))
     plots = [
         _svg_lines("Latency by concurrency (latest build)", curve, "concurrent requests", "p50 latency s"),
-        _svg_lines("Time to first token across builds", trend, "build (see the list)", "p50 TTFT ms"),
+        trend_svg(rows),
         _svg_lines("TTFT of each repeat (latest build, one request at a time)", spread, "repeat", "TTFT ms"),
     ]
     return f"""<!doctype html>

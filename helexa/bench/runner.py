@@ -53,7 +53,7 @@ async def _stamp(session: aiohttp.ClientSession, url: str) -> tuple[Build, str, 
     """The target's build (helexa version and sha, engines with their versions, devices), its role, the models it
     offers (warm ones first) and their quantisations."""
     version = await _json(session, f"{url}/version")
-    role = str(version.get("role") or "gateway")
+    role = str((await _json(session, f"{url}/")).get("role") or "gateway")  # the app that answers says
     engines: set[str] = set()
     devices: list[str] = []
     quants: dict[str, str] = {}

@@ -326,7 +326,7 @@ def _bucket_median(bounds: tuple[float, ...], counts: list[int]) -> float | None
 def _bench(path: str) -> str:
     if not path or not Path(path).expanduser().is_file():
         return ""
-    from helexa.bench.report import knees, summary_table  # noqa: PLC0415  (only when a bench database is set)
+    from helexa.bench.report import knees, summary_table, trend_svg  # noqa: PLC0415  (only with a bench database)
     from helexa.bench.store import Store  # noqa: PLC0415
 
     rows = Store(Path(path).expanduser()).rows()[-200:]
@@ -334,7 +334,8 @@ def _bench(path: str) -> str:
         f"<li>{html.escape(b)} {html.escape(m)}: {f'c={k}' if k else 'beyond the sweep'}</li>"
         for (b, m), k in sorted(knees(rows).items())
     )
-    return f"<h2>Bench</h2><p>Latest measurements (helexa bench).</p><pre>{html.escape(summary_table(rows))}</pre>" + (
+    table = f"<pre>{html.escape(summary_table(rows))}</pre>"
+    return f"<h2>Bench</h2><p>Latest measurements (helexa bench).</p>{trend_svg(rows)}{table}" + (
         f"<p>Knee of the concurrency curve:</p><ul>{knee}</ul>" if knee else ""
     )
 

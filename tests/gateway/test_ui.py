@@ -81,3 +81,18 @@ async def test_notes_come_from_the_server_not_the_url(fleet):
     done = await client.post("/ui/models/m/load", allow_redirects=False)
     page = await (await client.get(done.headers["Location"])).text()
     assert "loaded m on a" in page
+
+
+async def test_the_page_shows_bench_results_and_their_trend(fleet, tmp_path):
+    from helexa.bench.store import Build, Result, Store
+
+    store = Store(tmp_path / "bench.sqlite")
+    for version, ttft in (("0.1.0", 0.30), ("0.2.0", 0.20)):
+        run = store.start_run(Build(target="http://gw", helexa_version=version, git_sha="", engine="xllamacpp 1"))
+        store.add(run, Result("m", "chat", 1, ok=True, requests=4, ttft_p50=ttft, latency_p50=1.0))
+        store.add(run, Result("m", "chat", 4, ok=True, requests=4, ttft_p50=ttft, latency_p50=2.0))
+    client, _ = await fleet([FakeNeuron("a")], models=[entry("m")], gateway={"bench_db": str(store.path)})
+    page = await (await client.get("/ui")).text()
+    bench = page.split("<h2>Bench</h2>", 1)[1]
+    assert "<svg" in bench and "Time to first token across builds" in bench
+    assert "0.2.0" in bench and "c=4" in bench  # the table, and the knee (latency doubled at c=4)

@@ -92,3 +92,18 @@ async def test_a_recognised_start_failure_leads_last_error(gpu_neuron):
     assert (await resp.json())["error"]["message"].startswith("model 'm' failed to load: port already in use")
     models = (await (await client.get("/models")).json())["models"]
     assert models[0]["status"] == "failed" and models[0]["last_error"].startswith("port already in use")
+
+
+async def test_bench_swap_on_a_sleep_tier_measures_a_wake(gpu_neuron, tmp_path):
+    from helexa.bench.runner import Plan, run_once
+    from helexa.bench.store import Store
+
+    client, _ = await gpu_neuron()
+    assert (await client.post("/models/load", json=body())).status == 200
+    store = Store(tmp_path / "bench.sqlite")
+    plan = Plan(models=["m"], scenarios=["swap"], repeat=1, quick=True)
+    said: list[str] = []
+    measured = await run_once(str(client.make_url("")).rstrip("/"), store, plan, say=said.append)
+    (row,) = store.rows()
+    assert measured == 1 and row["ok"], said
+    assert row["detail"] == "wake from sleep" and row["swap_seconds"] > 0, row
