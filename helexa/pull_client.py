@@ -8,39 +8,19 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from helexa.errors import UpstreamError
-from helexa.status import describe_progress
+from helexa.status import call, describe_progress
 
 __all__ = ["pull"]
 
 POLL_S = 1.0
 
 
-def _call(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            error = json.load(exc)["error"]
-            message = error.get("message", "")
-            if error.get("suggestion"):
-                message += f" ({error['suggestion']})"
-        except (ValueError, KeyError, TypeError, AttributeError):
-            message = str(exc.reason)
-        raise UpstreamError(f"{exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise UpstreamError(f"cannot reach the neuron at {url}: {getattr(exc, 'reason', exc)}") from None
+def _call(base: str, path: str, token: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+    method = "GET" if body is None else "POST"
+    return json.loads(call(method, base, path, token, body=body, timeout=timeout, target="the neuron"))
 
 
 def pull(
@@ -60,13 +40,13 @@ def pull(
     """
     base = neuron.rstrip("/")
     body = {"source": source, "quant": quant, "harness": harness, "wait": False}
-    answer = _call(f"{base}/models/pull", token, "POST", body)
+    answer = _call(base, "/models/pull", token, body)
     if answer["status"] == "ready":
         return answer
     say(f"pulling {answer['source']}: {', '.join(answer.get('files', []))}")
     deadline, last = time.monotonic() + timeout_s, ""
     while time.monotonic() < deadline:
-        jobs = [p for p in _call(f"{base}/pulls", token)["pulls"] if p["source"] == answer["source"]]
+        jobs = [p for p in _call(base, "/pulls", token)["pulls"] if p["source"] == answer["source"]]
         if not jobs:
             break
         line = f"{jobs[0]['file']}: {describe_progress(jobs[0])}"
@@ -74,4 +54,4 @@ def pull(
             say(line)
             last = line
         time.sleep(POLL_S)
-    return _call(f"{base}/models/pull", token, "POST", {**body, "wait": True}, timeout=max(60.0, POLL_S))
+    return _call(base, "/models/pull", token, {**body, "wait": True}, timeout=timeout_s)

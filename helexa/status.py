@@ -9,7 +9,7 @@ from typing import Any
 
 from helexa.errors import UpstreamError
 
-__all__ = ["describe_progress", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
+__all__ = ["call", "describe_progress", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
 
 
 def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
@@ -19,20 +19,41 @@ def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
 
 def fetch_text(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> str:
     """GET ``url + path`` as text. :raises UpstreamError: unreachable, or an error status (its message)."""
-    request = urllib.request.Request(url.rstrip("/") + path)
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
+    return call("GET", url, path, api_key, timeout=timeout)
+
+
+def call(
+    method: str,
+    url: str,
+    path: str,
+    token: str = "",
+    *,
+    body: Any = None,
+    timeout: float = 10.0,
+    target: str = "the gateway",
+) -> str:
+    """One request to a helexa daemon (JSON body when given, bearer ``token``); the answer as text.
+
+    :raises UpstreamError: ``target`` unreachable, or an error status: its message (and suggestion, if any).
+    """
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         try:
-            message = json.load(exc)["error"]["message"]
+            error = json.load(exc)["error"]
+            message = str(error["message"]) + (f" ({error['suggestion']})" if error.get("suggestion") else "")
         except (ValueError, KeyError, TypeError):
             message = exc.reason
         raise UpstreamError(f"{url}{path}: {exc.code} {message}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise UpstreamError(f"cannot reach the gateway at {url}: {getattr(exc, 'reason', exc)}") from None
+        raise UpstreamError(f"cannot reach {target} at {url}: {getattr(exc, 'reason', exc)}") from None
 
 
 def _table(rows: list[list[str]]) -> str:

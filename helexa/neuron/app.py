@@ -24,6 +24,7 @@ from helexa.neuron.gpus import discover, read_health
 from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
 from helexa.neuron.pull_routes import setup_pull_routes
+from helexa.neuron.reports import check_availability, describe_default_harness, engine_versions
 from helexa.neuron.routes import (
     discovery_key,
     load_on_demand_key,
@@ -91,8 +92,8 @@ def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
         app[discovery_key] = await asyncio.to_thread(discover, harnesses, version)
         manager = app[manager_key]
         manager.discovery = app[discovery_key]
-        app[discovery_key].default_harness = manager.describe_default_harness()
-        app[discovery_key].engines = await asyncio.to_thread(manager.engine_versions)
+        app[discovery_key].default_harness = describe_default_harness(manager)
+        app[discovery_key].engines = await asyncio.to_thread(engine_versions, manager)
         logger.info("default harness: %s", app[discovery_key].default_harness)
         for device in app[discovery_key].devices:
             app[neuron_metrics_key].gpu_total(device.index, device.vram_total_mb)
@@ -153,7 +154,7 @@ async def _check_availability(app: web.Application) -> None:
     while True:
         manager.sources.changed.clear()
         try:
-            await manager.check_availability()
+            await check_availability(manager)
         except Exception:  # a check must never stop the neuron; the next round tries again
             logger.exception("checking the catalogue's availability failed")
         with contextlib.suppress(TimeoutError):

@@ -19,7 +19,7 @@ import aiohttp
 import msgspec
 
 from helexa.config import Config, ModelEntry
-from helexa.errors import Conflict, HelexaError, InvalidRequest, NotFound, PreflightError
+from helexa.errors import Conflict, HelexaError, NotFound, PreflightError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.hub import cache_dir
 from helexa.neuron.gpus import host_info, read_health
@@ -27,6 +27,7 @@ from helexa.neuron.harness_choice import choose_harness
 from helexa.neuron.sources import Pull, Sources
 from helexa.plugins import resolve_harness
 from helexa.process_harness import EngineFailed, EngineLoad, ProcessHarness
+from helexa.wire import reject_control_characters
 from helexa.wire.neuron import AUTO_HARNESS, Discovery, ModelInfo, ModelSpec, ModelStatus
 
 __all__ = ["EngineError", "ModelManager", "ModelRecord"]
@@ -121,7 +122,7 @@ class ModelManager:
             for name in (entry.id, *entry.aliases):
                 self.catalogue[name] = entry
         self.records: dict[str, ModelRecord] = {}
-        self.availability: dict[str, tuple[str, int, str]] = {}  # see check_availability
+        self.availability: dict[str, tuple[str, int, str]] = {}  # see helexa.neuron.reports.check_availability
         self._auto_why: dict[str, str] = {}  # model id -> why "auto" chose its harness (for the load log)
         self.discovery: Discovery | None = None
         self._observer = observer or (lambda event, model_id, seconds: None)
@@ -160,24 +161,6 @@ class ModelManager:
         gpus = len(self.discovery.devices) if self.discovery is not None else 0
         return choose_harness(source, quant, gpus=gpus, installed=self.harnesses)
 
-    def engine_versions(self) -> dict[str, str]:
-        """Each harness's engine and version (blocking: call in a thread); a harness that fails says nothing."""
-        versions = {}
-        for name, harness in self.harnesses.items():
-            try:
-                versions[name] = harness.engine_version()
-            except Exception:  # a third-party harness's bug must not stop the neuron
-                logger.exception("harness %r could not tell its engine version", name)
-        return versions
-
-    def describe_default_harness(self) -> str:
-        """What a model that names no harness gets here, and why (for ``/discovery`` and the log)."""
-        if self.default_harness != AUTO_HARNESS:
-            return f"{self.default_harness} (configured)"
-        dense, why_dense = self.auto_harness("org/model", "")
-        gguf, why_gguf = self.auto_harness("model.gguf", "")
-        return f"auto: {dense or 'none'} for safetensors ({why_dense}); {gguf or 'none'} for GGUF ({why_gguf})"
-
     def from_request(self, spec: ModelSpec) -> ModelSpec:
         """A load request's spec, completed from the catalogue, with only what HTTP may choose.
 
@@ -187,10 +170,7 @@ class ModelManager:
 
         :raises PreflightError: ``invalid_options`` naming the option (or ``source``) the request may not set.
         """
-        for name in ("harness", "source", "quant"):
-            value = getattr(spec, name)
-            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-                raise InvalidRequest(f"{name}: control characters are not allowed", param=name)
+        reject_control_characters(spec, "harness", "source", "quant")
         known = self.spec_for(spec.model_id)
         completed = self.complete(msgspec.structs.replace(spec, options={}))
         harness = self.harness(completed.harness, completed.model_id)
@@ -257,20 +237,6 @@ class ModelManager:
                     )
                 )
         return infos
-
-    async def check_availability(self) -> None:
-        """Note for every catalogue model not running whether it could start now, needs a download (and how
-        much), or cannot be served here (and why); fetches nothing. Shown by ``/models`` and the gateway."""
-        for entry in {e.id: e for e in self.catalogue.values()}.values():
-            record = self.records.get(entry.id)
-            if record is not None and record.status != ModelStatus.UNLOADED:
-                continue
-            spec = self.complete(entry.spec())
-            harness = self.harnesses.get(spec.harness)
-            if harness is None:
-                self.availability[entry.id] = ("unavailable", 0, "harness_not_installed")
-                continue
-            self.availability[entry.id] = await self.sources.availability(spec, harness)
 
     async def _engine_load(self, session: aiohttp.ClientSession, record: ModelRecord) -> EngineLoad | None:
         harness = self.harnesses.get(record.harness)

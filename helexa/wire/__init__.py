@@ -27,6 +27,7 @@ __all__ = [
     "check_model_id",
     "decode_request_body",
     "explain_validation_error",
+    "reject_control_characters",
 ]
 
 MODEL_ID_MAX_LENGTH = 256
@@ -56,6 +57,14 @@ def check_model_id(model_id: str) -> str:
             "starting with a letter, digit or '_', with no '..', '//' or trailing '/'"
         )
     return model_id
+
+
+def reject_control_characters(message: object, *names: str) -> None:
+    """:raises InvalidRequest: a text field ``names`` of ``message`` holds a control character (a NUL in a path,
+    a newline in a header-bound value) — named in the error."""
+    for name in names:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in getattr(message, name)):
+            raise InvalidRequest(f"{name}: control characters are not allowed", param=name)
 
 
 def explain_validation_error(message: str) -> str:

@@ -96,3 +96,19 @@ async def test_the_page_shows_bench_results_and_their_trend(fleet, tmp_path):
     bench = page.split("<h2>Bench</h2>", 1)[1]
     assert "<svg" in bench and "Time to first token across builds" in bench
     assert "0.2.0" in bench and "c=4" in bench  # the table, and the knee (latency doubled at c=4)
+
+
+async def test_engine_log_routes_refuse_bad_input(fleet):
+    a = FakeNeuron("gpu1")
+    a.preload("m")
+    client, _ = await fleet([a], models=[entry("m")], auth=AUTH)
+    admin = {"Authorization": "Bearer sk-admin-secret"}
+    bad = await client.get("/admin/models/m/logs?lines=many", headers=admin)
+    body = await bad.json()
+    assert bad.status == 400 and body["error"]["param"] == "lines" and "whole number" in body["error"]["message"]
+    missing = await client.get("/admin/models/nope/logs", headers=admin)
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "model_not_loaded"
+    user = await client.get("/ui/models/m/logs?neuron=gpu1", headers={"Authorization": "Bearer sk-user-secret"})
+    assert user.status == 403 and "admin scope" in (await user.json())["error"]["message"]
+    nowhere = await client.get("/ui/models/m/logs?neuron=gpu9", headers=admin)
+    assert nowhere.status == 404 and (await nowhere.json())["error"]["code"] == "neuron_not_found"

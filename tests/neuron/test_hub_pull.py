@@ -267,3 +267,10 @@ async def test_dense_repo_downloads_config_and_weights_only(neuron, hub):
     )
     err = (await tp.json())["error"]
     assert tp.status == 422 and err["kind"] == "tensor_parallel" and "GPU" in err["message"]
+
+
+async def test_pull_refuses_control_characters_naming_the_field(neuron, hub):
+    client = await make(neuron, hub)
+    resp = await client.post("/models/pull", json={"source": "hf:acme/tiny-GGUF", "quant": "Q4\n_K_M"})
+    error = (await resp.json())["error"]
+    assert resp.status == 400 and error["param"] == "quant" and "control characters" in error["message"]
