@@ -5,7 +5,9 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration (one 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -321,7 +323,6 @@ def bench_run(
     admin_key: str,
 ) -> None:
     """Measure the cells not yet measured --repeat times for the target's build (its /version)."""
-    import asyncio  # noqa: PLC0415
     import time  # noqa: PLC0415
 
     from helexa.bench.runner import SCENARIOS, Plan, run_once  # noqa: PLC0415
@@ -364,6 +365,56 @@ def bench_compare(build_a: str, build_b: str, db: str) -> None:
     from helexa.bench.store import Store  # noqa: PLC0415
 
     click.echo(compare_table(Store(Path(db).expanduser()).rows(), build_a, build_b))
+
+
+@cli.command()
+@click.option(
+    "--url",
+    envvar="HELEXA_URL",
+    default="",
+    help="The OpenAI-compatible endpoint (env HELEXA_URL; default: the configuration's gateway).",
+)
+@click.option("--model", default="", help="The first model of a session (default: the first loaded one).")
+@click.option("--api-key-env", default="HELEXA_API_KEY", show_default=True, help="Variable holding the API key.")
+@click.option("--plan", is_flag=True, help="Start sessions in plan mode (read-only tools).")
+@click.option(
+    "--sessions-dir", type=click.Path(file_okay=False), default=None, help="Keep sessions here, to resume them."
+)
+@click.option("--max-output", default=20_000, show_default=True, type=click.IntRange(1000), help="Tool result cap.")
+@click.option("--command-timeout", default=120.0, show_default=True, type=click.FloatRange(1), help="Seconds.")
+@click.option("--max-tokens", default=0, type=click.IntRange(0), help="Tokens per answer (default: the engine's).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="A configuration file.")
+def acp(
+    *,
+    url: str,
+    model: str,
+    api_key_env: str,
+    plan: bool,
+    sessions_dir: str | None,
+    max_output: int,
+    command_timeout: float,
+    max_tokens: int,
+    config_path: str | None,
+) -> None:
+    """An Agent Client Protocol agent on stdio, for editors such as Zed (see docs/acp.md)."""
+    try:
+        from helexa.acp.serve import serve  # noqa: PLC0415
+    except ImportError as exc:
+        raise click.ClickException(f"helexa acp needs the acp extra: pip install 'helexa[acp]' ({exc})") from None
+    setup_logging("info", "text", "acp")
+    base, key = _gateway(url, os.environ.get(api_key_env, ""), config_path, "inference")
+    asyncio.run(
+        serve(
+            base,
+            key,
+            model=model,
+            mode="plan" if plan else "code",
+            sessions_dir=Path(sessions_dir).expanduser() if sessions_dir else None,
+            limit=max_output,
+            command_timeout=command_timeout,
+            max_tokens=max_tokens,
+        )
+    )
 
 
 def _fetch(url: str, api_key: str, path: str) -> dict:

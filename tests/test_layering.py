@@ -45,3 +45,12 @@ def test_core_never_imports_plugins_and_roles_never_import_each_other():
             assert not any(
                 m.startswith(("helexa.gateway", "helexa.neuron", "helexa.daemon", "helexa.cli")) for m in mods
             ), path
+
+
+def test_clients_use_only_shared_helpers():
+    """``helexa acp`` talks to a gateway over HTTP: no gateway, neuron or daemon internals."""
+    shared = ("helexa.acp", "helexa.sse", "helexa.wire", "helexa.config", "helexa.translate", "helexa.__about__")
+    for path in (ROOT / "helexa" / "acp").rglob("*.py"):
+        for module, _ in imports(path):
+            if module.startswith("helexa"):
+                assert module.startswith(shared), f"{path} imports {module}"

@@ -9,7 +9,11 @@ POST /v1/embeddings. /stats reports requests served and streams aborted by the c
 
 ``--agent-tool-call '{"name": …, "arguments": {…}}'`` scripts one agent turn: a request that offers tools and
 does not end with a tool result is answered with that call (as ``<tool_call>`` text, or as bare JSON with
-``--bare-json``); a request that ends with a tool result is answered "The tool said: <result>". ``--record``
+``--bare-json``); a request that ends with a tool result is answered "The tool said: <result>". ``--script FILE``
+scripts a longer agent turn: a JSON list of steps, step *n* answering a request whose messages end with *n*
+tool results after the last user message. A step has ``text`` (``{tool_result}`` is replaced by the last
+result), optionally ``think`` (sent first inside ``<think>``), ``tool_call`` (sent after the text inside
+``<tool_call>``) and ``chunk_delay`` (seconds between chunks, for cancelling mid-stream). ``--record``
 appends every chat request body, one JSON line each, so tests can assert what the engine received.
 """
 
@@ -42,6 +46,7 @@ def main() -> None:
     p.add_argument("--chunk-delay", type=float, default=0.0)
     p.add_argument("--agent-tool-call", default="", help="JSON of the call to make when tools are offered")
     p.add_argument("--bare-json", action="store_true", help="write the scripted call as bare JSON, no markers")
+    p.add_argument("--script", default="", help="a JSON file of turn steps (see the module docstring)")
     p.add_argument("--strict-system", action="store_true", help="refuse system messages after the first turn")
     p.add_argument("--crlf", action="store_true", help="end stream lines with CRLF (as some servers do)")
     p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
@@ -93,18 +98,38 @@ def main() -> None:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
 
+    script = json.loads(open(args.script).read()) if args.script else []  # noqa: SIM115 (read once at start)
+
+    def tool_text(message):
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return str(content).strip()[:300]
+
+    def script_step(messages):
+        """The scripted reply and chunk delay for a conversation (``--script``)."""
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        after = messages[users[-1] + 1 :] if users else messages
+        results = [m for m in after if m.get("role") == "tool"]
+        step = script[min(len(results), len(script) - 1)]
+        text = step.get("text", "").replace("{tool_result}", tool_text(results[-1]) if results else "")
+        if step.get("think"):
+            text = f"<think>{step['think']}</think>" + text
+        if step.get("tool_call"):
+            text += "<tool_call>" + json.dumps(step["tool_call"]) + "</tool_call>"
+        return text, step.get("chunk_delay", args.chunk_delay)
+
     def scripted(body):
         messages = body.get("messages") or []
+        if script:
+            return script_step(messages)
         last = messages[-1] if messages else {}
         if args.agent_tool_call and last.get("role") == "tool":
-            content = last.get("content")
-            if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return f"The tool said: {str(content).strip()[:300]}"
+            return f"The tool said: {tool_text(last)}", args.chunk_delay
         if args.agent_tool_call and body.get("tools"):
             call = args.agent_tool_call
-            return call if args.bare_json else f"<tool_call>{call}</tool_call>"
-        return args.reply
+            return (call if args.bare_json else f"<tool_call>{call}</tool_call>"), args.chunk_delay
+        return args.reply, args.chunk_delay
 
     async def chat(request):
         body = await request.json()
@@ -123,7 +148,7 @@ def main() -> None:
                 {"error": {"message": "System role supported only at the start", "code": 400}}, status=400
             )
         served()
-        reply = scripted(body)
+        reply, delay = scripted(body)
         usage = {"prompt_tokens": 5, "completion_tokens": len(reply.split()), "total_tokens": 5 + len(reply.split())}
         if not body.get("stream"):
             message = {"role": "assistant", "content": reply}
@@ -148,8 +173,8 @@ def main() -> None:
                 events.append({**chunk(None), "choices": [], "usage": usage})
             for event in events:
                 await resp.write(frame(b"data: " + json.dumps(event).encode() + b"\n\n"))
-                if args.chunk_delay:
-                    await asyncio.sleep(args.chunk_delay)
+                if delay:
+                    await asyncio.sleep(delay)
             await resp.write(frame(b"data: [DONE]\n\n"))
         except (asyncio.CancelledError, ConnectionError):
             stats["aborted"] += 1
