@@ -169,6 +169,14 @@ class Harness(abc.ABC):
         """
         raise NotImplementedError(f"harness {self.name!r} cannot count tokens")
 
+    def kv_context(self, spec: ModelSpec) -> int:
+        """Tokens of KV cache a load of ``spec`` reserves (its context size as configured), for the memory
+        estimate; 0 means the model's trained context. Pure.
+
+        :raises helexa.errors.PreflightError: ``invalid_options``.
+        """
+        return 0
+
     def logs(self, model_id: str, last: int | None = None) -> list[str]:
         """The engine's most recent output lines for ``model_id`` (empty when it has none)."""
         return []

@@ -35,6 +35,7 @@ __all__ = [
     "list_repo",
     "missing",
     "parse_hf_source",
+    "ranged_request",
     "snapshot_dir",
 ]
 
@@ -297,6 +298,15 @@ def _fetch_one(listing: Listing, f: HubFile, cache: Path, progress: Progress) ->
         ref = storage / "refs" / listing.source.revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(listing.commit)
+
+
+def ranged_request(listing: Listing, name: str, size: int) -> tuple[str, dict[str, str]]:
+    """The URL and headers (the token's included) of a request for the first ``size`` bytes of ``name``."""
+    from huggingface_hub import hf_hub_url  # noqa: PLC0415
+    from huggingface_hub.utils import build_hf_headers  # noqa: PLC0415
+
+    headers = {**build_hf_headers(token=_token()), "Range": f"bytes=0-{size - 1}"}
+    return hf_hub_url(listing.source.repo, name, revision=listing.commit), headers
 
 
 def _sha256(path: Path) -> str:

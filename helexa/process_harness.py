@@ -23,11 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helexa.errors import ConfigError, PreflightError
 from helexa.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
+from helexa.model_shape import kv_cache_bytes
 from helexa.preflight import (
     SourceInfo,
     check_format,
     choose_devices,
     classify_source,
+    local_shape,
     match_quant,
     needed_mb,
     resolve_local_source,
@@ -95,7 +97,9 @@ class ProcessHarness(Harness):
         source = await self.resolve_source(spec)
         check_format(spec.model_id, source, self.name, self.formats)
         files = match_quant(spec.model_id, source, spec.quant) if source.kind == "gguf" else source.files
-        needed = needed_mb(await asyncio.to_thread(_total_size, files), spec.vram_mb)
+        weights = await asyncio.to_thread(_total_size, files)
+        shape = None if spec.vram_mb else await local_shape(source, files)
+        needed = needed_mb(weights, spec.vram_mb, kv_cache_bytes(shape, self.kv_context(spec)) if shape else None)
         devices = choose_devices(
             spec.model_id,
             inventory.gpus,

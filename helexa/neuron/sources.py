@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import msgspec
 
 from helexa.errors import PreflightError
@@ -32,14 +34,17 @@ from helexa.hub import (
     list_repo,
     missing,
     parse_hf_source,
+    ranged_request,
     snapshot_dir,
 )
+from helexa.model_shape import Shape, gguf_shape_from_reader, kv_cache_bytes, shape_from_config
 from helexa.preflight import (
     RemoteSelection,
     check_disk,
     choose_devices,
     classify_source,
     needed_mb,
+    read_head,
     resolve_local_source,
     select_from_listing,
 )
@@ -121,10 +126,12 @@ class Sources:
         listing, selection = await self.select(
             source, quant=spec.quant, harness=harness, model_id=spec.model_id, tensor_parallel=spec.tensor_parallel
         )
+        shape = None if spec.vram_mb else await self.remote_shape(listing, selection)
+        kv = kv_cache_bytes(shape, harness.kv_context(spec)) if shape else None
         choose_devices(
             spec.model_id,
             inventory.gpus,
-            needed_mb=needed_mb(selection.weight_bytes, spec.vram_mb),
+            needed_mb=needed_mb(selection.weight_bytes, spec.vram_mb, kv),
             tensor_parallel=spec.tensor_parallel,
             requested=spec.devices,
             ram_available_mb=inventory.ram_available_mb,
@@ -188,6 +195,42 @@ class Sources:
             tensor_parallel=tensor_parallel,
         )
         return listing, selection
+
+    async def remote_shape(self, listing: Listing, selection: RemoteSelection) -> Shape | None:
+        """The model's shape from the first megabytes of its GGUF or from its ``config.json`` — read from the
+        cache when there, else with ranged requests — before any weights are fetched; ``None`` when unknown."""
+        if selection.kind == "gguf":
+            name = sorted(selection.files)[0]
+        elif "config.json" in selection.files:
+            name = "config.json"
+        else:
+            return None
+        timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+
+            async def head(size: int) -> bytes:
+                local = snapshot_dir(self.cache, listing.source, listing.commit) / name
+                if local.is_file():
+                    return await asyncio.to_thread(read_head, local, size)
+                if not self.downloads or listing.offline:
+                    raise OSError("not in the cache, and nothing is fetched from the hub")
+                url, headers = ranged_request(listing, name, size)
+                async with http.get(url, headers=headers) as resp:
+                    resp.raise_for_status()
+                    data = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        data += chunk
+                        if len(data) >= size:  # a server that ignores Range is not read to the end
+                            break
+                    return bytes(data[:size])
+
+            try:
+                if name == "config.json":
+                    return shape_from_config(json.loads(await head(listing.file(name).size or 1 << 20)))
+                return await gguf_shape_from_reader(head)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as exc:
+                logger.info("%s: the model's shape is unknown (%s); estimating memory from the weights", name, exc)
+                return None
 
     def keep(self, awaitable: Awaitable[Path]) -> None:
         """Wait for a download in the background (a pull answered before it finished)."""
@@ -285,3 +328,4 @@ class Sources:
 
 def _mib(files: list[HubFile]) -> float:
     return sum(f.size for f in files) / 2**20
+

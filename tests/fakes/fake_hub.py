@@ -4,13 +4,13 @@ Point ``HF_ENDPOINT`` at it. Serves, for the repositories it is given (``{repo_i
 
 - ``GET /api/models/{repo}[/revision/{rev}]`` (``?blobs=true``): repo info with ``siblings`` (size, LFS sha256);
 - ``HEAD|GET /{repo}/resolve/{rev}/{file}``: ``ETag``/``X-Linked-Etag``, ``X-Repo-Commit``, ``X-Linked-Size``,
-  ``Accept-Ranges`` and byte ranges (``Range: bytes=N-``) for resumed downloads;
+  ``Accept-Ranges`` and byte ranges (``Range: bytes=N-`` for resumed downloads, ``bytes=N-M`` for a file's first bytes);
 - 401 with ``X-Error-Code: GatedRepo`` for a gated repo asked without ``Authorization: Bearer <token>``;
 - 404 with ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
 
 Fault and speed knobs (attributes, changeable while running): ``rate_bytes_per_s`` (0 = as fast as possible),
 ``cut_after_bytes`` (close the connection once, after sending that many bytes of a weight file),
-``downloads`` (every GET of a file, with its Range), ``info_requests``.
+``downloads`` (every GET of a file, with its Range; ``file_downloads`` without header reads), ``info_requests``.
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ class FakeHub:
                 else:
                     entries[name] = _File(name, content, None, len(content), hashlib.sha256(content).hexdigest())
             self._files[repo] = entries
+
+    @property
+    def file_downloads(self) -> list[tuple[str, str]]:
+        """``downloads`` without the reads of a file's first bytes (``Range: bytes=0-N``, how a neuron reads a
+        GGUF header or a config.json before deciding to download)."""
+        return [d for d in self.downloads if not re.fullmatch(r"bytes=0-\d+", d[1])]
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -132,21 +138,22 @@ class FakeHub:
         if request.method == "HEAD":
             headers["Content-Length"] = str(f.size)
             return web.Response(status=200, headers=headers)
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", request.headers.get("Range", ""))
+        start, end = 0, f.size
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("Range", ""))
         if match:
             start = int(match.group(1))
+            end = min(f.size, int(match.group(2)) + 1) if match.group(2) else f.size
         self.downloads.append((f"{repo}/{name}", request.headers.get("Range", "")))
         status = 206 if match else 200
         if match:
-            headers["Content-Range"] = f"bytes {start}-{f.size - 1}/{f.size}"
-        headers["Content-Length"] = str(f.size - start)
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
+        headers["Content-Length"] = str(end - start)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
         sent, cut = 0, self.cut_after_bytes if lfs else 0
         position = start
-        while position < f.size:
-            block = f.read(position, min(f.size, position + _CHUNK))
+        while position < end:
+            block = f.read(position, min(end, position + _CHUNK))
             if cut and sent + len(block) > cut:
                 self.cut_after_bytes = 0  # one interruption
                 await response.write(block[: cut - sent])

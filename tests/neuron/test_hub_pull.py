@@ -7,16 +7,30 @@ fake engine, which reads GGUF files.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
+from helexa.hub import HfSource
+from helexa.model_shape import Shape
+from helexa.neuron.sources import Sources
 from tests.fakes.fake_harness import FakeHarness
 from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
+from tests.fakes.gguf_file import gguf_bytes, llama_metadata
 from tests.neuron.conftest import fake_model
 
 MiB = 1024 * 1024
+DENSE_CONFIG = {
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "hidden_size": 512,
+    "max_position_embeddings": 4096,
+}
+LONG_CONTEXT = llama_metadata(layers=80, heads=64, kv_heads=8, width=8192, context=131072, vocab=1000)
 
 
 def read(path: str) -> bytes:
@@ -50,6 +64,11 @@ async def hub(aiohttp_server, monkeypatch, tmp_path):
                 "pytorch_model.bin": b"\0" * 5000,
             },
             "acme/gated-GGUF": {"gated-Q4_K_M.gguf": gguf(6, MiB)},
+            "acme/long-GGUF": {"long-Q4_K_M.gguf": gguf_bytes(LONG_CONTEXT, filler=2 * MiB)},
+            "acme/dense-shaped": {
+                "config.json": json.dumps(DENSE_CONFIG).encode(),
+                "model.safetensors": b"\0" * 1000,
+            },
         },
         gated={"acme/gated-GGUF": "hf_sesame"},
     )
@@ -111,7 +130,7 @@ async def test_wrong_quant_is_refused_from_the_listing_with_the_nearest_name(neu
     err = (await resp.json())["error"]
     assert resp.status == 422 and err["kind"] == "quant_not_found"
     assert "Q8_0" in err["suggestion"] and "Q4_K_M" in err["message"]
-    assert hub.downloads == []  # nothing fetched
+    assert hub.file_downloads == []  # nothing fetched
 
 
 async def test_split_gguf_files_come_together(neuron, hub):
@@ -162,7 +181,7 @@ async def test_safetensors_and_tensor_parallel_preflight_from_the_listing(neuron
     )
     err = (await tp.json())["error"]
     assert tp.status == 422 and err["kind"] == "tensor_parallel"
-    assert hub.downloads == []
+    assert hub.file_downloads == []
 
 
 async def test_too_big_for_memory_is_refused_before_downloading(neuron, hub):
@@ -171,7 +190,7 @@ async def test_too_big_for_memory_is_refused_before_downloading(neuron, hub):
     resp = await client.post("/models/load", json={"model_id": "tiny"})
     err = (await resp.json())["error"]
     assert resp.status == 422 and err["kind"] == "insufficient_memory"
-    assert hub.downloads == []
+    assert hub.file_downloads == []
 
 
 async def test_interrupted_download_resumes_with_a_range_request(neuron, hub):
@@ -220,7 +239,7 @@ async def test_concurrent_loads_share_one_download(neuron, hub):
         client.post("/models/load", json={"model_id": "tiny"}),
     )
     assert [a.status for a in answers] == [200, 200, 200]
-    assert len(hub.downloads) == 1
+    assert len(hub.file_downloads) == 1
 
 
 async def test_offline_uses_the_cache(neuron, hub, monkeypatch):
@@ -245,7 +264,7 @@ async def test_downloads_off(neuron, hub):
     resp = await client.post("/models/load", json={"model_id": "tiny"})
     err = (await resp.json())["error"]
     assert resp.status == 422 and err["kind"] == "download_disabled"
-    assert hub.downloads == []
+    assert hub.file_downloads == []
 
 
 class DenseFake(FakeHarness):
@@ -274,3 +293,24 @@ async def test_pull_refuses_control_characters_naming_the_field(neuron, hub):
     resp = await client.post("/models/pull", json={"source": "hf:acme/tiny-GGUF", "quant": "Q4\n_K_M"})
     error = (await resp.json())["error"]
     assert resp.status == 400 and error["param"] == "quant" and "control characters" in error["message"]
+
+
+async def test_kv_cache_from_the_gguf_header_is_counted_before_downloading(neuron, hub):
+    """A small file whose header says 80 layers x 8 KV heads x 128k context: 40 GiB of KV cache at its trained
+    context — refused from the first megabyte of the file (one ranged request), no download."""
+    client = await make(neuron, hub, fake_model("long", source="hf:acme/long-GGUF", quant="Q4_K_M"))
+    resp = await client.post("/models/load", json={"model_id": "long"})
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "insufficient_memory", err
+    assert "needs 4" in err["message"]  # 40,960 MiB of KV cache + the weights
+    assert hub.downloads == [("acme/long-GGUF/long-Q4_K_M.gguf", f"bytes=0-{MiB - 1}")]
+
+
+async def test_a_dense_model_shape_comes_from_its_config_json(hub):
+    sources = Sources(hub.cache, (), downloads=True)
+    vllm = SimpleNamespace(name="vllm", formats=frozenset({"safetensors"}))
+    listing, selection = await sources.select(HfSource("acme/dense-shaped", "main"), quant="", harness=vllm)
+    assert await sources.remote_shape(listing, selection) == Shape(4, 2, 64, 64, 4096)
+    assert hub.downloads == [("acme/dense-shaped/config.json", f"bytes=0-{len(json.dumps(DENSE_CONFIG)) - 1}")]
+    assert hub.file_downloads == []
+    await sources.close()
