@@ -298,9 +298,10 @@ def bench() -> None:
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["chat", "anthropic", "responses", "swap", "evict"]),
+    type=click.Choice(["chat", "anthropic", "responses", "swap", "evict", "pull"]),
     help="Scenarios (default: all): chat sweeps concurrency; swap times unload to first token (cold load or "
-    "wake); evict times unloading another model and loading this one.",
+    "wake); evict times unloading another model and loading this one; pull times download + load of a model "
+    "whose files are not there yet.",
 )
 @db_option
 @click.option("--quick", is_flag=True, help="A short run: finishes within two minutes on a CPU.")

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from helexa.bench.scenarios import DIALECTS, control, measure, swap_cost
+from helexa.bench.scenarios import DIALECTS, control, measure, pull_cost, swap_cost
 from helexa.bench.store import Build, Result, Store
 
 __all__ = ["SCENARIOS", "Plan", "run_once"]
 
-SCENARIOS = ("chat", "anthropic", "responses", "swap", "evict")
+SCENARIOS = ("chat", "anthropic", "responses", "swap", "evict", "pull")
 CELL_TIMEOUT_S = 600.0
 
 
@@ -131,6 +131,9 @@ async def run_once(
                         level=level,
                         plan=plan,
                     )
+                    if result is None:
+                        say(f"  {model} {scenario}: its files are already on the target, nothing to measure")
+                        continue
                     result.quant = quants.get(model, "")
                     store.add(run, result)
                     measured += 1
@@ -149,19 +152,30 @@ async def _cell(
     scenario: str,
     level: int,
     plan: Plan,
-) -> Result:
+) -> Result | None:
     try:
+        if scenario == "pull":
+            async with _admin(admin_key) as admin:
+                pull = pull_cost(
+                    session, url, model=model, max_tokens=plan.max_tokens, card=control(admin, url, role).card
+                )
+                return await asyncio.wait_for(pull, CELL_TIMEOUT_S)
         if scenario in ("swap", "evict"):
             other = ""
             if scenario == "evict":
                 other = next((m for m in offered if m != model), "")
                 if not other:
                     return Result(model, scenario, 1, ok=False, error="eviction needs a second model on the target")
-            admin = aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_key}"} if admin_key else {})
-            async with admin:
-                unload, status = control(admin, url, role)
+            async with _admin(admin_key) as admin:
+                ctl = control(admin, url, role)
                 cost = swap_cost(
-                    session, url, model=model, max_tokens=plan.max_tokens, unload=unload, status=status, other=other
+                    session,
+                    url,
+                    model=model,
+                    max_tokens=plan.max_tokens,
+                    unload=ctl.unload,
+                    status=ctl.status,
+                    other=other,
                 )
                 return await asyncio.wait_for(cost, CELL_TIMEOUT_S)
         if scenario not in DIALECTS:
@@ -183,11 +197,17 @@ async def _cell(
         return Result(model, scenario, level, ok=False, error=f"no answer within {CELL_TIMEOUT_S:.0f}s")
 
 
+def _admin(admin_key: str) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_key}"} if admin_key else {})
+
+
 def describe(result: Result) -> str:
     """One line for the console."""
     head = f"{result.model} {result.scenario} c={result.concurrency}:"
     if not result.ok:
         return f"{head} FAILED {result.error}"
+    if result.scenario == "pull":
+        return f"{head} {result.detail}"
     if result.scenario in ("swap", "evict"):
         return f"{head} {result.detail}: first token {result.swap_seconds:.2f}s after the unload"
     tps = f"{result.tokens_per_second:.1f} tok/s" if result.tokens_per_second else "- tok/s"

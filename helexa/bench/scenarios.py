@@ -9,6 +9,7 @@ second after the first token. Figures are seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -22,7 +23,7 @@ import aiohttp
 from helexa.bench.store import Result
 from helexa.sse import EventFramer, event_data
 
-__all__ = ["DIALECTS", "Sample", "control", "measure", "swap_cost"]
+__all__ = ["DIALECTS", "Control", "Sample", "control", "measure", "pull_cost", "swap_cost"]
 
 PROMPT = "Write two short sentences about the sea."
 
@@ -215,11 +216,64 @@ async def swap_cost(
     return Result(model, scenario, 1, ok=True, requests=1, detail=detail, **figures)
 
 
-def control(
-    session: aiohttp.ClientSession, url: str, role: str
-) -> tuple[Callable[[str], Awaitable[None]], Callable[[str], Awaitable[str]]]:
-    """How to unload a model (gateway ``/admin``, neuron ``/models/unload``; 404 is fine) and read its status
-    (``sleeping``, ``unloaded``, …) on the target, with an admin ``session``."""
+async def pull_cost(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    model: str,
+    max_tokens: int,
+    card: Callable[[str], Awaitable[dict[str, Any]]],
+) -> Result | None:
+    """Download + load + first token of a model whose files are not on the target yet (``None`` when they are:
+    nothing to measure). The target's view of the model is read every 0.2 s meanwhile, so the figures split
+    into the download (from the request until the status leaves ``downloading``) and the rest."""
+    before = await card(model)
+    if before.get("status") != "download" and before.get("availability") != "download":
+        return None
+    size = int(before.get("download_bytes") or 0)
+    began = time.perf_counter()
+    timeline: list[tuple[float, str]] = []  # (seconds since the request, status) at each change
+
+    async def watch() -> None:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                status = str((await card(model)).get("status"))
+                if not timeline or timeline[-1][1] != status:
+                    timeline.append((time.perf_counter() - began, status))
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        sample = await _one(session, url, "chat", model, max_tokens)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if sample.error:
+        return Result(model, "pull", 1, ok=False, error=sample.error, requests=1)
+    started = [t for t, status in timeline if status == "downloading"]
+    ended = [t for t, status in timeline if started and t > started[0] and status != "downloading"]
+    downloaded = min(ended[0] if ended else sample.ttft, sample.ttft)  # the download, from the request on
+    rate = f" ({size / downloaded / 2**20:.1f} MiB/s)" if size and started and downloaded > 0 else ""
+    rest = sample.ttft - downloaded
+    detail = f"download {size / 2**20:.1f} MiB in {downloaded:.1f}s{rate} + load and first token {rest:.1f}s"
+    figures = {"ttft_p50": sample.ttft, "latency_p50": sample.latency, "swap_seconds": sample.ttft}
+    return Result(model, "pull", 1, ok=True, requests=1, detail=detail, **figures)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A target's admin side: unload a model, read its status, read its whole entry."""
+
+    unload: Callable[[str], Awaitable[None]]
+    status: Callable[[str], Awaitable[str]]
+    card: Callable[[str], Awaitable[dict[str, Any]]]
+
+
+def control(session: aiohttp.ClientSession, url: str, role: str) -> Control:
+    """How to unload a model (gateway ``/admin``, neuron ``/models/unload``; 404 is fine) and read its entry
+    (gateway ``/fleet`` cards, neuron ``/models``: ``status`` — ``sleeping``, ``download``, … — and
+    ``download_bytes``) on the target, with an admin ``session``."""
 
     async def unload(model: str) -> None:
         if role == "neuron":
@@ -230,10 +284,17 @@ def control(
             if resp.status not in (200, 404):
                 raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
 
-    async def status(model: str) -> str:
+    async def card(model: str) -> dict[str, Any]:
         async with session.get(f"{url}/models" if role == "neuron" else f"{url}/fleet") as resp:
             data = await resp.json()
-        listed = data.get("models", []) if role == "neuron" else [m for n in data["neurons"] for m in n["models"]]
+        return next((m for m in data.get("models", []) if m.get("id") == model), {"status": "unloaded"})
+
+    async def status(model: str) -> str:
+        if role == "neuron":
+            return str((await card(model)).get("status", "unloaded"))
+        async with session.get(f"{url}/fleet") as resp:
+            data = await resp.json()
+        listed = [m for n in data["neurons"] for m in n["models"]]
         return next((str(m["status"]) for m in listed if m["id"] == model), "unloaded")
 
-    return unload, status
+    return Control(unload, status, card)

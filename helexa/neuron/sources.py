@@ -328,4 +328,3 @@ class Sources:
 
 def _mib(files: list[HubFile]) -> float:
     return sum(f.size for f in files) / 2**20
-

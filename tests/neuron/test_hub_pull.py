@@ -314,3 +314,31 @@ async def test_a_dense_model_shape_comes_from_its_config_json(hub):
     assert hub.downloads == [("acme/dense-shaped/config.json", f"bytes=0-{len(json.dumps(DENSE_CONFIG)) - 1}")]
     assert hub.file_downloads == []
     await sources.close()
+
+
+async def test_bench_pull_measures_download_and_load_once(neuron, hub, tmp_path):
+    from helexa.bench.runner import Plan, run_once
+    from helexa.bench.store import Store
+
+    hub.rate_bytes_per_s = 2 * MiB  # ~1.5 s for the 3 MiB quant
+    client = await make(neuron, hub, fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M"))
+    store = Store(tmp_path / "bench.sqlite")
+    plan = Plan(models=["tiny"], scenarios=["pull"], repeat=1, quick=True)
+    said: list[str] = []
+    url = str(client.make_url("")).rstrip("/")
+    for _ in range(100):  # the neuron checks its catalogue in the background at start
+        (card,) = (await (await client.get("/models")).json())["models"]
+        if card["availability"]:
+            break
+        await asyncio.sleep(0.05)
+    assert card["availability"] == "download" and card["download_bytes"] == 3 * MiB
+    assert await run_once(url, store, plan, say=said.append) == 1, said
+    (row,) = store.rows()
+    assert row["ok"] and row["scenario"] == "pull", (row, said)
+    seconds = float(row["detail"].removeprefix("download 3.0 MiB in ").split("s", 1)[0])
+    assert seconds >= 1.4 and "MiB/s) + load and first token" in row["detail"], row["detail"]
+    assert row["swap_seconds"] >= 1.0
+    # the files are here now: a second run has nothing to measure and records nothing
+    plan = Plan(models=["tiny"], scenarios=["pull"], repeat=2, quick=True)
+    assert await run_once(url, store, plan, say=said.append) == 0
+    assert len(store.rows()) == 1 and "already on the target" in said[-1]
