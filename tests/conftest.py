@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,23 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def wait_for_loaded(proc: subprocess.Popen, url: str, models: set[str], output, timeout: float = 30.0) -> None:
+    """Wait until the gateway at ``url`` lists every one of ``models`` as loaded; fail with the process's
+    ``output(proc)`` if it exits first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, output(proc)
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
+                loaded = {m["id"] for m in json.load(resp)["data"] if m.get("status") == "loaded"}
+            if loaded >= models:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} never listed {sorted(models)} as loaded:\n{output(proc)[-3000:]}")
+
+
 def slow_fetch_cache() -> Path:
     """Where tests keep what is slow to fetch (agents, demo models) between runs: ``HELEXA_TEST_CACHE``, else
     ``~/.cache/helexa-tests``."""
@@ -76,27 +95,33 @@ def slow_fetch_cache() -> Path:
 
 @pytest.fixture
 def helexa_process(tmp_path_factory) -> Iterator:
-    """Start ``python -m helexa …`` subprocesses; every one still running at the end is killed by PID.
+    """Start ``python -m helexa …`` subprocesses; every one still running at the end is killed by PID. Their
+    output goes to a file (``start.output(proc)`` reads it).
 
     Each gets ``HELEXA_NEURON__STATE_DIR`` in a temporary directory (``start.state_dir``) unless the test sets
     one, so a neuron's generated token never lands in the real home directory.
     """
     started: list[subprocess.Popen] = []
     state_dir = tmp_path_factory.mktemp("state")
+    logs = tmp_path_factory.mktemp("logs")
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         env = {**(env if env is not None else os.environ)}
         env.setdefault("HELEXA_NEURON__STATE_DIR", str(state_dir))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "helexa", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            text=True,
-        )
+        log_path = logs / f"helexa-{len(started)}.log"  # a file, not a pipe: a chatty process never blocks
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "helexa", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        proc.log_path = log_path  # type: ignore[attr-defined]
         started.append(proc)
         return proc
 
+    def output(proc: subprocess.Popen) -> str:
+        """Everything the process wrote so far (stdout and stderr)."""
+        return proc.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+
+    start.output = output
     start.state_dir = state_dir
     yield start
     for proc in started:

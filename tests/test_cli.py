@@ -212,7 +212,7 @@ def test_run_both_starts_without_config_and_stops_on_signal(helexa_process, sign
     proc.send_signal(signum)
     assert proc.wait(timeout=10) == 0
     assert time.monotonic() - began < 5
-    output = proc.stdout.read()
+    output = helexa_process.output(proc)
     assert "draining" in output
     assert "Traceback" not in output
 

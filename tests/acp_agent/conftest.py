@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from acp.schema import (
     WriteTextFileResponse,
 )
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, free_port, wait_for_loaded, wait_http
 
 CODER, OTHER = "coder", "other"
 OTHER_REPLY = "I am the other model."
@@ -149,19 +148,7 @@ preload = ["{CODER}", "{OTHER}"]
         )
         proc = helexa_process("run", "--role", "both", "--config", str(config))
         url = f"http://127.0.0.1:{gw}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
-                    loaded = {m["id"] for m in json.load(resp)["data"] if m.get("status") == "loaded"}
-                if loaded >= {CODER, OTHER}:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("helexa run --role both never listed both models as loaded")
+        wait_for_loaded(proc, url, {CODER, OTHER}, helexa_process.output)
         return Stack(url=url, workdir=workdir, secret=secret, records=records, engines=urls)
 
     yield start

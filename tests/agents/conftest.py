@@ -13,14 +13,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, slow_fetch_cache, wait_http
+from tests.conftest import ROOT, free_port, slow_fetch_cache, wait_for_loaded, wait_http
 
 CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.331"
 CODEX = "@openai/codex@0.169.0"
@@ -113,19 +112,7 @@ source = "http://127.0.0.1:{engine_port}/v1"
         )
         proc = helexa_process("run", "--role", "both", "--config", str(config))
         url = f"http://127.0.0.1:{gw_port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
-                    models = json.load(resp)["data"]
-                if any(m["id"] == MODEL and m.get("status") == "loaded" for m in models):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("helexa run --role both never listed the model as loaded")
+        wait_for_loaded(proc, url, {MODEL}, helexa_process.output)
         return Stack(url=url, record=record, workdir=workdir, secret=secret)
 
     yield start

@@ -40,8 +40,8 @@ def run_both(helexa_process, *extra: str) -> tuple[str, dict[str, int]]:
         assert exc.code == 404
     urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).close()
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    return out, ports
+    proc.wait(timeout=30)
+    return helexa_process.output(proc), ports
 
 
 def test_text_lines_say_their_role_and_skip_the_noise(helexa_process):
