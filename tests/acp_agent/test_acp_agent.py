@@ -320,3 +320,27 @@ async def test_an_error_in_the_middle_of_an_answer_fails_the_prompt_with_its_mes
                 await conn.prompt(session_id=session.session_id, prompt=[text_block("hi")])
             assert "the engine went away" in failed.value.data["details"]
     assert editor.text() == "HalHal"
+
+
+async def test_one_turn_runs_at_a_time_in_a_session(acp_stack):
+    stack = acp_stack([{"text": "word " * 20, "chunk_delay": 0.05}])
+    editor = Editor()
+    async with stack.agent(editor) as conn:
+        session = await open_session(conn, stack.workdir)
+        first = asyncio.create_task(conn.prompt(session_id=session.session_id, prompt=[text_block("slow")]))
+        await asyncio.sleep(0.3)
+        with pytest.raises(RequestError) as busy:  # a second prompt while the first streams
+            await conn.prompt(session_id=session.session_id, prompt=[text_block("again")])
+        assert "already running" in busy.value.data["details"]
+        assert (await asyncio.wait_for(first, 10)).stop_reason == "end_turn"
+        assert editor.text() == "word " * 20
+
+
+async def test_the_editor_cancelling_a_permission_request_cancels_the_turn(acp_stack):
+    stack = acp_stack([{"tool_call": {"name": "write_file", "arguments": {"path": "x.txt", "content": "x"}}}])
+    editor = Editor(permission="cancelled")
+    async with stack.agent(editor) as conn:
+        session = await open_session(conn, stack.workdir)
+        done = await conn.prompt(session_id=session.session_id, prompt=[text_block("write")])
+    assert done.stop_reason == "cancelled" and len(editor.permissions) == 1
+    assert not (stack.workdir / "x.txt").exists()
