@@ -15,6 +15,7 @@ session's working directory (:func:`helexa.acp.tools.confine`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from acp.helpers import (
     text_block,
     tool_content,
     tool_diff_content,
+    tool_terminal_ref,
     update_agent_message_text,
     update_agent_thought_text,
     update_tool_call,
@@ -142,7 +144,7 @@ class HelexaAgent:
         self.sessions: dict[str, Session] = {}
         self.models: list[dict[str, Any]] = []
         self.client: Any = None
-        self.client_reads = self.client_writes = False
+        self.client_reads = self.client_writes = self.client_terminal = False
 
     def on_connect(self, conn: Any) -> None:
         """Keep the connection to the editor (for updates, permissions and file access)."""
@@ -157,6 +159,7 @@ class HelexaAgent:
         fs = getattr(client_capabilities, "fs", None)
         self.client_reads = bool(getattr(fs, "read_text_file", False))
         self.client_writes = bool(getattr(fs, "write_text_file", False))
+        self.client_terminal = bool(getattr(client_capabilities, "terminal", False))
         stored = self.store is not None
         capabilities = AgentCapabilities(
             load_session=stored,
@@ -341,7 +344,7 @@ class HelexaAgent:
                 await self._update(session, update_tool_call(call.id, status="failed", content=[_text("Refused.")]))
                 return REFUSED
             await self._update(session, update_tool_call(call.id, status="in_progress"))
-            output, shown = await self._run(session, call.name, args)
+            output, shown = await self._run(session, call.id, call.name, args)
         except ToolError as exc:
             await self._update(session, update_tool_call(call.id, status="failed", content=[_text(str(exc))]))
             return f"Error: {exc}"
@@ -378,10 +381,12 @@ class HelexaAgent:
             session.always[tool] = choice.startswith("allow")
         return choice.startswith("allow")
 
-    async def _run(self, session: Session, name: str, args: dict[str, Any]) -> tuple[str, list[Any]]:
+    async def _run(self, session: Session, call_id: str, name: str, args: dict[str, Any]) -> tuple[str, list[Any]]:
         """Carry out a permitted call: (what the model is told, what the editor shows)."""
         if name == "run_command":
             command = tools.text_argument(args, "command")
+            if self.client_terminal:
+                return await self._run_in_terminal(session, call_id, command)
             code, output = await tools.run_shell(command, session.cwd, self.command_timeout, self.limit)
             status = f"timed out after {self.command_timeout:g} s" if code is None else f"exit code {code}"
             text = f"{status}\n{output}"
@@ -405,6 +410,41 @@ class HelexaAgent:
         return f"{'Wrote' if name == 'write_file' else 'Edited'} {rel} ({len(new)} characters).", [
             tool_diff_content(str(path), new, old)
         ]
+
+    async def _run_in_terminal(self, session: Session, call_id: str, command: str) -> tuple[str, list[Any]]:
+        """Run ``command`` in a terminal of the editor's (``terminal/create``), shown live in the tool call; killed
+        after ``command_timeout`` and when the turn is cancelled, released in every case."""
+        try:
+            created = await self.client.create_terminal(
+                session_id=session.id,
+                command="/bin/sh",
+                args=["-c", command],
+                cwd=str(session.cwd),
+                output_byte_limit=self.limit * 4,
+            )
+        except RequestError as exc:
+            raise ToolError(f"the editor could not start a terminal ({exc})") from None
+        terminal = {"session_id": session.id, "terminal_id": created.terminal_id}
+        shown = [tool_terminal_ref(created.terminal_id)]
+        try:
+            await self._update(session, update_tool_call(call_id, content=shown))
+            try:
+                ended = await asyncio.wait_for(self.client.wait_for_terminal_exit(**terminal), self.command_timeout)
+                status = f"exit code {ended.exit_code}" if ended.exit_code is not None else f"killed ({ended.signal})"
+            except TimeoutError:
+                await self.client.kill_terminal(**terminal)
+                status = f"timed out after {self.command_timeout:g} s"
+            output = (await self.client.terminal_output(**terminal)).output
+        except RequestError as exc:
+            raise ToolError(f"the editor's terminal failed ({exc})") from None
+        finally:
+            await asyncio.shield(self._release(terminal))
+        return f"{status}\n{tools.cap(output, self.limit)}", shown
+
+    async def _release(self, terminal: dict[str, str]) -> None:
+        for step in (self.client.kill_terminal, self.client.release_terminal):  # kill: a no-op once it exited
+            with contextlib.suppress(RequestError, ConnectionError):
+                await step(**terminal)
 
     async def _read(self, session: Session, path: Path) -> str:
         if self.client_reads:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -19,10 +21,15 @@ from acp import spawn_agent_process
 from acp.schema import (
     AllowedOutcome,
     ClientCapabilities,
+    CreateTerminalResponse,
     DeniedOutcome,
     FileSystemCapabilities,
+    KillTerminalResponse,
     ReadTextFileResponse,
+    ReleaseTerminalResponse,
     RequestPermissionResponse,
+    TerminalOutputResponse,
+    WaitForTerminalExitResponse,
     WriteTextFileResponse,
 )
 
@@ -60,6 +67,48 @@ class Editor:
         Path(path).parent.mkdir(parents=True, exist_ok=True)  # as editors do
         Path(path).write_text(content)  # noqa: ASYNC240
         return WriteTextFileResponse()
+
+    terminals: dict[str, Any] = field(default_factory=dict)
+    terminal_calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    async def create_terminal(self, session_id: str, command: str, args=None, cwd=None, **_: Any):
+        """Runs the command as an editor's terminal would (output kept, read on request)."""
+        proc = await asyncio.create_subprocess_exec(
+            command,
+            *(args or []),
+            cwd=cwd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        terminal_id = f"term-{len(self.terminals)}"
+        self.terminals[terminal_id] = proc
+        self.terminal_calls.append(("create", (command, args, cwd)))
+        return CreateTerminalResponse(terminal_id=terminal_id)
+
+    async def wait_for_terminal_exit(self, session_id: str, terminal_id: str, **_: Any):
+        self.terminal_calls.append(("wait", terminal_id))
+        code = await self.terminals[terminal_id].wait()
+        return WaitForTerminalExitResponse(exit_code=code if code >= 0 else None, signal=None if code >= 0 else "KILL")
+
+    async def terminal_output(self, session_id: str, terminal_id: str, **_: Any):
+        self.terminal_calls.append(("output", terminal_id))
+        proc = self.terminals[terminal_id]
+        output = (await proc.stdout.read()).decode() if proc.returncode is not None else ""
+        return TerminalOutputResponse(output=output, truncated=False)
+
+    async def kill_terminal(self, session_id: str, terminal_id: str, **_: Any):
+        self.terminal_calls.append(("kill", terminal_id))
+        proc = self.terminals[terminal_id]
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the command's children too, as a terminal's hangup does
+            await proc.wait()
+        return KillTerminalResponse()
+
+    async def release_terminal(self, session_id: str, terminal_id: str, **_: Any):
+        self.terminal_calls.append(("release", terminal_id))
+        await self.terminals[terminal_id].stdout.read()  # to its end: the pipe closes
+        return ReleaseTerminalResponse()
 
     def of(self, kind: str) -> list[Any]:
         """The updates of one kind (``agent_message_chunk``, ``tool_call``, …)."""

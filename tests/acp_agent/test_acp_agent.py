@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from acp import RequestError, text_block
+from acp.schema import ClientCapabilities, FileSystemCapabilities
 from aiohttp import web
 
 from tests.acp_agent.conftest import CODER, EDITOR_CAPABILITIES, OTHER, OTHER_REPLY, Editor, Stack
@@ -344,3 +345,29 @@ async def test_the_editor_cancelling_a_permission_request_cancels_the_turn(acp_s
         done = await conn.prompt(session_id=session.session_id, prompt=[text_block("write")])
     assert done.stop_reason == "cancelled" and len(editor.permissions) == 1
     assert not (stack.workdir / "x.txt").exists()
+
+
+async def test_commands_run_in_the_editors_terminal_when_it_has_one(acp_stack):
+    stack = acp_stack(
+        [
+            {"tool_call": {"name": "run_command", "arguments": {"command": "cat notes.txt; exit 3"}}},
+            {"tool_call": {"name": "run_command", "arguments": {"command": "sleep 30"}}},
+            {"text": "Result: {tool_result}"},
+        ]
+    )
+    editor = Editor(permission="allow_always")
+    capabilities = ClientCapabilities(fs=FileSystemCapabilities(), terminal=True)
+    async with stack.agent(editor, "--command-timeout", "1") as conn:
+        session = await open_session(conn, stack.workdir, capabilities=capabilities)
+        await conn.prompt(session_id=session.session_id, prompt=[text_block("run it")])
+    created = [c for c in editor.terminal_calls if c[0] == "create"]
+    assert created[0][1] == ("/bin/sh", ["-c", "cat notes.txt; exit 3"], str(stack.workdir))
+    results = [m["content"] for m in stack.received()[-1]["messages"] if m["role"] == "tool"]
+    assert results[0].startswith("exit code 3\n") and stack.secret in results[0]
+    assert results[1].startswith("timed out after 1 s")
+    # the terminal is shown in the tool call, killed when it ran too long, released every time
+    refs = [c.terminal_id for u in editor.of("tool_call_update") for c in (u.content or []) if c.type == "terminal"]
+    assert list(dict.fromkeys(refs)) == ["term-0", "term-1"]
+    assert [c for c in editor.terminal_calls if c[0] == "release"] == [("release", "term-0"), ("release", "term-1")]
+    assert ("kill", "term-1") in editor.terminal_calls
+    assert all(proc.returncode is not None for proc in editor.terminals.values())
