@@ -15,7 +15,6 @@ session's working directory (:func:`helexa.acp.tools.confine`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from pathlib import Path
@@ -24,10 +23,7 @@ from typing import Any
 from acp import PROTOCOL_VERSION, RequestError
 from acp.helpers import (
     start_tool_call,
-    text_block,
-    tool_content,
     tool_diff_content,
-    tool_terminal_ref,
     update_agent_message_text,
     update_agent_thought_text,
     update_tool_call,
@@ -62,6 +58,7 @@ from acp.schema import (
 
 from helexa.__about__ import __version__
 from helexa.acp import tools
+from helexa.acp.editor import Editor, text_content
 from helexa.acp.sessions import MODES, Session, Store
 from helexa.acp.tools import TOOLS, ToolError
 from helexa.acp.upstream import Call, Upstream, UpstreamError
@@ -70,7 +67,6 @@ __all__ = ["HelexaAgent"]
 
 log = logging.getLogger("helexa.acp")
 
-MAX_FILE_BYTES = 8 * 1024 * 1024
 _PERMISSIONS = [
     PermissionOption(option_id="allow_once", name="Allow", kind="allow_once"),
     PermissionOption(option_id="allow_always", name="Always allow", kind="allow_always"),
@@ -103,7 +99,7 @@ def system_prompt(session: Session) -> str:
     return text
 
 
-def prompt_text(blocks: list[Any]) -> str:
+def prompttext_content(blocks: list[Any]) -> str:
     """An ACP prompt as the text of one user message (links and embedded files included as text)."""
     parts = []
     for block in blocks:
@@ -144,11 +140,12 @@ class HelexaAgent:
         self.sessions: dict[str, Session] = {}
         self.models: list[dict[str, Any]] = []
         self.client: Any = None
-        self.client_reads = self.client_writes = self.client_terminal = False
+        self.editor = Editor(None, limit=limit, command_timeout=command_timeout)
 
     def on_connect(self, conn: Any) -> None:
         """Keep the connection to the editor (for updates, permissions and file access)."""
         self.client = conn
+        self.editor.client = conn
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -156,10 +153,7 @@ class HelexaAgent:
         self, protocol_version: int, client_capabilities: Any = None, client_info: Any = None, **_: Any
     ) -> InitializeResponse:
         """Agree on the protocol version and say what this agent can do."""
-        fs = getattr(client_capabilities, "fs", None)
-        self.client_reads = bool(getattr(fs, "read_text_file", False))
-        self.client_writes = bool(getattr(fs, "write_text_file", False))
-        self.client_terminal = bool(getattr(client_capabilities, "terminal", False))
+        self.editor.learn(client_capabilities)
         stored = self.store is not None
         capabilities = AgentCapabilities(
             load_session=stored,
@@ -247,7 +241,7 @@ class HelexaAgent:
         if session.task is not None and not session.task.done():
             raise _error(-32600, "a turn is already running in this session; cancel it or wait for its end")
         session.cancelled = False
-        session.messages.append({"role": "user", "content": prompt_text(prompt)})
+        session.messages.append({"role": "user", "content": prompttext_content(prompt)})
         session.task = asyncio.create_task(self._turn(session))
         try:
             reason = await session.task
@@ -325,9 +319,9 @@ class HelexaAgent:
         """Show, authorise and run one call; what the model is told comes back (errors included)."""
         tool = TOOLS.get(call.name)
         try:
-            args = tools.parse_arguments(call.arguments)
-        except ToolError:
-            args = {}
+            args, unreadable = tools.parse_arguments(call.arguments), None
+        except ToolError as exc:
+            args, unreadable = {}, exc
         title, locations = self._describe(session, call.name, args)
         kind = tool.kind if tool else "other"
         await self._update(
@@ -335,18 +329,21 @@ class HelexaAgent:
             start_tool_call(call.id, title, kind=kind, status="pending", locations=locations, raw_input=args or None),
         )
         try:
-            args = tools.parse_arguments(call.arguments)
+            if unreadable is not None:
+                raise unreadable
             if tool is None:
                 raise ToolError(f"there is no tool {call.name!r}; the tools are {', '.join(TOOLS)}")
             if tool.changes and session.mode == "plan":
                 raise ToolError(f"{call.name} is not available in plan mode (read-only); describe the change instead")
             if tool.changes and not await self._permitted(session, call.id, tool.name, title, kind):
-                await self._update(session, update_tool_call(call.id, status="failed", content=[_text("Refused.")]))
+                await self._update(
+                    session, update_tool_call(call.id, status="failed", content=[text_content("Refused.")])
+                )
                 return REFUSED
             await self._update(session, update_tool_call(call.id, status="in_progress"))
             output, shown = await self._run(session, call.id, call.name, args)
         except ToolError as exc:
-            await self._update(session, update_tool_call(call.id, status="failed", content=[_text(str(exc))]))
+            await self._update(session, update_tool_call(call.id, status="failed", content=[text_content(str(exc))]))
             return f"Error: {exc}"
         await self._update(session, update_tool_call(call.id, status="completed", content=shown))
         return output
@@ -384,84 +381,30 @@ class HelexaAgent:
     async def _run(self, session: Session, call_id: str, name: str, args: dict[str, Any]) -> tuple[str, list[Any]]:
         """Carry out a permitted call: (what the model is told, what the editor shows)."""
         if name == "run_command":
-            command = tools.text_argument(args, "command")
-            if self.client_terminal:
-                return await self._run_in_terminal(session, call_id, command)
-            code, output = await tools.run_shell(command, session.cwd, self.command_timeout, self.limit)
-            status = f"timed out after {self.command_timeout:g} s" if code is None else f"exit code {code}"
-            text = f"{status}\n{output}"
-            return text, [_text(text)]
+
+            async def show(content: list[Any]) -> None:
+                await self._update(session, update_tool_call(call_id, content=content))
+
+            return await self.editor.run(session.id, session.cwd, tools.text_argument(args, "command"), show)
         path = tools.confine(session.cwd, tools.text_argument(args, "path", "." if name == "list_files" else None))
         if name == "list_files":
             listing = await asyncio.to_thread(tools.list_dir, path)
-            return listing, [_text(listing)]
+            return listing, [text_content(listing)]
         if name == "read_file":
-            text = tools.select_lines(await self._read(session, path), args.get("line"), args.get("limit"))
+            text = tools.select_lines(await self.editor.read(session.id, path), args.get("line"), args.get("limit"))
             text = tools.cap(text, self.limit)
-            return text, [_text(text)]
+            return text, [text_content(text)]
         if name == "write_file":
             new = tools.text_argument(args, "content")
-            old = await self._read(session, path) if path.is_file() else None
+            old = await self.editor.read(session.id, path) if path.is_file() else None
         else:  # edit_file
-            old = await self._read(session, path)
+            old = await self.editor.read(session.id, path)
             new = tools.apply_edit(old, tools.text_argument(args, "old_text"), tools.text_argument(args, "new_text"))
-        await self._write(session, path, new)
+        await self.editor.write(session.id, path, new)
         rel = path.relative_to(session.cwd)
         return f"{'Wrote' if name == 'write_file' else 'Edited'} {rel} ({len(new)} characters).", [
             tool_diff_content(str(path), new, old)
         ]
-
-    async def _run_in_terminal(self, session: Session, call_id: str, command: str) -> tuple[str, list[Any]]:
-        """Run ``command`` in a terminal of the editor's (``terminal/create``), shown live in the tool call; killed
-        after ``command_timeout`` and when the turn is cancelled, released in every case."""
-        try:
-            created = await self.client.create_terminal(
-                session_id=session.id,
-                command="/bin/sh",
-                args=["-c", command],
-                cwd=str(session.cwd),
-                output_byte_limit=self.limit * 4,
-            )
-        except RequestError as exc:
-            raise ToolError(f"the editor could not start a terminal ({exc})") from None
-        terminal = {"session_id": session.id, "terminal_id": created.terminal_id}
-        shown = [tool_terminal_ref(created.terminal_id)]
-        try:
-            await self._update(session, update_tool_call(call_id, content=shown))
-            try:
-                ended = await asyncio.wait_for(self.client.wait_for_terminal_exit(**terminal), self.command_timeout)
-                status = f"exit code {ended.exit_code}" if ended.exit_code is not None else f"killed ({ended.signal})"
-            except TimeoutError:
-                await self.client.kill_terminal(**terminal)
-                status = f"timed out after {self.command_timeout:g} s"
-            output = (await self.client.terminal_output(**terminal)).output
-        except RequestError as exc:
-            raise ToolError(f"the editor's terminal failed ({exc})") from None
-        finally:
-            await asyncio.shield(self._release(terminal))
-        return f"{status}\n{tools.cap(output, self.limit)}", shown
-
-    async def _release(self, terminal: dict[str, str]) -> None:
-        for step in (self.client.kill_terminal, self.client.release_terminal):  # kill: a no-op once it exited
-            with contextlib.suppress(RequestError, ConnectionError):
-                await step(**terminal)
-
-    async def _read(self, session: Session, path: Path) -> str:
-        if self.client_reads:
-            try:
-                return (await self.client.read_text_file(session_id=session.id, path=str(path))).content
-            except RequestError as exc:
-                raise ToolError(f"cannot read {path}: {exc} {exc.data or ''}".strip()) from None
-        return await asyncio.to_thread(_read_local, path)
-
-    async def _write(self, session: Session, path: Path, text: str) -> None:
-        if self.client_writes:
-            try:
-                await self.client.write_text_file(session_id=session.id, path=str(path), content=text)
-                return
-            except RequestError as exc:
-                raise ToolError(f"cannot write {path}: {exc} {exc.data or ''}".strip()) from None
-        await asyncio.to_thread(_write_local, path, text)
 
     # --- helpers ------------------------------------------------------------------------------------------
 
@@ -543,29 +486,6 @@ class HelexaAgent:
                     )
             elif role == "tool":
                 call_id = str(message.get("tool_call_id", ""))
-                await self._update(session, update_tool_call(call_id, content=[_text(tools.cap(str(content), 2000))]))
-
-
-def _text(text: str) -> Any:
-    return tool_content(text_block(text))
-
-
-def _read_local(path: Path) -> str:
-    if not path.is_file():
-        raise ToolError(f"{path} is not a file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ToolError(f"{path} is larger than {MAX_FILE_BYTES} bytes; read a smaller file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ToolError(f"{path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ToolError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _write_local(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ToolError(f"cannot write {path}: {exc.strerror}") from None
+                await self._update(
+                    session, update_tool_call(call_id, content=[text_content(tools.cap(str(content), 2000))])
+                )
