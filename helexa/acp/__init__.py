@@ -6,7 +6,7 @@ and imports only helexa's shared helpers, never the gateway's or the neuron's in
 models write as text are repaired by the gateway (``helexa/translate/toolcalls.py``), not here.
 
 Modules: :mod:`.tools` (what the model may call, confined to the session's directory), :mod:`.editor` (files and
-commands through the editor or locally), :mod:`.upstream` (the
-streaming chat client), :mod:`.sessions` (session state and its optional on-disk store), :mod:`.agent` (the
-ACP methods), :mod:`.transport` (newline-delimited JSON-RPC framing that answers malformed input).
+commands through the editor or locally), :mod:`.upstream` (the streaming chat client), :mod:`.sessions`
+(session state and its optional on-disk store), :mod:`.agent` (the ACP methods), :mod:`.transport`
+(newline-delimited JSON-RPC framing that answers malformed input), :mod:`.serve` (stdio and wiring).
 """
