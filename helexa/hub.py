@@ -271,16 +271,18 @@ def _fetch_one(listing: Listing, f: HubFile, cache: Path, progress: Progress) ->
             progress.done += already
             progress.resumed += already
             size = meta.size if meta.size is not None else f.size
+            hashing = _HashingFile(fh, _sha256(part) if f.sha256 and already else None)
             if already < size:
                 http_get(
                     meta.location,
-                    fh,
+                    hashing,  # type: ignore[arg-type]
                     resume_size=already,
                     headers=build_hf_headers(token=token),
                     expected_size=size,
                     tqdm_class=partial(_Meter, progress),  # type: ignore[arg-type]
                 )
-        if f.sha256 and _sha256(part) != f.sha256:
+        digest = hashing.hexdigest() or (_sha256(part).hexdigest() if f.sha256 else "")
+        if f.sha256 and digest != f.sha256:
             part.unlink()
             raise PreflightError(
                 "checksum_mismatch",
@@ -309,9 +311,40 @@ def ranged_request(listing: Listing, name: str, size: int) -> tuple[str, dict[st
     return hf_hub_url(listing.source.repo, name, revision=listing.commit), headers
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> Any:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(1 << 20):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
+
+
+class _HashingFile:
+    """The download's file, hashing what is written as it is written, so the check after the download needs no
+    second read of the file. A rewind (``huggingface_hub`` retrying a broken transfer) gives the hash up; the
+    file is read again then. ``digest``: the hash of the bytes already in the file (a resumed download)."""
+
+    def __init__(self, fh: Any, digest: Any = None) -> None:
+        self.fh = fh
+        self.digest = digest if digest is not None else hashlib.sha256()
+        self.valid = fh.tell() == 0 or digest is not None
+
+    def write(self, data: bytes) -> int:
+        if self.valid:
+            self.digest.update(data)
+        return self.fh.write(data)
+
+    def seek(self, *args: Any) -> int:
+        self.valid = False
+        return self.fh.seek(*args)
+
+    def truncate(self, *args: Any) -> int:
+        self.valid = False
+        return self.fh.truncate(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+    def hexdigest(self) -> str:
+        """The file's SHA-256, or "" when it has to be read again."""
+        return self.digest.hexdigest() if self.valid else ""

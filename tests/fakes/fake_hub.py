@@ -10,6 +10,7 @@ Point ``HF_ENDPOINT`` at it. Serves, for the repositories it is given (``{repo_i
 
 Fault and speed knobs (attributes, changeable while running): ``rate_bytes_per_s`` (0 = as fast as possible),
 ``cut_after_bytes`` (close the connection once, after sending that many bytes of a weight file),
+``corrupt_next`` (change one byte of the next weight file served),
 ``downloads`` (every GET of a file, with its Range; ``file_downloads`` without header reads), ``info_requests``.
 """
 
@@ -52,6 +53,7 @@ class FakeHub:
     gated: dict[str, str] = field(default_factory=dict)  # repo -> the token that opens it
     rate_bytes_per_s: int = 0
     cut_after_bytes: int = 0
+    corrupt_next: bool = False  # serve the next weight file with one byte changed (its checksum then fails)
     downloads: list[tuple[str, str]] = field(default_factory=list)  # (repo/file, Range header)
     info_requests: int = 0
 
@@ -154,6 +156,9 @@ class FakeHub:
         position = start
         while position < end:
             block = f.read(position, min(end, position + _CHUNK))
+            if self.corrupt_next and lfs:
+                self.corrupt_next = False
+                block = bytes([block[0] ^ 0xFF]) + block[1:]
             if cut and sent + len(block) > cut:
                 self.cut_after_bytes = 0  # one interruption
                 await response.write(block[: cut - sent])

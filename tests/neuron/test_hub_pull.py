@@ -342,3 +342,17 @@ async def test_bench_pull_measures_download_and_load_once(neuron, hub, tmp_path)
     plan = Plan(models=["tiny"], scenarios=["pull"], repeat=2, quick=True)
     assert await run_once(url, store, plan, say=said.append) == 0
     assert len(store.rows()) == 1 and "already on the target" in said[-1]
+
+
+async def test_a_corrupt_download_is_refused_and_removed_then_fetched_again(neuron, hub):
+    hub.corrupt_next = True
+    client = await make(neuron, hub)
+    body = {"source": "hf:acme/tiny-GGUF", "quant": "Q4_K_M", "harness": "fake"}
+    resp = await client.post("/models/pull", json=body)
+    err = (await resp.json())["error"]
+    assert resp.status == 422 and err["kind"] == "checksum_mismatch", err
+    assert not list(hub.cache.rglob("*.incomplete")) and not list(hub.cache.rglob("blobs/*"))
+    again = await client.post("/models/pull", json=body)
+    assert again.status == 200, await again.text()
+    cached = try_to_load_from_cache("acme/tiny-GGUF", "tiny-Q4_K_M.gguf", cache_dir=hub.cache)
+    assert read(cached) == hub.repos["acme/tiny-GGUF"]["tiny-Q4_K_M.gguf"]
