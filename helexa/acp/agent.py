@@ -114,6 +114,23 @@ def prompttext_content(blocks: list[Any]) -> str:
     return "\n".join(parts)
 
 
+_READINESS = {"loaded": 0, "ready": 0, "sleeping": 1, "loading": 2, "downloading": 3, "available": 4, "download": 5}
+
+
+def model_choices(cards: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    """The model picker: ``(id, description)`` of each model card, the ready ones first, those the fleet cannot
+    run (``unavailable``) left out; the description says the status and what a download would fetch."""
+    usable = [c for c in cards if c.get("status") != "unavailable"]
+    ordered = sorted(usable, key=lambda c: _READINESS.get(str(c.get("status", "")), 6))
+    choices = []
+    for card in ordered:
+        status = str(card.get("status") or "") or None
+        if status == "download" and card.get("download_bytes"):
+            status = f"download {card['download_bytes'] / 2**30:.1f} GiB first"
+        choices.append((str(card["id"]), status))
+    return choices
+
+
 class HelexaAgent:
     """The ``acp.Agent`` that ``helexa acp`` runs (see the module docstring)."""
 
@@ -224,9 +241,11 @@ class HelexaAgent:
                 self.models = await self.upstream.models()
             except UpstreamError as exc:
                 log.warning("model list unavailable, checking against the last one: %s", exc)
-            ids = [m["id"] for m in self.models]
+            ids = [i for i, _ in model_choices(self.models)]
             if value not in ids:
-                raise _invalid(f"model {value!r} is not offered by {self.upstream.url}; choose one of {ids}")
+                raise _invalid(
+                    f"model {value!r} is not offered by {self.upstream.url} (or cannot run there); choose one of {ids}"
+                )
             session.model = str(value)
             log.info("session %s now uses model %s", session_id, value)
         else:
@@ -434,30 +453,28 @@ class HelexaAgent:
         return self.models
 
     def _default_model(self, models: list[dict[str, Any]]) -> str:
-        ids = [m["id"] for m in models]
-        if self.model:
-            if self.model not in ids:
-                raise _invalid(f"--model {self.model!r} is not offered by {self.upstream.url}; choose one of {ids}")
-            return self.model
-        loaded = [m["id"] for m in models if m.get("status") in ("loaded", "ready")]
-        return (loaded or ids)[0]
+        ids = [i for i, _ in model_choices(models)]
+        if not ids:
+            raise _error(-32603, f"none of the models {self.upstream.url} lists can run there (all unavailable)")
+        if self.model and self.model not in ids:
+            raise _invalid(f"--model {self.model!r} is not offered by {self.upstream.url}; choose one of {ids}")
+        return self.model or ids[0]  # the most ready one
 
     def _modes(self, session: Session) -> SessionModeState:
         modes = [SessionMode(id=k, name=name, description=text) for k, (name, text) in MODES.items()]
         return SessionModeState(current_mode_id=session.mode, available_modes=modes)
 
     def _options(self, session: Session) -> list[SessionConfigOptionSelect]:
-        ids = [m["id"] for m in self.models] or [session.model]
-        if session.model not in ids:
-            ids.append(session.model)
-        status = {m["id"]: str(m.get("status", "")) for m in self.models}
+        choices = [SessionConfigSelectOption(value=i, name=i, description=d) for i, d in model_choices(self.models)]
+        if session.model not in {c.value for c in choices}:
+            choices.append(SessionConfigSelectOption(value=session.model, name=session.model))
         model = SessionConfigOptionSelect(
             id="model",
             name="Model",
             category="model",
             type="select",
             current_value=session.model,
-            options=[SessionConfigSelectOption(value=i, name=i, description=status.get(i) or None) for i in ids],
+            options=choices,
         )
         mode = SessionConfigOptionSelect(
             id="mode",

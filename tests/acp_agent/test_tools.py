@@ -112,3 +112,21 @@ def test_the_store_keeps_sessions_and_ignores_what_is_not_one(tmp_path):
     (tmp_path / "s" / ("c" * 32 + ".json")).write_text("{not json")
     (tmp_path / "s" / ("d" * 32 + ".json")).write_text('{"id": "../x", "cwd": "/", "model": "m"}')
     assert [s.id for s in store.all()] == ["a" * 32]
+
+
+def test_the_model_picker_puts_ready_models_first_and_leaves_out_what_cannot_run():
+    from helexa.acp.agent import model_choices
+
+    cards = [
+        {"id": "big", "status": "download", "download_bytes": 5 * 2**30},
+        {"id": "huge", "status": "unavailable", "unavailable_kind": "insufficient_vram"},
+        {"id": "warm", "status": "loaded"},
+        {"id": "cold", "status": "available"},
+        {"id": "remote"},  # not helexa: no status
+    ]
+    assert model_choices(cards) == [
+        ("warm", "loaded"),
+        ("cold", "available"),
+        ("big", "download 5.0 GiB first"),
+        ("remote", None),
+    ]
