@@ -117,6 +117,13 @@ def prompttext_content(blocks: list[Any]) -> str:
 _READINESS = {"loaded": 0, "ready": 0, "sleeping": 1, "loading": 2, "downloading": 3, "available": 4, "download": 5}
 
 
+def _select(kind: str, name: str, current: str, options: list[Any]) -> SessionConfigOptionSelect:
+    """A session option of category ``kind`` (``model``, ``mode``) whose id is the category too."""
+    return SessionConfigOptionSelect(
+        id=kind, name=name, category=kind, type="select", current_value=current, options=options
+    )
+
+
 def model_choices(cards: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     """The model picker: ``(id, description)`` of each model card, the ready ones first, those the fleet cannot
     run (``unavailable``) left out; the description says the status and what a download would fetch."""
@@ -468,23 +475,8 @@ class HelexaAgent:
         choices = [SessionConfigSelectOption(value=i, name=i, description=d) for i, d in model_choices(self.models)]
         if session.model not in {c.value for c in choices}:
             choices.append(SessionConfigSelectOption(value=session.model, name=session.model))
-        model = SessionConfigOptionSelect(
-            id="model",
-            name="Model",
-            category="model",
-            type="select",
-            current_value=session.model,
-            options=choices,
-        )
-        mode = SessionConfigOptionSelect(
-            id="mode",
-            name="Mode",
-            category="mode",
-            type="select",
-            current_value=session.mode,
-            options=[SessionConfigSelectOption(value=k, name=n, description=d) for k, (n, d) in MODES.items()],
-        )
-        return [model, mode]
+        modes = [SessionConfigSelectOption(value=k, name=n, description=d) for k, (n, d) in MODES.items()]
+        return [_select("model", "Model", session.model, choices), _select("mode", "Mode", session.mode, modes)]
 
     async def _replay(self, session: Session) -> None:
         """Send a stored session's history to the editor, as it was shown the first time."""
