@@ -253,6 +253,13 @@ class ModelManager:
         ram = (await asyncio.to_thread(host_info)).ram_available_mb
         return Inventory(gpus=gpus, ram_available_mb=ram)
 
+    async def capacity(self) -> Inventory:
+        """This host as if nothing were loaded: every GPU's whole memory free, all its RAM — what a model must
+        fit to be servable here at all."""
+        devices = self.discovery.devices if self.discovery else []
+        gpus = tuple(GpuState(d.index, d.name, d.vram_total_mb, d.vram_total_mb) for d in devices)
+        return Inventory(gpus=gpus, ram_available_mb=(await asyncio.to_thread(host_info)).ram_total_mb)
+
     # ------------------------------------------------------------------------------------------ lifecycle
 
     async def load(self, spec: ModelSpec) -> ModelRecord:

@@ -36,7 +36,9 @@ def describe_default_harness(manager: ModelManager) -> str:
 
 async def check_availability(manager: ModelManager) -> None:
     """Note for every catalogue model not running whether it could start now, needs a download (and how much),
-    or cannot be served here (and why); fetches nothing. Shown by ``/models`` and the gateway."""
+    or cannot be served here (and why — a model too large for the host with nothing else loaded included);
+    fetches no weights. Shown by ``/models`` and the gateway."""
+    capacity = await manager.capacity()
     for entry in {e.id: e for e in manager.catalogue.values()}.values():
         record = manager.records.get(entry.id)
         if record is not None and record.status != ModelStatus.UNLOADED:
@@ -46,4 +48,4 @@ async def check_availability(manager: ModelManager) -> None:
         if harness is None:
             manager.availability[entry.id] = ("unavailable", 0, "harness_not_installed")
             continue
-        manager.availability[entry.id] = await manager.sources.availability(spec, harness)
+        manager.availability[entry.id] = await manager.sources.availability(spec, harness, capacity)

@@ -55,6 +55,8 @@ __all__ = ["Pull", "Sources"]
 
 logger = logging.getLogger(__name__)
 LOG_EVERY_S = 5.0
+# Refusals that no eviction can fix: a model that would never fit this host.
+_NEVER_FITS = frozenset({"insufficient_vram", "insufficient_memory", "tensor_parallel", "device_not_found"})
 
 
 @dataclass
@@ -126,25 +128,18 @@ class Sources:
         listing, selection = await self.select(
             source, quant=spec.quant, harness=harness, model_id=spec.model_id, tensor_parallel=spec.tensor_parallel
         )
-        shape = None if spec.vram_mb else await self.remote_shape(listing, selection)
-        kv = kv_cache_bytes(shape, harness.kv_context(spec)) if shape else None
-        choose_devices(
-            spec.model_id,
-            inventory.gpus,
-            needed_mb=needed_mb(selection.weight_bytes, spec.vram_mb, kv),
-            tensor_parallel=spec.tensor_parallel,
-            requested=spec.devices,
-            ram_available_mb=inventory.ram_available_mb,
-            cpu_ok=harness.cpu_ok,
-        )
+        await self._check_fit(spec, harness, listing, selection, inventory)
         snapshot = await self.fetch(spec.model_id, listing, list(selection.files), on_download)
         return msgspec.structs.replace(spec, source=str(snapshot))
 
-    async def availability(self, spec: ModelSpec, harness: Harness) -> tuple[str, int, str]:
+    async def availability(
+        self, spec: ModelSpec, harness: Harness, capacity: Inventory | None = None
+    ) -> tuple[str, int, str]:
         """``(availability, bytes to download, refusal kind)`` of a model that is not running: ``local`` (its
-        files are here), ``download``, or ``unavailable`` (the preflight kind says why). Fetches nothing."""
+        files are here), ``download``, or ``unavailable`` (the preflight kind says why). With ``capacity`` (the
+        host with nothing loaded), a model that could never fit is ``unavailable`` too. Fetches no weights."""
         try:
-            size = await self._bytes_to_fetch(spec, harness)
+            size = await self._bytes_to_fetch(spec, harness, capacity)
         except PreflightError as exc:
             if exc.kind == "download_disabled" and self.downloads:  # a wheel that is not fetched yet
                 return "download", 0, ""
@@ -153,7 +148,7 @@ class Sources:
             return "unavailable", 0, "source_missing"
         return ("download", size, "") if size else ("local", 0, "")
 
-    async def _bytes_to_fetch(self, spec: ModelSpec, harness: Harness) -> int:
+    async def _bytes_to_fetch(self, spec: ModelSpec, harness: Harness, capacity: Inventory | None) -> int:
         """How much a load of ``spec`` would download first (0: all here). :raises PreflightError: it cannot."""
         if not harness.formats:
             return 0
@@ -165,10 +160,18 @@ class Sources:
             roots = (*self.model_dirs, self.cache)
             path = await asyncio.to_thread(resolve_local_source, spec.model_id, spec.source, roots)
             await asyncio.to_thread(classify_source, spec.model_id, path)
+            if capacity is not None:
+                try:
+                    await harness.preflight(spec, capacity)  # the harness's own rules, the host empty
+                except PreflightError as exc:
+                    if exc.kind in _NEVER_FITS:
+                        raise
             return 0
         listing, selection = await self.select(
             source, quant=spec.quant, harness=harness, model_id=spec.model_id, tensor_parallel=spec.tensor_parallel
         )
+        if capacity is not None:
+            await self._check_fit(spec, harness, listing, selection, capacity)
         todo = await asyncio.to_thread(missing, listing, list(selection.files), self.cache)
         if todo and listing.offline:
             raise PreflightError("hub_unreachable", spec.model_id, "not in the cache, hub unreachable", "")
@@ -195,6 +198,22 @@ class Sources:
             tensor_parallel=tensor_parallel,
         )
         return listing, selection
+
+    async def _check_fit(
+        self, spec: ModelSpec, harness: Harness, listing: Listing, selection: RemoteSelection, inventory: Inventory
+    ) -> None:
+        """:raises PreflightError: the model (weights, buffers, KV cache) does not fit ``inventory``."""
+        shape = None if spec.vram_mb else await self.remote_shape(listing, selection)
+        kv = kv_cache_bytes(shape, harness.kv_context(spec)) if shape else None
+        choose_devices(
+            spec.model_id,
+            inventory.gpus,
+            needed_mb=needed_mb(selection.weight_bytes, spec.vram_mb, kv),
+            tensor_parallel=spec.tensor_parallel,
+            requested=spec.devices,
+            ram_available_mb=inventory.ram_available_mb,
+            cpu_ok=harness.cpu_ok,
+        )
 
     async def remote_shape(self, listing: Listing, selection: RemoteSelection) -> Shape | None:
         """The model's shape from the first megabytes of its GGUF or from its ``config.json`` — read from the

@@ -356,3 +356,32 @@ async def test_a_corrupt_download_is_refused_and_removed_then_fetched_again(neur
     assert again.status == 200, await again.text()
     cached = try_to_load_from_cache("acme/tiny-GGUF", "tiny-Q4_K_M.gguf", cache_dir=hub.cache)
     assert read(cached) == hub.repos["acme/tiny-GGUF"]["tiny-Q4_K_M.gguf"]
+
+
+async def test_a_model_that_could_never_fit_is_listed_unavailable(neuron, hub):
+    """The catalogue check reads the same header: the long-context model needs more than the host has even
+    with nothing loaded, so /models says unavailable (insufficient_memory) before anyone asks for it."""
+    models = [
+        fake_model("long", source="hf:acme/long-GGUF", quant="Q4_K_M"),
+        fake_model("tiny", source="hf:acme/tiny-GGUF", quant="Q4_K_M"),
+    ]
+    client = await make(neuron, hub, *models)
+    for _ in range(100):
+        cards = {m["id"]: m for m in (await (await client.get("/models")).json())["models"]}
+        if all(c["availability"] for c in cards.values()):
+            break
+        await asyncio.sleep(0.05)
+    assert (cards["long"]["availability"], cards["long"]["unavailable_kind"]) == ("unavailable", "insufficient_memory")
+    assert (cards["tiny"]["availability"], cards["tiny"]["download_bytes"]) == ("download", 3 * MiB)
+    assert hub.file_downloads == []
+
+
+async def test_a_local_model_that_could_never_fit_is_listed_unavailable(neuron, models_dir):
+    (models_dir / "long-local.gguf").write_bytes(gguf_bytes(LONG_CONTEXT, filler=MiB))
+    client = await neuron(models=[fake_model("long-local", source="long-local.gguf")])
+    for _ in range(100):
+        (card,) = (await (await client.get("/models")).json())["models"]
+        if card["availability"]:
+            break
+        await asyncio.sleep(0.05)
+    assert (card["availability"], card["unavailable_kind"]) == ("unavailable", "insufficient_memory")
