@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import stat
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from acp import run_agent, stdio_streams
@@ -35,7 +41,7 @@ async def serve(
     """Serve ACP over stdio against the OpenAI-compatible API at ``url``; returns at the end of input.
 
     stdout carries the protocol only: logs go to stderr (editors show it as the agent's log)."""
-    reader, writer = await stdio_streams(limit=MESSAGE_LIMIT)
+    reader, writer = await stdio_streams(limit=MESSAGE_LIMIT) if _piped() else _file_streams(MESSAGE_LIMIT)
     store = Store(sessions_dir) if sessions_dir is not None else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -55,3 +61,39 @@ async def serve(
             f", sessions kept in {sessions_dir}" if store else "",
         )
         await run_agent(agent, LineTransport(reader, writer, MESSAGE_LIMIT))
+
+
+def _piped() -> bool:
+    """Whether stdin and stdout are pipes, sockets or terminals (as an editor starts the agent), not files."""
+    return not any(stat.S_ISREG(os.fstat(fd).st_mode) for fd in (0, 1))
+
+
+class _FileWriter:
+    """stdout when it is a regular file (``helexa acp < session.jsonl > out.jsonl``): plain blocking writes."""
+
+    def write(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    async def drain(self) -> None:
+        """Nothing to wait for: writes went straight to the file."""
+
+    def close(self) -> None:
+        sys.stdout.buffer.flush()
+
+
+def _file_streams(limit: int) -> tuple[asyncio.StreamReader, Any]:
+    """Streams over stdin and stdout when either is a regular file, which asyncio's pipe transports refuse: a
+    thread feeds stdin to the reader."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+
+    def feed() -> None:
+        try:
+            while data := sys.stdin.buffer.read1(1 << 16):
+                loop.call_soon_threadsafe(reader.feed_data, data)
+        finally:
+            loop.call_soon_threadsafe(reader.feed_eof)
+
+    threading.Thread(target=feed, name="acp-stdin", daemon=True).start()
+    return reader, _FileWriter()

@@ -38,7 +38,8 @@ def problem(message: Any) -> tuple[int, str] | None:
 class LineTransport:
     """Newline-delimited JSON over an asyncio reader and writer (the agent's stdin and stdout)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: Any, limit: int) -> None:
+        """``writer``: an ``asyncio.StreamWriter``, or anything with ``write``, async ``drain`` and ``close``."""
         self.reader = reader
         self.writer = writer
         self.limit = limit

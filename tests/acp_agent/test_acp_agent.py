@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 
 import pytest
@@ -371,3 +372,23 @@ async def test_commands_run_in_the_editors_terminal_when_it_has_one(acp_stack):
     assert [c for c in editor.terminal_calls if c[0] == "release"] == [("release", "term-0"), ("release", "term-1")]
     assert ("kill", "term-1") in editor.terminal_calls
     assert all(proc.returncode is not None for proc in editor.terminals.values())
+
+
+def test_a_session_replayed_from_a_file_works_too(tmp_path):
+    """``helexa acp < in.jsonl > out.jsonl``: regular files, which asyncio's pipe transports refuse."""
+    (tmp_path / "in.jsonl").write_text(
+        '{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}}\nnot json\n'
+    )
+    with (tmp_path / "in.jsonl").open("rb") as stdin, (tmp_path / "out.jsonl").open("wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "helexa", "acp", "--url", f"http://127.0.0.1:{free_port()}"],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    answers = {a["id"]: a for a in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert answers[1]["result"]["agentInfo"]["name"] == "helexa"
+    assert answers[None]["error"]["code"] == -32700
