@@ -271,7 +271,7 @@ def _fetch_one(listing: Listing, f: HubFile, cache: Path, progress: Progress) ->
             progress.done += already
             progress.resumed += already
             size = meta.size if meta.size is not None else f.size
-            hashing = _HashingFile(fh, _sha256(part) if f.sha256 and already else None)
+            hashing = _HashingFile(fh, _hash_of(part) if f.sha256 and already else None)
             if already < size:
                 http_get(
                     meta.location,
@@ -281,7 +281,7 @@ def _fetch_one(listing: Listing, f: HubFile, cache: Path, progress: Progress) ->
                     expected_size=size,
                     tqdm_class=partial(_Meter, progress),  # type: ignore[arg-type]
                 )
-        digest = hashing.hexdigest() or (_sha256(part).hexdigest() if f.sha256 else "")
+        digest = hashing.hexdigest() or (_hash_of(part).hexdigest() if f.sha256 else "")
         if f.sha256 and digest != f.sha256:
             part.unlink()
             raise PreflightError(
@@ -311,7 +311,8 @@ def ranged_request(listing: Listing, name: str, size: int) -> tuple[str, dict[st
     return hf_hub_url(listing.source.repo, name, revision=listing.commit), headers
 
 
-def _sha256(path: Path) -> Any:
+def _hash_of(path: Path) -> Any:
+    """The SHA-256 hash object of the file's bytes (still open to more data)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(1 << 20):

@@ -5,18 +5,41 @@ GGUF file's metadata (the first megabytes of the file: the header comes before t
 safetensors model's ``config.json``. The KV cache of a context of ``n`` tokens then takes
 ``layers * kv_heads * (key width + value width) * n * bytes per element`` — 2 bytes, the f16/bf16 cache every
 engine uses by default. Models that use a sliding window on some layers need less; this errs on the safe side.
+
+Then the memory a model needs (:func:`needed_mb`): the weights, the engine's buffers and that KV cache. Parsing
+and arithmetic are pure; :func:`local_shape` reads the first bytes of a local file (in a thread).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["NeedMore", "Shape", "gguf_shape_from_reader", "kv_cache_bytes", "shape_from_config", "shape_from_gguf"]
+if TYPE_CHECKING:
+    from helexa.preflight import SourceInfo
+
+__all__ = [
+    "BUFFER_OVERHEAD",
+    "MEMORY_OVERHEAD",
+    "NeedMore",
+    "Shape",
+    "gguf_shape_from_reader",
+    "kv_cache_bytes",
+    "local_shape",
+    "needed_mb",
+    "read_head",
+    "shape_from_config",
+    "shape_from_gguf",
+]
 
 KV_ELEMENT_BYTES = 2
+MEMORY_OVERHEAD = 1.2  # weights -> weights + KV cache and buffers, when the model's shape is unknown
+BUFFER_OVERHEAD = 1.1  # weights -> weights + compute buffers, when the KV cache is counted from the shape
 _PREFIXES = (1 << 20, 8 << 20, 32 << 20)  # bytes of a GGUF read in turn until its metadata is in
 
 
@@ -155,3 +178,34 @@ async def gguf_shape_from_reader(read: Callable[[int], Awaitable[bytes]]) -> Sha
         except ValueError:
             return None
     return None
+
+
+def needed_mb(weight_bytes: int, vram_mb: int = 0, kv_bytes: int | None = None) -> int:
+    """Memory (MiB) a model needs: the catalogue's ``vram_mb``; else its weights with :data:`BUFFER_OVERHEAD`
+    plus ``kv_bytes`` of KV cache (:mod:`helexa.model_shape`); else, the shape unknown, its weights with
+    :data:`MEMORY_OVERHEAD`."""
+    if vram_mb:
+        return vram_mb
+    if kv_bytes is None:
+        return int(weight_bytes / (1024 * 1024) * MEMORY_OVERHEAD)
+    return int((weight_bytes * BUFFER_OVERHEAD + kv_bytes) / (1024 * 1024))
+
+
+async def local_shape(source: SourceInfo, files: Sequence[PurePath]) -> Shape | None:
+    """The shape of a local model: the metadata of its (first) GGUF file, or its ``config.json``; ``None``
+    when neither can be read."""
+    try:
+        if source.kind == "gguf":
+            first = Path(sorted(str(f) for f in files)[0])
+            return await gguf_shape_from_reader(lambda n: asyncio.to_thread(read_head, first, n))
+        config = Path(source.path) / "config.json"
+        text = await asyncio.to_thread(config.read_text) if config.is_file() else ""
+        return shape_from_config(json.loads(text)) if text else None
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def read_head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of the file at ``path``."""
+    with path.open("rb") as fh:
+        return fh.read(size)

@@ -14,10 +14,8 @@ callers on the event loop run them in a thread.
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import importlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +24,8 @@ from typing import TypeVar
 
 from helexa.errors import PreflightError
 from helexa.harness import GpuState
-from helexa.model_shape import Shape, gguf_shape_from_reader, shape_from_config
 
 __all__ = [
-    "MEMORY_OVERHEAD",
     "RemoteSelection",
     "SourceInfo",
     "check_disk",
@@ -38,7 +34,6 @@ __all__ = [
     "classify_files",
     "classify_source",
     "match_quant",
-    "needed_mb",
     "resolve_local_source",
     "resolve_packaged_source",
     "select_from_listing",
@@ -323,8 +318,6 @@ def choose_devices(
     return tuple(sorted(g.index for g in chosen))
 
 
-MEMORY_OVERHEAD = 1.2  # weights -> weights + KV cache and buffers, when the model's shape is unknown
-BUFFER_OVERHEAD = 1.1  # weights -> weights + compute buffers, when the KV cache is counted from the shape
 # Weights in formats no helexa engine reads: never downloaded along with a safetensors model.
 _OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".tflite", ".ot", ".pkl", ".npz")
 
@@ -381,37 +374,6 @@ def select_from_listing(
     ]
     weight_bytes = sum(sizes[str(f)] for f in weights)
     return RemoteSelection(kind, tuple(sorted(chosen)), weight_bytes)
-
-
-def needed_mb(weight_bytes: int, vram_mb: int = 0, kv_bytes: int | None = None) -> int:
-    """Memory (MiB) a model needs: the catalogue's ``vram_mb``; else its weights with :data:`BUFFER_OVERHEAD`
-    plus ``kv_bytes`` of KV cache (:mod:`helexa.model_shape`); else, the shape unknown, its weights with
-    :data:`MEMORY_OVERHEAD`."""
-    if vram_mb:
-        return vram_mb
-    if kv_bytes is None:
-        return int(weight_bytes / (1024 * 1024) * MEMORY_OVERHEAD)
-    return int((weight_bytes * BUFFER_OVERHEAD + kv_bytes) / (1024 * 1024))
-
-
-async def local_shape(source: SourceInfo, files: Sequence[PurePath]) -> Shape | None:
-    """The shape of a local model: the metadata of its (first) GGUF file, or its ``config.json``; ``None``
-    when neither can be read."""
-    try:
-        if source.kind == "gguf":
-            first = Path(sorted(str(f) for f in files)[0])
-            return await gguf_shape_from_reader(lambda n: asyncio.to_thread(read_head, first, n))
-        config = Path(source.path) / "config.json"
-        text = await asyncio.to_thread(config.read_text) if config.is_file() else ""
-        return shape_from_config(json.loads(text)) if text else None
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-def read_head(path: Path, size: int) -> bytes:
-    """The first ``size`` bytes of the file at ``path``."""
-    with path.open("rb") as fh:
-        return fh.read(size)
 
 
 def check_disk(model_id: str, where: str, to_fetch: int, free: int, *, reserve: int = 1 << 30) -> None:

@@ -23,15 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helexa.errors import ConfigError, PreflightError
 from helexa.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
-from helexa.model_shape import kv_cache_bytes
+from helexa.model_shape import kv_cache_bytes, local_shape, needed_mb
 from helexa.preflight import (
     SourceInfo,
     check_format,
     choose_devices,
     classify_source,
-    local_shape,
     match_quant,
-    needed_mb,
     resolve_local_source,
     resolve_packaged_source,
 )

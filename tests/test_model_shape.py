@@ -9,10 +9,10 @@ from helexa.model_shape import (
     Shape,
     gguf_shape_from_reader,
     kv_cache_bytes,
+    needed_mb,
     shape_from_config,
     shape_from_gguf,
 )
-from helexa.preflight import needed_mb
 from tests.fakes.gguf_file import gguf_bytes, llama_metadata
 
 MiB = 1 << 20

@@ -33,6 +33,8 @@ __all__ = [
     "offered",
     "parse_arguments",
     "run_shell",
+    "select_lines",
+    "text_argument",
 ]
 
 

@@ -37,14 +37,19 @@ from helexa.hub import (
     ranged_request,
     snapshot_dir,
 )
-from helexa.model_shape import Shape, gguf_shape_from_reader, kv_cache_bytes, shape_from_config
+from helexa.model_shape import (
+    Shape,
+    gguf_shape_from_reader,
+    kv_cache_bytes,
+    needed_mb,
+    read_head,
+    shape_from_config,
+)
 from helexa.preflight import (
     RemoteSelection,
     check_disk,
     choose_devices,
     classify_source,
-    needed_mb,
-    read_head,
     resolve_local_source,
     select_from_listing,
 )
@@ -94,6 +99,8 @@ class Sources:
         self.pulls: dict[tuple[str, str, tuple[str, ...]], Pull] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()  # set when a download ends: what is on disk changed
+        # (repo, commit, file) -> shape read from it: a commit's files never change, so each is read once
+        self._shapes: dict[tuple[str, str, str], Shape] = {}
 
     def hf_source(self, spec: ModelSpec) -> HfSource | None:
         """The Hugging Face repository ``spec`` names: ``hf:org/name[@rev]``, or a bare ``org/name`` (the
@@ -217,22 +224,36 @@ class Sources:
 
     async def remote_shape(self, listing: Listing, selection: RemoteSelection) -> Shape | None:
         """The model's shape from the first megabytes of its GGUF or from its ``config.json`` — read from the
-        cache when there, else with ranged requests — before any weights are fetched; ``None`` when unknown."""
+        cache when there, else with ranged requests — before any weights are fetched; ``None`` when unknown.
+        Remembered per commit and file, so the periodic catalogue check and the loads read each once."""
         if selection.kind == "gguf":
             name = sorted(selection.files)[0]
         elif "config.json" in selection.files:
             name = "config.json"
         else:
             return None
+        key = (listing.source.repo, listing.commit, name)
+        if key not in self._shapes:
+            try:
+                shape = await self._read_shape(listing, name)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as exc:
+                logger.info("%s: the model's shape is unknown (%s); estimating memory from the weights", name, exc)
+                return None
+            if shape is None:
+                return None
+            self._shapes[key] = shape
+        return self._shapes[key]
+
+    async def _read_shape(self, listing: Listing, name: str) -> Shape | None:
+        local = snapshot_dir(self.cache, listing.source, listing.commit) / name
+        if not local.is_file() and (not self.downloads or listing.offline):
+            raise OSError("not in the cache, and nothing is fetched from the hub")
         timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
 
             async def head(size: int) -> bytes:
-                local = snapshot_dir(self.cache, listing.source, listing.commit) / name
                 if local.is_file():
                     return await asyncio.to_thread(read_head, local, size)
-                if not self.downloads or listing.offline:
-                    raise OSError("not in the cache, and nothing is fetched from the hub")
                 url, headers = ranged_request(listing, name, size)
                 async with http.get(url, headers=headers) as resp:
                     resp.raise_for_status()
@@ -243,13 +264,9 @@ class Sources:
                             break
                     return bytes(data[:size])
 
-            try:
-                if name == "config.json":
-                    return shape_from_config(json.loads(await head(listing.file(name).size or 1 << 20)))
-                return await gguf_shape_from_reader(head)
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as exc:
-                logger.info("%s: the model's shape is unknown (%s); estimating memory from the weights", name, exc)
-                return None
+            if name == "config.json":
+                return shape_from_config(json.loads(await head(listing.file(name).size or 1 << 20)))
+            return await gguf_shape_from_reader(head)
 
     def keep(self, awaitable: Awaitable[Path]) -> None:
         """Wait for a download in the background (a pull answered before it finished)."""

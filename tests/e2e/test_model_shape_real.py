@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from helexa.model_shape import Shape, kv_cache_bytes
-from helexa.preflight import SourceInfo, local_shape, needed_mb
+from helexa.model_shape import Shape, kv_cache_bytes, local_shape, needed_mb
+from helexa.preflight import SourceInfo
 
 MiB = 1 << 20
 

@@ -312,6 +312,7 @@ async def test_a_dense_model_shape_comes_from_its_config_json(hub):
     vllm = SimpleNamespace(name="vllm", formats=frozenset({"safetensors"}))
     listing, selection = await sources.select(HfSource("acme/dense-shaped", "main"), quant="", harness=vllm)
     assert await sources.remote_shape(listing, selection) == Shape(4, 2, 64, 64, 4096)
+    assert await sources.remote_shape(listing, selection) == Shape(4, 2, 64, 64, 4096)  # remembered: no 2nd read
     assert hub.downloads == [("acme/dense-shaped/config.json", f"bytes=0-{len(json.dumps(DENSE_CONFIG)) - 1}")]
     assert hub.file_downloads == []
     await sources.close()
