@@ -399,6 +399,7 @@ def acp(
 ) -> None:
     """An Agent Client Protocol agent on stdio, for editors such as Zed (see docs/acp.md)."""
     try:
+        from helexa.acp.agent import Settings  # noqa: PLC0415
         from helexa.acp.serve import serve  # noqa: PLC0415
     except ImportError as exc:
         raise click.ClickException(f"helexa acp needs the acp extra: pip install 'helexa[acp]' ({exc})") from None
@@ -408,12 +409,14 @@ def acp(
         serve(
             base,
             key,
-            model=model,
-            mode="plan" if plan else "code",
-            sessions_dir=Path(sessions_dir).expanduser() if sessions_dir else None,
-            limit=max_output,
-            command_timeout=command_timeout,
-            max_tokens=max_tokens,
+            Settings(
+                model=model,
+                mode="plan" if plan else "code",
+                limit=max_output,
+                command_timeout=command_timeout,
+                max_tokens=max_tokens,
+            ),
+            Path(sessions_dir).expanduser() if sessions_dir else None,
         )
     )
 

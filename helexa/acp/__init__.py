@@ -7,6 +7,7 @@ models write as text are repaired by the gateway (``helexa/translate/toolcalls.p
 
 Modules: :mod:`.tools` (what the model may call, confined to the session's directory), :mod:`.editor` (files and
 commands through the editor or locally), :mod:`.upstream` (the streaming chat client), :mod:`.sessions`
-(session state and its optional on-disk store), :mod:`.agent` (the ACP methods), :mod:`.transport`
+(session state and its optional on-disk store), :mod:`.agent` (the ACP methods), :mod:`.present` (what
+the editor and the model are shown), :mod:`.transport`
 (newline-delimited JSON-RPC framing that answers malformed input), :mod:`.serve` (stdio and wiring).
 """

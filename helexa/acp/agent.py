@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,9 @@ from acp.helpers import (
     update_agent_message_text,
     update_agent_thought_text,
     update_tool_call,
-    update_user_message_text,
 )
 from acp.schema import (
     AgentCapabilities,
-    EmbeddedResourceContentBlock,
     Implementation,
     InitializeResponse,
     ListSessionsResponse,
@@ -40,18 +39,11 @@ from acp.schema import (
     PermissionOption,
     PromptCapabilities,
     PromptResponse,
-    ResourceContentBlock,
     SessionCapabilities,
-    SessionConfigOptionSelect,
-    SessionConfigSelectOption,
     SessionInfo,
     SessionListCapabilities,
-    SessionMode,
-    SessionModeState,
     SetSessionConfigOptionResponse,
     SetSessionModeResponse,
-    TextContentBlock,
-    TextResourceContents,
     ToolCallLocation,
     ToolCallUpdate,
 )
@@ -59,11 +51,12 @@ from acp.schema import (
 from helexa.__about__ import __version__
 from helexa.acp import tools
 from helexa.acp.editor import Editor, text_content
+from helexa.acp.present import config_options, mode_state, model_choices, prompt_text, replay, system_prompt
 from helexa.acp.sessions import MODES, Session, Store
 from helexa.acp.tools import TOOLS, ToolError
 from helexa.acp.upstream import Call, Upstream, UpstreamError
 
-__all__ = ["HelexaAgent"]
+__all__ = ["HelexaAgent", "Settings"]
 
 log = logging.getLogger("helexa.acp")
 
@@ -85,90 +78,38 @@ def _invalid(message: str) -> RequestError:
     return _error(-32602, message)
 
 
-def system_prompt(session: Session) -> str:
-    """The system message of every request in ``session`` (it follows the session's mode)."""
-    text = (
-        f"You are a coding assistant working in the directory {session.cwd}. Use the tools to look at files "
-        "before you change them; paths are relative to that directory. Keep answers short."
-    )
-    if session.mode == "plan":
-        text += (
-            " You are in plan mode: you can read and list files but not change them or run commands. "
-            "End with a numbered plan of the changes you would make."
-        )
-    return text
+@dataclass(frozen=True)
+class Settings:
+    """What ``helexa acp``'s options set: a session's first model and mode, the cap on a tool's output
+    (characters), seconds a command may run, requests per turn, and ``max_tokens`` per request (0: the
+    engine's)."""
 
-
-def prompttext_content(blocks: list[Any]) -> str:
-    """An ACP prompt as the text of one user message (links and embedded files included as text)."""
-    parts = []
-    for block in blocks:
-        if isinstance(block, TextContentBlock):
-            parts.append(block.text)
-        elif isinstance(block, ResourceContentBlock):
-            parts.append(f"[{block.name}]({block.uri})")
-        elif isinstance(block, EmbeddedResourceContentBlock) and isinstance(block.resource, TextResourceContents):
-            parts.append(f'\n<file uri="{block.resource.uri}">\n{block.resource.text}\n</file>')
-        else:
-            parts.append(f"[{getattr(block, 'type', 'content')} omitted: this agent sends text only]")
-    return "\n".join(parts)
-
-
-_READINESS = {"loaded": 0, "ready": 0, "sleeping": 1, "loading": 2, "downloading": 3, "available": 4, "download": 5}
-
-
-def _select(kind: str, name: str, current: str, options: list[Any]) -> SessionConfigOptionSelect:
-    """A session option of category ``kind`` (``model``, ``mode``) whose id is the category too."""
-    return SessionConfigOptionSelect(
-        id=kind, name=name, category=kind, type="select", current_value=current, options=options
-    )
-
-
-def model_choices(cards: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-    """The model picker: ``(id, description)`` of each model card, the ready ones first, those the fleet cannot
-    run (``unavailable``) left out; the description says the status and what a download would fetch."""
-    usable = [c for c in cards if c.get("status") != "unavailable"]
-    ordered = sorted(usable, key=lambda c: _READINESS.get(str(c.get("status", "")), 6))
-    choices = []
-    for card in ordered:
-        status = str(card.get("status") or "") or None
-        if status == "download" and card.get("download_bytes"):
-            status = f"download {card['download_bytes'] / 2**30:.1f} GiB first"
-        choices.append((str(card["id"]), status))
-    return choices
+    model: str = ""
+    mode: str = "code"
+    limit: int = 20_000
+    command_timeout: float = 120.0
+    max_rounds: int = 25
+    max_tokens: int = 0
 
 
 class HelexaAgent:
     """The ``acp.Agent`` that ``helexa acp`` runs (see the module docstring)."""
 
-    def __init__(
-        self,
-        upstream: Upstream,
-        *,
-        model: str = "",
-        mode: str = "code",
-        store: Store | None = None,
-        limit: int = 20_000,
-        command_timeout: float = 120.0,
-        max_rounds: int = 25,
-        max_tokens: int = 0,
-    ) -> None:
+    def __init__(self, upstream: Upstream, settings: Settings, store: Store | None = None) -> None:
         self.upstream = upstream
-        self.max_tokens = max_tokens
-        self.model = model
-        self.mode = mode
+        self.settings = settings
         self.store = store
-        self.limit = limit
-        self.command_timeout = command_timeout
-        self.max_rounds = max_rounds
         self.sessions: dict[str, Session] = {}
         self.models: list[dict[str, Any]] = []
-        self.client: Any = None
-        self.editor = Editor(None, limit=limit, command_timeout=command_timeout)
+        self.editor = Editor(None, limit=settings.limit, command_timeout=settings.command_timeout)
+
+    @property
+    def client(self) -> Any:
+        """The connection to the editor (updates, permissions; the editor's files and terminals via ``editor``)."""
+        return self.editor.client
 
     def on_connect(self, conn: Any) -> None:
         """Keep the connection to the editor (for updates, permissions and file access)."""
-        self.client = conn
         self.editor.client = conn
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -197,11 +138,13 @@ class HelexaAgent:
         """A session in ``cwd`` (an absolute directory) with ``--model`` or the first loaded model."""
         directory = self._directory(cwd)
         models = await self._fetch_models()
-        session = Session(id=uuid.uuid4().hex, cwd=directory, model=self._default_model(models), mode=self.mode)
+        session = Session(
+            id=uuid.uuid4().hex, cwd=directory, model=self._default_model(models), mode=self.settings.mode
+        )
         self.sessions[session.id] = session
         log.info("session %s in %s with model %s", session.id, directory, session.model)
         return NewSessionResponse(
-            session_id=session.id, modes=self._modes(session), config_options=self._options(session)
+            session_id=session.id, modes=mode_state(session), config_options=config_options(session, self.models)
         )
 
     async def load_session(self, cwd: str, session_id: str, **_: Any) -> LoadSessionResponse:
@@ -215,8 +158,9 @@ class HelexaAgent:
             self.models = await self.upstream.models()
         except UpstreamError as exc:
             log.warning("model list unavailable while resuming %s: %s", session_id, exc)
-        await self._replay(session)
-        return LoadSessionResponse(modes=self._modes(session), config_options=self._options(session))
+        for update in replay(session):
+            await self._update(session, update)
+        return LoadSessionResponse(modes=mode_state(session), config_options=config_options(session, self.models))
 
     async def list_sessions(self, cwd: str | None = None, cursor: str | None = None, **_: Any) -> ListSessionsResponse:
         """The stored sessions (of ``cwd`` when given), most recent first."""
@@ -257,7 +201,7 @@ class HelexaAgent:
             log.info("session %s now uses model %s", session_id, value)
         else:
             raise _invalid(f"unknown configuration option {config_id!r}; the options are model and mode")
-        return SetSessionConfigOptionResponse(config_options=self._options(session))
+        return SetSessionConfigOptionResponse(config_options=config_options(session, self.models))
 
     # --- turns --------------------------------------------------------------------------------------------
 
@@ -267,7 +211,7 @@ class HelexaAgent:
         if session.task is not None and not session.task.done():
             raise _error(-32600, "a turn is already running in this session; cancel it or wait for its end")
         session.cancelled = False
-        session.messages.append({"role": "user", "content": prompttext_content(prompt)})
+        session.messages.append({"role": "user", "content": prompt_text(prompt)})
         session.task = asyncio.create_task(self._turn(session))
         try:
             reason = await session.task
@@ -293,7 +237,7 @@ class HelexaAgent:
             log.info("session %s: turn cancelled", session_id)
 
     async def _turn(self, session: Session) -> str:
-        for _ in range(self.max_rounds):
+        for _ in range(self.settings.max_rounds):
             shown: list[str] = []
 
             async def on_text(text: str, shown: list[str] = shown) -> None:
@@ -308,8 +252,8 @@ class HelexaAgent:
                 "messages": [{"role": "system", "content": system_prompt(session)}, *session.messages],
                 "tools": tools.offered(read_only=session.mode == "plan"),
             }
-            if self.max_tokens:
-                body["max_tokens"] = self.max_tokens
+            if self.settings.max_tokens:
+                body["max_tokens"] = self.settings.max_tokens
             try:
                 answer = await self.upstream.chat(body, on_text, on_reasoning)
             except (asyncio.CancelledError, UpstreamError):  # what the editor already shows stays in the history
@@ -418,7 +362,7 @@ class HelexaAgent:
             return listing, [text_content(listing)]
         if name == "read_file":
             text = tools.select_lines(await self.editor.read(session.id, path), args.get("line"), args.get("limit"))
-            text = tools.cap(text, self.limit)
+            text = tools.cap(text, self.settings.limit)
             return text, [text_content(text)]
         if name == "write_file":
             new = tools.text_argument(args, "content")
@@ -463,38 +407,7 @@ class HelexaAgent:
         ids = [i for i, _ in model_choices(models)]
         if not ids:
             raise _error(-32603, f"none of the models {self.upstream.url} lists can run there (all unavailable)")
-        if self.model and self.model not in ids:
-            raise _invalid(f"--model {self.model!r} is not offered by {self.upstream.url}; choose one of {ids}")
-        return self.model or ids[0]  # the most ready one
-
-    def _modes(self, session: Session) -> SessionModeState:
-        modes = [SessionMode(id=k, name=name, description=text) for k, (name, text) in MODES.items()]
-        return SessionModeState(current_mode_id=session.mode, available_modes=modes)
-
-    def _options(self, session: Session) -> list[SessionConfigOptionSelect]:
-        choices = [SessionConfigSelectOption(value=i, name=i, description=d) for i, d in model_choices(self.models)]
-        if session.model not in {c.value for c in choices}:
-            choices.append(SessionConfigSelectOption(value=session.model, name=session.model))
-        modes = [SessionConfigSelectOption(value=k, name=n, description=d) for k, (n, d) in MODES.items()]
-        return [_select("model", "Model", session.model, choices), _select("mode", "Mode", session.mode, modes)]
-
-    async def _replay(self, session: Session) -> None:
-        """Send a stored session's history to the editor, as it was shown the first time."""
-        for message in session.messages:
-            role, content = message.get("role"), message.get("content")
-            if role == "user" and content:
-                await self._update(session, update_user_message_text(str(content)))
-            elif role == "assistant":
-                if content:
-                    await self._update(session, update_agent_message_text(str(content)))
-                for call in message.get("tool_calls") or []:
-                    name = str((call.get("function") or {}).get("name", ""))
-                    kind = TOOLS[name].kind if name in TOOLS else "other"
-                    await self._update(
-                        session, start_tool_call(str(call.get("id", "")), name, kind=kind, status="completed")
-                    )
-            elif role == "tool":
-                call_id = str(message.get("tool_call_id", ""))
-                await self._update(
-                    session, update_tool_call(call_id, content=[text_content(tools.cap(str(content), 2000))])
-                )
+        wanted = self.settings.model
+        if wanted and wanted not in ids:
+            raise _invalid(f"--model {wanted!r} is not offered by {self.upstream.url}; choose one of {ids}")
+        return wanted or ids[0]  # the most ready one

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from acp import run_agent, stdio_streams
 
-from helexa.acp.agent import HelexaAgent
+from helexa.acp.agent import HelexaAgent, Settings
 from helexa.acp.sessions import Store
 from helexa.acp.transport import LineTransport
 from helexa.acp.upstream import Upstream
@@ -26,18 +26,7 @@ log = logging.getLogger("helexa.acp")
 MESSAGE_LIMIT = 16 * 1024 * 1024  # bytes in one JSON-RPC line (prompts with embedded files are large)
 
 
-async def serve(
-    url: str,
-    api_key: str = "",
-    *,
-    model: str = "",
-    mode: str = "code",
-    sessions_dir: Path | None = None,
-    limit: int = 20_000,
-    command_timeout: float = 120.0,
-    max_rounds: int = 25,
-    max_tokens: int = 0,
-) -> None:
+async def serve(url: str, api_key: str, settings: Settings, sessions_dir: Path | None = None) -> None:
     """Serve ACP over stdio against the OpenAI-compatible API at ``url``; returns at the end of input.
 
     stdout carries the protocol only: logs go to stderr (editors show it as the agent's log)."""
@@ -45,16 +34,7 @@ async def serve(
     store = Store(sessions_dir) if sessions_dir is not None else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        agent = HelexaAgent(
-            Upstream(http, url, api_key),
-            model=model,
-            mode=mode,
-            store=store,
-            limit=limit,
-            command_timeout=command_timeout,
-            max_rounds=max_rounds,
-            max_tokens=max_tokens,
-        )
+        agent = HelexaAgent(Upstream(http, url, api_key), settings, store)
         log.info(
             "helexa acp ready: models from %s/v1/models%s",
             agent.upstream.url,

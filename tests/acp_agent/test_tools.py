@@ -115,7 +115,7 @@ def test_the_store_keeps_sessions_and_ignores_what_is_not_one(tmp_path):
 
 
 def test_the_model_picker_puts_ready_models_first_and_leaves_out_what_cannot_run():
-    from helexa.acp.agent import model_choices
+    from helexa.acp.present import model_choices
 
     cards = [
         {"id": "big", "status": "download", "download_bytes": 5 * 2**30},
