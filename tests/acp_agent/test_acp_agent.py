@@ -392,3 +392,57 @@ def test_a_session_replayed_from_a_file_works_too(tmp_path):
     answers = {a["id"]: a for a in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert answers[1]["result"]["agentInfo"]["name"] == "helexa"
     assert answers[None]["error"]["code"] == -32700
+
+
+async def test_bad_options_and_bad_tool_calls_get_messages_that_say_what_to_fix(acp_stack):
+    stack = acp_stack(
+        [
+            {"tool_call": {"name": "delete_everything", "arguments": {}}},
+            {"tool_call": {"name": "edit_file", "arguments": {"path": "notes.txt", "old_text": "no", "new_text": "x"}}},
+            {"tool_call": {"name": "read_file", "arguments": {"path": 42}}},
+            {"text": "ok"},
+        ]
+    )  # fmt: skip
+    editor = Editor()
+    async with stack.agent(editor) as conn:
+        session = await open_session(conn, stack.workdir)
+        with pytest.raises(RequestError) as bad_mode:
+            await conn.set_session_mode(session_id=session.session_id, mode_id="yolo")
+        assert bad_mode.value.code == -32602 and "the modes are code, plan" in bad_mode.value.data["details"]
+        with pytest.raises(RequestError) as bad_option:
+            await conn.set_config_option(config_id="temperature", session_id=session.session_id, value="hot")
+        assert bad_option.value.code == -32602 and "the options are model and mode" in bad_option.value.data["details"]
+        done = await conn.prompt(session_id=session.session_id, prompt=[text_block("go")])
+    assert done.stop_reason == "end_turn"
+    results = [m["content"] for m in stack.received()[-1]["messages"] if m["role"] == "tool"]
+    assert results[0].startswith("Error: there is no tool 'delete_everything'; the tools are read_file")
+    assert results[1] == "Error: old_text was not found in the file; read the file and copy the text exactly"
+    assert results[2] == "Error: argument 'path' is required and must be a string"
+    final = {u.tool_call_id: u.status for u in editor.of("tool_call_update") if u.status}
+    assert list(final.values()) == ["failed", "failed", "failed"]
+    assert stack.secret in (stack.workdir / "notes.txt").read_text()  # the failed edit changed nothing
+
+
+@pytest.mark.parametrize(
+    ("cards", "expected"),
+    [
+        ([], "offers no models"),
+        ([{"id": "huge", "status": "unavailable"}], "can run there (all unavailable)"),
+    ],
+)
+async def test_an_endpoint_without_a_usable_model_is_a_clear_error(tmp_path, aiohttp_server, cards, expected):
+    async def models(request):
+        return web.json_response({"object": "list", "data": cards})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    server = await aiohttp_server(app)
+    stack = Stack(url=str(server.make_url("")), workdir=tmp_path, secret="", records={}, engines={})
+    async with stack.agent(Editor()) as conn:
+        await conn.initialize(protocol_version=1)
+        with pytest.raises(RequestError) as failed:
+            await conn.new_session(cwd=str(tmp_path), mcp_servers=[])
+        assert failed.value.code == -32603 and expected in failed.value.data["details"]
+        with pytest.raises(RequestError) as unknown:  # no session was made
+            await conn.prompt(session_id="f" * 32, prompt=[text_block("hi")])
+        assert unknown.value.code == -32002
