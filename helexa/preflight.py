@@ -6,7 +6,7 @@ Each check raises :class:`helexa.errors.PreflightError` with a ``kind`` a progra
 ``path_not_allowed`` · ``source_missing`` · ``source_empty`` · ``source_mixed`` · ``unsupported_format`` ·
 ``quant_not_found`` · ``quant_ambiguous`` · ``tensor_parallel`` · ``device_not_found`` · ``insufficient_vram`` ·
 ``insufficient_memory`` · ``insufficient_disk`` · ``auth_required`` · ``hub_unreachable`` · ``checksum_mismatch`` ·
-``download_disabled``
+``download_disabled`` · ``unsafe_listing``
 
 Functions here touch the file system only to list and stat (``classify_source``) and are otherwise pure;
 callers on the event loop run them in a thread.
@@ -137,16 +137,34 @@ def resolve_packaged_source(model_id: str, source: str, model_dirs: Sequence[Pat
     return Path(assemble(target))
 
 
-def classify_source(model_id: str, path: Path) -> SourceInfo:
+def classify_source(model_id: str, path: Path, roots: Sequence[Path] = ()) -> SourceInfo:
     """Classify ``path`` (a weight file or a directory of them) as gguf or safetensors.
 
-    :raises PreflightError: ``source_missing``, ``source_empty`` (no weights) or ``source_mixed`` (both formats).
+    :param roots: the directories every file of the source must resolve into, links followed (the model
+        directories and the Hugging Face cache): the engine reads every file of a directory, so one link inside
+        it to any other file (``config.json -> /etc/shadow``) is refused. Empty: not checked.
+    :raises PreflightError: ``source_missing``, ``source_empty`` (no weights), ``source_mixed`` (both formats) or
+        ``path_not_allowed`` (a file that leads outside ``roots``).
     """
     if not path.exists():
         raise PreflightError("source_missing", model_id, f"{path} does not exist", "check the source path")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if roots:
+        _check_inside(model_id, files, [r.expanduser().resolve() for r in roots])
     kind, found = classify_files(model_id, str(path), files)
     return SourceInfo(path=path, kind=kind, files=tuple(found))
+
+
+def _check_inside(model_id: str, files: Sequence[Path], roots: Sequence[Path]) -> None:
+    for f in files:
+        real = f.resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            raise PreflightError(
+                "path_not_allowed",
+                model_id,
+                f"{ascii(str(f))[:300]} leads outside the allowed model directories",
+                "copy the file into the model's directory instead of linking to it, or remove the link",
+            )
 
 
 def classify_files(model_id: str, where: str, files: Sequence[P]) -> tuple[str, list[P]]:

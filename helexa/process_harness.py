@@ -78,7 +78,7 @@ class ProcessHarness(Harness):
             path = await asyncio.to_thread(resolve_packaged_source, spec.model_id, spec.source, dirs)
         else:
             path = await asyncio.to_thread(resolve_local_source, spec.model_id, spec.source, dirs)
-        return await asyncio.to_thread(classify_source, spec.model_id, path)
+        return await asyncio.to_thread(classify_source, spec.model_id, path, dirs)
 
     # --------------------------------------------------------------------------------------- the lifecycle
 

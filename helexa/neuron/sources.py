@@ -166,7 +166,7 @@ class Sources:
         if source is None:
             roots = (*self.model_dirs, self.cache)
             path = await asyncio.to_thread(resolve_local_source, spec.model_id, spec.source, roots)
-            await asyncio.to_thread(classify_source, spec.model_id, path)
+            await asyncio.to_thread(classify_source, spec.model_id, path, roots)
             if capacity is not None:
                 try:
                     await harness.preflight(spec, capacity)  # the harness's own rules, the host empty

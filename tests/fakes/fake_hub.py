@@ -12,6 +12,12 @@ Fault and speed knobs (attributes, changeable while running): ``rate_bytes_per_s
 ``cut_after_bytes`` (close the connection once, after sending that many bytes of a weight file),
 ``corrupt_next`` (change one byte of the next weight file served),
 ``downloads`` (every GET of a file, with its Range; ``file_downloads`` without header reads), ``info_requests``.
+
+Hostile knobs (a mirror that lies, or someone in the middle of a plain-http one): ``extra_siblings`` (more
+listing entries per repo, e.g. ``{"rfilename": "../../x.gguf", "size": 9}``), ``commit`` (the listing's
+``sha`` and ``X-Repo-Commit``), ``etag`` (the ``ETag`` of every file answer), and ``redirect_base`` (every
+weight file answered with a 302 to ``{redirect_base}/{repo}/{file}``, which :meth:`cdn_app` serves on another
+port while recording the ``Authorization`` it receives in ``cdn_authorizations``).
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ class FakeHub:
     corrupt_next: bool = False  # serve the next weight file with one byte changed (its checksum then fails)
     downloads: list[tuple[str, str]] = field(default_factory=list)  # (repo/file, Range header)
     info_requests: int = 0
+    extra_siblings: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    commit: str = COMMIT
+    etag: str = ""
+    redirect_base: str = ""
+    cdn_authorizations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._files: dict[str, dict[str, _File]] = {}
@@ -85,6 +96,16 @@ class FakeHub:
         app.router.add_route("*", r"/{repo:[^/]+/[^/]+}/resolve/{rev}/{file:.+}", self._resolve)
         return app
 
+    def cdn_app(self) -> web.Application:
+        """Where ``redirect_base`` points: the same files at ``/{repo}/{file}``, recording ``Authorization``."""
+        app = web.Application()
+        app.router.add_route("*", r"/{repo:[^/]+/[^/]+}/{file:.+}", self._cdn)
+        return app
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        self.cdn_authorizations.append(request.headers.get("Authorization", ""))
+        return await self._serve(request, request.match_info["repo"], request.match_info["file"], redirect=False)
+
     # ------------------------------------------------------------------------------------------ handlers
 
     def _refusal(self, request: web.Request, repo: str) -> web.Response | None:
@@ -94,7 +115,7 @@ class FakeHub:
         if token is not None and request.headers.get("Authorization") != f"Bearer {token}":
             return _error(401, "GatedRepo", f"Access to model {repo} is restricted. You must be authenticated.")
         rev = request.match_info.get("rev", "main")
-        if rev not in ("main", COMMIT):
+        if rev not in ("main", COMMIT, self.commit):
             return _error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return None
 
@@ -110,11 +131,12 @@ class FakeHub:
             if _is_lfs(f.name):
                 entry["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
             siblings.append(entry)
+        siblings += self.extra_siblings.get(repo, [])
         return web.json_response(
             {
                 "id": repo,
                 "modelId": repo,
-                "sha": COMMIT,
+                "sha": self.commit,
                 "private": False,
                 "gated": "manual" if repo in self.gated else False,
                 "disabled": False,
@@ -128,15 +150,21 @@ class FakeHub:
         refusal = self._refusal(request, repo)
         if refusal is not None:
             return refusal
-        f = self._files[repo].get(name)
+        return await self._serve(request, repo, name, redirect=bool(self.redirect_base))
+
+    async def _serve(self, request: web.Request, repo: str, name: str, *, redirect: bool) -> web.StreamResponse:
+        f = self._files.get(repo, {}).get(name)
         if f is None:
             return _error(404, "EntryNotFound", f"{name} does not exist on main")
         lfs = _is_lfs(f.name)
-        etag = f'"{f.sha256}"' if lfs else f'"{f.sha256[:40]}"'
-        headers = {"X-Repo-Commit": COMMIT, "ETag": etag, "Accept-Ranges": "bytes"}
+        etag = self.etag or (f'"{f.sha256}"' if lfs else f'"{f.sha256[:40]}"')
+        headers = {"X-Repo-Commit": self.commit, "ETag": etag, "Accept-Ranges": "bytes"}
         if lfs:
             headers["X-Linked-Etag"] = etag
             headers["X-Linked-Size"] = str(f.size)
+            if redirect:
+                headers["Location"] = f"{self.redirect_base}/{repo}/{name}"
+                return web.Response(status=302, headers=headers)
         if request.method == "HEAD":
             headers["Content-Length"] = str(f.size)
             return web.Response(status=200, headers=headers)
