@@ -78,6 +78,14 @@ class GatewaySection(ConfigStruct):
 
     listen: Annotated[str, _doc("host:port of the OpenAI + Anthropic API.")] = "127.0.0.1:31313"
     metrics_listen: Annotated[str, _doc("host:port of the Prometheus /metrics endpoint.")] = "127.0.0.1:31314"
+    allowed_hosts: Annotated[
+        list[str],
+        _doc(
+            "Host names clients may reach the gateway by, besides IP addresses, localhost and this machine's own "
+            "names (requests naming any other Host are refused: DNS-rebinding protection), e.g. the name a TLS "
+            "proxy in front of it serves."
+        ),
+    ] = []
     bench_db: Annotated[
         str, _doc("A helexa bench database whose latest results the fleet page (/ui) shows; empty = none.")
     ] = ""

@@ -27,8 +27,9 @@ from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_ke
 from helexa.gateway.ui import setup_ui
 from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
+from helexa.server.browser_guard import BrowserGuard, known_host_names
 from helexa.server.keys import KeyGuard, KeyRing
-from helexa.server.middlewares import POLLER_AGENT_PREFIX
+from helexa.server.middlewares import POLLER_AGENT_PREFIX, Guard
 from helexa.server.version import VersionInfo
 
 __all__ = ["make_gateway_app"]
@@ -47,13 +48,19 @@ def _scope(request: web.Request) -> str | None:
 def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     """Build the gateway API app for ``cfg``."""
     prometheus = CollectorRegistry()
+    listen_host = cfg.gateway.listen.rsplit(":", 1)[0].strip("[]")
+    guards: list[Guard] = [
+        BrowserGuard(known_host_names([listen_host, *cfg.gateway.allowed_hosts]), form_prefix="/ui/")
+    ]
+    if (ring := KeyRing.from_config(cfg.auth)).keys:
+        guards.append(KeyGuard(ring, prometheus, scope_of=_scope))
     app = base_app(
         role="gateway",
         version=version,
         max_body_bytes=cfg.server.max_body_mb * 1024 * 1024,
         registry=prometheus,
         serve_metrics=False,
-        guards=[KeyGuard(ring, prometheus, scope_of=_scope)] if (ring := KeyRing.from_config(cfg.auth)).keys else [],
+        guards=guards,
     )
     setup_ui(app, ring, bench_db=cfg.gateway.bench_db)
     metrics = GatewayMetrics(app[registry_key])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -77,7 +78,8 @@ class NeuronClient:
 
     async def logs(self, model_id: str, lines: int) -> str:
         """``GET /models/{id}/logs``: the engine's last ``lines`` lines of output."""
-        raw = await self._raw("GET", f"/models/{model_id}/logs", params={"lines": str(lines)})
+        path = "/models/" + quote(model_id, safe="") + "/logs"  # one path segment, whatever the id holds
+        raw = await self._raw("GET", path, params={"lines": str(lines)})
         return raw.decode(errors="replace")
 
     async def unload(self, model_id: str, *, full: bool = False) -> LoadResponse:

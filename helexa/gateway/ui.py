@@ -118,7 +118,7 @@ def _sign_in(request: web.Request, note: str = "") -> web.Response:
     body = f"""<h1>helexa</h1><p>This gateway needs a key.</p>{warning}
 <form method="post" action="/ui/login"><label>API key <input type="password" name="key" autocomplete="off" required>
 </label> <button type="submit">Sign in</button></form>"""
-    return web.Response(status=401, text=_document("helexa — sign in", body, refresh=False), content_type="text/html")
+    return _html(_document("helexa — sign in", body, refresh=False), status=401)
 
 
 # ------------------------------------------------------------------------------------------------------ actions
@@ -163,9 +163,12 @@ async def engine_logs(request: web.Request) -> web.Response:
     model_id = lifecycle.registry.resolve(request.match_info["model_id"])
     neuron = request.query.get("neuron", "")
     if neuron not in lifecycle.clients:
-        raise NotFound(f"no neuron {neuron!r}", code="neuron_not_found")
+        raise NotFound(f"no neuron {neuron[:100]!r}", code="neuron_not_found")
+    state = lifecycle.registry.neurons[neuron]
+    if model_id not in state.models:
+        raise NotFound(f"neuron {neuron!r} holds no model {model_id[:100]!r}", code="model_not_found")
     text = await lifecycle.clients[neuron].logs(model_id, 300)
-    return web.Response(text=text, content_type="text/plain")
+    return web.Response(text=text, content_type="text/plain", headers=FRAME_HEADERS)
 
 
 # --------------------------------------------------------------------------------------------------- the page
@@ -194,7 +197,7 @@ async def page(request: web.Request) -> web.Response:
         + _models(fleet, figures, viewer)
         + _bench(request.app[_bench_key])
     )
-    return web.Response(text=_document("helexa fleet", body), content_type="text/html")
+    return _html(_document("helexa fleet", body))
 
 
 def _bar(used: float, total: float) -> str:
@@ -345,6 +348,14 @@ align-items:baseline}table{border-collapse:collapse;margin-bottom:1.5em}td,th{bo
 text-align:left;vertical-align:top}.bar{display:inline-block;width:9em;height:.7em;background:#eee;
 vertical-align:middle}.bar div{height:100%;background:#4a7fd4}.ok{color:#1a7f37}.down,.err{color:#c62828}
 .note{background:#fff6d5;padding:.4em}form{display:inline}pre{background:#f6f6f6;padding:1em;overflow-x:auto}"""
+
+
+# The page is never shown inside another site's frame (clickjacking its buttons).
+FRAME_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY"}
+
+
+def _html(text: str, *, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/html", headers=FRAME_HEADERS)
 
 
 def _document(title: str, body: str, *, refresh: bool = True) -> str:

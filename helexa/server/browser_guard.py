@@ -1,11 +1,14 @@
 """Keeping web browsers from driving a daemon: JSON-only writes, Host and Origin checks.
 
-A neuron starts programs. A web page cannot read its answers (no CORS headers are ever sent), but without
-these checks it could still *send* requests: a form or ``fetch`` with ``Content-Type: text/plain`` needs no
-preflight, and DNS rebinding points a name the attacker controls at 127.0.0.1. So, before anything else:
+Both daemons run it first, keys or no keys. A neuron starts programs; a gateway without keys (the default of
+``--role both``) loads and unloads models for anyone who can reach it. A web page cannot read their answers
+(no CORS headers are ever sent), but without these checks it could still *send* requests: a form or ``fetch``
+with ``Content-Type: text/plain`` needs no preflight, and DNS rebinding points a name the attacker controls at
+127.0.0.1, after which the page reads the answers too. So, before anything else:
 
 - a POST/PUT/PATCH/DELETE must carry a JSON content type (``application/json`` or ``…+json``), which a
-  browser can only send cross-site after a CORS preflight that is never granted → else 415;
+  browser can only send cross-site after a CORS preflight that is never granted → else 415 (a write without
+  a body is exempt only when it bears no browser's marks: no ``Origin``, no ``Sec-Fetch-*``);
 - the ``Host`` header must name this daemon: an IP address, ``localhost``, this machine's host names, or a
   name in ``allowed_hosts`` → else 403 (DNS-rebinding protection);
 - a request with an ``Origin`` (browsers add it) from any other host, or ``Sec-Fetch-Site: cross-site``, is
@@ -52,12 +55,23 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+def _from_browser(request: web.Request) -> bool:
+    """Whether a browser sent ``request``: browsers mark every request with ``Sec-Fetch-*`` and writes with
+    ``Origin``; programs send neither (a write without a body from a program needs no content type)."""
+    headers = request.headers
+    return "Origin" in headers or "Sec-Fetch-Mode" in headers or "Sec-Fetch-Site" in headers
+
+
 class BrowserGuard:
     """The checks above, as a :class:`helexa.server.middlewares.Guard`; ``allowed_hosts`` are the names
-    (besides IP addresses and ``*.localhost``) the ``Host`` header may carry."""
+    (besides IP addresses and ``*.localhost``) the ``Host`` header may carry. Writes under ``form_prefix`` (the
+    gateway's own page, ``/ui/``, whose forms post ``application/x-www-form-urlencoded``) skip only the JSON
+    rule: the Host, Origin and ``Sec-Fetch-Site`` checks hold for them too, and the page checks the origin of
+    its forms itself."""
 
-    def __init__(self, allowed_hosts: Collection[str]) -> None:
+    def __init__(self, allowed_hosts: Collection[str], *, form_prefix: str = "") -> None:
         self.allowed = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+        self.form_prefix = form_prefix
 
     def _known(self, name: str) -> bool:
         return _is_ip(name) or name.rstrip(".") in self.allowed or name.endswith(".localhost")
@@ -75,7 +89,9 @@ class BrowserGuard:
             raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
         if request.headers.get("Sec-Fetch-Site") == "cross-site":
             raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
-        if request.method in _WRITES and request.can_read_body:
+        if request.method in _WRITES and (request.can_read_body or _from_browser(request)):
+            if self.form_prefix and request.path.startswith(self.form_prefix):
+                return
             kind = request.content_type
             if kind != "application/json" and not kind.endswith("+json"):
                 raise UnsupportedMediaType(

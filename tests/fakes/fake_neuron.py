@@ -49,6 +49,7 @@ class FakeNeuron:
     unloads: list[tuple[str, bool]] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     auth_seen: list[str] = field(default_factory=list)
+    log_requests: list[str] = field(default_factory=list)  # the raw paths of GET /models/{id}/logs
     ram_mb: int = 16000
     started: float = field(default_factory=time.monotonic)
 
@@ -74,9 +75,17 @@ class FakeNeuron:
         r.add_get("/models", self.list_models)
         r.add_post("/models/load", self.load)
         r.add_post("/models/unload", self.unload)
+        r.add_get("/models/{model_id:.+}/logs", self.logs)
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/v1/embeddings", self.embeddings)
         return app
+
+    async def logs(self, request):
+        self.log_requests.append(request.raw_path)
+        model_id = request.match_info["model_id"]
+        if model_id not in self.models:
+            return web.json_response({"error": {"message": "no such model", "type": "not_found_error"}}, status=404)
+        return web.Response(text=f"engine log of {model_id}\n", content_type="text/plain")
 
     async def discovery(self, request):
         devices = [DeviceInfo(index=i, name="Fake GPU", vram_total_mb=t) for i, t in enumerate(self.devices)]
