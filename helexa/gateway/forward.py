@@ -103,6 +103,9 @@ class Forward:
         if isinstance(exc, HelexaError):
             self.request.app[gateway_metrics_key].errors.labels(model_id, state.name, exc.code).inc()
         state.aborts.discard(upstream.close)
+        key_usage = self.request.get(key_usage_key)
+        if key_usage is not None:  # here, not in observe(): a request the client cuts counts too
+            key_usage.tokens += self.exchange.tokens_used(len(self.body))
         series = self._series
         series.in_flight.dec()
         state.in_flight[model_id] -= 1
@@ -156,7 +159,8 @@ async def _open_watched(
 
 
 def observe(request: web.Request, model: str, neuron: str, exchange: Exchange) -> None:
-    """Record a finished request's latency, first-token time and tokens (for its key's limits too)."""
+    """Record a finished request's latency, first-token time and tokens (a key's tokens are counted by
+    :class:`Forward` when its block exits, whichever way it exits)."""
     series = request.app[gateway_metrics_key].series(model, neuron)
     series.duration.observe(time.perf_counter() - exchange.started)
     if exchange.first_token_s:
@@ -164,9 +168,6 @@ def observe(request: web.Request, model: str, neuron: str, exchange: Exchange) -
     usage = exchange.usage
     if usage is None:
         return
-    key_usage = request.get(key_usage_key)
-    if key_usage is not None:
-        key_usage.tokens += usage.prompt_tokens + usage.completion_tokens
     series.prompt_tokens.inc(usage.prompt_tokens)
     series.completion_tokens.inc(usage.completion_tokens)
     if exchange.generation_s > 0 and usage.completion_tokens > 1:

@@ -80,9 +80,11 @@ class StreamScanner:
     started: float = field(default_factory=time.perf_counter)  # when the request arrived
     first_token: float = 0.0
     usage: Usage | None = None
+    events: int = 0
 
     def scan(self, events: bytes) -> bytes:
         """Note what ``events`` (one or more whole events) say; return what the client should get."""
+        self.events += events.count(b"\n\n")
         if not self.first_token and _has_token(events):
             self.first_token = time.perf_counter()
         if b'"usage"' not in events:
@@ -96,6 +98,7 @@ class StreamScanner:
             exchange.first_token_s = self.first_token - self.started
             exchange.generation_s = time.perf_counter() - self.first_token
         exchange.usage = self.usage
+        exchange.events = self.events
 
     def _usage_event(self, event: bytes) -> bytes:
         """Record the usage an event carries; drop or strip it when we injected the request for it."""
@@ -135,6 +138,15 @@ class Exchange:
     usage: Usage | None = None
     streamed: bool = False
     bytes_sent: int = 0
+    events: int = 0  # stream events seen (about one token each)
+
+    def tokens_used(self, body_bytes: int) -> int:
+        """Tokens to charge a key for this request: the engine's usage when it was seen; else, for an answer
+        that began (a stream the client cut before its usage event), an estimate — a token per 4 bytes of the
+        request and one per streamed event — so hanging up never makes a request free."""
+        if self.usage is not None:
+            return self.usage.prompt_tokens + self.usage.completion_tokens
+        return body_bytes // 4 + self.events if self.status == 200 else 0
 
 
 async def relay(

@@ -89,3 +89,33 @@ async def test_max_concurrent_and_tokens_per_hour(fleet):
     assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))).status == 200  # 7+ tokens
     over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
     assert over.status == 429 and "5 tokens this hour" in (await over.json())["error"]["message"]
+
+
+async def tokens_counted(client, key: str) -> float:
+    return metric(generate_latest(client.app[registry_key]).decode(), "helexa_gateway_key_tokens_total", key=key)
+
+
+async def test_a_stream_the_client_cuts_still_counts_against_tokens_per_hour(fleet):
+    """The report's bypass: streams cut before their usage event were never counted, so the limit never hit."""
+    a = FakeNeuron("a", chunk_delay=0.2, reply="one two three four five six seven eight nine ten")
+    a.preload("m")
+    client, _ = await fleet([a], auth={"keys": [{"name": "budget", "key": "sk-b", "tokens_per_hour": 40}]})
+    for dialect, path, body in (
+        ("openai", "/v1/chat/completions", {**CHAT, "stream": True}),
+        ("anthropic", "/v1/messages", {**CHAT, "max_tokens": 50, "stream": True}),
+        ("openai", "/v1/chat/completions", {**CHAT, "stream": True}),
+    ):
+        before = await tokens_counted(client, "budget")
+        resp = await client.post(path, json=body, headers=bearer("sk-b"))
+        assert resp.status == 200, (dialect, await resp.text())
+        await resp.content.readuntil(b"delta")  # the first token arrived: hang up now
+        resp.close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while await tokens_counted(client, "budget") == before:  # the gateway notices the hang-up, then counts
+            assert asyncio.get_running_loop().time() < deadline, f"a cut {dialect} stream was never counted"
+            await asyncio.sleep(0.02)
+        assert await tokens_counted(client, "budget") - before >= 2  # the prompt's bytes and the streamed events
+        if await tokens_counted(client, "budget") >= 40:
+            break
+    over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
+    assert over.status == 429 and "40 tokens this hour" in (await over.json())["error"]["message"]
