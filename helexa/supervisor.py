@@ -1,7 +1,7 @@
 """One engine subprocess: spawn, readiness, bounded logs, crash detection, stop. No policy, only mechanism.
 
 States (``HarnessState``): ``starting`` → ``ready`` → ``stopping`` → ``stopped``; any unexpected exit →
-``failed`` with ``last_error`` holding the exit code and the last log lines.
+``failed`` with ``last_error`` holding the exit code (the last log lines go to the neuron's log).
 
 Orphans: the engine runs in its own session (process group) so a stop reaches its children, and it asks the
 kernel for SIGKILL when the neuron dies (``PR_SET_PDEATHSIG``), even by SIGKILL. Engines that fork workers
@@ -116,8 +116,13 @@ class EngineProcess:
         lines = list(self._logs)
         return lines[-last:] if last else lines
 
-    def _tail(self, n: int = 15) -> str:
-        return "\n".join(self.logs(n))
+    def _failed(self, reason: str) -> None:
+        """Record why the engine failed. ``last_error`` carries the reason only — it reaches every client key
+        (``/fleet``, load errors) — while the output, which may hold other users' prompts, goes to the
+        neuron's own log and stays readable by admins through the engine-log routes."""
+        self.last_error = f"{reason} (its output: helexa logs {self.name})"
+        tail = "\n".join(self.logs(15))
+        logger.error("engine for %s: %s; last output:\n%s", self.name, reason, tail or "(none)")
 
     async def start(self, ready_timeout: float) -> None:
         """Spawn the engine and wait until ``health_url`` answers 200.
@@ -147,7 +152,7 @@ class EngineProcess:
         except TimeoutError:
             await self.stop()
             self.state = HarnessState.FAILED
-            self.last_error = f"not ready within {ready_timeout:.0f}s; last output:\n{self._tail()}"
+            self._failed(f"not ready within {ready_timeout:.0f}s")
             raise EngineFailed(self.last_error) from None
         except BaseException:
             if self.state != HarnessState.FAILED:
@@ -196,11 +201,10 @@ class EngineProcess:
         with contextlib.suppress(TimeoutError):  # read its last words before reporting
             await asyncio.wait_for(asyncio.shield(self._tasks[0]), 1.0)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        self.last_error = f"engine {how}; last output:\n{self._tail()}"
+        self._failed(f"engine {how}")
         was_ready = self.state == HarnessState.READY
         self.state = HarnessState.FAILED
         self._exited.set()
-        logger.error("engine for %s %s", self.name, how)
         if was_ready and self._on_exit is not None:
             self._on_exit(self.last_error)
 

@@ -156,13 +156,14 @@ class Vllm(ProcessHarness):
         return {**env, **options.env}
 
     def diagnose(self, lines: list[str]) -> str:
-        """The first known failure found in the engine's output, as a short reason."""
+        """The first known failure found in the engine's output, as a short reason in helexa's words (the
+        engine's line itself stays in the engine log, which only admins read)."""
         for line in reversed(lines):
             for pattern, reason in _FAILURES:
                 match = pattern.search(line)
                 if match:
                     detail = f" ({match.group(1)})" if match.groups() else ""
-                    return f"{reason}{detail}: {line.strip()[:300]}"
+                    return f"{reason}{detail}"
         return ""
 
     # ------------------------------------------------------------------------------------- preflight

@@ -129,16 +129,21 @@ async def test_engine_crash_marks_failed_and_next_load_recovers(neuron):
     assert 'helexa_neuron_engine_crashes_total{model="fake-model"} 1.0' in metrics
 
 
-async def test_engine_that_exits_at_start_fails_with_its_output(neuron):
+async def test_engine_that_exits_at_start_fails_with_its_reason_and_keeps_its_output_for_admins(neuron):
+    """The engine's output may hold other users' prompts: the reason goes to every client (load errors,
+    ``last_error`` in /models and the gateway's /fleet), the output only to the engine-log route."""
     client = await neuron()
-    resp = await load(client, options={"flags": ["--exit-at-start", "7"]})
+    flags = ["--say", "user 7 asked: my secret prompt", "--exit-at-start", "7"]
+    resp = await load(client, options={"flags": flags})
     assert resp.status == 502
     error = (await resp.json())["error"]
     assert error["code"] == "engine_failed"
-    assert "exited with code 7" in error["message"]
-    assert "failing at start as asked" in error["message"]
+    assert "exited with code 7" in error["message"] and "helexa logs fake-model" in error["message"]
+    assert "secret prompt" not in error["message"] and "failing at start" not in error["message"]
     failed = await wait_status(client, "fake-model", "failed")
-    assert "exited with code 7" in failed["last_error"]
+    assert "exited with code 7" in failed["last_error"] and "secret prompt" not in failed["last_error"]
+    logs = await (await client.get("/models/fake-model/logs")).text()
+    assert "my secret prompt" in logs and "failing at start as asked" in logs
 
 
 async def test_engine_that_never_gets_ready_times_out(neuron):
