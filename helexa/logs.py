@@ -1,5 +1,9 @@
 """Log lines people (and journald, and Loki) can read: the role on every line, text or JSON.
 
+Every line is one line: control characters in a message (a percent-decoded path, a header, an engine's
+output — text that came from outside) are written as escapes (``\\r``, ``\\n``, ``\\x1b``), so no one can
+forge a log line; a traceback's lines are indented under the line that reports it.
+
 ``role`` comes from the logger's name (``helexa.gateway…`` → gateway, ``helexa.neuron…`` and engines → neuron),
 from the access logger (the app that answered), else the process's role. JSON lines carry the same fields plus
 whatever a call passed in ``extra`` (the access lines: method, path, status, duration, request id).
@@ -9,14 +13,41 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
-__all__ = ["JsonFormatter", "RoleFilter", "setup_logging"]
+__all__ = ["JsonFormatter", "RoleFilter", "TextFormatter", "escape_controls", "setup_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(role)-7s %(name)s: %(message)s"
 _PREFIXES = (("helexa.gateway", "gateway"), ("helexa.neuron", "neuron"), ("helexa.engine", "neuron"))
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "role"}
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character (and Unicode line separator) written as an escape."""
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(lambda m: _NAMED.get(m.group()) or ascii(m.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format: one line per record, its message's control characters escaped; a traceback follows
+    on lines of its own, each indented."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line, with the message escaped."""
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: object) -> str:
+        """The traceback, every line indented (none can pass for a log line of its own)."""
+        text = super().formatException(ei)  # type: ignore[arg-type]
+        return "\n".join("    " + escape_controls(line) for line in text.splitlines())
 
 
 class RoleFilter(logging.Filter):
@@ -55,7 +86,7 @@ def setup_logging(level: str, log_format: str, role: str) -> None:
     """Configure the root logger once: ``level`` (debug … error), ``log_format`` (``text`` or ``json``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RoleFilter(role))
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

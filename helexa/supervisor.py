@@ -121,8 +121,10 @@ class EngineProcess:
         (``/fleet``, load errors) — while the output, which may hold other users' prompts, goes to the
         neuron's own log and stays readable by admins through the engine-log routes."""
         self.last_error = f"{reason} (its output: helexa logs {self.name})"
-        tail = "\n".join(self.logs(15))
-        logger.error("engine for %s: %s; last output:\n%s", self.name, reason, tail or "(none)")
+        tail = self.logs(15)
+        logger.error("engine for %s: %s; its last %d lines of output follow", self.name, reason, len(tail))
+        for line in tail:
+            logger.error("engine for %s | %s", self.name, line)
 
     async def start(self, ready_timeout: float) -> None:
         """Spawn the engine and wait until ``health_url`` answers 200.

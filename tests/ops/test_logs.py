@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from tests.conftest import free_port, wait_http
 
 
-def run_both(helexa_process, *extra: str) -> tuple[str, dict[str, int]]:
-    """``helexa run --role both`` for a few polls and three client requests; its whole log."""
+def run_both(helexa_process, *extra: str, then=None) -> tuple[str, dict[str, int]]:
+    """``helexa run --role both`` for a few polls and three client requests (and ``then(base_url)``); its whole
+    log."""
     ports = {"gateway": free_port(), "metrics": free_port(), "neuron": free_port()}
     env = {
         **os.environ,
@@ -39,6 +42,8 @@ def run_both(helexa_process, *extra: str) -> tuple[str, dict[str, int]]:
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
     urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).close()
+    if then is not None:
+        then(base)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     return helexa_process.output(proc), ports
@@ -71,3 +76,53 @@ def test_json_lines(helexa_process):
     ]
     assert all(e["request_id"] and e["duration_ms"] >= 0 for e in access)
     assert any(e["message"].startswith("gateway ready") for e in entries)
+
+
+FORGED = "2026-12-02 10:00:00,000 INFO    gateway helexa.gateway: FORGED LINE"
+
+
+def send_forgeries(base: str) -> None:
+    """The report's probe: a path whose percent-decoded form holds CR LF and a fake log line, in the path, a
+    header and a model name."""
+    host, port = base.removeprefix("http://").split(":")
+    forged_path = "/x%0d%0a" + urllib.parse.quote(FORGED) + "%1b[31m"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET {forged_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 404")
+    body = json.dumps({"model": "m\r\n" + FORGED, "messages": [{"role": "user", "content": "x"}]}).encode()
+    request = urllib.request.Request(
+        f"{base}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        urllib.request.urlopen(request, timeout=5)
+    except urllib.error.HTTPError as exc:
+        assert exc.code in (400, 404)
+
+
+def test_no_one_can_forge_a_log_line(helexa_process):
+    for fmt in ("text", "json"):
+        log, _ = run_both(helexa_process, "--log-format", fmt, then=send_forgeries)
+        assert "FORGED LINE" in log, log  # the attempt is logged ...
+        for line in log.splitlines():  # ... but never as a line of its own, and no raw escape reaches the terminal
+            assert not line.startswith("2026-12-02 10:00:00"), line
+            assert "\x1b" not in line and "\r" not in line
+            if fmt == "json":
+                json.loads(line)
+
+
+def test_text_formatter_escapes_messages_and_indents_tracebacks():
+    import logging
+
+    from helexa.logs import TextFormatter
+
+    formatter = TextFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "path %s", ("/a\r\nINFO forged\u2028\x1b[0m",), None)
+    assert formatter.format(record) == "INFO path /a\\r\\nINFO forged\\u2028\\x1b[0m"
+    try:
+        raise ValueError("bad\nINFO forged")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = formatter.format(record).splitlines()
+    assert lines[0] == "ERROR failed" and all(line.startswith("    ") for line in lines[1:])
