@@ -16,6 +16,7 @@ from helexa.gateway.affinity import Conversation, anthropic_session
 from helexa.gateway.forward import lifecycle_key
 from helexa.gateway.translation import ignored_tools_note, serve_translated
 from helexa.server.app import json_response
+from helexa.server.body import read_body
 from helexa.translate.anthropic import (
     chat_messages,
     chat_tools,
@@ -36,7 +37,7 @@ _PING = event("ping", {})
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
-    raw = await request.read()
+    raw = await read_body(request)
     req = decode_request(raw)
     dropped = offered_tools(req.tools)[1]
     session = anthropic_session(req.metadata.user_id) if req.metadata is not None else ""
@@ -54,7 +55,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     """``POST /v1/messages/count_tokens``: ``{"input_tokens": n}`` from the model's own tokenizer."""
-    count_request = decode_count_request(await request.read())
+    count_request = decode_count_request(await read_body(request))
     lifecycle = request.app[lifecycle_key]
     model_id, state = await lifecycle.route(count_request.model)
     client = lifecycle.clients[state.name]

@@ -7,6 +7,7 @@ from aiohttp import web
 from helexa.errors import HelexaError
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.translation import Translator, ignored_tools_note, serve_translated
+from helexa.server.body import read_body
 from helexa.translate.responses import (
     ToolSet,
     decode_responses_request,
@@ -25,7 +26,7 @@ def _failed(err: HelexaError, translator: Translator) -> bytes:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses``: translate to chat, route, translate the answer back (whole or streamed)."""
-    raw = await request.read()
+    raw = await read_body(request)
     req = decode_responses_request(raw)
     tools = ToolSet(req.tools)
     return await serve_translated(

@@ -13,6 +13,7 @@ from helexa.gateway.forward import Forward, gateway_metrics_key, lifecycle_key, 
 from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, keepalive_seconds_key, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
 from helexa.server.app import json_response
+from helexa.server.body import read_body
 from helexa.wire.openai import decode_head
 
 __all__ = ["gateway_metrics_key", "lifecycle_key", "session_key", "setup_routes"]
@@ -28,7 +29,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     (cold load, queue, prefill); then the engine's events as they come, or a final error event.
     """
     exchange = Exchange(started=time.perf_counter())
-    body = await request.read()
+    body = await read_body(request)
     head = decode_head(body)
     lifecycle = request.app[lifecycle_key]
     conversation = Conversation(body, head.prompt_cache_key or head.user)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import msgspec
 from aiohttp import web
@@ -25,6 +25,7 @@ from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key
 from helexa.metrics import GatewayMetrics
 from helexa.server.auth import presented_token
+from helexa.server.body import read_body
 from helexa.server.keys import KeyRing
 from helexa.status import describe_progress
 
@@ -88,9 +89,9 @@ def _same_origin(request: web.Request) -> bool:
 
 async def login(request: web.Request) -> web.Response:
     """``POST /ui/login`` (form ``key``): a session cookie for a valid key, else the sign-in page again (401)."""
-    form = await request.post()
+    form = dict(parse_qsl((await read_body(request)).decode(errors="replace")))
     ring = request.app[_keyring_key]
-    key = ring.find(str(form.get("key", ""))) if ring.keys else None
+    key = ring.find(form.get("key", "")) if ring.keys else None
     if key is None or not _same_origin(request):
         return _sign_in(request, "That key is not valid here.")
     sid = secrets.token_urlsafe(32)

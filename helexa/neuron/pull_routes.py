@@ -13,6 +13,7 @@ from helexa.neuron.routes import manager_key
 from helexa.neuron.sources import Pull
 from helexa.pypi_models import is_pypi_source, resolve_pypi_source
 from helexa.server.app import json_response
+from helexa.server.body import read_body
 from helexa.wire import decode_request_body, reject_control_characters
 from helexa.wire.neuron import AUTO_HARNESS, PullRequest, PullResponse
 
@@ -24,7 +25,7 @@ _pull_decoder = msgspec.json.Decoder(PullRequest)
 async def pull(request: web.Request) -> web.Response:
     """Fetch ``source`` (``hf:org/name[@rev]``, ``org/name`` or ``pypi:name``): 200 when the files are here,
     202 with ``wait = false`` while they download, 422 when the listing already shows it cannot work."""
-    req = decode_request_body(_pull_decoder, await request.read())
+    req = decode_request_body(_pull_decoder, await read_body(request))
     reject_control_characters(req, "source", "quant", "harness")
     manager = request.app[manager_key]
     sources = manager.sources

@@ -18,6 +18,7 @@ from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
 from helexa.neuron.proxy import relay
 from helexa.server.app import json_response
+from helexa.server.body import read_body
 from helexa.wire import check_model_id, decode_request_body
 from helexa.wire.neuron import (
     Discovery,
@@ -85,7 +86,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def load(request: web.Request) -> web.Response:
     """``POST /models/load``: 200 when loaded, 202 with ``wait = false``, 422 when preflight refuses."""
-    req = decode_request_body(_load_decoder, await request.read())
+    req = decode_request_body(_load_decoder, await read_body(request))
     manager = request.app[manager_key]
     spec = manager.from_request(ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__}))
     if not req.wait:
@@ -97,7 +98,7 @@ async def load(request: web.Request) -> web.Response:
 
 async def unload(request: web.Request) -> web.Response:
     """``POST /models/unload``."""
-    req = decode_request_body(_unload_decoder, await request.read())
+    req = decode_request_body(_unload_decoder, await read_body(request))
     record = await request.app[manager_key].unload(req.model_id, full=req.full)
     status = record.status if record.status == ModelStatus.SLEEPING else ModelStatus.UNLOADED
     return json_response(LoadResponse(model_id=record.spec.model_id, status=status))
@@ -142,7 +143,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
 
     An unloaded catalogue model is loaded first when ``load_on_demand`` is on; otherwise 404.
     """
-    body = await request.read()
+    body = await read_body(request)
     head = decode_head(body)
     app = request.app
     manager = app[manager_key]
@@ -196,7 +197,7 @@ _tokenize_decoder = msgspec.json.Decoder(_TokenizeRequest)
 
 async def tokenize(request: web.Request) -> web.Response:
     """``POST /tokenize`` ``{model, messages, tools?}`` → ``{"count": n}``, with the engine's own tokenizer."""
-    req = decode_request_body(_tokenize_decoder, await request.read())
+    req = decode_request_body(_tokenize_decoder, await read_body(request))
     app = request.app
     manager = app[manager_key]
     record = manager.get(req.model)

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from helexa.metrics import HttpMetrics
 from helexa.server import parse_errors
+from helexa.server.body import INFLATING_AT_ONCE, inflating_key
 from helexa.server.middlewares import Guard, active_key, on_response_prepare, request_middleware, role_key
 from helexa.server.version import VersionInfo
 
@@ -83,6 +84,7 @@ def base_app(
     app[role_key] = role
     app[active_key] = {}
     app[max_body_key] = max_body_bytes
+    app[inflating_key] = asyncio.Semaphore(INFLATING_AT_ONCE)
     app[version_key] = version
     app[registry_key] = metrics.registry
     app[http_metrics_key] = metrics
