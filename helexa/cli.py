@@ -384,6 +384,12 @@ def bench_compare(build_a: str, build_b: str, db: str) -> None:
 @click.option("--max-output", default=20_000, show_default=True, type=click.IntRange(1000), help="Tool result cap.")
 @click.option("--command-timeout", default=120.0, show_default=True, type=click.FloatRange(1), help="Seconds.")
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="Tokens per answer (default: the engine's).")
+@click.option(
+    "--keep-env",
+    multiple=True,
+    metavar="NAME",
+    help="A variable commands may see although its name looks like a secret (repeatable; never the API key's).",
+)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="A configuration file.")
 def acp(
     *,
@@ -395,6 +401,7 @@ def acp(
     max_output: int,
     command_timeout: float,
     max_tokens: int,
+    keep_env: tuple[str, ...],
     config_path: str | None,
 ) -> None:
     """An Agent Client Protocol agent on stdio, for editors such as Zed (see docs/acp.md)."""
@@ -415,6 +422,8 @@ def acp(
                 limit=max_output,
                 command_timeout=command_timeout,
                 max_tokens=max_tokens,
+                api_key_env=api_key_env,
+                keep_env=keep_env,
             ),
             Path(sessions_dir).expanduser() if sessions_dir else None,
         )

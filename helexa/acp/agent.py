@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from acp.schema import (
 )
 
 from helexa.__about__ import __version__
-from helexa.acp import tools
+from helexa.acp import commands, tools
 from helexa.acp.editor import Editor, text_content
 from helexa.acp.present import config_options, mode_state, model_choices, prompt_text, replay, system_prompt
 from helexa.acp.sessions import MODES, Session, Store
@@ -81,8 +82,9 @@ def _invalid(message: str) -> RequestError:
 @dataclass(frozen=True)
 class Settings:
     """What ``helexa acp``'s options set: a session's first model and mode, the cap on a tool's output
-    (characters), seconds a command may run, requests per turn, and ``max_tokens`` per request (0: the
-    engine's)."""
+    (characters), seconds a command may run, requests per turn, ``max_tokens`` per request (0: the engine's),
+    the variable holding the API key and the secret-looking variables commands may see anyway
+    (:mod:`helexa.acp.commands`)."""
 
     model: str = ""
     mode: str = "code"
@@ -90,6 +92,8 @@ class Settings:
     command_timeout: float = 120.0
     max_rounds: int = 25
     max_tokens: int = 0
+    api_key_env: str = "HELEXA_API_KEY"
+    keep_env: tuple[str, ...] = ()
 
 
 class HelexaAgent:
@@ -212,6 +216,7 @@ class HelexaAgent:
             raise _error(-32600, "a turn is already running in this session; cancel it or wait for its end")
         session.cancelled = False
         session.messages.append({"role": "user", "content": prompt_text(prompt)})
+        session.turn = commands.new_turn()
         session.task = asyncio.create_task(self._turn(session))
         try:
             reason = await session.task
@@ -223,6 +228,7 @@ class HelexaAgent:
             raise _error(-32603, str(exc)) from None
         finally:
             session.task = None
+            await commands.end_turn(session.turn)  # nothing a command started outlives its turn
             session.touch()
             if self.store is not None:
                 self.store.save(session)
@@ -305,7 +311,9 @@ class HelexaAgent:
                 raise ToolError(f"there is no tool {call.name!r}; the tools are {', '.join(TOOLS)}")
             if tool.changes and session.mode == "plan":
                 raise ToolError(f"{call.name} is not available in plan mode (read-only); describe the change instead")
-            if tool.changes and not await self._permitted(session, call.id, tool.name, title, kind):
+            if call.name == "run_command":
+                commands.checked_command(args)  # a command too long to show whole is refused before anyone is asked
+            if tool.changes and not await self._permitted(session, call.id, tool.name, title, kind, args=args):
                 await self._update(
                     session, update_tool_call(call.id, status="failed", content=[text_content("Refused.")])
                 )
@@ -320,7 +328,8 @@ class HelexaAgent:
 
     def _describe(self, session: Session, name: str, args: dict[str, Any]) -> tuple[str, list[ToolCallLocation]]:
         if name == "run_command":
-            return f"Run `{str(args.get('command', ''))[:200]}`", []
+            command = str(args.get("command", ""))
+            return f"Run `{command[:200]}`" + (" (whole command below)" if len(command) > 200 else ""), []
         path = args.get("path", "." if name == "list_files" else "")
         try:
             where = [ToolCallLocation(path=str(tools.confine(session.cwd, str(path))))]
@@ -329,10 +338,15 @@ class HelexaAgent:
         verb = {"read_file": "Read", "list_files": "List", "write_file": "Write", "edit_file": "Edit"}.get(name, name)
         return f"{verb} {str(path)[:200]}", where
 
-    async def _permitted(self, session: Session, call_id: str, tool: str, title: str, kind: str) -> bool:
+    async def _permitted(
+        self, session: Session, call_id: str, tool: str, title: str, kind: str, *, args: dict[str, Any]
+    ) -> bool:
         if tool in session.always:
             return session.always[tool]
         request = ToolCallUpdate(tool_call_id=call_id, title=title, kind=kind, status="pending")
+        if tool == "run_command":  # the whole command, whatever the title could show
+            request.content = [text_content(commands.checked_command(args))]
+            request.raw_input = {"command": commands.checked_command(args)}
         try:
             answer = await self.client.request_permission(
                 session_id=session.id, tool_call=request, options=_PERMISSIONS
@@ -355,7 +369,15 @@ class HelexaAgent:
             async def show(content: list[Any]) -> None:
                 await self._update(session, update_tool_call(call_id, content=content))
 
-            return await self.editor.run(session.id, session.cwd, tools.text_argument(args, "command"), show)
+            settings, environ = self.settings, os.environ
+            return await self.editor.run(
+                session.id,
+                session.cwd,
+                commands.checked_command(args),
+                show,
+                env=commands.command_environment(environ, settings.api_key_env, settings.keep_env, session.turn),
+                unset=commands.hidden_variables(environ, settings.api_key_env, settings.keep_env),
+            )
         path = tools.confine(session.cwd, tools.text_argument(args, "path", "." if name == "list_files" else None))
         if name == "list_files":
             listing = await asyncio.to_thread(tools.list_dir, path)

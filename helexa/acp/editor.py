@@ -16,7 +16,7 @@ from typing import Any
 from acp import RequestError
 from acp.helpers import text_block, tool_content, tool_terminal_ref
 
-from helexa.acp import tools
+from helexa.acp import commands, tools
 from helexa.acp.tools import ToolError
 
 __all__ = ["MAX_FILE_BYTES", "Editor", "text_content"]
@@ -68,24 +68,31 @@ class Editor:
                 raise ToolError(f"cannot write {path}: {exc} {exc.data or ''}".strip()) from None
         await asyncio.to_thread(_write_local, path, text)
 
-    async def run(self, session_id: str, cwd: Path, command: str, show: Show) -> tuple[str, list[Any]]:
+    async def run(
+        self, session_id: str, cwd: Path, command: str, show: Show, *, env: dict[str, str], unset: list[str]
+    ) -> tuple[str, list[Any]]:
         """Run ``command`` with ``/bin/sh -c`` in ``cwd``: (exit status and capped output for the model, what the
-        tool call shows). ``show`` puts the editor's live terminal into the tool call as soon as it exists."""
+        tool call shows). ``show`` puts the editor's live terminal into the tool call as soon as it exists.
+        Locally the command gets ``env``; in the editor's terminal the variables ``unset`` are removed from the
+        editor's environment first (``env -u``)."""
         if self.terminal:
-            return await self._in_terminal(session_id, cwd, command, show)
-        code, output = await tools.run_shell(command, cwd, self.command_timeout, self.limit)
+            return await self._in_terminal(session_id, cwd, command, show, unset)
+        code, output = await commands.run_shell(command, cwd, self.command_timeout, self.limit, env)
         status = f"timed out after {self.command_timeout:g} s" if code is None else f"exit code {code}"
         text = f"{status}\n{output}"
         return text, [text_content(text)]
 
-    async def _in_terminal(self, session_id: str, cwd: Path, command: str, show: Show) -> tuple[str, list[Any]]:
+    async def _in_terminal(
+        self, session_id: str, cwd: Path, command: str, show: Show, unset: list[str]
+    ) -> tuple[str, list[Any]]:
         """In one of the editor's terminals (``terminal/create``): killed after ``command_timeout`` and when the
         turn is cancelled, released in every case."""
+        removed = [arg for name in unset for arg in ("-u", name)]
         try:
             created = await self.client.create_terminal(
                 session_id=session_id,
-                command="/bin/sh",
-                args=["-c", command],
+                command="/usr/bin/env" if removed else "/bin/sh",
+                args=[*removed, "/bin/sh", "-c", command] if removed else ["-c", command],
                 cwd=str(cwd),
                 output_byte_limit=self.limit * 4,
             )

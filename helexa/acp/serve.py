@@ -15,6 +15,7 @@ import aiohttp
 from acp import run_agent, stdio_streams
 
 from helexa.acp.agent import HelexaAgent, Settings
+from helexa.acp.commands import adopt_orphans
 from helexa.acp.sessions import Store
 from helexa.acp.transport import LineTransport
 from helexa.acp.upstream import Upstream
@@ -30,6 +31,11 @@ async def serve(url: str, api_key: str, settings: Settings, sessions_dir: Path |
     """Serve ACP over stdio against the OpenAI-compatible API at ``url``; returns at the end of input.
 
     stdout carries the protocol only: logs go to stderr (editors show it as the agent's log)."""
+    if not adopt_orphans():
+        log.warning(
+            "cannot become the reaper of what commands leave behind (not Linux?): a command's background "
+            "processes that leave its process group may outlive their turn"
+        )
     reader, writer = await stdio_streams(limit=MESSAGE_LIMIT) if _piped() else _file_streams(MESSAGE_LIMIT)
     store = Store(sessions_dir) if sessions_dir is not None else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)

@@ -36,7 +36,8 @@ def valid_id(session_id: str) -> bool:
 
 @dataclass
 class Session:
-    """One conversation. ``task`` is the running turn, ``cancelled`` set by ``session/cancel``."""
+    """One conversation. ``task`` is the running turn, ``turn`` its mark (:mod:`helexa.acp.commands`),
+    ``cancelled`` set by ``session/cancel``."""
 
     id: str
     cwd: Path
@@ -48,6 +49,7 @@ class Session:
     always: dict[str, bool] = field(default_factory=dict)
     task: asyncio.Task[Any] | None = field(default=None, repr=False)
     cancelled: bool = False
+    turn: str = ""
 
     def record(self) -> dict[str, Any]:
         """What the store keeps."""

@@ -6,18 +6,15 @@ Five tools, as OpenAI function definitions: ``read_file``, ``list_files`` (read-
 directory or absolute inside it; a path that leaves it — through ``..``, an absolute path or a symbolic
 link — is refused. Everything a tool returns to the model is capped at ``limit`` characters.
 
-Pure functions here (:func:`confine`, :func:`apply_edit`, :func:`cap`, :func:`parse_arguments`) and two
-actions on the local machine (:func:`list_dir`, :func:`run_shell`); reading and writing files go through the
-editor when it offers that (see :mod:`helexa.acp.agent`).
+Pure functions here (:func:`confine`, :func:`apply_edit`, :func:`cap`, :func:`parse_arguments`) and one
+action on the local machine (:func:`list_dir`); commands run in :mod:`helexa.acp.commands`; reading and writing
+files go through the editor when it offers that (see :mod:`helexa.acp.agent`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +29,6 @@ __all__ = [
     "list_dir",
     "offered",
     "parse_arguments",
-    "run_shell",
     "select_lines",
     "text_argument",
 ]
@@ -186,41 +182,3 @@ def list_dir(path: Path, limit: int = 500) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
     more = f"\n[… {len(names) - limit} more entries]" if len(names) > limit else ""
     return "\n".join(names[:limit]) + more if names else "(empty directory)"
-
-
-async def run_shell(command: str, cwd: Path, seconds: float, limit: int) -> tuple[int | None, str]:
-    """Run ``command`` with ``/bin/sh`` in ``cwd``: ``(exit code, output)`` — stdout and stderr together, at most
-    ``limit`` characters kept. ``None`` as the code when it ran out of ``seconds``; the command's whole process
-    group is killed then, and when the caller is cancelled."""
-    proc = await asyncio.create_subprocess_shell(
-        command,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    chunks: list[bytes] = []
-    kept = 0
-
-    async def drain() -> None:
-        nonlocal kept
-        while data := await proc.stdout.read(65536):
-            if kept <= limit * 4:  # UTF-8: at most 4 bytes a character; the rest is read and dropped
-                chunks.append(data)
-                kept += len(data)
-        await proc.wait()
-
-    code: int | None
-    try:
-        await asyncio.wait_for(drain(), seconds)
-        code = proc.returncode
-    except TimeoutError:
-        code = None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    return code, cap(b"".join(chunks).decode("utf-8", "replace"), limit)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from acp import RequestError, text_block
@@ -358,11 +359,17 @@ async def test_commands_run_in_the_editors_terminal_when_it_has_one(acp_stack):
     )
     editor = Editor(permission="allow_always")
     capabilities = ClientCapabilities(fs=FileSystemCapabilities(), terminal=True)
-    async with stack.agent(editor, "--command-timeout", "1") as conn:
+    async with stack.agent(editor, "--command-timeout", "1", env={"HELEXA_API_KEY": "sk-x"}) as conn:
         session = await open_session(conn, stack.workdir, capabilities=capabilities)
         await conn.prompt(session_id=session.session_id, prompt=[text_block("run it")])
     created = [c for c in editor.terminal_calls if c[0] == "create"]
-    assert created[0][1] == ("/bin/sh", ["-c", "cat notes.txt; exit 3"], str(stack.workdir))
+    command, args, cwd = created[0][1]
+    assert (command, args[:2], args[-3:], cwd) == (
+        "/usr/bin/env",
+        ["-u", "HELEXA_API_KEY"],  # helexa's key never reaches a command, in the editor's terminal neither
+        ["/bin/sh", "-c", "cat notes.txt; exit 3"],
+        str(stack.workdir),
+    )
     results = [m["content"] for m in stack.received()[-1]["messages"] if m["role"] == "tool"]
     assert results[0].startswith("exit code 3\n") and stack.secret in results[0]
     assert results[1].startswith("timed out after 1 s")
@@ -446,3 +453,42 @@ async def test_an_endpoint_without_a_usable_model_is_a_clear_error(tmp_path, aio
         with pytest.raises(RequestError) as unknown:  # no session was made
             await conn.prompt(session_id="f" * 32, prompt=[text_block("hi")])
         assert unknown.value.code == -32002
+
+
+def still_there(workdir: Path, *pid_files: str) -> list[str]:
+    """The pid files whose process still exists (running or a zombie)."""
+    return [name for name in pid_files if Path(f"/proc/{int((workdir / name).read_text())}").exists()]
+
+
+async def test_commands_see_no_secrets_are_shown_whole_and_end_with_their_turn(acp_stack):
+    """The report's findings: ``echo $HELEXA_API_KEY`` printed the key to the model, the permission prompt showed
+    200 characters of a command, and a ``setsid … &`` child outlived the turn."""
+    long = "echo " + "x" * 300 + " > long.txt"
+    spawn = (
+        "setsid sleep 300 >/dev/null 2>&1 & echo $! > escaped.pid; "
+        "sleep 300 >/dev/null 2>&1 & echo $! > background.pid; "
+        "env -i sleep 300 >/dev/null 2>&1 & echo $! > no-env.pid"
+    )
+    show = "echo key=$HELEXA_API_KEY token=$MY_SERVICE_TOKEN kept=$KEPT_API_KEY path=${PATH:+set}"
+    stack = acp_stack(
+        [
+            {"tool_call": {"name": "run_command", "arguments": {"command": show}}},
+            {"tool_call": {"name": "run_command", "arguments": {"command": long}}},
+            {"tool_call": {"name": "run_command", "arguments": {"command": "true " + "x" * 5000}}},
+            {"tool_call": {"name": "run_command", "arguments": {"command": spawn}}},
+            {"text": "Done: {tool_result}"},
+        ]
+    )
+    editor = Editor()
+    env = {"HELEXA_API_KEY": "sk-helexa-secret", "MY_SERVICE_TOKEN": "tok-secret", "KEPT_API_KEY": "kept-value"}
+    async with stack.agent(editor, "--keep-env", "KEPT_API_KEY", env=env) as conn:
+        session = await open_session(conn, stack.workdir, capabilities=None)
+        await conn.prompt(session_id=session.session_id, prompt=[text_block("run them")])
+        # the turn is over: nothing it started runs (or waits as a zombie), while the agent itself goes on
+        assert still_there(stack.workdir, "escaped.pid", "background.pid", "no-env.pid") == []
+    results = [m["content"] for m in stack.received()[-1]["messages"] if m["role"] == "tool"]
+    assert results[0] == "exit code 0\nkey= token= kept=kept-value path=set\n"
+    assert "at most 4000" in results[2] and "write_file" in results[2]
+    asked = [p[0] for p in editor.permissions]
+    assert len(asked) == 3  # the overlong command was refused before anyone was asked
+    assert asked[1].content[0].content.text == long and asked[1].title.endswith("(whole command below)")

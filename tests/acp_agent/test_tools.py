@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helexa.acp import tools
+from helexa.acp import commands, tools
 from helexa.acp.sessions import Session, Store
 from helexa.acp.tools import ToolError
 from helexa.acp.transport import problem
@@ -66,10 +66,10 @@ def test_arguments_lines_and_caps():
 
 
 async def test_run_shell_caps_output_and_kills_what_runs_too_long(tmp_path):
-    code, out = await tools.run_shell("yes hello | head -c 100000; echo done >&2", tmp_path, 10, 1000)
+    code, out = await commands.run_shell("yes hello | head -c 100000; echo done >&2", tmp_path, 10, 1000)
     assert code == 0 and len(out) < 1100 and "more characters" in out
     started = time.monotonic()
-    code, out = await tools.run_shell("echo started; sleep 30 & echo $! > pid; wait", tmp_path, 1, 1000)
+    code, out = await commands.run_shell("echo started; sleep 30 & echo $! > pid; wait", tmp_path, 1, 1000)
     assert code is None and "started" in out and time.monotonic() - started < 5
     pid = int((tmp_path / "pid").read_text())
     for _ in range(50):  # the whole process group went, the background sleep too
