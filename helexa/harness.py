@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import msgspec
@@ -125,7 +127,7 @@ class Harness(abc.ABC):
         try:
             return msgspec.convert(raw, cls.Options)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"harness {cls.name!r}, model {model_id!r}: options: {exc}") from None
+            raise ConfigError(f"harness {cls.name!r}, model {model_id!r}: options: {exc}{_choices(cls, exc)}") from None
 
     @abc.abstractmethod
     async def preflight(self, spec: ModelSpec, inventory: Inventory) -> PlacementPlan:
@@ -192,3 +194,19 @@ class Harness(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  (optional: harnesses that start nothing keep the no-op)
         """Stop everything this harness started. Called once, when the neuron shuts down."""
+
+
+def _choices(harness: type[Harness], exc: msgspec.ValidationError) -> str:
+    """ "; one of: …" when ``exc`` is about an option with a fixed list of values, else ""."""
+    match = re.search(r"at `\$\.(\w+)`", str(exc))
+    if match is None:
+        return ""
+    hints = typing.get_type_hints(harness.Options)
+    values = typing.get_args(hints.get(match.group(1)))
+    if (
+        not values
+        or not all(isinstance(v, str) for v in values)
+        or typing.get_origin(hints[match.group(1)]) is not Literal
+    ):
+        return ""
+    return "; one of: " + ", ".join(values)

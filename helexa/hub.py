@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helexa.errors import PreflightError
+from helexa.errors import PreflightError, UpstreamError
 
 __all__ = [
     "Cancelled",
@@ -315,14 +315,22 @@ def fetch_files(listing: Listing, names: list[str], cache: Path, progress: Progr
     return the snapshot directory that holds them.
 
     :raises Cancelled: ``progress.cancel`` was set (partial file kept).
-    :raises PreflightError: ``auth_required``, ``source_missing`` or ``checksum_mismatch``.
-    :raises OSError: the download failed (network, disk).
+    :raises PreflightError: ``auth_required``, ``source_missing``, ``checksum_mismatch`` or ``unsafe_listing``.
+    :raises UpstreamError: the download failed (network, disk): a 502 ``download_failed``.
     """
     todo = missing(listing, names, cache)
     progress.total = sum(f.size for f in todo)
     for f in todo:
         progress.current = f.name
-        _fetch_one(listing, f, cache, progress)
+        try:
+            _fetch_one(listing, f, cache, progress)
+        except (Cancelled, PreflightError):
+            raise
+        except Exception as exc:  # httpx / huggingface_hub errors, a broken connection, a full disk
+            raise UpstreamError(
+                f"downloading {f.name} of {listing.source} failed: {_short(exc)}; the next pull resumes it",
+                code="download_failed",
+            ) from None
     progress.current = ""
     return snapshot_dir(cache, listing.source, listing.commit)
 

@@ -8,20 +8,36 @@ the form every reader accepts, so the scanners downstream see one kind of bounda
 
 from __future__ import annotations
 
-__all__ = ["EventFramer", "event_data"]
+import aiohttp
+
+__all__ = ["MAX_EVENT_BYTES", "EventFramer", "EventTooLarge", "event_data"]
+
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # one event (a chunk of tokens) is a few hundred bytes; a whole answer is less
+
+
+class EventTooLarge(aiohttp.ClientPayloadError):
+    """An upstream sent more than :data:`MAX_EVENT_BYTES` without ending an event (no blank line): a broken or
+    hostile stream. A payload error, so every relay ends the stream with its error event as for a broken one."""
 
 
 class EventFramer:
-    """Cuts a byte stream at event boundaries (a blank line)."""
+    """Cuts a byte stream at event boundaries (a blank line); holds back at most ``limit`` bytes of a partial
+    event."""
 
-    __slots__ = ("_rest",)
+    __slots__ = ("_limit", "_rest")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._rest = b""
+        self._limit = limit
 
     def feed(self, data: bytes) -> bytes:
-        """Return every complete event in ``data`` (with what was held back), keeping a trailing partial one."""
+        """Return every complete event in ``data`` (with what was held back), keeping a trailing partial one.
+
+        :raises EventTooLarge: the partial event held back grew past the limit.
+        """
         if self._rest:
+            if len(self._rest) > self._limit:
+                raise EventTooLarge(f"the upstream sent over {self._limit} bytes without ending an event")
             data = self._rest + data
         if b"\r" in data:  # CRLF or CR line endings: LF from here on (a CR at the end may be half a CRLF)
             held = data.endswith(b"\r")

@@ -19,7 +19,7 @@ import aiohttp
 import msgspec
 
 from helexa.config import Config, ModelEntry
-from helexa.errors import Conflict, HelexaError, NotFound, PreflightError
+from helexa.errors import Conflict, HelexaError, NotFound, PreflightError, UpstreamError
 from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.hub import cache_dir
 from helexa.neuron.gpus import host_info, read_health
@@ -332,7 +332,7 @@ class ModelManager:
             self._observer("refused", spec.model_id, time.monotonic() - began)
             self._forget(record)  # the client got the reason; refused ad-hoc loads must not pile up
             raise
-        except (EngineFailed, OSError, RuntimeError) as exc:
+        except (EngineFailed, OSError, RuntimeError, UpstreamError) as exc:  # UpstreamError: a download failed
             record.status, record.last_error = ModelStatus.FAILED, str(exc)
             self._observer("failed", spec.model_id, time.monotonic() - began)
             self._forget_old_failures()

@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
@@ -42,8 +42,8 @@ class VllmOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How to start the server; empty = ``<neuron python> -m vllm.entrypoints.openai.api_server``."""
     max_model_len: int = 0
     """--max-model-len (0 = the model's own)."""
-    dtype: str = "auto"
-    """--dtype (auto, bfloat16, float16, float32)."""
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
+    """--dtype: auto, half, float16, bfloat16, float or float32 (a load option: a fixed list, never free text)."""
     quantization: str = ""
     """--quantization (awq, gptq, fp8, …); empty = from the checkpoint."""
     gpu_memory_utilization: float = 0.0

@@ -43,6 +43,7 @@ class FakeNeuron:
     die_after_chunks: int = 0  # close the connection mid-stream after N chunks
     hang_after_chunks: int = -1  # freeze (like SIGSTOP) after N chunks of a stream; 0 = before any answer
     frozen: bool = False  # every endpoint hangs: a neuron under SIGSTOP
+    endless_event: int = 0  # a stream that sends this many MiB of one event that never ends (no blank line)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     vram: dict[str, int] = field(default_factory=dict)  # model -> MiB used on device 0
     loads: list[str] = field(default_factory=list)
@@ -183,6 +184,11 @@ class FakeNeuron:
         events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": usage})
+        if self.endless_event:
+            await resp.write(b'data: {"choices": [{"delta": {"content": "')
+            for _ in range(self.endless_event):
+                await resp.write(b"x" * (1 << 20))
+            return resp
         for n, event in enumerate(events):
             if n == self.hang_after_chunks:
                 await self.freeze()

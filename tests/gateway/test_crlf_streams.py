@@ -69,3 +69,31 @@ async def test_anthropic_and_responses_streams_read_crlf_engines(crlf_stack, mod
         final = await stream.get_final_response()
     assert final.output_text == REPLY
     await client.close()
+
+
+async def test_an_event_that_never_ends_is_cut_off_with_an_error_event(fleet):
+    """An upstream that never sends a blank line cannot grow the gateway's memory: past 8 MiB held back, the
+    stream ends with the dialect's error event."""
+    from helexa.sse import MAX_EVENT_BYTES, EventFramer, EventTooLarge
+    from tests.fakes.fake_neuron import FakeNeuron
+    from tests.gateway.conftest import entry
+
+    framer = EventFramer(limit=100)
+    assert framer.feed(b"data: 1\n\ndata: 2") == b"data: 1\n\n"
+    with pytest.raises(EventTooLarge):
+        for _ in range(3):
+            framer.feed(b"x" * 60)
+    a = FakeNeuron("a", endless_event=MAX_EVENT_BYTES // (1 << 20) + 4)
+    a.preload("m")
+    client, _ = await fleet([a], models=[entry("m")])
+    for path, body in (
+        ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+        (
+            "/v1/messages",
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        ),
+    ):
+        resp = await client.post(path, json=body)
+        text = (await resp.read()).decode()
+        assert resp.status == 200 and "without ending an event" in text, text[-300:]
+        assert len(text) < 10_000  # nothing of the endless event was passed on

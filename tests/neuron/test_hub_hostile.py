@@ -9,6 +9,7 @@ system around the cache finds nothing new outside it.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,19 @@ async def test_a_directory_source_with_a_link_out_of_the_model_dirs_is_refused(n
     (model / "tokenizer.json").symlink_to(models_dir / "shared-tokenizer.json")
     ok = await client.post("/models/load", json={"model_id": "linked"})
     assert ok.status == 200, await ok.text()
+
+
+async def test_a_download_whose_host_cannot_be_reached_is_a_502_and_the_next_pull_works(neuron, hostile):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    hostile.redirect_base = f"http://127.0.0.1:{closed}"
+    client = await neuron(neuron={"hf_cache_dir": str(hostile.cache)})
+    body = {"source": "hf:acme/tiny-GGUF", "quant": "Q4_K_M", "harness": "fake"}
+    resp = await client.post("/models/pull", json=body)
+    err = (await resp.json())["error"]
+    assert resp.status == 502, err
+    assert "tiny-Q4_K_M.gguf" in err["message"] and "the next pull resumes" in err["message"]
+    hostile.redirect_base = ""
+    again = await client.post("/models/pull", json=body)
+    assert again.status == 200, await again.text()

@@ -160,3 +160,14 @@ async def test_without_a_gpu_sleep_falls_back_to_a_real_stop(tmp_path):
         assert await harness.sleep("m") is False  # sleep mode is unavailable on CPU
     finally:
         await harness.unload("m")
+
+
+@pytest.mark.parametrize("dtype", ["--trust-remote-code", "float8; rm -rf /", "FLOAT16", ""])
+def test_dtype_is_a_fixed_list(dtype):
+    """dtype is a load option (an HTTP load request may set it), so it is never free text in argv."""
+    from helexa.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        Vllm.parse_options({"dtype": dtype}, model_id="m")
+    assert "dtype" in caught.value.message and "bfloat16" in caught.value.message
+    assert Vllm.parse_options({"dtype": "bfloat16"}, model_id="m").dtype == "bfloat16"
