@@ -24,9 +24,9 @@ from helexa.errors import HelexaError, NotFound, PermissionDenied
 from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.routes import gateway_metrics_key, lifecycle_key
 from helexa.metrics import GatewayMetrics
-from helexa.server.auth import presented_token
+from helexa.server.auth import TooManyFailures, presented_token
 from helexa.server.body import read_body
-from helexa.server.keys import KeyRing
+from helexa.server.keys import Key, KeyRing
 from helexa.status import describe_progress
 
 __all__ = ["setup_ui"]
@@ -73,13 +73,25 @@ def _viewer(request: web.Request) -> Viewer | None:
         return Viewer("", True)
     presented = presented_token(request, allow_x_api_key=True)  # a key sent with the request wins
     if presented:
-        key = ring.find(presented)
+        key = _find(request, ring, presented)
         return Viewer(key.name, "admin" in key.scopes) if key is not None else None
     sid = request.cookies.get(COOKIE, "")
     session = request.app[_sessions_key].get(sid) if sid else None
     if session is not None and session[2] > time.time():
         return Viewer(session[0], session[1])
     return None
+
+
+def _find(request: web.Request, ring: KeyRing, presented: str) -> Key | None:
+    """The key ``presented`` is, counting a wrong one against the sender's address.
+
+    :raises TooManyFailures: the address sent too many wrong keys lately."""
+    address = request.remote or ""
+    ring.throttle.check(address)
+    key = ring.find(presented)
+    if key is None:
+        ring.throttle.failed(address)
+    return key
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -91,7 +103,10 @@ async def login(request: web.Request) -> web.Response:
     """``POST /ui/login`` (form ``key``): a session cookie for a valid key, else the sign-in page again (401)."""
     form = dict(parse_qsl((await read_body(request)).decode(errors="replace")))
     ring = request.app[_keyring_key]
-    key = ring.find(form.get("key", "")) if ring.keys else None
+    try:
+        key = _find(request, ring, form.get("key", "")) if ring.keys else None
+    except TooManyFailures as exc:
+        return _sign_in(request, exc.message, status=429)
     if key is None or not _same_origin(request):
         return _sign_in(request, "That key is not valid here.")
     sid = secrets.token_urlsafe(32)
@@ -114,12 +129,12 @@ async def logout(request: web.Request) -> web.Response:
     raise response
 
 
-def _sign_in(request: web.Request, note: str = "") -> web.Response:
+def _sign_in(request: web.Request, note: str = "", *, status: int = 401) -> web.Response:
     warning = f'<p class="err">{html.escape(note)}</p>' if note else ""
     body = f"""<h1>helexa</h1><p>This gateway needs a key.</p>{warning}
 <form method="post" action="/ui/login"><label>API key <input type="password" name="key" autocomplete="off" required>
 </label> <button type="submit">Sign in</button></form>"""
-    return _html(_document("helexa — sign in", body, refresh=False), status=401)
+    return _html(_document("helexa — sign in", body, refresh=False), status=status)
 
 
 # ------------------------------------------------------------------------------------------------------ actions

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 from helexa.config import AuthSection
 from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
 from helexa.hotmetrics import HotCounter
-from helexa.server.auth import presented_token
+from helexa.server.auth import FailureThrottle, presented_token
 
 __all__ = [
     "Key",
@@ -134,6 +134,7 @@ class KeyRing:
     def __init__(self, keys: list[Key]) -> None:
         self.keys = keys
         self.admin_configured = any("admin" in k.scopes for k in keys)
+        self.throttle = FailureThrottle()  # wrong keys per address, for the API and the page's sign-in alike
         # keys presented before and found valid: a hit skips the hash; only valid keys enter, bounded
         self._known: dict[str, Key] = {}
 
@@ -186,8 +187,11 @@ class KeyGuard:
                 "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        address = request.remote or ""
+        self.ring.throttle.check(address)
         key = self.ring.find(presented)
         if key is None:
+            self.ring.throttle.failed(address)
             raise AuthenticationError("invalid API key", headers={"WWW-Authenticate": "Bearer"})
         if scope == "admin" and "admin" not in key.scopes:
             closed = "" if self.ring.admin_configured else " (none is configured: set [auth] admin_keys)"

@@ -7,6 +7,7 @@ import hashlib
 
 from prometheus_client import generate_latest
 
+from helexa.gateway.ui import _keyring_key as ui_keyring_key
 from helexa.server.app import registry_key
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.test_gateway import metric
@@ -119,3 +120,29 @@ async def test_a_stream_the_client_cuts_still_counts_against_tokens_per_hour(fle
             break
     over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
     assert over.status == 429 and "40 tokens this hour" in (await over.json())["error"]["message"]
+
+
+async def test_wrong_keys_are_throttled_per_address(fleet):
+    """The report: 200 wrong keys in 2.3 s, all 401. Now ten, then 429 for everything from that address — a right
+    key included, so a guess cannot be told apart — until the bucket refills."""
+    a = FakeNeuron("a")
+    a.preload("m")
+    client, _ = await fleet([a], auth={"api_keys": ["sk-right"]})
+    throttle = client.app[ui_keyring_key].throttle
+    now = [1000.0]
+    throttle.clock = lambda: now[0]
+    statuses = [(await client.get("/v1/models", headers=bearer(f"sk-guess-{i}"))).status for i in range(200)]
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    right = await client.get("/v1/models", headers=bearer("sk-right"))
+    body = await right.json()
+    assert right.status == 429 and body["error"]["code"] == "too_many_failed_attempts"
+    assert int(right.headers["Retry-After"]) >= 1 and "wait" in body["error"]["message"]
+    login = await client.post("/ui/login", data={"key": "sk-right"}, allow_redirects=False)
+    assert login.status == 429 and "too many wrong keys" in await login.text()
+    now[0] += 6  # one failure's worth refilled
+    assert (await client.get("/v1/models", headers=bearer("sk-right"))).status == 200
+    assert (await client.get("/v1/models", headers=bearer("sk-guess"))).status == 401
+    assert (await client.get("/v1/models", headers=bearer("sk-right"))).status == 429
+    now[0] += 3600
+    assert (await client.get("/v1/models", headers=bearer("sk-right"))).status == 200
+    assert throttle._buckets == {}  # a refilled address is forgotten

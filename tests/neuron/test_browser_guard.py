@@ -99,3 +99,12 @@ async def test_safe_options_from_a_request_are_merged_over_the_catalogue(neuron)
     client = await neuron(harnesses=HARNESSES, models=[entry])
     spec = client.app[manager_key].from_request(ModelSpec(model_id="g", options={"ctx_size": 2048}))
     assert spec.options == {"threads": 2, "ctx_size": 2048} and spec.harness == "llamacpp"
+
+
+async def test_wrong_neuron_tokens_are_throttled(neuron):
+    client = await neuron(neuron={"token": "the-neuron-token"}, harnesses=HARNESSES)
+    wrong = {"Authorization": "Bearer not-it"}
+    statuses = [(await client.get("/models", headers=wrong)).status for _ in range(30)]
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    right = await client.get("/models", headers={"Authorization": "Bearer the-neuron-token"})
+    assert right.status == 429 and "Retry-After" in right.headers
