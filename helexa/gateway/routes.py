@@ -30,7 +30,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     """
     exchange = Exchange(started=time.perf_counter())
     body = await read_body(request)
-    head = decode_head(body)
+    head = decode_head(body, request.path)
     lifecycle = request.app[lifecycle_key]
     conversation = Conversation(body, head.prompt_cache_key or head.user)
     if not head.stream:

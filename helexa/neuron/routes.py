@@ -144,7 +144,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     An unloaded catalogue model is loaded first when ``load_on_demand`` is on; otherwise 404.
     """
     body = await read_body(request)
-    head = decode_head(body)
+    head = decode_head(body, request.path)
     app = request.app
     manager = app[manager_key]
     record = manager.get(head.model)
