@@ -7,7 +7,8 @@ A scripted engine (tests/fakes/fake_engine.py, a real process) serves one model 
 harness. The mix: OpenAI chat (whole and streamed), Anthropic messages (streamed), Responses, and 10 % bad
 requests (unknown model, malformed JSON, wrong field types). RSS and open file descriptors of the helexa process
 are read after a warm-up (the first 10 %) and at the end; the growth is printed and the exit status is 1 when
-either grows by more than ``--max-growth`` percent (file descriptors: plus 4, for the pools' own connections).
+either grows by more than ``--max-growth`` percent (file descriptors: plus 4, or at most two per client of
+``--concurrency`` — what the two connection pools may keep open — whichever is more).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,15 +135,20 @@ def main() -> int:
         engine.terminate()
         helexa.wait(timeout=30)
         engine.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
     rss_growth = 100 * (rss1 - rss0) / rss0
     fd_growth = 100 * (fds1 - fds0) / fds0
     print(f"soak: {args.requests} requests in {seconds:.1f}s ({args.requests / seconds:.0f}/s), statuses {statuses}")
     memory = f"RSS {rss0 / 1024:.1f} MiB -> {rss1 / 1024:.1f} MiB ({rss_growth:+.1f}%)"
-    print(f"{memory}; fds {fds0} -> {fds1} ({fd_growth:+.1f}%)")
+    fd_allowance = max(fds0 * args.max_growth / 100 + 4, 2 * args.concurrency)
+    print(f"{memory}; fds {fds0} -> {fds1} ({fd_growth:+.1f}%, allowed +{fd_allowance:.0f})")
     if any(status >= 500 for status in statuses):
         print("FAIL: 5xx answers")
         return 1
-    if rss_growth > args.max_growth or fds1 > fds0 * (1 + args.max_growth / 100) + 4:
+    # A leak grows with the requests; connection pools grow with the concurrency the machine happened to reach
+    # (a busy machine keeps more connections open at once): two hops in this process (gateway -> neuron,
+    # neuron -> engine) may each pool up to one connection per client, whatever the baseline's moment held.
+    if rss_growth > args.max_growth or fds1 > fds0 + fd_allowance:
         print(f"FAIL: growth above {args.max_growth}%")
         return 1
     print(f"ok: growth within {args.max_growth}%")

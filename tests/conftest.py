@@ -22,6 +22,13 @@ from helexa.server.version import VersionInfo
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):
+    """A neuron a test starts (in process or not) keeps its token under the test's own directory, removed
+    with it — never in the real home, never left in the system's temp folder."""
+    monkeypatch.setenv("HELEXA_NEURON__STATE_DIR", str(tmp_path / "helexa-state"))
+
+
 @pytest.fixture
 def pm() -> HelexaPluginManager:
     """A fresh plugin manager with no entry points loaded; tests register what they need."""
@@ -102,7 +109,7 @@ def helexa_process(tmp_path_factory) -> Iterator:
     one, so a neuron's generated token never lands in the real home directory.
     """
     started: list[subprocess.Popen] = []
-    state_dir = tmp_path_factory.mktemp("state")
+    state_dir = Path(os.environ["HELEXA_NEURON__STATE_DIR"])  # the test's own (see _state_dir)
     logs = tmp_path_factory.mktemp("logs")
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

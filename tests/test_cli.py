@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -25,7 +24,7 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
 def helexa(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     env = {**(env if env is not None else os.environ)}
-    env.setdefault("HELEXA_NEURON__STATE_DIR", tempfile.mkdtemp(prefix="helexa-state-"))  # not the real home
+    env.setdefault("HELEXA_NEURON__STATE_DIR", os.environ["HELEXA_NEURON__STATE_DIR"])  # not the real home
     return subprocess.run(
         [sys.executable, "-m", "helexa", *args], capture_output=True, text=True, timeout=timeout, env=env
     )

@@ -3,7 +3,9 @@
 Requests are mutations of a valid request per route — a field replaced by random JSON, removed, or given a
 wrong type deep inside, bodies truncated, nested thousands deep or not UTF-8, odd path parameters — plus raw
 random bytes. Every answer must be a non-5xx; every error must be JSON in the envelope of its API (Anthropic's
-on ``/v1/messages``). Afterwards both daemons still answer a good request. ``HELEXA_FUZZ_REQUESTS`` and
+on ``/v1/messages``). Afterwards both daemons still answer a good request. The gateway runs without keys (the
+default of ``--role both``); the fake hub serves one repository whose listing names files outside the cache,
+and nothing may appear there. ``HELEXA_FUZZ_REQUESTS`` and
 ``HELEXA_FUZZ_SEED`` change the run (defaults: 6000 requests, seed 20261124).
 """
 
@@ -63,6 +65,8 @@ NEURON_POSTS = {
     "/models/load": {"model_id": "m", "harness": "fake", "source": "nope.gguf", "options": {"flags": []}},
     "/models/unload": {"model_id": "m", "full": True},
     "/models/pull": {"source": "hf:acme/m-GGUF", "quant": "Q4_K_M", "harness": "fake", "wait": True},
+    # a repository whose listing is hostile (see the daemons fixture): refused, nothing written outside the cache
+    "/models/pull?from=evil": {"source": "hf:evil/x-GGUF", "quant": "Q4_K_M", "harness": "fake", "wait": True},
     "/tokenize": {"model": "m", "messages": MESSAGES},
     "/v1/chat/completions": {"model": "m", "messages": MESSAGES},
     "/v1/completions": {"model": "m", "prompt": "x"},
@@ -161,7 +165,19 @@ def check_answer(path: str, status: int, content_type: str, text: str) -> None:
 async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch):
     models = tmp_path / "models"
     models.mkdir()
-    hub = FakeHub(repos={"acme/m-GGUF": {"m-Q4_K_M.gguf": b"GGUF" + b"\0" * 4096}, "a/b": {"b.gguf": b"GGUF"}})
+    hub = FakeHub(
+        repos={
+            "acme/m-GGUF": {"m-Q4_K_M.gguf": b"GGUF" + b"\0" * 4096},
+            "a/b": {"b.gguf": b"GGUF"},
+            "evil/x-GGUF": {"x-Q4_K_M.gguf": b"GGUF" + b"\1" * 4096},
+        },
+        extra_siblings={
+            "evil/x-GGUF": [
+                {"rfilename": name, "size": 9, "lfs": {"sha256": "c" * 64, "size": 9, "pointerSize": 134}}
+                for name in ("../../../../fuzz-planted-Q4_K_M.gguf", f"{tmp_path}/fuzz-planted-abs-Q4_K_M.gguf")
+            ]
+        },
+    )
     point_huggingface_hub_at(monkeypatch, str((await aiohttp_server(hub.app())).make_url("")).rstrip("/"))
     section = {"model_dirs": [str(models)], "port_range": [49000, 49999], "hf_cache_dir": str(tmp_path / "hf")}
     neuron_cfg = make_config(neuron=section, models=[])
@@ -171,6 +187,7 @@ async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch
         gateway={"poll_interval_seconds": 0.2},
     )
     gateway = await aiohttp_client(make_gateway_app(gateway_cfg, version))
+    gateway.tmp_path = tmp_path  # type: ignore[attr-defined]
     return gateway, neuron
 
 
@@ -205,3 +222,5 @@ async def test_no_input_makes_a_5xx_on_any_route(daemons):
     assert (await neuron.get("/models")).status == 200
     resp = await gateway.post("/v1/messages", json={"model": "nope", "max_tokens": 4, "messages": MESSAGES})
     assert resp.status == 404
+    # the hostile listing planted nothing, anywhere around the cache
+    assert list(gateway.tmp_path.parent.rglob("fuzz-planted*")) == []
