@@ -72,18 +72,23 @@ class BrowserGuard:
     def __init__(self, allowed_hosts: Collection[str], *, form_prefix: str = "") -> None:
         self.allowed = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         self.form_prefix = form_prefix
+        self._good_hosts: set[str] = set()  # Host headers admitted before (a few): skips parsing on the hot path
 
     def _known(self, name: str) -> bool:
         return _is_ip(name) or name.rstrip(".") in self.allowed or name.endswith(".localhost")
 
     def enter(self, request: web.Request) -> None:
         """Admit ``request`` or raise 403 / 415."""
-        host = _host_name(request.headers.get("Host", ""))
-        if not self._known(host):
-            raise PermissionDenied(
-                f"Host {host[:100]!r} is not a name of this daemon; add it to allowed_hosts if clients use it",
-                code="host_not_allowed",
-            )
+        raw_host = request.headers.get("Host", "")
+        if raw_host not in self._good_hosts:
+            host = _host_name(raw_host)
+            if not self._known(host):
+                raise PermissionDenied(
+                    f"Host {host[:100]!r} is not a name of this daemon; add it to allowed_hosts if clients use it",
+                    code="host_not_allowed",
+                )
+            if len(self._good_hosts) < 64:
+                self._good_hosts.add(raw_host)
         origin = request.headers.get("Origin")
         if origin is not None and not self._known(_host_name(urlsplit(origin).netloc or origin)):
             raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
