@@ -20,6 +20,7 @@ import aiohttp
 import msgspec
 
 from helexa.errors import ConfigError
+from helexa.ports import PortAllocator
 from helexa.wire.neuron import ModelSpec
 
 __all__ = ["GpuState", "Harness", "HarnessContext", "HarnessState", "Inventory", "NoOptions", "PlacementPlan"]
@@ -75,13 +76,16 @@ class HarnessContext:
     """What the neuron gives each harness instance at start-up.
 
     ``port_range``: engines listen on ports from this inclusive range, on ``engine_host`` (always loopback:
-    only the neuron talks to engines). ``model_dirs``: the only directories local model files may come from.
+    only the neuron talks to engines); ``ports``, the neuron's one allocator over that range, which every
+    harness draws from (``None``: a harness makes its own, for a harness used alone, as in tests).
+    ``model_dirs``: the only directories local model files may come from.
     ``on_exit(model_id, reason)``: a harness calls it when an engine dies on its own, so the neuron can mark the
     model ``failed``.
     """
 
     port_range: tuple[int, int] = (20000, 20999)
     engine_host: str = "127.0.0.1"
+    ports: PortAllocator | None = None
     model_dirs: tuple[Path, ...] = ()
     ready_timeout_s: float = 600.0
     stop_timeout_s: float = 15.0

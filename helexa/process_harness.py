@@ -12,6 +12,7 @@ import abc
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from helexa.errors import ConfigError, PreflightError
 from helexa.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.model_shape import kv_cache_bytes, local_shape, needed_mb
+from helexa.ports import PortAllocator
 from helexa.preflight import (
     SourceInfo,
     check_format,
@@ -33,12 +35,16 @@ from helexa.preflight import (
     resolve_local_source,
     resolve_packaged_source,
 )
-from helexa.supervisor import EngineFailed, EngineProcess, PortAllocator
+from helexa.supervisor import EngineFailed, EngineProcess
 from helexa.wire.neuron import ModelSpec
 
 __all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load"]
 
 logger = logging.getLogger(__name__)
+
+
+BIND_ATTEMPTS = 3  # starts of an engine whose port was taken before it could bind
+_PORT_TAKEN = re.compile(r"address already in use|\[Errno 98\]|couldn't bind|failed to bind", re.IGNORECASE)
 
 
 class ProcessHarness(Harness):
@@ -54,7 +60,7 @@ class ProcessHarness(Harness):
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         super().__init__(context)
-        self._ports = PortAllocator(*self.context.port_range, host=self.context.engine_host)
+        self._ports = self.context.ports or PortAllocator(*self.context.port_range, host=self.context.engine_host)
         self._engines: dict[str, tuple[EngineProcess, int]] = {}
         self._failures: dict[str, EngineProcess] = {}
 
@@ -124,32 +130,38 @@ class ProcessHarness(Harness):
         """
         options = self.options_for(spec)
         await self.unload(spec.model_id)
-        port = self._ports.allocate()
         host = self.context.engine_host
         env = {**os.environ, **self.environment(spec, plan, options)}
-        engine = EngineProcess(
-            spec.model_id,
-            self.command(spec, plan, port, options),
-            env=env,
-            health_url=f"http://{host}:{port}{self.health_path}",
-            log_lines=self.context.log_lines,
-            on_exit=lambda reason, model_id=spec.model_id: self._exited(model_id, reason),
-        )
-        self._failures.pop(spec.model_id, None)
-        self._engines[spec.model_id] = (engine, port)
-        try:
-            await engine.start(self.context.ready_timeout_s)
-        except EngineFailed as exc:
-            self._forget(spec.model_id, engine, port)
-            diagnosis = self.diagnose(engine.logs())
-            if diagnosis:
-                engine.last_error = f"{diagnosis}\n{engine.last_error}"
-                raise EngineFailed(f"{diagnosis}\n{exc}") from None
-            raise
-        except BaseException:
-            self._forget(spec.model_id, engine, port)
-            raise
-        return f"http://{host}:{port}/v1"
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            port = self._ports.allocate()
+            engine = EngineProcess(
+                spec.model_id,
+                self.command(spec, plan, port, options),
+                env=env,
+                health_url=f"http://{host}:{port}{self.health_path}",
+                log_lines=self.context.log_lines,
+                on_exit=lambda reason, model_id=spec.model_id: self._exited(model_id, reason),
+            )
+            self._failures.pop(spec.model_id, None)
+            self._engines[spec.model_id] = (engine, port)
+            try:
+                await engine.start(self.context.ready_timeout_s)
+            except EngineFailed as exc:
+                self._forget(spec.model_id, engine, port)
+                if attempt < BIND_ATTEMPTS and _PORT_TAKEN.search("\n".join(engine.logs(20))):
+                    # another program took the port between its check and the engine's bind: another one
+                    logger.warning("engine for %s could not bind port %d; starting it on another", spec.model_id, port)
+                    continue
+                diagnosis = self.diagnose(engine.logs())
+                if diagnosis:
+                    engine.last_error = f"{diagnosis}\n{engine.last_error}"
+                    raise EngineFailed(f"{diagnosis}\n{exc}") from None
+                raise
+            except BaseException:
+                self._forget(spec.model_id, engine, port)
+                raise
+            return f"http://{host}:{port}/v1"
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _forget(self, model_id: str, engine: EngineProcess, port: int) -> None:
         self._engines.pop(model_id, None)

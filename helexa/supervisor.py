@@ -17,7 +17,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ import aiohttp
 
 from helexa.harness import HarnessState
 
-__all__ = ["EngineFailed", "EngineProcess", "PortAllocator"]
+__all__ = ["EngineFailed", "EngineProcess"]
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 15.0  # a log line this often while an engine starts
@@ -45,34 +44,6 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
-
-
-class PortAllocator:
-    """Hands out free TCP ports on ``host`` from ``[first, last]``; a port is reserved until released."""
-
-    def __init__(self, first: int, last: int, host: str = "127.0.0.1") -> None:
-        self.first, self.last, self.host = first, last, host
-        self._reserved: set[int] = set()
-
-    def allocate(self) -> int:
-        """Reserve and return a port nothing listens on. :raises OSError: when the range is exhausted."""
-        for port in range(self.first, self.last + 1):
-            if port in self._reserved:
-                continue
-            with socket.socket() as sock:
-                # SO_REUSEADDR as servers set it: a port with only TIME_WAIT leftovers is free to listen on
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind((self.host, port))
-                except OSError:
-                    continue
-            self._reserved.add(port)
-            return port
-        raise OSError(f"no free port in {self.first}-{self.last} on {self.host}")
-
-    def release(self, port: int) -> None:
-        """Return ``port`` to the pool."""
-        self._reserved.discard(port)
 
 
 class EngineProcess:

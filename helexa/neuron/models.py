@@ -26,6 +26,7 @@ from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.harness_choice import choose_harness
 from helexa.neuron.sources import Pull, Sources
 from helexa.plugins import resolve_harness
+from helexa.ports import PortAllocator
 from helexa.process_harness import EngineFailed, EngineLoad, ProcessHarness
 from helexa.wire import reject_control_characters
 from helexa.wire.neuron import AUTO_HARNESS, Discovery, ModelInfo, ModelSpec, ModelStatus
@@ -101,8 +102,10 @@ class ModelManager:
         model_dirs = tuple(Path(d).expanduser() for d in neuron.model_dirs)
         hub_cache = cache_dir(neuron.hf_cache_dir)
         self.sources = Sources(hub_cache, model_dirs, downloads=neuron.downloads)
+        first, last = neuron.port_range[0], neuron.port_range[1]
         context = HarnessContext(
-            port_range=(neuron.port_range[0], neuron.port_range[1]),
+            port_range=(first, last),
+            ports=PortAllocator(first, last),  # one for every harness: no port is handed out twice
             model_dirs=(*model_dirs, hub_cache),  # pulled models are read where huggingface_hub keeps them
             ready_timeout_s=neuron.ready_timeout_seconds,
             stop_timeout_s=neuron.stop_timeout_seconds,

@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--model", "--served-model-name", dest="model", default="fake")
     p.add_argument("--sleep-endpoints", action="store_true", help="serve vLLM's /sleep and /wake_up")
     p.add_argument("--startup-delay", type=float, default=0.0)
+    p.add_argument("--bind-delay", type=float, default=0.0, help="seconds before it binds its port (vLLM's start)")
     p.add_argument("--fail-health", action="store_true")
     p.add_argument("--exit-at-start", type=int, default=None)
     p.add_argument("--say", default="", help="a line to print before anything else (e.g. an error to diagnose)")
@@ -63,6 +64,8 @@ def main() -> None:
         sys.exit(args.exit_at_start)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.bind_delay:
+        time.sleep(args.bind_delay)
     stats: dict = {"requests": 0, "aborted": 0, "completed": 0}
     ready_at = time.monotonic() + args.startup_delay
 
