@@ -14,7 +14,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-__all__ = ["Build", "Result", "Store"]
+__all__ = [
+    "Build",
+    "Result",
+    "Store",
+    "read_rows",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -138,8 +143,28 @@ class Store:
     def rows(self) -> list[dict[str, object]]:
         """Every measurement with its run's stamp, oldest first."""
         with self._connect() as db:
-            cursor = db.execute(
-                "SELECT runs.target, runs.build, runs.engine, runs.devices, results.* FROM results "
-                "JOIN runs ON runs.id = results.run_id ORDER BY results.measured_at"
-            )
-            return [dict(row) for row in cursor.fetchall()]
+            return _rows(db)
+
+
+_ROWS = (
+    "SELECT runs.target, runs.build, runs.engine, runs.devices, results.* FROM results "
+    "JOIN runs ON runs.id = results.run_id ORDER BY results.measured_at"
+)
+
+
+def _rows(db: sqlite3.Connection) -> list[dict[str, object]]:
+    return [dict(row) for row in db.execute(_ROWS).fetchall()]
+
+
+def read_rows(path: Path, *, timeout: float) -> list[dict[str, object]]:
+    """:meth:`Store.rows` of the database at ``path`` opened read-only (no schema written, no write lock
+    taken), waiting at most ``timeout`` seconds for a writer's lock.
+
+    :raises sqlite3.Error: still locked, or not a bench database.
+    """
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout)
+    db.row_factory = sqlite3.Row
+    try:
+        return _rows(db)
+    finally:
+        db.close()

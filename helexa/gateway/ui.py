@@ -9,8 +9,10 @@ scope; their forms are refused from any other origin.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ REFRESH_S = 5
 _keyring_key = web.AppKey("ui_keyring_key", KeyRing)
 _sessions_key = web.AppKey("ui_sessions_key", dict)
 _rates_key = web.AppKey("ui_rates_key", list)
-_bench_key = web.AppKey("ui_bench_key", str)
+_bench_key = web.AppKey("ui_bench_key", "BenchView")
 _notes_key = web.AppKey("ui_notes_key", dict)  # id -> what the last actions did (bounded)
 
 
@@ -54,7 +56,7 @@ def setup_ui(app: web.Application, ring: KeyRing, *, bench_db: str = "") -> None
     app[_keyring_key] = ring
     app[_sessions_key] = {}
     app[_rates_key] = []
-    app[_bench_key] = bench_db
+    app[_bench_key] = BenchView(bench_db)
     app[_notes_key] = {}
     r = app.router
     r.add_get("/ui", page)
@@ -211,7 +213,7 @@ async def page(request: web.Request) -> web.Response:
         + (f'<p class="note">{html.escape(note)}</p>' if note else "")
         + _neurons(fleet)
         + _models(fleet, figures, viewer)
-        + _bench(request.app[_bench_key])
+        + await request.app[_bench_key].section()
     )
     return _html(_document("helexa fleet", body))
 
@@ -342,13 +344,51 @@ def _bucket_median(bounds: tuple[float, ...], counts: list[int]) -> float | None
     return bounds[-1]
 
 
+class BenchView:
+    """The page's bench section, read from ``[gateway] bench_db`` off the event loop.
+
+    The database belongs to ``helexa bench``, which may hold its write lock for a while: the read runs in a
+    thread (read-only, waiting at most a second for the lock) and the page waits for it at most
+    :data:`BENCH_WAIT_S` — past that it shows the last section read (or says it is being read), so neither the
+    page nor any other request of the gateway ever waits for that lock. A section is read again at most every
+    :data:`REFRESH_S` seconds.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.html = ""
+        self.fresh_until = 0.0
+        self.task: asyncio.Future[str] | None = None
+
+    async def section(self) -> str:
+        """The section's HTML ("" without a database)."""
+        if not self.path or time.monotonic() < self.fresh_until:
+            return self.html
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(asyncio.to_thread(_bench, self.path))
+        done, _ = await asyncio.wait([self.task], timeout=BENCH_WAIT_S)
+        if not done:
+            return self.html or '<h2>Bench</h2><p class="note">Reading the bench database…</p>'
+        try:
+            self.html = self.task.result()
+        except sqlite3.Error as exc:
+            note = f"the bench database cannot be read now ({exc}); trying again at the next refresh"
+            return self.html or f'<h2>Bench</h2><p class="note">{html.escape(note)}</p>'
+        self.fresh_until = time.monotonic() + REFRESH_S
+        return self.html
+
+
+BENCH_WAIT_S = 0.05
+
+
 def _bench(path: str) -> str:
+    """The bench section from the database at ``path``. Blocking. :raises sqlite3.Error: busy, broken."""
     if not path or not Path(path).expanduser().is_file():
         return ""
     from helexa.bench.report import knees, summary_table, trend_svg  # noqa: PLC0415  (only with a bench database)
-    from helexa.bench.store import Store  # noqa: PLC0415
+    from helexa.bench.store import read_rows  # noqa: PLC0415
 
-    rows = Store(Path(path).expanduser()).rows()[-200:]
+    rows = read_rows(Path(path).expanduser(), timeout=1.0)[-200:]
     knee = "".join(
         f"<li>{html.escape(b)} {html.escape(m)}: {f'c={k}' if k else 'beyond the sweep'}</li>"
         for (b, m), k in sorted(knees(rows).items())

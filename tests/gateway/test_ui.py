@@ -112,3 +112,43 @@ async def test_engine_log_routes_refuse_bad_input(fleet):
     assert user.status == 403 and "admin scope" in (await user.json())["error"]["message"]
     nowhere = await client.get("/ui/models/m/logs?neuron=gpu9", headers=admin)
     assert nowhere.status == 404 and (await nowhere.json())["error"]["code"] == "neuron_not_found"
+
+
+async def test_a_locked_bench_database_stalls_neither_the_page_nor_the_api(fleet, tmp_path):
+    """The bug: /ui read the bench database on the event loop with a 30 s lock timeout; while ``helexa bench``
+    held the write lock, /ui took 18 s and a /v1/models sent meanwhile 17.6 s."""
+    import sys
+    import time
+
+    from helexa.bench.store import Build, Result, Store
+
+    store = Store(tmp_path / "bench.sqlite")
+    run = store.start_run(Build(target="http://gw", helexa_version="0.1.0", git_sha="", engine="e"))
+    store.add(run, Result("m", "chat", 1, ok=True, requests=4, ttft_p50=0.3, latency_p50=1.0))
+    client, _ = await fleet([FakeNeuron("a")], models=[entry("m")], gateway={"bench_db": str(store.path)})
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)",
+        str(store.path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert (await holder.stdout.readline()).strip() == b"locked"
+        for _ in range(3):  # the first read waits for the lock in a thread; later pages show what they have
+            for path in ("/ui", "/v1/models"):
+                began = time.monotonic()
+                resp = await client.get(path)
+                took = time.monotonic() - began
+                assert resp.status == 200 and took < 0.1, (path, took)
+        assert "Bench" in await (await client.get("/ui")).text()
+    finally:
+        holder.kill()
+        await holder.wait()
+    for _ in range(100):  # the lock is gone: the next read shows the results
+        page = await (await client.get("/ui")).text()
+        if "<svg" in page:
+            break
+        await asyncio.sleep(0.05)
+    assert "<svg" in page and "0.1.0" in page
