@@ -4,10 +4,10 @@ This module holds the public plugin API only. Plugins import these names and not
 """
 
 from helexa.__about__ import __version__
+from helexa.engine.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, NoOptions, PlacementPlan
+from helexa.engine.hookspecs import hookimpl
+from helexa.engine.process import ProcessHarness, model_file
 from helexa.errors import ConfigError, PreflightError
-from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, NoOptions, PlacementPlan
-from helexa.hookspecs import hookimpl
-from helexa.process_harness import ProcessHarness, model_file
 from helexa.wire.neuron import DeviceInfo, ModelSpec
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m helexa`` runs the CLI."""
 
-from helexa.cli import main
+from helexa.cli.commands import main
 
 main()

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from helexa.config import Config
-from helexa.plugins import HelexaPluginManager, get_plugin_manager
+from helexa.engine.plugins import HelexaPluginManager, get_plugin_manager
 from helexa.server.version import VersionInfo
 
 ROOT = Path(__file__).resolve().parent.parent

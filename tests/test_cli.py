@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 from click.testing import CliRunner
 
-from helexa.cli import cli
-from helexa.config_template import render_example
+from helexa.cli.commands import cli
+from helexa.cli.config_template import render_example
 from tests.conftest import ROOT, free_port, wait_http
 
 
@@ -86,7 +86,7 @@ def test_a_tokenless_neuron_on_a_public_address_is_refused():
 
 
 def test_a_neuron_without_a_token_creates_one_and_keeps_it(tmp_path):
-    from helexa.daemon import prepare
+    from helexa.cli.daemon import prepare
     from tests.conftest import make_config
 
     state = tmp_path / "state"

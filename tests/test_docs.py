@@ -7,8 +7,8 @@ import re
 
 import msgspec.inspect as mi
 
-from helexa import hookspecs
 from helexa.config import Config
+from helexa.engine import hookspecs
 from tests.conftest import ROOT
 
 

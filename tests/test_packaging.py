@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from helexa.__about__ import __version__
-from helexa.cli import cli
+from helexa.cli.commands import cli
 from tests.conftest import ROOT
 
 SPEC = (ROOT / "rpm" / "helexa.spec").read_text()

@@ -9,8 +9,8 @@ import types
 import pytest
 
 from helexa import Harness, HarnessState, PlacementPlan, hookimpl
+from helexa.engine.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.errors import ConfigError, PluginError
-from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
 
 
 class EchoHarness(Harness):
@@ -103,7 +103,7 @@ def test_broken_plugin_is_logged_and_skipped(monkeypatch, caplog):
 
     real = importlib.metadata.distributions
     monkeypatch.setattr(importlib.metadata, "distributions", lambda: [BrokenDist(), *real()])
-    with caplog.at_level(logging.ERROR, logger="helexa.plugins"):
+    with caplog.at_level(logging.ERROR, logger="helexa.engine.plugins"):
         pm = get_plugin_manager()
     infos = {p.name: p for p in pm.entry_point_plugins}
     assert infos["broken"].error.startswith("ModuleNotFoundError")

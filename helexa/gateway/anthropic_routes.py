@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.gateway.affinity import Conversation, anthropic_session
-from helexa.gateway.forward import lifecycle_key
+from helexa.gateway.state import lifecycle_key
 from helexa.gateway.translation import ignored_tools_note, serve_translated
 from helexa.server.app import json_response
 from helexa.server.body import read_body

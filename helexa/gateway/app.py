@@ -16,16 +16,21 @@ from prometheus_client import CollectorRegistry
 from helexa.__about__ import __version__
 from helexa.config import Config
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
-from helexa.gateway.forward import first_byte_timeout_key
-from helexa.gateway.keepalive import keepalive_seconds_key
 from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.poller import poll_forever
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.responses_routes import setup_responses_routes
-from helexa.gateway.routes import gateway_metrics_key, lifecycle_key, session_key, setup_routes
+from helexa.gateway.routes import setup_routes
+from helexa.gateway.state import (
+    first_byte_timeout_key,
+    gateway_metrics_key,
+    keepalive_seconds_key,
+    lifecycle_key,
+    session_key,
+)
 from helexa.gateway.ui import setup_ui
-from helexa.metrics import GatewayMetrics
 from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.browser_guard import BrowserGuard, known_host_names
 from helexa.server.keys import KeyGuard, KeyRing

@@ -14,20 +14,14 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
-from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.proxy import Exchange
 from helexa.gateway.registry import NeuronState
-from helexa.metrics import GatewayMetrics
+from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, lifecycle_key, session_key
 from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 from helexa.server.upstream import open_upstream
 
-__all__ = ["Forward", "first_byte_timeout_key", "gateway_metrics_key", "lifecycle_key", "observe", "session_key"]
-
-lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
-session_key = web.AppKey("session_key", aiohttp.ClientSession)
-gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
-first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)
+__all__ = ["Forward", "observe"]
 
 
 class Forward:

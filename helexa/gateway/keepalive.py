@@ -15,11 +15,10 @@ from types import TracebackType
 
 from aiohttp import web
 
-__all__ = ["OPENAI_KEEPALIVE", "KeepAlive", "keepalive_seconds_key", "open_event_stream"]
+__all__ = ["OPENAI_KEEPALIVE", "KeepAlive", "open_event_stream"]
 
 logger = logging.getLogger(__name__)
 OPENAI_KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: every SSE parser skips it
-keepalive_seconds_key = web.AppKey("keepalive_seconds_key", float)
 
 
 async def open_event_stream(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:

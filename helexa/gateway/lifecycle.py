@@ -22,11 +22,11 @@ import msgspec
 from helexa.config import ModelEntry
 from helexa.errors import HelexaError, NotFound, Overloaded
 from helexa.gateway.affinity import Conversation
+from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.placement import EvictionPlan, could_fit, pick_replica, place, plan_eviction
 from helexa.gateway.poller import poll_once
 from helexa.gateway.registry import NeuronState, Registry
-from helexa.metrics import GatewayMetrics
 from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
 
 __all__ = ["Lifecycle", "NoCapacity"]

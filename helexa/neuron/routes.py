@@ -11,17 +11,22 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import HelexaError, InvalidRequest, NotFound, UpstreamError
-from helexa.metrics import NeuronMetrics
 from helexa.neuron.chat_shape import ChatShape, shape_chat_request
 from helexa.neuron.gpus import host_info, read_health
-from helexa.neuron.models import ModelManager
-from helexa.neuron.normaliser import Markers
 from helexa.neuron.proxy import relay
+from helexa.neuron.state import (
+    discovery_key,
+    load_on_demand_key,
+    manager_key,
+    markers_key,
+    neuron_metrics_key,
+    session_key,
+    started_key,
+)
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire import check_model_id, decode_request_body
 from helexa.wire.neuron import (
-    Discovery,
     EndpointInfo,
     LoadRequest,
     LoadResponse,
@@ -33,24 +38,8 @@ from helexa.wire.neuron import (
 )
 from helexa.wire.openai import decode_head
 
-__all__ = [
-    "discovery_key",
-    "load_on_demand_key",
-    "manager_key",
-    "markers_key",
-    "neuron_metrics_key",
-    "session_key",
-    "setup_routes",
-    "started_key",
-]
+__all__ = ["setup_routes"]
 
-manager_key = web.AppKey("manager_key", ModelManager)
-discovery_key = web.AppKey("discovery_key", Discovery)
-session_key = web.AppKey("session_key", aiohttp.ClientSession)
-neuron_metrics_key = web.AppKey("neuron_metrics_key", NeuronMetrics)
-markers_key = web.AppKey("markers_key", Markers)
-started_key = web.AppKey("started_key", float)
-load_on_demand_key = web.AppKey("load_on_demand_key", bool)
 
 _load_decoder = msgspec.json.Decoder(LoadRequest)
 _unload_decoder = msgspec.json.Decoder(UnloadRequest)

@@ -22,9 +22,9 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+from helexa.engine.harness import Harness, Inventory
 from helexa.errors import PreflightError
-from helexa.harness import Harness, Inventory
-from helexa.hub import (
+from helexa.modelfiles.hub import (
     Cancelled,
     HfSource,
     HubFile,
@@ -37,15 +37,7 @@ from helexa.hub import (
     ranged_request,
     snapshot_dir,
 )
-from helexa.model_shape import (
-    Shape,
-    gguf_shape_from_reader,
-    kv_cache_bytes,
-    needed_mb,
-    read_head,
-    shape_from_config,
-)
-from helexa.preflight import (
+from helexa.modelfiles.preflight import (
     RemoteSelection,
     check_disk,
     choose_devices,
@@ -53,7 +45,15 @@ from helexa.preflight import (
     resolve_local_source,
     select_from_listing,
 )
-from helexa.pypi_models import is_pypi_source, resolve_pypi_source
+from helexa.modelfiles.pypi import is_pypi_source, resolve_pypi_source
+from helexa.modelfiles.shape import (
+    Shape,
+    gguf_shape_from_reader,
+    kv_cache_bytes,
+    needed_mb,
+    read_head,
+    shape_from_config,
+)
 from helexa.wire.neuron import DownloadInfo, ModelSpec
 
 __all__ = ["Pull", "Sources"]
@@ -191,7 +191,8 @@ class Sources:
     ) -> tuple[Listing, RemoteSelection]:
         """The listing of ``source`` and the files ``harness`` would need of it (one round trip, no download).
 
-        :raises PreflightError: as :func:`helexa.hub.list_repo` and :func:`helexa.preflight.select_from_listing`.
+        :raises PreflightError: as :func:`helexa.modelfiles.hub.list_repo` and
+            :func:`helexa.modelfiles.preflight.select_from_listing`.
         """
         model_id = model_id or str(source)
         listing = await asyncio.to_thread(list_repo, model_id, source, self.cache)

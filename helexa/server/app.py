@@ -16,9 +16,9 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from helexa.metrics import HttpMetrics
 from helexa.server import parse_errors
 from helexa.server.body import INFLATING_AT_ONCE, inflating_key
+from helexa.server.httpmetrics import HttpMetrics
 from helexa.server.middlewares import Guard, active_key, on_response_prepare, request_middleware, role_key
 from helexa.server.version import VersionInfo
 

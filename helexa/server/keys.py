@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from helexa.config import AuthSection
 from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
-from helexa.hotmetrics import HotCounter
 from helexa.server.auth import FailureThrottle, presented_token
+from helexa.server.hotmetrics import HotCounter
 
 __all__ = [
     "Key",

@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 
 from helexa.__about__ import __version__
-from helexa.plugins import HelexaPluginManager
+from helexa.engine.plugins import HelexaPluginManager
 from helexa.wire import WireStruct
 
 __all__ = ["PluginVersion", "VersionInfo", "git_sha", "version_info"]

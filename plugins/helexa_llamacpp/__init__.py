@@ -153,6 +153,6 @@ async def _post_json(session: aiohttp.ClientSession, url: str, payload: dict[str
 
 
 @hookimpl
-def register_harnesses(register) -> None:  # noqa: ANN001  (signature declared in helexa.hookspecs)
+def register_harnesses(register) -> None:  # noqa: ANN001  (signature declared in helexa.engine.hookspecs)
     """Register the llama.cpp harness."""
     register(LlamaCpp)

@@ -269,6 +269,6 @@ def _attention_heads(config: Path) -> int:
 
 
 @hookimpl
-def register_harnesses(register) -> None:  # noqa: ANN001  (signature declared in helexa.hookspecs)
+def register_harnesses(register) -> None:  # noqa: ANN001  (signature declared in helexa.engine.hookspecs)
     """Register the vLLM harness."""
     register(Vllm)

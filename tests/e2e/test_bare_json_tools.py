@@ -13,9 +13,9 @@ import anthropic
 import openai
 import pytest
 
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from helexa.plugins import get_harnesses, get_plugin_manager
 from tests.conftest import make_config
 
 MODEL = "gemma-3-270m"

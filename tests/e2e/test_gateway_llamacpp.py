@@ -9,10 +9,10 @@ import openai
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 
-from helexa.cli import cli
+from helexa.cli.commands import cli
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from helexa.plugins import get_harnesses, get_plugin_manager
 from helexa.server.app import registry_key
 from tests.conftest import make_config
 from tests.gateway.test_gateway import metric

@@ -6,9 +6,9 @@ from __future__ import annotations
 import aiohttp
 import openai
 
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.neuron.app import make_neuron_app
-from helexa.neuron.routes import manager_key
-from helexa.plugins import get_harnesses, get_plugin_manager
+from helexa.neuron.state import manager_key
 from tests.conftest import make_config
 
 TEMPLATE = "{% for m in messages %}<<{{ m.role }}>>{{ m.content }}{% endfor %}<<assistant>>"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from helexa.model_shape import Shape, kv_cache_bytes, local_shape, needed_mb
-from helexa.preflight import SourceInfo
+from helexa.modelfiles.preflight import SourceInfo
+from helexa.modelfiles.shape import Shape, kv_cache_bytes, local_shape, needed_mb
 
 MiB = 1 << 20
 

@@ -13,9 +13,9 @@ import aiohttp
 import openai
 import pytest
 
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.neuron.app import make_neuron_app
-from helexa.neuron.routes import manager_key
-from helexa.plugins import get_harnesses, get_plugin_manager
+from helexa.neuron.state import manager_key
 from tests.conftest import alive, free_port, make_config, wait_http
 
 MODEL = "gemma-3-270m"

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from helexa.gateway.app import make_gateway_app
-from helexa.gateway.routes import lifecycle_key
+from helexa.gateway.state import lifecycle_key
 from tests.conftest import ROOT, free_port, make_config, wait_http
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helexa.gateway.app import make_gateway_app
-from helexa.gateway.routes import lifecycle_key
+from helexa.gateway.state import lifecycle_key
 from tests.conftest import make_config
 from tests.fakes.fake_neuron import FakeNeuron
 

@@ -13,7 +13,7 @@ import pytest
 
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from helexa.neuron.routes import manager_key
+from helexa.neuron.state import manager_key
 from tests.conftest import make_config
 from tests.fakes.fake_harness import FakeHarness
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helexa.gateway.routes import lifecycle_key
+from helexa.gateway.state import lifecycle_key
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 
@@ -355,7 +355,7 @@ async def test_models_that_vanish_from_a_neuron_are_pruned(fleet):
 async def test_status_and_models_commands(fleet):
     from click.testing import CliRunner
 
-    from helexa.cli import cli
+    from helexa.cli.commands import cli
 
     a = FakeNeuron("a", devices=[24000, 24000])
     a.preload("m", 6000)

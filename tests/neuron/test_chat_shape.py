@@ -10,7 +10,7 @@ import pytest
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.chat_shape import shape_chat_request
-from helexa.neuron.routes import manager_key
+from helexa.neuron.state import manager_key
 from helexa.translate.chat import has_late_system_message, merge_system_messages
 from helexa.wire.neuron import ModelSpec
 from tests.conftest import make_config

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
-from helexa.hub import HfSource
-from helexa.model_shape import Shape
+from helexa.modelfiles.hub import HfSource
+from helexa.modelfiles.shape import Shape
 from helexa.neuron.sources import Sources
 from tests.fakes.fake_harness import FakeHarness
 from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from helexa.neuron.routes import manager_key
+from helexa.neuron.state import manager_key
 from tests.fakes.fake_harness import FakeHarness
 from tests.neuron.conftest import fake_model
 

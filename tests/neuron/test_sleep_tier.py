@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from helexa.neuron.models import ModelManager
-from helexa.neuron.routes import manager_key
+from helexa.neuron.state import manager_key
 from helexa.wire.neuron import DeviceHealth, DeviceInfo, Discovery
 from helexa_vllm import Vllm
 from tests.fakes.fake_harness import FAKE_ENGINE

@@ -113,7 +113,7 @@ def test_no_one_can_forge_a_log_line(helexa_process):
 def test_text_formatter_escapes_messages_and_indents_tracebacks():
     import logging
 
-    from helexa.logs import TextFormatter
+    from helexa.cli.logformat import TextFormatter
 
     formatter = TextFormatter("%(levelname)s %(message)s")
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "path %s", ("/a\r\nINFO forged\u2028\x1b[0m",), None)

@@ -102,7 +102,7 @@ def test_spec_ships_license_sysusers_and_a_check():
 
 
 def test_the_bench_timer_runs_a_valid_bench_command():
-    from helexa.cli import cli
+    from helexa.cli.commands import cli
 
     service = unit("helexa-bench.service")["Service"]
     env = _environment(service)

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from helexa import HarnessContext, HarnessState, Inventory, ModelSpec, PlacementPlan
+from helexa.engine.harness import GpuState
+from helexa.engine.process import parse_engine_load
 from helexa.errors import PreflightError
-from helexa.harness import GpuState
-from helexa.process_harness import parse_engine_load
 from helexa_vllm import Vllm, VllmOptions
 from tests.fakes.fake_harness import FAKE_ENGINE
 

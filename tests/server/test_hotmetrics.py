@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from helexa.hotmetrics import HotCounter, HotGauge, HotHistogram
+from helexa.server.hotmetrics import HotCounter, HotGauge, HotHistogram
 
 BUCKETS = (0.01, 0.1, 1, 10)
 

@@ -17,10 +17,10 @@ import anthropic
 import openai
 import pytest
 
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from helexa.neuron.routes import manager_key
-from helexa.plugins import get_harnesses, get_plugin_manager
+from helexa.neuron.state import manager_key
 from tests.conftest import alive, make_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]

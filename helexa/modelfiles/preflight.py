@@ -20,10 +20,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from helexa.errors import PreflightError
-from helexa.harness import GpuState
 
 __all__ = [
     "RemoteSelection",
@@ -254,9 +253,17 @@ def match_quant(model_id: str, source: SourceInfo, quant: str) -> tuple[PurePath
     )
 
 
+class Device(Protocol):
+    """What device choice reads of a GPU (the harness contract's ``GpuState`` has it)."""
+
+    index: int
+    name: str
+    vram_free_mb: int
+
+
 def choose_devices(
     model_id: str,
-    gpus: Sequence[GpuState],
+    gpus: Sequence[Device],
     *,
     needed_mb: int,
     tensor_parallel: int,

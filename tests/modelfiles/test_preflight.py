@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from helexa.engine.harness import GpuState
 from helexa.errors import PreflightError
-from helexa.harness import GpuState
-from helexa.preflight import (
+from helexa.modelfiles.preflight import (
     check_format,
     choose_devices,
     classify_source,
@@ -224,7 +224,7 @@ def test_cpu_host_runs_cpu_capable_harnesses_in_ram():
 
 def test_select_from_listing():
     from helexa.errors import PreflightError
-    from helexa.preflight import select_from_listing
+    from helexa.modelfiles.preflight import select_from_listing
 
     gguf_repo = [("a-Q4_K_M.gguf", 100), ("a-Q8_0.gguf", 200), ("mmproj-a-F16.gguf", 50), ("README.md", 1)]
     chosen = select_from_listing(
@@ -266,7 +266,7 @@ def test_select_from_listing():
 
 def test_check_disk():
     from helexa.errors import PreflightError
-    from helexa.preflight import check_disk
+    from helexa.modelfiles.preflight import check_disk
 
     check_disk("m", "/c", 2**30, 3 * 2**30)
     with pytest.raises(PreflightError) as full:

@@ -1,6 +1,6 @@
 """Pulling from a hub: helexa's pull against ``huggingface_hub.hf_hub_download`` alone, and preflight latency.
 
-    python bench/hub_pull.py [--size-mb 512] [--rounds 3]
+    python perf/hub_pull.py [--size-mb 512] [--rounds 3]
 
 Starts a fake hub (``tests/fakes/fake_hub.py``, loopback, no rate limit) serving one GGUF-named file of
 ``--size-mb`` MiB and a neuron (``helexa run --role neuron``) with ``HF_ENDPOINT`` pointing at it. Each round,
@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,14 +27,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from loopback import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 REPO, FILE = "bench/pull-GGUF", "pull-Q4_K_M.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait(url: str, token: str = "", timeout: float = 30) -> None:

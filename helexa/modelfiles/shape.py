@@ -21,7 +21,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from helexa.preflight import SourceInfo
+    from helexa.modelfiles.preflight import SourceInfo
 
 __all__ = [
     "BUFFER_OVERHEAD",
@@ -182,7 +182,7 @@ async def gguf_shape_from_reader(read: Callable[[int], Awaitable[bytes]]) -> Sha
 
 def needed_mb(weight_bytes: int, vram_mb: int = 0, kv_bytes: int | None = None) -> int:
     """Memory (MiB) a model needs: the catalogue's ``vram_mb``; else its weights with :data:`BUFFER_OVERHEAD`
-    plus ``kv_bytes`` of KV cache (:mod:`helexa.model_shape`); else, the shape unknown, its weights with
+    plus ``kv_bytes`` of KV cache (:mod:`helexa.modelfiles.shape`); else, the shape unknown, its weights with
     :data:`MEMORY_OVERHEAD`."""
     if vram_mb:
         return vram_mb

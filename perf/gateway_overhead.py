@@ -1,6 +1,6 @@
 """Gateway overhead: CPU per request and added latency, against a bare aiohttp pass-through, in one run.
 
-    python bench/gateway_overhead.py [--requests 2000] [--streams 200]
+    python perf/gateway_overhead.py [--requests 2000] [--streams 200]
 
 Three processes: a fast fake neuron (answers at once; streams 64 chunks paced 2 ms apart), the floor (a
 minimal aiohttp proxy in front of it: one session, bytes through) and ``helexa run --role gateway`` in front
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,15 +22,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from loopback import free_port
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench-model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

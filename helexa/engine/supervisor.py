@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
-from helexa.harness import HarnessState
+from helexa.engine.harness import HarnessState
 
 __all__ = ["EngineFailed", "EngineProcess"]
 

@@ -19,12 +19,12 @@ from typing import Literal
 import msgspec
 
 from helexa.config import Config, NeuronRef, parse_listen
+from helexa.engine.harness import Harness
+from helexa.engine.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.errors import ConfigError
 from helexa.gateway.app import make_gateway_app
-from helexa.harness import Harness
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.demo import with_demo_model
-from helexa.plugins import get_harnesses, get_plugin_manager, resolve_harness
 from helexa.server.app import metrics_app, registry_key
 from helexa.server.auth import load_or_create_token
 from helexa.server.middlewares import quiet_access_key

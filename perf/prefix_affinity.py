@@ -1,7 +1,7 @@
 """Prefix affinity: second-turn time to first token with affinity vs least-busy routing, two real llama.cpp
 replicas behind one gateway, in one run.
 
-    python bench/prefix_affinity.py [--conversations 2] [--words 3900] [--threads 1]
+    python perf/prefix_affinity.py [--conversations 2] [--words 3900] [--threads 1]
 
 Two neurons (in this process) each load the Gemma 3 270M GGUF from PyPI with llama.cpp on the CPU; a gateway
 routes to them. For each mode (``prefix_affinity`` on, then off, each with fresh conversations), every
@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,12 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
+from loopback import free_port
 
 from helexa.config import Config
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from helexa.plugins import get_harnesses, get_plugin_manager
 from helexa.server.version import VersionInfo
 
 MODEL = "gemma-3-270m"
@@ -45,12 +45,6 @@ WORDS += ["resend", "whole", "conversations", "every", "turn"]
 
 def config(**sections) -> Config:
     return msgspec.convert(sections, Config)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:

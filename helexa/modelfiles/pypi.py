@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from helexa.errors import PreflightError
-from helexa.preflight import resolve_packaged_source
+from helexa.modelfiles.preflight import resolve_packaged_source
 
 __all__ = ["is_pypi_source", "resolve_pypi_source"]
 

@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 import msgspec
 
+from helexa.engine.ports import PortAllocator
 from helexa.errors import ConfigError
-from helexa.ports import PortAllocator
 from helexa.wire.neuron import ModelSpec
 
 __all__ = ["GpuState", "Harness", "HarnessContext", "HarnessState", "Inventory", "NoOptions", "PlacementPlan"]

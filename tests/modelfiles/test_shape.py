@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helexa.model_shape import (
+from helexa.modelfiles.shape import (
     NeedMore,
     Shape,
     gguf_shape_from_reader,

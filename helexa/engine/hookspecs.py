@@ -14,7 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from helexa.harness import Harness
+    from helexa.engine.harness import Harness
 
 hookspec = pluggy.HookspecMarker("helexa")
 hookimpl = pluggy.HookimplMarker("helexa")

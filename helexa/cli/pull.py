@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from helexa.status import call, describe_progress
+from helexa.cli.status import call
+from helexa.wire.progress import describe_progress
 
 __all__ = ["pull"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pluggy
 
-from helexa import hookspecs
+from helexa.engine import hookspecs
+from helexa.engine.harness import Harness
 from helexa.errors import PluginError
-from helexa.harness import Harness
 
 __all__ = [
     "ENTRY_POINT_GROUP",

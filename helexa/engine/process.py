@@ -2,7 +2,7 @@
 
 A subclass supplies ``command()`` (a pure argv builder, testable without a GPU), optionally ``environment()``
 and ``health_path``, and the weight ``formats`` it reads. This class does the rest: source resolution and
-preflight, a free port from the neuron's range, the supervised process (``helexa.supervisor``), readiness,
+preflight, a free port from the neuron's range, the supervised process (``helexa.engine.supervisor``), readiness,
 logs, crash reports and stop.
 """
 
@@ -22,11 +22,11 @@ import aiohttp
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from helexa.engine.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
+from helexa.engine.ports import PortAllocator
+from helexa.engine.supervisor import EngineFailed, EngineProcess
 from helexa.errors import ConfigError, PreflightError
-from helexa.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
-from helexa.model_shape import kv_cache_bytes, local_shape, needed_mb
-from helexa.ports import PortAllocator
-from helexa.preflight import (
+from helexa.modelfiles.preflight import (
     SourceInfo,
     check_format,
     choose_devices,
@@ -35,7 +35,7 @@ from helexa.preflight import (
     resolve_local_source,
     resolve_packaged_source,
 )
-from helexa.supervisor import EngineFailed, EngineProcess
+from helexa.modelfiles.shape import kv_cache_bytes, local_shape, needed_mb
 from helexa.wire.neuron import ModelSpec
 
 __all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load"]
@@ -96,7 +96,7 @@ class ProcessHarness(Harness):
             raise PreflightError("invalid_options", spec.model_id, exc.message, "fix the model's options") from None
 
     async def preflight(self, spec: ModelSpec, inventory: Inventory) -> PlacementPlan:
-        """Options, source, format, quant, devices and memory; see :mod:`helexa.preflight` for the kinds."""
+        """Options, source, format, quant, devices and memory; see :mod:`helexa.modelfiles.preflight` for the kinds."""
         self.options_for(spec)
         source = await self.resolve_source(spec)
         check_format(spec.model_id, source, self.name, self.formats)

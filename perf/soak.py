@@ -1,7 +1,7 @@
 """Soak: many requests through ``helexa run --role both`` (gateway + neuron) and whether memory or file
 descriptors grow.
 
-    python bench/soak.py [--requests 30000] [--concurrency 16] [--max-growth 5]
+    python perf/soak.py [--requests 30000] [--concurrency 16] [--max-growth 5]
 
 A scripted engine (tests/fakes/fake_engine.py, a real process) serves one model through the neuron's external
 harness. The mix: OpenAI chat (whole and streamed), Anthropic messages (streamed), Responses, and 10 % bad
@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "soak-model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:

@@ -1,7 +1,7 @@
 """Processes the gateway benchmark runs against: a fast fake neuron, and a bare aiohttp pass-through floor.
 
-python bench/upstreams.py neuron --port P [--chunks 64 --pace-ms 2]
-python bench/upstreams.py floor --port P --upstream http://127.0.0.1:Q
+python perf/upstreams.py neuron --port P [--chunks 64 --pace-ms 2]
+python perf/upstreams.py floor --port P --upstream http://127.0.0.1:Q
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Neuron pass-through overhead: one llama.cpp server, measured directly and through a neuron, in one run.
 
-    python bench/neuron_passthrough.py [--requests 30] [--max-tokens 64]
+    python perf/neuron_passthrough.py [--requests 30] [--max-tokens 64]
 
 Starts a llama.cpp server on the demo GGUF (Gemma 3 270M, CPU) and a neuron (``helexa run --role neuron``)
 that serves the same server through the ``external`` harness, with the stream normaliser on (the default).
@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from loopback import free_port
 
 
 async def wait_ok(session: aiohttp.ClientSession, url: str, timeout: float = 120) -> None:

@@ -8,8 +8,9 @@ import urllib.request
 from typing import Any
 
 from helexa.errors import UpstreamError
+from helexa.wire.progress import describe_progress, size_text
 
-__all__ = ["call", "describe_progress", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
+__all__ = ["call", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
 
 
 def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
@@ -78,7 +79,7 @@ def status_table(fleet: dict[str, Any]) -> str:
             devices = f"CPU ({host.get('cpu_count', '?')} cores)"
             total = host.get("ram_total_mb", 0) * 2**20
             used = total - host.get("ram_available_mb", 0) * 2**20
-        memory = f"{_size(used)} / {_size(total)}" if total else "-"
+        memory = f"{size_text(used)} / {size_text(total)}" if total else "-"
         running = sum(1 for m in n["models"] if m["status"] in _COUNTED)
         rows.append([n["name"], "up" if n["healthy"] else "DOWN", devices, memory, str(running), n["last_error"][:60]])
     in_flight = {(m["id"], n["name"]): m["in_flight"] for n in fleet["neurons"] for m in n["models"]}
@@ -90,24 +91,13 @@ def status_table(fleet: dict[str, Any]) -> str:
     return _table(rows) + "\n\n" + _table(mrows)
 
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def describe_progress(download: dict[str, Any]) -> str:
-    """``45% of 2.6 GiB at 80 MiB/s`` for a download in progress."""
-    done, total, rate = download["bytes_done"], download["bytes_total"], download["bytes_per_second"]
-    share = f"{100 * done / total:.0f}% of {_size(total)}" if total else _size(done)
-    return f"{share} at {_size(rate)}/s"
-
-
 def describe_status(card: dict[str, Any]) -> str:
     """A model card's status with what it implies: progress, download size, or why it cannot run."""
     status = card.get("status", "")
     if status == "downloading" and card.get("download"):
         return f"downloading {describe_progress(card['download'])}"
     if status == "download":
-        return f"needs a {_size(card.get('download_bytes', 0))} download" if card.get("download_bytes") else status
+        return f"needs a {size_text(card.get('download_bytes', 0))} download" if card.get("download_bytes") else status
     if status == "unavailable":
         return f"unavailable ({card.get('unavailable_kind', '?')})"
     return status

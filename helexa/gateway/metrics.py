@@ -1,0 +1,135 @@
+"""The gateway's metrics: requests, latency, time to first token, tokens, cold starts, evictions and fleet
+health (``helexa_gateway_*``, labels model and neuron), on its app's registry. What every request updates uses
+the lock-free families of :mod:`helexa.server.hotmetrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from helexa.server.hotmetrics import CounterChild, GaugeChild, HistogramChild, HotCounter, HotGauge, HotHistogram
+from helexa.server.httpmetrics import LATENCY_BUCKETS
+
+__all__ = ["GatewayMetrics", "RequestSeries"]
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+_TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+
+
+class GatewayMetrics:
+    """Requests, latency, tokens, cold starts, evictions and fleet health (labels: model, neuron)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("model", "neuron")
+        self.requests = HotCounter(
+            "helexa_gateway_requests", "Inference requests, by status.", (*labels, "status"), registry=registry
+        )
+        self.errors = HotCounter(
+            "helexa_gateway_upstream_errors",
+            "Inference requests a neuron failed (unreachable, broke off, engine error), by error code.",
+            (*labels, "code"),
+            registry=registry,
+        )
+        self.duration = HotHistogram(
+            "helexa_gateway_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = HotHistogram(
+            "helexa_gateway_time_to_first_token_seconds",
+            "Time from request to the first generated token (streams).",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens_per_second = HotHistogram(
+            "helexa_gateway_output_tokens_per_second",
+            "Completion tokens per second after the first token (streams).",
+            labels,
+            buckets=_TPS_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = HotCounter("helexa_gateway_prompt_tokens", "Prompt tokens.", labels, registry=registry)
+        self.completion_tokens = HotCounter(
+            "helexa_gateway_completion_tokens", "Completion tokens.", labels, registry=registry
+        )
+        self.in_flight = HotGauge(
+            "helexa_gateway_requests_in_flight", "Requests being served.", labels, registry=registry
+        )
+        self.cold_starts = Counter(
+            "helexa_gateway_cold_starts", "Models loaded because a request needed them.", labels, registry=registry
+        )
+        self.load_seconds = Histogram(
+            "helexa_gateway_model_load_seconds",
+            "Time a cold load took (eviction included).",
+            labels,
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900),
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "helexa_gateway_evictions", "Models unloaded to make room for another.", labels, registry=registry
+        )
+        self.queue_wait = Histogram(
+            "helexa_gateway_queue_wait_seconds",
+            "Time requests waited for a cold load.",
+            ("model",),
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.load_queue = Gauge(
+            "helexa_gateway_load_queue_requests",
+            "Requests waiting for a model's cold load.",
+            ("model",),
+            registry=registry,
+        )
+        self.load_queue_limit = Gauge(
+            "helexa_gateway_load_queue_limit", "Most requests that may wait for one model's load.", registry=registry
+        )
+        self._series: dict[tuple[str, str], RequestSeries] = {}
+        self.neuron_up = Gauge(
+            "helexa_gateway_neuron_up", "1 when the neuron answers its polls.", ("neuron",), registry=registry
+        )
+
+    def series(self, model: str, neuron: str) -> RequestSeries:
+        """The per-request metric children for ``(model, neuron)``, created once (label lookups cost)."""
+        key = (model, neuron)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = RequestSeries(
+                duration=self.duration.labels(model, neuron),
+                ttft=self.ttft.labels(model, neuron),
+                tokens_per_second=self.tokens_per_second.labels(model, neuron),
+                prompt_tokens=self.prompt_tokens.labels(model, neuron),
+                completion_tokens=self.completion_tokens.labels(model, neuron),
+                in_flight=self.in_flight.labels(model, neuron),
+                requests={},
+                parent=self,
+                key=key,
+            )
+        return series
+
+
+@dataclass(slots=True)
+class RequestSeries:
+    """Metric children of one (model, neuron) pair."""
+
+    duration: HistogramChild
+    ttft: HistogramChild
+    tokens_per_second: HistogramChild
+    prompt_tokens: CounterChild
+    completion_tokens: CounterChild
+    in_flight: GaugeChild
+    requests: dict[int, CounterChild]
+    parent: GatewayMetrics
+    key: tuple[str, str]
+
+    def request(self, status: int) -> None:
+        """Count one request answered with ``status``."""
+        child = self.requests.get(status)
+        if child is None:
+            child = self.requests[status] = self.parent.requests.labels(*self.key, str(status))
+        child.inc()

@@ -1,0 +1,21 @@
+"""What the gateway app holds for its lifetime, as typed ``AppKey``s — one place to find each.
+
+Set by :func:`helexa.gateway.app.make_gateway_app` (and its cleanup context for the session and lifecycle);
+read by the handlers. The fleet page keeps its own keys (``helexa.gateway.ui``).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.metrics import GatewayMetrics
+
+__all__ = ["first_byte_timeout_key", "gateway_metrics_key", "keepalive_seconds_key", "lifecycle_key", "session_key"]
+
+lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
+session_key = web.AppKey("session_key", aiohttp.ClientSession)  # the one client session to every neuron
+gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
+first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds
+keepalive_seconds_key = web.AppKey("keepalive_seconds_key", float)  # [gateway] keepalive_seconds
