@@ -35,6 +35,7 @@ from helexa.modelfiles.preflight import (
     resolve_local_source,
     resolve_packaged_source,
 )
+from helexa.modelfiles.pypi import is_pypi_source
 from helexa.modelfiles.shape import kv_cache_bytes, local_shape, needed_mb
 from helexa.wire.neuron import ModelSpec
 
@@ -80,7 +81,7 @@ class ProcessHarness(Harness):
     async def resolve_source(self, spec: ModelSpec) -> SourceInfo:
         """Find and classify the weights of ``spec`` (blocking parts run in a thread)."""
         dirs = self.context.model_dirs
-        if spec.source.startswith("pypi:"):
+        if is_pypi_source(spec.source):
             path = await asyncio.to_thread(resolve_packaged_source, spec.model_id, spec.source, dirs)
         else:
             path = await asyncio.to_thread(resolve_local_source, spec.model_id, spec.source, dirs)

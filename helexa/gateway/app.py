@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
-from helexa.config import Config
+from helexa.config import Config, parse_listen
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics
@@ -53,7 +53,7 @@ def _scope(request: web.Request) -> str | None:
 def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     """Build the gateway API app for ``cfg``."""
     prometheus = CollectorRegistry()
-    listen_host = cfg.gateway.listen.rsplit(":", 1)[0].strip("[]")
+    listen_host, _ = parse_listen(cfg.gateway.listen)
     guards: list[Guard] = [
         BrowserGuard(known_host_names([listen_host, *cfg.gateway.allowed_hosts]), form_prefix="/ui/")
     ]

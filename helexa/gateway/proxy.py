@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from helexa.gateway.neuron_client import error_from_response
 from helexa.server.upstream import response_headers
 from helexa.sse import EventFramer, event_data
 
-__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay", "relay_stream"]
+__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay", "relay_stream", "stream_breaks"]
 
 logger = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -178,6 +179,19 @@ async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
         raise UpstreamError(f"neuron response broke off: {exc}") from None
 
 
+@contextlib.contextmanager
+def stream_breaks() -> Iterator[None]:
+    """Around reading a neuron's stream: the neuron's side breaking off (a payload or connection error, an event
+    that never ends) becomes :class:`UpstreamError`, which ends the client's stream with its final error event;
+    the client's side going away (``ConnectionResetError`` on a write) passes through as it is."""
+    try:
+        yield
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        if isinstance(exc, ConnectionResetError):
+            raise
+        raise UpstreamError(f"neuron stream broke off: {exc}") from None
+
+
 async def relay_stream(
     response: web.StreamResponse, upstream: aiohttp.ClientResponse, *, hide_usage: bool, exchange: Exchange
 ) -> web.StreamResponse:
@@ -194,17 +208,14 @@ async def relay_stream(
         raise error_from_response("engine", upstream.status, data)
     framer, scanner = EventFramer(), StreamScanner(hide_usage=hide_usage, started=exchange.started)
     try:
-        async for chunk in upstream.content.iter_any():
-            events = framer.feed(chunk)
-            if events:
-                out = scanner.scan(events)
-                if out:
-                    await response.write(out)
-                    exchange.bytes_sent += len(out)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        if isinstance(exc, ConnectionResetError):
-            raise
-        raise UpstreamError(f"neuron stream broke off: {exc}") from None
+        with stream_breaks():
+            async for chunk in upstream.content.iter_any():
+                events = framer.feed(chunk)
+                if events:
+                    out = scanner.scan(events)
+                    if out:
+                        await response.write(out)
+                        exchange.bytes_sent += len(out)
     finally:
         scanner.report(exchange)
     tail = framer.close()

@@ -25,7 +25,7 @@ from helexa.gateway.affinity import Conversation
 from helexa.gateway.forward import Forward, observe
 from helexa.gateway.keepalive import KeepAlive, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
-from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body
+from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body, stream_breaks
 from helexa.gateway.registry import NeuronState
 from helexa.gateway.state import keepalive_seconds_key, lifecycle_key
 from helexa.server.app import json_response
@@ -83,25 +83,22 @@ async def relay_translated(
     """
     framer, scanner = EventFramer(), StreamScanner(started=exchange.started)
     try:
-        while True:
-            try:
-                async with asyncio.timeout(interval if keepalive else None):
-                    data = await upstream.content.readany()
-            except TimeoutError:
-                await response.write(keepalive)
-                continue
-            if not data:
-                break
-            events = framer.feed(data)
-            if events:
-                scanner.scan(events)
-                out = b"".join(_translate(translator, e) for e in events.split(b"\n\n")[:-1])
-                if out:
-                    await response.write(out)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        if isinstance(exc, ConnectionResetError):
-            raise
-        raise UpstreamError(f"neuron stream broke off: {exc}") from None
+        with stream_breaks():
+            while True:
+                try:
+                    async with asyncio.timeout(interval if keepalive else None):
+                        data = await upstream.content.readany()
+                except TimeoutError:
+                    await response.write(keepalive)
+                    continue
+                if not data:
+                    break
+                events = framer.feed(data)
+                if events:
+                    scanner.scan(events)
+                    out = b"".join(_translate(translator, e) for e in events.split(b"\n\n")[:-1])
+                    if out:
+                        await response.write(out)
     finally:
         scanner.report(exchange)
     await response.write(translator.finish())

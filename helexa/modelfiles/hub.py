@@ -8,7 +8,7 @@ never fetched again.
 
 Names that come from the hub — a listing's file names (``rfilename``), its commit (``sha``), a download's
 ``ETag`` — and the revision a source names become paths in the cache, so each is checked before it is used
-(:func:`check_file_name`, :func:`is_hex_id`, :func:`is_revision`): a hub, a mirror or anyone in the middle of
+(:mod:`helexa.modelfiles.hubnames`): a hub, a mirror or anyone in the middle of
 a plain-http mirror can write nothing outside the repository's cache folder. A listing with one bad name is
 refused whole (``unsafe_listing``) before anything is written; the token goes only to the hub's own host,
 never to a host the hub redirects a download to.
@@ -30,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from helexa.errors import PreflightError, UpstreamError
+from helexa.modelfiles.hubnames import (
+    check_file_name,
+    checked_commit,
+    checked_etag,
+    inside,
+    is_hex_id,
+    is_revision,
+    lfs_sha256,
+)
 
 __all__ = [
     "Cancelled",
@@ -38,10 +47,7 @@ __all__ = [
     "Listing",
     "Progress",
     "cache_dir",
-    "check_file_name",
     "fetch_files",
-    "is_hex_id",
-    "is_revision",
     "list_repo",
     "missing",
     "parse_hf_source",
@@ -51,10 +57,6 @@ __all__ = [
 
 _REPO = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _HF = re.compile(rf"^(?:hf:)?(?P<repo>{_REPO})(?:@(?P<rev>[A-Za-z0-9._/-]{{1,128}}))?$")
-_HEX_ID = re.compile(r"^[0-9a-f]{40,64}$")
-_REF_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
-_PR_REF = re.compile(r"^refs/pr/[0-9]{1,9}$")
-MAX_NAME_CHARS = 1024
 CHUNK_BYTES = 1 << 20
 _TOKEN_HINT = "set HF_TOKEN in the neuron's environment (a token whose account accepted the model's terms)"
 
@@ -80,60 +82,6 @@ def parse_hf_source(source: str, *, bare: bool = True) -> HfSource | None:
         return None
     revision = match.group("rev") or "main"
     return HfSource(match.group("repo"), revision) if is_revision(revision) else None
-
-
-def is_hex_id(value: str) -> bool:
-    """Whether ``value`` is a commit id or content hash as the hub writes them: 40 to 64 lower-case hex digits."""
-    return _HEX_ID.match(value) is not None
-
-
-def is_revision(value: str) -> bool:
-    """Whether ``value`` can name a revision safely: a branch or tag by git's rules (slash-separated parts of
-    letters, digits, ``._-``, none empty or starting with a dot or ending in ``.lock``, no ``..``), a commit id,
-    or ``refs/pr/N``. It becomes the path ``refs/<revision>`` in the cache, so nothing else passes."""
-    if _PR_REF.match(value) or is_hex_id(value):
-        return True
-    if not value or len(value) > 128 or ".." in value or value.startswith("refs/"):
-        return False
-    return all(_REF_PART.match(part) and not part.endswith(".lock") for part in value.split("/"))
-
-
-def check_file_name(model_id: str, name: object) -> str:
-    """``name`` (a file's path in a repository, from a listing) when it is safe to join to a snapshot folder:
-    a relative path of ``/``-separated parts, none empty, ``.`` or ``..``, without backslashes or control
-    characters, at most :data:`MAX_NAME_CHARS` long.
-
-    :raises PreflightError: ``unsafe_listing`` naming the entry (shown with escapes, cut).
-    """
-    text = name if isinstance(name, str) else ""
-    parts = text.split("/")
-    bad = (
-        not text
-        or len(text) > MAX_NAME_CHARS
-        or "\\" in text
-        or any(ord(c) < 32 or ord(c) == 127 for c in text)
-        or any(part in ("", ".", "..") for part in parts)
-    )
-    if bad:
-        raise PreflightError(
-            "unsafe_listing",
-            model_id,
-            f"the hub listed a file name that is not a plain relative path: {ascii(name)[:200]}; nothing was fetched",
-            "the hub or mirror at HF_ENDPOINT sent a hostile or broken listing: check it",
-        )
-    return text
-
-
-def _checked_commit(model_id: str, commit: str) -> str:
-    if not is_hex_id(commit):
-        raise PreflightError(
-            "unsafe_listing",
-            model_id,
-            f"the hub named the commit {ascii(commit)[:100]}, which is no commit id (40-64 hex digits); "
-            "nothing was fetched",
-            "the hub or mirror at HF_ENDPOINT sent a hostile or broken listing: check it",
-        )
-    return commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,24 +164,11 @@ def list_repo(model_id: str, source: HfSource, cache: Path) -> Listing:
     except Exception as exc:  # HfHubHTTPError (5xx), httpx transport errors, timeouts: the hub is unreachable
         return _cached_listing(model_id, source, cache, f"the hub did not answer ({_short(exc)})")
     files = tuple(
-        HubFile(check_file_name(model_id, s.rfilename), int(s.size or 0), _lfs_sha256(model_id, s))
+        HubFile(check_file_name(model_id, s.rfilename), int(s.size or 0), lfs_sha256(model_id, s))
         for s in info.siblings or ()
     )
     commit = info.sha or (source.revision if is_hex_id(source.revision) else "")
-    return Listing(source, _checked_commit(model_id, commit), files)
-
-
-def _lfs_sha256(model_id: str, sibling: Any) -> str:
-    """The SHA-256 a listing gives for an LFS file ("" for a plain git file); 64 hex digits or refused."""
-    digest = (sibling.lfs.sha256 if sibling.lfs is not None else "") or ""
-    if digest and not (len(digest) == 64 and is_hex_id(digest)):
-        raise PreflightError(
-            "unsafe_listing",
-            model_id,
-            f"the hub gave {ascii(sibling.rfilename)[:200]} the SHA-256 {ascii(digest)[:80]}, which is no SHA-256",
-            "the hub or mirror at HF_ENDPOINT sent a hostile or broken listing: check it",
-        )
-    return digest
+    return Listing(source, checked_commit(model_id, commit), files)
 
 
 def _short(exc: BaseException) -> str:
@@ -352,9 +287,9 @@ def _fetch_one(listing: Listing, f: HubFile, cache: Path, progress: Progress) ->
         raise PreflightError("auth_required", repo, f"{repo} is gated", _TOKEN_HINT) from None
     except EntryNotFoundError:
         raise PreflightError("source_missing", repo, f"{f.name} is not in {repo}", "check the quant") from None
-    etag = _checked_etag(repo, f, meta.etag)
+    etag = checked_etag(repo, f.name, f.sha256, meta.etag)
     storage = _storage(cache, repo)
-    pointer = _inside(repo, snapshot_dir(cache, listing.source, listing.commit), f.name)
+    pointer = inside(repo, snapshot_dir(cache, listing.source, listing.commit), f.name)
     blob = storage / "blobs" / etag
     blob.parent.mkdir(parents=True, exist_ok=True)
     if not blob.is_file():
@@ -392,40 +327,6 @@ def _fetch_one(listing: Listing, f: HubFile, cache: Path, progress: Progress) ->
         ref = storage / "refs" / listing.source.revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(listing.commit)
-
-
-def _checked_etag(model_id: str, f: HubFile, etag: str | None) -> str:
-    """The name of a file's blob: the hub's ETag (quotes and ``W/`` removed) when it is a content hash, else the
-    listing's SHA-256, else a hash of the name; an ETag that is anything but 40-64 hex digits is refused."""
-    value = (etag or "").strip()
-    value = value.removeprefix("W/").strip('"')
-    if value:
-        if not is_hex_id(value):
-            raise PreflightError(
-                "unsafe_listing",
-                model_id,
-                f"the hub sent {ascii(f.name)[:200]} with the ETag {ascii(value)[:80]}, which is no content hash "
-                "(40-64 hex digits); nothing was written",
-                "the hub or mirror at HF_ENDPOINT sent a hostile or broken answer: check it",
-            )
-        return value
-    return f.sha256 or hashlib.sha256(f.name.encode()).hexdigest()
-
-
-def _inside(model_id: str, snapshot: Path, name: str) -> Path:
-    """``snapshot / name`` when it stays inside ``snapshot`` once links in the folders above it are followed.
-
-    :raises PreflightError: ``unsafe_listing``."""
-    path = snapshot / check_file_name(model_id, name)
-    base = snapshot.resolve()
-    if not path.parent.resolve().is_relative_to(base):
-        raise PreflightError(
-            "unsafe_listing",
-            model_id,
-            f"{ascii(name)[:200]} would be written outside the snapshot folder {snapshot}; nothing was written",
-            "remove the links in the cache folder, or check the hub at HF_ENDPOINT",
-        )
-    return path
 
 
 def _headers_for(url: str, headers: dict[str, str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from helexa.config import Config
+from helexa.config import Config, parse_listen
 from helexa.engine.harness import Harness
 from helexa.errors import HelexaError
 from helexa.neuron.gpus import discover, read_health
@@ -56,7 +56,7 @@ def _protected(request: web.Request) -> bool:
 
 def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type[Harness]]) -> web.Application:
     """Build the neuron app for ``cfg`` with the installed ``harnesses``."""
-    listen_host = cfg.neuron.listen.rsplit(":", 1)[0].strip("[]")
+    listen_host, _ = parse_listen(cfg.neuron.listen)
     guards = [
         BrowserGuard(known_host_names([listen_host, *cfg.neuron.allowed_hosts])),
         BearerGuard([cfg.neuron.token], protected=_protected, what="neuron token"),

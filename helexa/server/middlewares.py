@@ -122,6 +122,14 @@ def _from_http_exception(exc: web.HTTPException) -> HelexaError:
     return err
 
 
+async def _final_event(request: web.Request, stream: web.StreamResponse, err: HelexaError) -> None:
+    """End an open event stream with ``err`` as its API's final error event (the route's own encoding when it
+    set one: ``sse_error_key``)."""
+    encode = request.get(sse_error_key)
+    await stream.write(encode(err) if encode is not None else sse_error_event(err, anthropic=_is_anthropic(request)))
+    await stream.write_eof()
+
+
 async def _render(request: web.Request, err: HelexaError) -> web.StreamResponse:
     request[error_code_key] = err.code
     anthropic = _is_anthropic(request)
@@ -129,10 +137,8 @@ async def _render(request: web.Request, err: HelexaError) -> web.StreamResponse:
     if stream is not None and stream.prepared:
         if stream.content_type != "text/event-stream":
             raise ConnectionAbortedError("error after a non-SSE stream started")  # aiohttp drops the connection
-        encode = request.get(sse_error_key)
         try:
-            await stream.write(encode(err) if encode is not None else sse_error_event(err, anthropic=anthropic))
-            await stream.write_eof()
+            await _final_event(request, stream, err)
         except ConnectionError:
             logger.debug("client went away before the error event could be written")
         return stream
@@ -151,12 +157,8 @@ async def end_requests(app: web.Application, err: HelexaError) -> int:
     for request in requests:
         stream = request.get(_stream_key)
         if stream is not None and stream.prepared and stream.content_type == "text/event-stream":
-            encode = request.get(sse_error_key)
             try:
-                await stream.write(
-                    encode(err) if encode is not None else sse_error_event(err, anthropic=_is_anthropic(request))
-                )
-                await stream.write_eof()
+                await _final_event(request, stream, err)
             except (ConnectionError, RuntimeError):
                 logger.debug("a stream closed before its final event")
         request.task.cancel()
