@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -85,11 +86,23 @@ class ModelRecord:
         )
 
 
-Observer = Callable[[str, str, float], None]  # (event, model_id, seconds): "loaded", "crashed", "failed"
+Observer = Callable[[str, str, float], None]  # (event, model_id, seconds): "loaded", "crashed", "failed", …
+
+_S = ModelStatus
+#: Every change of a model's status, and the event it emits ("" = none; a caller may name one, as a refusal
+#: does for loading -> unloaded). A change not in the table is a bug: :class:`InvalidTransition`.
+TRANSITIONS: dict[ModelStatus, dict[ModelStatus, str]] = {
+    _S.UNLOADED: {_S.LOADING: "", _S.DOWNLOADING: "", _S.UNLOADED: ""},
+    _S.LOADING: {_S.DOWNLOADING: "", _S.LOADING: "", _S.LOADED: "loaded", _S.UNLOADED: "", _S.FAILED: "failed"},
+    _S.DOWNLOADING: {_S.LOADING: "", _S.UNLOADED: "", _S.FAILED: "failed"},
+    _S.LOADED: {_S.SLEEPING: "", _S.UNLOADED: "", _S.FAILED: "crashed"},
+    _S.SLEEPING: {_S.LOADED: "woke", _S.UNLOADED: ""},
+    _S.FAILED: {_S.UNLOADED: ""},
+}
 
 
-def _downloading(record: ModelRecord, pull: Pull) -> None:
-    record.status, record.pull = ModelStatus.DOWNLOADING, pull
+class InvalidTransition(RuntimeError):
+    """A status change the table does not allow (a bug in the neuron, never the client's input)."""
 
 
 class ModelManager:
@@ -286,9 +299,8 @@ class ModelManager:
             return record
         if record is not None and record.status == ModelStatus.SLEEPING:
             if await self.harnesses[record.harness].wake(spec.model_id):
-                record.status, record.loaded_at = ModelStatus.LOADED, time.time()
+                self._move(record, ModelStatus.LOADED, loaded_at=time.time())
                 logger.info("woke %s", spec.model_id)
-                self._observer("woke", spec.model_id, 0.0)
                 return record
             await self.harnesses[record.harness].unload(spec.model_id)  # could not wake: start afresh
         harness = self.harness(spec.harness, spec.model_id)
@@ -296,6 +308,23 @@ class ModelManager:
         self.records[spec.model_id] = record
         record.task = asyncio.create_task(self._load(record, harness), name=f"load {spec.model_id}")
         return await self._wait(record)
+
+    def _move(
+        self, record: ModelRecord, to: ModelStatus, *, event: str = "", seconds: float = 0.0, **fields: Any
+    ) -> None:
+        """Change ``record``'s status to ``to`` (and ``fields`` with it) if :data:`TRANSITIONS` allows it, and emit
+        the change's event (``event`` overrides the table's) to the observer. The only writer of a status.
+
+        :raises InvalidTransition: the table has no such change.
+        """
+        allowed = TRANSITIONS[record.status]
+        if to not in allowed:
+            raise InvalidTransition(f"model {record.spec.model_id!r} cannot go from {record.status} to {to}")
+        record.status = to
+        for name, value in fields.items():
+            setattr(record, name, value)
+        if event := event or allowed[to]:
+            self._observer(event, record.spec.model_id, seconds)
 
     @staticmethod
     async def _wait(record: ModelRecord) -> ModelRecord:
@@ -325,34 +354,36 @@ class ModelManager:
         if spec.model_id in self._auto_why:
             logger.info("loading %s with %s", spec.model_id, self._auto_why.pop(spec.model_id))
         try:
-            spec = await self.sources.prepare(spec, harness, await self.inventory(), lambda p: _downloading(record, p))
-            record.status, record.pull = ModelStatus.LOADING, None
+            spec = await self.sources.prepare(
+                spec, harness, await self.inventory(), lambda p: self._move(record, ModelStatus.DOWNLOADING, pull=p)
+            )
+            self._move(record, ModelStatus.LOADING, pull=None)
             record.plan = await self._preflight(harness, spec)
             record.endpoint = await harness.load(spec, record.plan)
         except PreflightError as exc:
             logger.warning("load of %s refused: reason=%s %s", spec.model_id, exc.kind, exc.message)
-            record.status, record.last_error = ModelStatus.UNLOADED, exc.message
-            self._observer("refused", spec.model_id, time.monotonic() - began)
+            self._move(
+                record, ModelStatus.UNLOADED, event="refused", seconds=time.monotonic() - began, last_error=exc.message
+            )
             self._forget(record)  # the client got the reason; refused ad-hoc loads must not pile up
             raise
         except (EngineFailed, OSError, RuntimeError, UpstreamError) as exc:  # UpstreamError: a download failed
-            record.status, record.last_error = ModelStatus.FAILED, str(exc)
-            self._observer("failed", spec.model_id, time.monotonic() - began)
+            self._move(record, ModelStatus.FAILED, seconds=time.monotonic() - began, last_error=str(exc))
             self._forget_old_failures()
             raise EngineError(f"model {spec.model_id!r} failed to load: {exc}") from None
         except asyncio.CancelledError:
-            record.status, record.pull = ModelStatus.UNLOADED, None
+            self._move(record, ModelStatus.UNLOADED, pull=None)
             with contextlib.suppress(Exception):
                 await harness.unload(spec.model_id)
             raise
         except Exception as exc:  # a harness bug or an input it did not expect: never stay "loading"
             logger.exception("load of %s failed unexpectedly", spec.model_id)
-            record.status, record.last_error = ModelStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            self._observer("failed", spec.model_id, time.monotonic() - began)
+            failure = f"{type(exc).__name__}: {exc}"
+            self._move(record, ModelStatus.FAILED, seconds=time.monotonic() - began, last_error=failure)
             self._forget_old_failures()
             raise EngineError(f"model {spec.model_id!r} failed to load: {type(exc).__name__}: {exc}") from None
-        record.status, record.last_error, record.loaded_at = ModelStatus.LOADED, "", time.time()
         seconds = time.monotonic() - began
+        self._move(record, ModelStatus.LOADED, seconds=seconds, last_error="", loaded_at=time.time())
         logger.info(
             "loaded %s with %s in %.1fs (engine at %s, served by this neuron)",
             spec.model_id,
@@ -360,7 +391,6 @@ class ModelManager:
             seconds,
             record.endpoint,
         )
-        self._observer("loaded", spec.model_id, seconds)
         return record
 
     async def _preflight(self, harness: Harness, spec: ModelSpec) -> PlacementPlan:
@@ -402,11 +432,11 @@ class ModelManager:
                 await record.task
         harness = self.harnesses[record.harness]
         if not full and record.status == ModelStatus.LOADED and await harness.sleep(record.spec.model_id):
-            record.status = ModelStatus.SLEEPING
+            self._move(record, ModelStatus.SLEEPING)
             logger.info("put %s to sleep", record.spec.model_id)
             return record
         await harness.unload(record.spec.model_id)
-        record.status, record.endpoint, record.loaded_at = ModelStatus.UNLOADED, "", 0.0
+        self._move(record, ModelStatus.UNLOADED, endpoint="", loaded_at=0.0)
         logger.info("unloaded %s", record.spec.model_id)
         return record
 
@@ -427,16 +457,15 @@ class ModelManager:
         record = self.records.get(model_id)
         if record is None or record.status != ModelStatus.LOADED:
             return
-        record.status, record.last_error, record.endpoint = ModelStatus.FAILED, reason, ""
-        self._observer("crashed", model_id, 0.0)
+        self._move(record, ModelStatus.FAILED, last_error=reason, endpoint="")
 
     async def refresh(self, record: ModelRecord) -> None:
         """Re-read the harness state of a loaded model (catches engines that stopped answering)."""
         if record.status == ModelStatus.LOADED:
             state = await self.harnesses[record.harness].state(record.spec.model_id)
             if state == HarnessState.FAILED:
-                record.status = ModelStatus.FAILED
-                record.last_error = self.harnesses[record.harness].last_error(record.spec.model_id)
+                reason = self.harnesses[record.harness].last_error(record.spec.model_id)
+                self._move(record, ModelStatus.FAILED, last_error=reason)
 
     @contextlib.asynccontextmanager
     async def serving(self, record: ModelRecord) -> AsyncIterator[None]:
