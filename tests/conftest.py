@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,10 +49,83 @@ def make_config(**sections: dict) -> Config:
     return msgspec.convert(sections, Config)
 
 
+# Ports: a block per test run, below Linux's ephemeral range (32768-60999), so two suites on one machine — or a
+# suite and the clients' own outgoing connections — never collide. A run takes the first free block of six (an
+# advisory lock held for the whole run); free_port() cycles through its lower half, engine_ports() hands out
+# 100-port engine ranges from its upper half. TEST_PORTS_HELEXA passes the block on to scripts tests run.
+_BLOCKS = range(20000, 32000, 2000)
+_FREE, _ENGINE_RANGE = 1000, 100
+
+
+def _lease_block(held: list) -> int:
+    lock_dir = Path(tempfile.gettempdir()) / "helexa-test-ports"
+    lock_dir.mkdir(exist_ok=True)
+    for first in _BLOCKS:
+        handle = (lock_dir / f"{first}.lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        held.append(handle)  # the lock lasts as long as this process
+        return first
+    raise RuntimeError(f"all {len(_BLOCKS)} test port blocks are in use by other runs")
+
+
+def _lease() -> types.SimpleNamespace:
+    """This run's block and counters — once per process, however many times this module is imported (pytest
+    imports it as ``conftest`` and tests import it as ``tests.conftest``)."""
+    lease = sys.modules.get("_helexa_test_ports")
+    if lease is None:
+        lease = types.SimpleNamespace(held=[], ports=itertools.count(), ranges=itertools.count())
+        lease.first = _lease_block(lease.held)
+        sys.modules["_helexa_test_ports"] = lease  # type: ignore[assignment]
+        os.environ["TEST_PORTS_HELEXA"] = f"{lease.first}-{lease.first + _FREE - 1}"
+    return lease
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port of this run's block that nothing listens on now."""
+    lease = _lease()
+    for _ in range(_FREE):
+        port = lease.first + next(lease.ports) % _FREE
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {lease.first}-{lease.first + _FREE - 1}")
+
+
+@pytest.fixture
+def aiohttp_server(aiohttp_server):
+    """pytest-aiohttp's ``aiohttp_server``, on a port of this run's block unless a test names one."""
+
+    async def go(app, *, port: int | None = None, **kwargs):
+        return await aiohttp_server(app, port=port or free_port(), **kwargs)
+
+    return go
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client):
+    """pytest-aiohttp's ``aiohttp_client``: an app it serves listens on a port of this run's block."""
+    from aiohttp import web
+
+    async def go(app_or_server, *, server_kwargs=None, **kwargs):
+        if isinstance(app_or_server, web.Application):
+            server_kwargs = {"port": free_port(), **(server_kwargs or {})}
+        return await aiohttp_client(app_or_server, server_kwargs=server_kwargs, **kwargs)
+
+    return go
+
+
+def engine_ports() -> list[int]:
+    """``[first, last]`` of a 100-port range of this run's block for a neuron's engines (``port_range``)."""
+    lease = _lease()
+    first = lease.first + _FREE + (next(lease.ranges) % ((2000 - _FREE) // _ENGINE_RANGE)) * _ENGINE_RANGE
+    return [first, first + _ENGINE_RANGE - 1]
 
 
 def alive(pid: int) -> bool:

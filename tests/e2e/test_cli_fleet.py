@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import free_port, wait_http
+from tests.conftest import engine_ports, free_port, wait_http
 
 
 def helexa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +34,7 @@ admin_keys = ["sk-admin"]
 [neuron]
 listen = "127.0.0.1:{free_port()}"
 model_dirs = ["{demo_models_dir}"]
-port_range = [46000, 46999]
+port_range = {engine_ports()}
 """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELEXA_")}

@@ -13,7 +13,7 @@ import time
 import openai
 
 from helexa.neuron.demo import DEMO_MODEL_ID
-from tests.conftest import free_port, wait_http
+from tests.conftest import engine_ports, free_port, wait_http
 
 
 def test_the_no_config_demo_answers_hello_with_words(demo_models_dir, helexa_process, tmp_path):
@@ -25,7 +25,7 @@ def test_the_no_config_demo_answers_hello_with_words(demo_models_dir, helexa_pro
         "HELEXA_GATEWAY__METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "HELEXA_NEURON__LISTEN": f"127.0.0.1:{neuron}",
         "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',  # kept between runs: fetched once
-        "HELEXA_NEURON__PORT_RANGE": "[46000, 46999]",
+        "HELEXA_NEURON__PORT_RANGE": str(engine_ports()),
     }
     helexa_process("run", "--role", "both", env=env)
     base = f"http://127.0.0.1:{gateway}"

@@ -14,7 +14,7 @@ from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from helexa.server.app import registry_key
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 from tests.gateway.test_gateway import metric
 
 MODEL = "gemma-3-270m"
@@ -31,7 +31,7 @@ async def test_cold_load_through_the_gateway_with_the_openai_sdk(aiohttp_server,
         }
     ]
     neuron_cfg = make_config(
-        neuron={"model_dirs": [str(gguf_dir)], "port_range": [44000, 44999], "token": "n-token"}, models=[]
+        neuron={"model_dirs": [str(gguf_dir)], "port_range": engine_ports(), "token": "n-token"}, models=[]
     )
     neuron = await aiohttp_server(make_neuron_app(neuron_cfg, version, get_harnesses(get_plugin_manager())))
     gateway_cfg = make_config(

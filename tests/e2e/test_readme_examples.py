@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, engine_ports, free_port, wait_http
 from tests.fakes import fake_hub
 
 README = (ROOT / "README.md").read_text()
@@ -52,7 +52,7 @@ def both(demo_models_dir, smollm2_gguf, helexa_process, tmp_path):
         "HOME": str(home),
         "HF_ENDPOINT": f"http://127.0.0.1:{hub_port}",
         "HELEXA_NEURON__MODEL_DIRS": f'["{demo_models_dir}"]',
-        "HELEXA_NEURON__PORT_RANGE": "[47000, 47999]",
+        "HELEXA_NEURON__PORT_RANGE": str(engine_ports()),
         "HELEXA_NEURON__HF_CACHE_DIR": str(tmp_path / "hf"),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",  # `helexa` as the README calls it
     }

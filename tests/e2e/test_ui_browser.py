@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, engine_ports
 from tests.tools import debian_tool
 
 ADMIN = "sk-admin-for-the-browser"
@@ -17,7 +17,7 @@ ADMIN = "sk-admin-for-the-browser"
 
 @pytest.fixture
 def fleet_url(demo_fleet):
-    return demo_fleet(api_keys=["sk-user"], admin_keys=[ADMIN], port_range="[43000, 43999]")
+    return demo_fleet(api_keys=["sk-user"], admin_keys=[ADMIN], port_range=str(engine_ports()))
 
 
 def test_sign_in_see_the_fleet_and_load_a_model(fleet_url):

@@ -21,7 +21,7 @@ import pytest
 
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
 
@@ -179,7 +179,7 @@ async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch
         },
     )
     point_huggingface_hub_at(monkeypatch, str((await aiohttp_server(hub.app())).make_url("")).rstrip("/"))
-    section = {"model_dirs": [str(models)], "port_range": [49000, 49999], "hf_cache_dir": str(tmp_path / "hf")}
+    section = {"model_dirs": [str(models)], "port_range": engine_ports(), "hf_cache_dir": str(tmp_path / "hf")}
     neuron_cfg = make_config(neuron=section, models=[])
     neuron = await aiohttp_client(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))
     gateway_cfg = make_config(

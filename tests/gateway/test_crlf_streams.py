@@ -11,7 +11,7 @@ import pytest
 
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 
 REPLY = "one two three four five six seven eight"
@@ -28,7 +28,7 @@ async def crlf_stack(aiohttp_server, tmp_path, version):
         for m, norm in (("normalised", True), ("raw", False))
     ]
     neuron_cfg = make_config(
-        neuron={"model_dirs": [str(models)], "port_range": [46000, 46999], "token": "nt"}, models=catalogue
+        neuron={"model_dirs": [str(models)], "port_range": engine_ports(), "token": "nt"}, models=catalogue
     )
     neuron = await aiohttp_server(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))
     gateway_cfg = make_config(

@@ -14,7 +14,7 @@ import pytest
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.state import manager_key
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 
 REPLY = (
@@ -44,7 +44,7 @@ async def stack(aiohttp_server, tmp_path, version):
         }
     ]
     neuron_cfg = make_config(
-        neuron={"model_dirs": [str(models)], "port_range": [46000, 46999], "token": "nt"}, models=catalogue
+        neuron={"model_dirs": [str(models)], "port_range": engine_ports(), "token": "nt"}, models=catalogue
     )
     neuron_app = make_neuron_app(neuron_cfg, version, {"fake": FakeHarness})
     neuron = await aiohttp_server(neuron_app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helexa.neuron.app import make_neuron_app
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 
 
@@ -24,7 +24,7 @@ def neuron(aiohttp_client, models_dir, version):
     async def make(*, neuron: dict | None = None, models: list | None = None, harnesses=None):
         section = {
             "model_dirs": [str(models_dir)],
-            "port_range": [41000, 41999],
+            "port_range": engine_ports(),
             "ready_timeout_seconds": 20,
             "stop_timeout_seconds": 2,
             **(neuron or {}),

@@ -13,7 +13,7 @@ from helexa.neuron.chat_shape import shape_chat_request
 from helexa.neuron.state import manager_key
 from helexa.translate.chat import has_late_system_message, merge_system_messages
 from helexa.wire.neuron import ModelSpec
-from tests.conftest import make_config
+from tests.conftest import engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 from tests.gateway.test_dialects_stack import engine_last_request
 
@@ -52,7 +52,7 @@ async def neuron(aiohttp_server, tmp_path, version):
         models.mkdir(exist_ok=True)
         (models / "fake-Q4_K_M.gguf").write_bytes(b"GGUF")
         entry = {"id": "m", "harness": "fake", "source": "fake-Q4_K_M.gguf", "options": {"flags": flags}, **fields}
-        cfg = make_config(neuron={"model_dirs": [str(models)], "port_range": [47000, 47999]}, models=[entry])
+        cfg = make_config(neuron={"model_dirs": [str(models)], "port_range": engine_ports()}, models=[entry])
         app = make_neuron_app(cfg, version, {"fake": FakeHarness})
         server = await aiohttp_server(app)
         return str(server.make_url("")).rstrip("/"), app

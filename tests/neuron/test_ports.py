@@ -11,6 +11,7 @@ import asyncio
 import socket
 
 from helexa.neuron.state import manager_key
+from tests.conftest import engine_ports
 from tests.fakes.fake_harness import FakeHarness
 from tests.neuron.conftest import fake_model
 
@@ -19,30 +20,8 @@ class OtherFakeHarness(FakeHarness):
     name = "fake2"
 
 
-def free_block(size: int) -> int:
-    """The first port of ``size`` consecutive free loopback ports (found by binding them)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + size > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(first, first + size):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-
-
 async def test_two_harnesses_never_get_the_same_port(neuron, monkeypatch):
-    first = free_block(4)
+    first, _ = engine_ports()
     harnesses = {"fake": FakeHarness, "fake2": OtherFakeHarness}
     models = [
         fake_model("late", "--bind-delay", "1.0"),  # binds a second after it starts, as vLLM does
@@ -72,7 +51,7 @@ async def test_two_harnesses_never_get_the_same_port(neuron, monkeypatch):
 
 
 async def test_an_engine_whose_port_was_taken_starts_on_another(neuron, monkeypatch):
-    first = free_block(4)
+    first, _ = engine_ports()
     client = await neuron(neuron={"port_range": [first, first + 3]}, models=[fake_model("m")])
     allocator = client.app[manager_key].harnesses["fake"]._ports
     squatter = socket.socket()  # another program takes the port right after the neuron checked it

@@ -12,7 +12,7 @@ import pytest
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from helexa.server.app import metrics_app, registry_key
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 from tests.neuron.conftest import fake_model
 from tests.neuron.test_gpus import fake_nvml  # noqa: F401  (a fixture)
@@ -72,7 +72,7 @@ async def scrapes(aiohttp_client, tmp_path, version, fake_nvml):  # noqa: F811
     models_dir.mkdir()
     (models_dir / "fake-Q4_K_M.gguf").write_bytes(b"GGUF" + b"\0" * 1024)
     neuron_cfg = make_config(
-        neuron={"model_dirs": [str(models_dir)], "port_range": [41000, 41999], "stop_timeout_seconds": 2},
+        neuron={"model_dirs": [str(models_dir)], "port_range": engine_ports(), "stop_timeout_seconds": 2},
         models=[fake_model("m")],
     )
     neuron = await aiohttp_client(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))

@@ -21,7 +21,7 @@ from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.state import manager_key
-from tests.conftest import alive, make_config
+from tests.conftest import alive, engine_ports, make_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 HERE = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, ti
     neuron_cfg = make_config(
         neuron={
             "model_dirs": [str(tiny_llama.parent)],
-            "port_range": [48000, 48999],
+            "port_range": engine_ports(),
             "ready_timeout_seconds": 600,
             "stop_timeout_seconds": 20,
             "demo": False,
@@ -122,7 +122,7 @@ async def test_vllm_serves_a_model_pulled_from_a_hub(aiohttp_server, tiny_llama,
         neuron={
             "model_dirs": [str(tmp_path / "models")],
             "hf_cache_dir": str(cache),
-            "port_range": [48000, 48999],
+            "port_range": engine_ports(),
             "ready_timeout_seconds": 600,
             "stop_timeout_seconds": 20,
             "demo": False,
