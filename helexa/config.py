@@ -15,6 +15,7 @@ commented examples in ``config/`` from those descriptions.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
+import tomli_w
 
 from helexa.errors import ConfigError
 from helexa.wire import ModelId, explain_validation_error
@@ -43,8 +45,10 @@ __all__ = [
     "apply_env_overrides",
     "load_config",
     "parse_listen",
+    "rename_keys",
 ]
 
+logger = logging.getLogger(__name__)
 ENV_PREFIX = "HELEXA_"
 _T = TypeVar("_T")
 
@@ -171,8 +175,14 @@ class EvictionSection(ConfigStruct):
         Literal["lru", "priority"],
         _doc("lru: evict the least recently used model; priority: the lowest priority, then least recent."),
     ] = "lru"
-    defrag_after_cycles: Annotated[
-        int, _doc("After this many load/unload cycles on a neuron, restart its engine fully; 0 = never.", ge=0)
+    full_stop_after_unloads: Annotated[
+        int,
+        _doc(
+            "Where unloads put engines to sleep (vLLM's sleep tier): after this many load/unload cycles on a neuron "
+            "the next unload there stops its engine fully, returning all its memory; 0 = never. Was "
+            "defrag_after_cycles.",
+            ge=0,
+        ),
     ] = 50
 
 
@@ -356,10 +366,14 @@ class Catalogue(ConfigStruct):
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path | str | None = None, env: Mapping[str, str] | None = None, notes: list[str] | None = None
+) -> Config:
     """Read ``path`` (or only defaults when ``None``), apply environment overrides, validate.
 
     :param env: the environment to read ``HELEXA_…`` overrides from; ``os.environ`` when ``None``.
+    :param notes: receives what the file should say instead (renamed keys, see :data:`RENAMED`); they are
+        logged as warnings too.
     :raises ConfigError: with a one-line message naming the file (or variable) and the key path.
     """
     env = os.environ if env is None else env
@@ -367,6 +381,10 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     raw = _read_toml(source) if source is not None else {}
     label = source.name if source is not None else "<defaults>"
     origins = apply_env_overrides(raw, env)
+    for note in rename_keys(raw, label):
+        logger.warning("%s", note)
+        if notes is not None:
+            notes.append(note)
     cfg = _convert(raw, Config, label, origins)
     if cfg.gateway.catalogue:
         base = source.parent if source is not None else Path.cwd()
@@ -375,6 +393,30 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         cfg = msgspec.structs.replace(cfg, models=[*cfg.models, *catalogue.models])
     _check(cfg, label)
     return cfg
+
+
+#: Keys that were renamed: ``(section, old name) -> new name``. The old name keeps working for one release,
+#: with a warning that says what to write instead (``helexa config check`` prints it too).
+RENAMED = {("eviction", "defrag_after_cycles"): "full_stop_after_unloads"}
+
+
+def rename_keys(raw: dict[str, Any], label: str) -> list[str]:
+    """Move values under renamed keys (:data:`RENAMED`) to their new names in ``raw``; one note per key moved."""
+    notes = []
+    for (section, old), new in RENAMED.items():
+        table = raw.get(section)
+        if not isinstance(table, dict) or old not in table:
+            continue
+        value = table.pop(old)
+        if new in table:
+            notes.append(f"{label}: [{section}] {old} is ignored: {new} is set too; remove {old}")
+            continue
+        table[new] = value
+        notes.append(
+            f"{label}: [{section}] {old} is deprecated and goes in the next release; write {new} = "
+            f"{tomli_w.dumps({'v': value}).removeprefix('v = ').strip()} instead"
+        )
+    return notes
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

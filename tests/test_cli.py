@@ -232,3 +232,27 @@ def test_run_neuron_refuses_an_unknown_default_harness():
     result = helexa("run", "--role", "neuron", env=env)
     assert result.returncode == 2
     assert "$.neuron.default_harness: harness 'nope' is required but not installed" in result.stderr
+
+
+def test_a_renamed_key_still_works_and_config_check_says_what_to_write(tmp_path):
+    from helexa.config import load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text("[eviction]\ndefrag_after_cycles = 7\n")
+    notes: list[str] = []
+    assert load_config(path, notes=notes).eviction.full_stop_after_unloads == 7
+    assert notes == [
+        "gateway.toml: [eviction] defrag_after_cycles is deprecated and goes in the next release; "
+        "write full_stop_after_unloads = 7 instead"
+    ]
+    result = helexa("config", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "full_stop_after_unloads = 7" in result.stdout and "defrag_after_cycles" not in result.stdout
+    assert "note: gateway.toml: [eviction] defrag_after_cycles is deprecated" in result.stderr
+    both = tmp_path / "both.toml"
+    both.write_text("[eviction]\ndefrag_after_cycles = 7\nfull_stop_after_unloads = 3\n")
+    notes.clear()
+    assert load_config(both, notes=notes).eviction.full_stop_after_unloads == 3
+    assert "is ignored: full_stop_after_unloads is set too" in notes[0]
+    env = {"HELEXA_EVICTION__DEFRAG_AFTER_CYCLES": "9"}
+    assert load_config(None, env=env).eviction.full_stop_after_unloads == 9  # the variable's old name too

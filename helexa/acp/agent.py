@@ -53,9 +53,9 @@ from helexa.__about__ import __version__
 from helexa.acp import commands, tools
 from helexa.acp.editor import Editor, text_content
 from helexa.acp.present import config_options, mode_state, model_choices, prompt_text, replay, system_prompt
-from helexa.acp.sessions import MODES, Session, Store
+from helexa.acp.sessions import MODES, Session, SessionStore
 from helexa.acp.tools import TOOLS, ToolError
-from helexa.acp.upstream import Call, Upstream, UpstreamError
+from helexa.acp.upstream import Call, EndpointError, Upstream
 
 __all__ = ["HelexaAgent", "Settings"]
 
@@ -99,7 +99,7 @@ class Settings:
 class HelexaAgent:
     """The ``acp.Agent`` that ``helexa acp`` runs (see the module docstring)."""
 
-    def __init__(self, upstream: Upstream, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, upstream: Upstream, settings: Settings, store: SessionStore | None = None) -> None:
         self.upstream = upstream
         self.settings = settings
         self.store = store
@@ -160,7 +160,7 @@ class HelexaAgent:
         self.sessions[session.id] = session
         try:
             self.models = await self.upstream.models()
-        except UpstreamError as exc:
+        except EndpointError as exc:
             log.warning("model list unavailable while resuming %s: %s", session_id, exc)
         for update in replay(session):
             await self._update(session, update)
@@ -194,7 +194,7 @@ class HelexaAgent:
         elif config_id == "model":
             try:
                 self.models = await self.upstream.models()
-            except UpstreamError as exc:
+            except EndpointError as exc:
                 log.warning("model list unavailable, checking against the last one: %s", exc)
             ids = [i for i, _ in model_choices(self.models)]
             if value not in ids:
@@ -224,7 +224,7 @@ class HelexaAgent:
             if not session.cancelled:
                 raise
             reason = "cancelled"
-        except UpstreamError as exc:
+        except EndpointError as exc:
             raise _error(-32603, str(exc)) from None
         finally:
             session.task = None
@@ -262,7 +262,7 @@ class HelexaAgent:
                 body["max_tokens"] = self.settings.max_tokens
             try:
                 answer = await self.upstream.chat(body, on_text, on_reasoning)
-            except (asyncio.CancelledError, UpstreamError):  # what the editor already shows stays in the history
+            except (asyncio.CancelledError, EndpointError):  # what the editor already shows stays in the history
                 if shown:
                     session.messages.append({"role": "assistant", "content": "".join(shown)})
                 raise
@@ -419,7 +419,7 @@ class HelexaAgent:
     async def _fetch_models(self) -> list[dict[str, Any]]:
         try:
             self.models = await self.upstream.models()
-        except UpstreamError as exc:
+        except EndpointError as exc:
             raise _error(-32603, str(exc)) from None
         if not self.models:
             raise _error(-32603, f"{self.upstream.url} offers no models; load one (helexa status shows the fleet)")

@@ -16,7 +16,7 @@ from acp import run_agent, stdio_streams
 
 from helexa.acp.agent import HelexaAgent, Settings
 from helexa.acp.commands import adopt_orphans
-from helexa.acp.sessions import Store
+from helexa.acp.sessions import SessionStore
 from helexa.acp.transport import LineTransport
 from helexa.acp.upstream import Upstream
 
@@ -37,7 +37,7 @@ async def serve(url: str, api_key: str, settings: Settings, sessions_dir: Path |
             "processes that leave its process group may outlive their turn"
         )
     reader, writer = await stdio_streams(limit=MESSAGE_LIMIT) if _piped() else _file_streams(MESSAGE_LIMIT)
-    store = Store(sessions_dir) if sessions_dir is not None else None
+    store = SessionStore(sessions_dir) if sessions_dir is not None else None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         agent = HelexaAgent(Upstream(http, url, api_key), settings, store)

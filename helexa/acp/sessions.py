@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODES", "Session", "Store", "valid_id"]
+__all__ = ["MODES", "Session", "SessionStore", "valid_id"]
 
 log = logging.getLogger("helexa.acp")
 
@@ -84,7 +84,7 @@ class Session:
             self.title = " ".join(str(first).split())[:80]
 
 
-class Store:
+class SessionStore:
     """Sessions as ``<id>.json`` files in ``directory`` (created 0700)."""
 
     def __init__(self, directory: Path) -> None:

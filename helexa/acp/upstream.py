@@ -17,12 +17,12 @@ import aiohttp
 
 from helexa.sse import EventFramer, event_data
 
-__all__ = ["Answer", "Call", "Upstream", "UpstreamError"]
+__all__ = ["Answer", "Call", "EndpointError", "Upstream"]
 
 Delta = Callable[[str], Awaitable[None]]
 
 
-class UpstreamError(Exception):
+class EndpointError(Exception):
     """The endpoint could not be reached or answered with an error; the message says which and what to do."""
 
 
@@ -59,7 +59,7 @@ class Upstream:
             try:
                 data = (await resp.json(content_type=None))["data"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise UpstreamError(f"{self.url}/v1/models did not answer an OpenAI model list ({exc})") from None
+                raise EndpointError(f"{self.url}/v1/models did not answer an OpenAI model list ({exc})") from None
         return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     async def chat(self, body: dict[str, Any], on_text: Delta, on_reasoning: Delta) -> Answer:
@@ -76,9 +76,9 @@ class Upstream:
                     try:
                         chunk = json.loads(payload)
                     except ValueError:
-                        raise UpstreamError(f"the endpoint sent an event that is not JSON: {payload[:200]!r}") from None
+                        raise EndpointError(f"the endpoint sent an event that is not JSON: {payload[:200]!r}") from None
                     if isinstance(chunk.get("error"), dict):  # an error after the stream began
-                        raise UpstreamError(f"the model's answer failed: {chunk['error'].get('message', chunk)}")
+                        raise EndpointError(f"the model's answer failed: {chunk['error'].get('message', chunk)}")
                     await self._chunk(chunk, answer, calls, on_text, on_reasoning)
         answer.calls = [calls[i] for i in sorted(calls)]
         return answer
@@ -107,13 +107,13 @@ class Upstream:
 
     @contextlib.asynccontextmanager
     async def _request(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response, once its status is known to be a success; transport failures as :class:`UpstreamError`."""
+        """The response, once its status is known to be a success; transport failures as :class:`EndpointError`."""
         try:
             async with self.session.request(method, self.url + path, headers=self.headers, **kwargs) as resp:
                 await self._check(resp)
                 yield resp
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(
+            raise EndpointError(
                 f"cannot reach {self.url}{path} ({exc or type(exc).__name__}); is the gateway running? "
                 "(`helexa run --role both`, or pass --url)"
             ) from None
@@ -127,4 +127,4 @@ class Upstream:
         except (ValueError, KeyError, TypeError):
             message = text[:500]
         hint = " (set the key's environment variable, see --api-key-env)" if resp.status == 401 else ""
-        raise UpstreamError(f"{resp.method} {resp.url.path} answered {resp.status}: {message}{hint}")
+        raise EndpointError(f"{resp.method} {resp.url.path} answered {resp.status}: {message}{hint}")

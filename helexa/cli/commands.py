@@ -33,9 +33,9 @@ class UsageFailure(click.ClickException):
     exit_code = 2
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, notes: list[str] | None = None) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, notes=notes)
     except ConfigError as exc:
         raise UsageFailure(exc.message) from None
 
@@ -120,8 +120,12 @@ def config_init(role: str, output: str, force: bool) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--role", type=click.Choice(ROLES), default=None, help="Also apply this role's start-up checks.")
 def config_check(path: str, role: Role | None) -> None:
-    """Validate PATH (with environment overrides) and print the effective configuration, secrets masked."""
-    cfg = _load(path)
+    """Validate PATH (with environment overrides) and print the effective configuration, secrets masked; what
+    the file should say instead (a renamed key) goes to stderr."""
+    notes: list[str] = []
+    cfg = _load(path, notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     try:
         if role is not None:
             prepared = prepare(cfg, role, create_token=False)

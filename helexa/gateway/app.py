@@ -99,7 +99,7 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 clients,
                 metrics,
                 strategy=cfg.eviction.strategy,
-                defrag_after_cycles=cfg.eviction.defrag_after_cycles,
+                full_stop_after_unloads=cfg.eviction.full_stop_after_unloads,
                 load_timeout=cfg.gateway.load_timeout_seconds,
                 queue_limit=cfg.gateway.load_queue_limit,
                 affinity=cfg.gateway.prefix_affinity,

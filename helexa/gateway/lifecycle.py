@@ -62,7 +62,7 @@ class Lifecycle:
         metrics: GatewayMetrics,
         *,
         strategy: str = "lru",
-        defrag_after_cycles: int = 0,
+        full_stop_after_unloads: int = 0,
         load_timeout: float = 900.0,
         queue_limit: int = 64,
         affinity: bool = True,
@@ -72,7 +72,7 @@ class Lifecycle:
         self.clients = clients
         self.metrics = metrics
         self.strategy = strategy
-        self.defrag_after_cycles = defrag_after_cycles
+        self.full_stop_after_unloads = full_stop_after_unloads
         self.load_timeout = load_timeout
         self.queue_limit = queue_limit
         metrics.load_queue_limit.set(queue_limit)
@@ -264,9 +264,9 @@ class Lifecycle:
         return await self.ensure_loaded(entry)
 
     async def unload(self, neuron: str, model_id: str) -> None:
-        """Unload ``model_id`` from ``neuron``; every ``defrag_after_cycles`` cycles, a full engine stop."""
+        """Unload ``model_id`` from ``neuron``; every ``full_stop_after_unloads`` cycles, a full engine stop."""
         state = self.registry.neurons[neuron]
-        full = bool(self.defrag_after_cycles) and state.cycles >= self.defrag_after_cycles
+        full = bool(self.full_stop_after_unloads) and state.cycles >= self.full_stop_after_unloads
         if full:
             logger.info("neuron %s reached %d load/unload cycles: full engine restart", neuron, state.cycles)
             state.cycles = 0

@@ -2,7 +2,7 @@
 
 Neurons are the source of truth for what is loaded; the poller copies their ``/models`` here. The gateway
 adds only what neurons cannot know: requests in flight through this gateway and when each model was last
-used (for LRU), and load/unload cycles per neuron (for ``defrag_after_cycles``).
+used (for LRU), and load/unload cycles per neuron (for ``full_stop_after_unloads``).
 """
 
 from __future__ import annotations

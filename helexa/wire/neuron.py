@@ -204,7 +204,7 @@ class LoadResponse(WireStruct, omit_defaults=False):
 
 class UnloadRequest(WireStruct):
     """``POST /models/unload``. ``full``: stop the engine for real even where a harness could sleep it
-    (the gateway's ``defrag_after_cycles``)."""
+    (the gateway's ``full_stop_after_unloads``)."""
 
     model_id: ModelId
     full: bool = False

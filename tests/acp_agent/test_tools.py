@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helexa.acp import commands, tools
-from helexa.acp.sessions import Session, Store
+from helexa.acp.sessions import Session, SessionStore
 from helexa.acp.tools import ToolError
 from helexa.acp.transport import problem
 from tests.conftest import alive
@@ -101,7 +101,7 @@ def test_what_is_a_json_rpc_message(message, code):
 
 
 def test_the_store_keeps_sessions_and_ignores_what_is_not_one(tmp_path):
-    store = Store(tmp_path / "s")
+    store = SessionStore(tmp_path / "s")
     session = Session(id="a" * 32, cwd=tmp_path, model="m", messages=[{"role": "user", "content": "hi  there"}])
     session.touch()
     store.save(session)

@@ -186,9 +186,9 @@ async def test_nothing_to_evict_is_a_clear_503(fleet):
     assert error["code"] == "no_capacity" and "pinned or busy" in error["message"]
 
 
-async def test_defrag_after_cycles_makes_the_unload_a_full_stop(fleet):
+async def test_full_stop_after_unloads_makes_the_unload_a_full_stop(fleet):
     a = FakeNeuron("a", devices=[10000])
-    client, _ = await fleet([a], models=[entry("x", 8000), entry("y", 8000)], eviction={"defrag_after_cycles": 2})
+    client, _ = await fleet([a], models=[entry("x", 8000), entry("y", 8000)], eviction={"full_stop_after_unloads": 2})
     for model in ("x", "y", "x"):
         assert (await chat(client, model)).status == 200
     assert a.unloads == [("x", False), ("y", True)]
