@@ -14,7 +14,8 @@ import html
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -38,9 +39,17 @@ SESSION_S = 8 * 3600
 REFRESH_S = 5
 _keyring_key = web.AppKey("ui_keyring_key", KeyRing)
 _sessions_key = web.AppKey("ui_sessions_key", dict)
-_rates_key = web.AppKey("ui_rates_key", list)
+_rates_key = web.AppKey("ui_rates_key", "RateWindow")
 _bench_key = web.AppKey("ui_bench_key", "BenchView")
 _notes_key = web.AppKey("ui_notes_key", dict)  # id -> what the last actions did (bounded)
+
+
+@dataclass
+class RateWindow:
+    """The page's own samples of request counts, for the rate over the last minute; ``clock`` is injectable."""
+
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -55,7 +64,7 @@ def setup_ui(app: web.Application, ring: KeyRing, *, bench_db: str = "") -> None
     """Attach ``/ui`` to the gateway ``app``; ``ring`` decides who may see it (empty: everyone)."""
     app[_keyring_key] = ring
     app[_sessions_key] = {}
-    app[_rates_key] = []
+    app[_rates_key] = RateWindow()
     app[_bench_key] = BenchView(bench_db)
     app[_notes_key] = {}
     r = app.router
@@ -305,11 +314,12 @@ def _figures(app: web.Application) -> dict[str, dict[str, str]]:
     """Per model, from the gateway's own metrics: request rate over the last minute (from the page's own
     samples), and since-start medians of time to first token and tokens per second."""
     metrics: GatewayMetrics = app[gateway_metrics_key]
-    now = time.monotonic()
+    window = app[_rates_key]
+    now = window.clock()
     counts: dict[str, float] = {}
     for (model, _neuron, _status), child in metrics.requests.children():
         counts[model] = counts.get(model, 0.0) + child.value
-    samples: list[tuple[float, dict[str, float]]] = app[_rates_key]
+    samples = window.samples
     samples.append((now, counts))
     while len(samples) > 2 and now - samples[1][0] >= 60:
         samples.pop(0)

@@ -51,6 +51,7 @@ class FakeNeuron:
     served: list[str] = field(default_factory=list)
     auth_seen: list[str] = field(default_factory=list)
     log_requests: list[str] = field(default_factory=list)  # the raw paths of GET /models/{id}/logs
+    hung: asyncio.Event = field(default_factory=asyncio.Event)  # set when it starts hanging (freeze)
     ram_mb: int = 16000
     started: float = field(default_factory=time.monotonic)
 
@@ -100,8 +101,9 @@ class FakeNeuron:
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
     async def freeze(self) -> None:
-        """Hang like a SIGSTOPped process: never answer (until the test ends)."""
+        """Hang like a SIGSTOPped process: never answer (until the test ends). ``hung`` is set once it does."""
         self.frozen = True
+        self.hung.set()
         await asyncio.Event().wait()
 
     async def health(self, request):

@@ -25,8 +25,7 @@ async def test_a_request_waiting_on_a_hung_neuron_fails_over_to_another_replica(
     client, _ = await fleet([a, b], gateway=FAST)
     began = time.monotonic()
     task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))  # goes to a (ties: by name)
-    await asyncio.sleep(0.1)
-    a.frozen = True  # now its health checks hang too
+    await a.hung.wait()  # the request reached a, which hangs on it — and now its health checks hang too
     resp = await asyncio.wait_for(task, 10)
     assert resp.status == 200 and "Hello" in (await resp.json())["choices"][0]["message"]["content"]
     assert time.monotonic() - began < BOUND_S
@@ -41,8 +40,7 @@ async def test_the_only_replica_hanging_is_an_error_within_the_bound(fleet):
     client, _ = await fleet([a], gateway=FAST)
     began = time.monotonic()
     task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-    await asyncio.sleep(0.1)
-    a.frozen = True
+    await a.hung.wait()
     resp = await asyncio.wait_for(task, 10)
     assert resp.status in (502, 503), await resp.text()
     assert "stopped answering" in (await resp.json())["error"]["message"]
@@ -56,8 +54,7 @@ async def test_a_stream_from_a_neuron_that_hangs_mid_way_ends_with_an_error_even
     began = time.monotonic()
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     task = asyncio.create_task(resp.text())
-    await asyncio.sleep(0.2)
-    a.frozen = True
+    await a.hung.wait()  # three chunks out, then it freezes (health checks too)
     text = await asyncio.wait_for(task, 10)
     assert time.monotonic() - began < BOUND_S
     last = text.strip().split("\n\n")[-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from helexa.gateway.ui import _rates_key as ui_rates_key
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 
@@ -48,8 +49,11 @@ async def test_admin_buttons_load_and_unload(fleet):
     assert done.status == 303
     assert "loaded cold on gpu1" in await (await client.get(done.headers["Location"])).text()
     assert "cold" in fakes["gpu1"].models
-    await asyncio.sleep(0.2)
-    page = await (await client.get("/ui")).text()
+    for _ in range(100):  # until a poll has seen it loaded
+        page = await (await client.get("/ui")).text()
+        if "/ui/models/cold/unload" in page:
+            break
+        await asyncio.sleep(0.05)
     assert "/ui/models/cold/unload" in page
     gone = await client.post("/ui/models/cold/unload", allow_redirects=False)
     assert gone.status == 303 and "cold" not in fakes["gpu1"].models
@@ -62,11 +66,13 @@ async def test_without_auth_the_page_is_open_and_shows_live_figures(fleet):
     a = FakeNeuron("cpu1", devices=[])
     a.preload("m")
     client, _ = await fleet([a], models=[entry("m")])
+    now = [1000.0]
+    client.app[ui_rates_key].clock = lambda: now[0]
     for _ in range(3):
         chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         await (await client.post("/v1/chat/completions", json=chat)).read()
     await client.get("/ui")
-    await asyncio.sleep(1.1)
+    now[0] += 1.1  # a rate needs two samples a second apart
     page = await (await client.get("/ui")).text()
     assert "CPU, " in page and "RAM" in page
     row = page.split('data-model="m"', 1)[1].split("</tr>", 1)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.neuron.test_lifecycle import engine, load
+from tests.neuron.test_lifecycle import engine, load, wait_status
 
 SLOW = {"flags": ["--startup-delay", "1.0"]}
 
@@ -12,7 +12,7 @@ SLOW = {"flags": ["--startup-delay", "1.0"]}
 async def test_an_unload_during_a_load_answers_every_waiting_load_with_409(neuron):
     client = await neuron()
     loads = [asyncio.create_task(load(client, options=SLOW)) for _ in range(5)]
-    await asyncio.sleep(0.3)
+    await wait_status(client, "fake-model", "loading")
     unload = await client.post("/models/unload", json={"model_id": "fake-model"})
     assert unload.status == 200
     answers = await asyncio.wait_for(asyncio.gather(*loads), 10)
@@ -29,7 +29,7 @@ async def test_concurrent_loads_of_one_id_with_different_specs_are_409(neuron, m
     (models_dir / "other-Q8_0.gguf").write_bytes(b"GGUF" + b"\0" * 1024)
     client = await neuron()
     first = asyncio.create_task(load(client, options=SLOW))
-    await asyncio.sleep(0.3)
+    await wait_status(client, "fake-model", "loading")
     other = await load(client, source="other-Q8_0.gguf", options=SLOW)
     assert other.status == 409
     message = (await other.json())["error"]["message"]
