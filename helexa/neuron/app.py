@@ -134,7 +134,7 @@ def _background(preload: list[str]):  # noqa: ANN202
 async def _preload(app: web.Application, model_ids: list[str]) -> None:
     manager = app[manager_key]
     for model_id in model_ids:
-        spec = manager.spec_for(model_id)
+        spec = manager.specs.spec_for(model_id)
         if spec is None:
             logger.error("preload: %r is not in the catalogue ([[models]]); skipping it", model_id)
             continue

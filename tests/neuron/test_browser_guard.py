@@ -97,7 +97,7 @@ async def test_safe_options_from_a_request_are_merged_over_the_catalogue(neuron)
 
     entry = {"id": "g", "harness": "llamacpp", "source": "fake-Q4_K_M.gguf", "options": {"threads": 2}}
     client = await neuron(harnesses=HARNESSES, models=[entry])
-    spec = client.app[manager_key].from_request(ModelSpec(model_id="g", options={"ctx_size": 2048}))
+    spec = client.app[manager_key].specs.from_request(ModelSpec(model_id="g", options={"ctx_size": 2048}))
     assert spec.options == {"threads": 2, "ctx_size": 2048} and spec.harness == "llamacpp"
 
 

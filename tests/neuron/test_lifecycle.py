@@ -329,12 +329,12 @@ async def test_load_request_fields_win_over_the_catalogue(neuron):
 
     client = await neuron(models=[fake_model("cat", "--reply", "x", aliases=["kitty"], tensor_parallel=1)])
     manager = client.app[manager_key]
-    filled = manager.complete(ModelSpec(model_id="kitty"))
+    filled = manager.specs.complete(ModelSpec(model_id="kitty"))
     assert (filled.model_id, filled.harness, filled.source) == ("cat", "fake", "fake-Q4_K_M.gguf")
     assert filled.options == {"flags": ["--reply", "x"]} and filled.normalise is True
-    kept = manager.complete(ModelSpec(model_id="cat", normalise=False, options={"flags": []}))
+    kept = manager.specs.complete(ModelSpec(model_id="cat", normalise=False, options={"flags": []}))
     assert kept.normalise is False and kept.options == {"flags": []}
-    unknown = manager.complete(ModelSpec(model_id="other"))  # default_harness = auto, and only "fake" here
+    unknown = manager.specs.complete(ModelSpec(model_id="other"))  # default_harness = auto, and only "fake" here
     assert (unknown.harness, unknown.source) == ("auto", "")
     resp = await client.post("/models/load", json={"model_id": "other"})
     assert resp.status == 422 and (await resp.json())["error"]["kind"] == "harness_not_installed"
