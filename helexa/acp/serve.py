@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 from acp import run_agent, stdio_streams
 
-from helexa.acp.agent import HelexaAgent, Settings
+from helexa.acp.agent import HelexaAgent
 from helexa.acp.commands import adopt_orphans
 from helexa.acp.sessions import SessionStore
 from helexa.acp.transport import LineTransport
+from helexa.acp.turns import Settings
 from helexa.acp.upstream import Upstream
 
 __all__ = ["MESSAGE_LIMIT", "serve"]

@@ -410,8 +410,8 @@ def acp(
 ) -> None:
     """An Agent Client Protocol agent on stdio, for editors such as Zed (see docs/acp.md)."""
     try:
-        from helexa.acp.agent import Settings  # noqa: PLC0415
         from helexa.acp.serve import serve  # noqa: PLC0415
+        from helexa.acp.turns import Settings  # noqa: PLC0415
     except ImportError as exc:
         raise click.ClickException(f"helexa acp needs the acp extra: pip install 'helexa[acp]' ({exc})") from None
     setup_logging("info", "text", "acp")
