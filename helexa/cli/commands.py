@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -210,8 +211,7 @@ def _gateway(url: str, api_key: str, config_path: str | None, scope: str) -> tup
 @config_option
 def status(url: str, api_key: str, as_json: bool, config_path: str | None) -> None:
     """Neurons and models of a running gateway."""
-    data = _fetch(*_gateway(url, api_key, config_path, "inference"), "/fleet")
-    click.echo(json.dumps(data, indent=2) if as_json else status_table(data))
+    _show("/fleet", status_table, url, api_key, as_json=as_json, config_path=config_path)
 
 
 @cli.command()
@@ -221,8 +221,15 @@ def status(url: str, api_key: str, as_json: bool, config_path: str | None) -> No
 @config_option
 def models(url: str, api_key: str, as_json: bool, config_path: str | None) -> None:
     """The models a running gateway offers."""
-    data = _fetch(*_gateway(url, api_key, config_path, "inference"), "/v1/models")
-    click.echo(json.dumps(data, indent=2) if as_json else models_table(data))
+    _show("/v1/models", models_table, url, api_key, as_json=as_json, config_path=config_path)
+
+
+def _show(
+    path: str, table: Callable[[dict], str], url: str, api_key: str, *, as_json: bool, config_path: str | None
+) -> None:
+    """Print what a running gateway answers at ``path``: as JSON, or as ``table`` draws it."""
+    data = _fetch(*_gateway(url, api_key, config_path, "inference"), path)
+    click.echo(json.dumps(data, indent=2) if as_json else table(data))
 
 
 @cli.command()
