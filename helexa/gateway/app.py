@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
 from helexa.config import Config, parse_listen
+from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics
@@ -29,8 +30,9 @@ from helexa.gateway.state import (
     keepalive_seconds_key,
     lifecycle_key,
     session_key,
+    ui_app_key,
 )
-from helexa.gateway.ui import setup_ui
+from helexa.gateway.ui import make_ui_app
 from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.browser_guard import BrowserGuard, known_host_names
 from helexa.server.keys import KeyGuard, KeyRing
@@ -41,12 +43,11 @@ __all__ = ["make_gateway_app"]
 
 
 def _scope(request: web.Request) -> str | None:
-    """The key scope a route needs (``None``: open)."""
+    """The key scope a route of the API needs (``None``: open). ``/admin`` and ``/ui`` are sub-applications
+    with guards of their own."""
     path = request.path
     if path.startswith("/v1/"):
         return "inference"
-    if path.startswith("/admin/"):
-        return "admin"
     return "any" if path.startswith("/fleet") else None
 
 
@@ -57,8 +58,11 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     guards: list[Guard] = [
         BrowserGuard(known_host_names([listen_host, *cfg.gateway.allowed_hosts]), form_prefix="/ui/")
     ]
+    admin_guards: list[Guard] = []
     if (ring := KeyRing.from_config(cfg.auth)).keys:
-        guards.append(KeyGuard(ring, prometheus, scope_of=_scope))
+        keys = KeyGuard(ring, prometheus, scope_of=_scope)
+        guards.append(keys)
+        admin_guards.append(keys.scoped("admin"))
     app = base_app(
         role="gateway",
         version=version,
@@ -67,7 +71,9 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         serve_metrics=False,
         guards=guards,
     )
-    setup_ui(app, ring, bench_db=cfg.gateway.bench_db)
+    app[ui_app_key] = ui = make_ui_app(ring, bench_db=cfg.gateway.bench_db)
+    app.add_subapp("/ui", ui)
+    app.add_subapp("/admin", make_admin_app(admin_guards))
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds

@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from helexa.errors import InvalidRequest, NotFound
+from helexa.errors import NotFound
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.catalogue import fleet_report, model_cards
 from helexa.gateway.forward import Forward, observe
@@ -80,46 +80,6 @@ async def fleet(request: web.Request) -> web.Response:
     return json_response(fleet_report(lifecycle.registry, lifecycle.loading()))
 
 
-async def admin_load(request: web.Request) -> web.Response:
-    """``POST /admin/models/{id}/load``: load a catalogue model now."""
-    lifecycle = request.app[lifecycle_key]
-    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
-    neuron = await lifecycle.load(model_id)
-    return json_response({"model": model_id, "status": "loaded", "neuron": neuron})
-
-
-async def admin_unload(request: web.Request) -> web.Response:
-    """``POST /admin/models/{id}/unload``: unload a model from every neuron that has it."""
-    lifecycle = request.app[lifecycle_key]
-    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
-    holders = [n.name for n in lifecycle.registry.neurons.values() if model_id in n.models]
-    if not holders:
-        raise NotFound(f"model {model_id!r} is not loaded on any neuron", code="model_not_loaded")
-    for name in holders:
-        await lifecycle.unload(name, model_id)
-    return json_response({"model": model_id, "status": "unloaded", "neurons": holders})
-
-
-async def admin_logs(request: web.Request) -> web.Response:
-    """``GET /admin/models/{id}/logs?lines=N[&neuron=NAME]``: the engine's recent output from the neuron that
-    runs the model (or tried to), as text."""
-    lifecycle = request.app[lifecycle_key]
-    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
-    try:
-        lines = max(1, min(int(request.query.get("lines", "200")), 10_000))
-    except ValueError:
-        raise InvalidRequest("lines must be a whole number", param="lines") from None
-    wanted = request.query.get("neuron", "")
-    holders = [
-        n.name for n in lifecycle.registry.neurons.values() if model_id in n.models and (not wanted or n.name == wanted)
-    ]
-    if not holders:
-        where = f" on neuron {wanted!r}" if wanted else " on any neuron"
-        raise NotFound(f"model {model_id!r} has no engine log{where}", code="model_not_loaded")
-    text = await lifecycle.clients[holders[0]].logs(model_id, lines)
-    return web.Response(text=f"# neuron {holders[0]}, model {model_id}\n{text}", content_type="text/plain")
-
-
 def setup_routes(app: web.Application) -> None:
     """Attach the gateway API to ``app``."""
     r = app.router
@@ -128,6 +88,3 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/v1/models", list_models)
     r.add_get("/v1/models/{model_id:.+}", get_model)
     r.add_get("/fleet", fleet)
-    r.add_post("/admin/models/{model_id:.+}/load", admin_load)
-    r.add_post("/admin/models/{model_id:.+}/unload", admin_unload)
-    r.add_get("/admin/models/{model_id:.+}/logs", admin_logs)

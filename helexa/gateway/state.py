@@ -12,10 +12,18 @@ from aiohttp import web
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics
 
-__all__ = ["first_byte_timeout_key", "gateway_metrics_key", "keepalive_seconds_key", "lifecycle_key", "session_key"]
+__all__ = [
+    "first_byte_timeout_key",
+    "gateway_metrics_key",
+    "keepalive_seconds_key",
+    "lifecycle_key",
+    "session_key",
+    "ui_app_key",
+]
 
 lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
 session_key = web.AppKey("session_key", aiohttp.ClientSession)  # the one client session to every neuron
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds
 keepalive_seconds_key = web.AppKey("keepalive_seconds_key", float)  # [gateway] keepalive_seconds
+ui_app_key = web.AppKey("ui_app_key", web.Application)  # the fleet page's sub-application (its own state)

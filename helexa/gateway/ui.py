@@ -32,14 +32,14 @@ from helexa.server.body import read_body
 from helexa.server.keys import Key, KeyRing
 from helexa.wire.progress import describe_progress
 
-__all__ = ["setup_ui"]
+__all__ = ["keyring_key", "make_ui_app", "rates_key"]
 
 COOKIE = "helexa_ui"
 SESSION_S = 8 * 3600
 REFRESH_S = 5
-_keyring_key = web.AppKey("ui_keyring_key", KeyRing)
+keyring_key = web.AppKey("uikeyring_key", KeyRing)
 _sessions_key = web.AppKey("ui_sessions_key", dict)
-_rates_key = web.AppKey("ui_rates_key", "RateWindow")
+rates_key = web.AppKey("uirates_key", "RateWindow")
 _bench_key = web.AppKey("ui_bench_key", "BenchView")
 _notes_key = web.AppKey("ui_notes_key", dict)  # id -> what the last actions did (bounded)
 
@@ -60,26 +60,30 @@ class Viewer:
     admin: bool
 
 
-def setup_ui(app: web.Application, ring: KeyRing, *, bench_db: str = "") -> None:
-    """Attach ``/ui`` to the gateway ``app``; ``ring`` decides who may see it (empty: everyone)."""
-    app[_keyring_key] = ring
+def make_ui_app(ring: KeyRing, *, bench_db: str = "") -> web.Application:
+    """The ``/ui`` sub-application, with its own state (sessions, notes, rate samples, bench view); ``ring``
+    decides who may see it (empty: everyone). It signs its visitors in itself (the API's key guard does not
+    run on it) and reads the gateway's lifecycle and metrics from the application it is mounted on."""
+    app = web.Application()
+    app[keyring_key] = ring
     app[_sessions_key] = {}
-    app[_rates_key] = RateWindow()
+    app[rates_key] = RateWindow()
     app[_bench_key] = BenchView(bench_db)
     app[_notes_key] = {}
     r = app.router
-    r.add_get("/ui", page)
-    r.add_post("/ui/login", login)
-    r.add_post("/ui/logout", logout)
-    r.add_post("/ui/models/{model_id:.+}/{action:load|unload}", act)
-    r.add_get("/ui/models/{model_id:.+}/logs", engine_logs)
+    r.add_get("", page)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_post("/models/{model_id:.+}/{action:load|unload}", act)
+    r.add_get("/models/{model_id:.+}/logs", engine_logs)
+    return app
 
 
 # ------------------------------------------------------------------------------------------------- who is it
 
 
 def _viewer(request: web.Request) -> Viewer | None:
-    ring = request.app[_keyring_key]
+    ring = request.app[keyring_key]
     if not ring.keys:
         return Viewer("", True)
     presented = presented_token(request, allow_x_api_key=True)  # a key sent with the request wins
@@ -113,7 +117,7 @@ def _same_origin(request: web.Request) -> bool:
 async def login(request: web.Request) -> web.Response:
     """``POST /ui/login`` (form ``key``): a session cookie for a valid key, else the sign-in page again (401)."""
     form = dict(parse_qsl((await read_body(request)).decode(errors="replace")))
-    ring = request.app[_keyring_key]
+    ring = request.app[keyring_key]
     try:
         key = _find(request, ring, form.get("key", "")) if ring.keys else None
     except TooManyFailures as exc:
@@ -158,7 +162,7 @@ async def act(request: web.Request) -> web.Response:
         return _sign_in(request)
     if not viewer.admin or not _same_origin(request):
         raise PermissionDenied("loading and unloading need a key with the admin scope")
-    lifecycle = request.app[lifecycle_key]
+    lifecycle = request.config_dict[lifecycle_key]
     model_id = lifecycle.registry.resolve(request.match_info["model_id"])
     try:
         if request.match_info["action"] == "load":
@@ -186,7 +190,7 @@ async def engine_logs(request: web.Request) -> web.Response:
         return _sign_in(request)
     if not viewer.admin:
         raise PermissionDenied("engine logs need a key with the admin scope")
-    lifecycle = request.app[lifecycle_key]
+    lifecycle = request.config_dict[lifecycle_key]
     model_id = lifecycle.registry.resolve(request.match_info["model_id"])
     neuron = request.query.get("neuron", "")
     if neuron not in lifecycle.clients:
@@ -206,10 +210,10 @@ async def page(request: web.Request) -> web.Response:
     viewer = _viewer(request)
     if viewer is None:
         return _sign_in(request)
-    lifecycle = request.app[lifecycle_key]
+    lifecycle = request.config_dict[lifecycle_key]
     await lifecycle.first_round()
     fleet = msgspec.to_builtins(fleet_report(lifecycle.registry, lifecycle.loading()))  # plain data, as /fleet
-    figures = _figures(request.app)
+    figures = _figures(request.config_dict[gateway_metrics_key], request.app[rates_key])
     note = request.app[_notes_key].get(request.query.get("note", ""), "")
     who = (
         f'<form method="post" action="/ui/logout" class="who">signed in as <b>{html.escape(viewer.name)}</b> '
@@ -310,11 +314,9 @@ def _models(fleet: dict[str, Any], figures: dict[str, dict[str, str]], viewer: V
     )
 
 
-def _figures(app: web.Application) -> dict[str, dict[str, str]]:
+def _figures(metrics: GatewayMetrics, window: RateWindow) -> dict[str, dict[str, str]]:
     """Per model, from the gateway's own metrics: request rate over the last minute (from the page's own
     samples), and since-start medians of time to first token and tokens per second."""
-    metrics: GatewayMetrics = app[gateway_metrics_key]
-    window = app[_rates_key]
     now = window.clock()
     counts: dict[str, float] = {}
     for (model, _neuron, _status), child in metrics.requests.children():

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from helexa.server import parse_errors
 from helexa.server.body import INFLATING_AT_ONCE, inflating_key
 from helexa.server.httpmetrics import HttpMetrics
-from helexa.server.middlewares import Guard, active_key, on_response_prepare, request_middleware, role_key
+from helexa.server.middlewares import Guard, active_key, request_middleware, response_marker, role_key
 from helexa.server.version import VersionInfo
 
 __all__ = ["base_app", "cancel_all", "json_response", "max_body_key", "metrics_app", "registry_key", "version_key"]
@@ -77,18 +77,21 @@ def base_app(
     """
     parse_errors.install()
     metrics = HttpMetrics(registry if registry is not None else CollectorRegistry(), role, version)
+    active: dict[int, web.Request] = {}
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe, guards=guards)],
+        middlewares=[
+            request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe, guards=guards, active=active)
+        ],
     )
     app[role_key] = role
-    app[active_key] = {}
+    app[active_key] = active
     app[max_body_key] = max_body_bytes
     app[inflating_key] = asyncio.Semaphore(INFLATING_AT_ONCE)
     app[version_key] = version
     app[registry_key] = metrics.registry
     app[http_metrics_key] = metrics
-    app.on_response_prepare.append(on_response_prepare)
+    app.on_response_prepare.append(response_marker(role))
     app.router.add_get("/", _root)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/version", _version)
@@ -99,11 +102,14 @@ def base_app(
 
 def metrics_app(*, role: str, registry: CollectorRegistry) -> web.Application:
     """An app that serves only ``/metrics`` for ``registry`` (another app's), on a port of its own."""
-    app = web.Application(client_max_size=64 * 1024, middlewares=[request_middleware(max_body_bytes=64 * 1024)])
+    active: dict[int, web.Request] = {}
+    app = web.Application(
+        client_max_size=64 * 1024, middlewares=[request_middleware(max_body_bytes=64 * 1024, active=active)]
+    )
     app[role_key] = role
-    app[active_key] = {}
+    app[active_key] = active
     app[registry_key] = registry
-    app.on_response_prepare.append(on_response_prepare)
+    app.on_response_prepare.append(response_marker(role))
     app.router.add_get("/metrics", _metrics)
     return app
 

@@ -31,7 +31,7 @@ async def read_body(request: web.Request) -> bytes:
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if not encoding or encoding == "identity":
         return await request.read()
-    async with request.app[inflating_key]:
+    async with request.config_dict[inflating_key]:
         body = bytearray()
         while chunk := await request.content.readany():
             body += chunk

@@ -23,6 +23,7 @@ from helexa.config import AuthSection
 from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
 from helexa.server.auth import FailureThrottle, presented_token
 from helexa.server.hotmetrics import HotCounter
+from helexa.server.middlewares import Guard
 
 __all__ = [
     "Key",
@@ -175,11 +176,17 @@ class KeyGuard:
         self._series = {k.name: (self._requests.labels(k.name), self._tokens.labels(k.name)) for k in ring.keys}
 
     def enter(self, request: web.Request) -> Callable[[], None] | None:
-        """Admit ``request`` (401, 403 or 429 otherwise); the returned callable releases it."""
-        if not self.ring.keys:
-            return None
-        scope = self.scope_of(request)
-        if scope is None:
+        """Admit ``request`` for the scope ``scope_of`` gives it (401, 403 or 429 otherwise); the returned
+        callable releases it."""
+        return self.admit(request, self.scope_of(request))
+
+    def scoped(self, scope: str) -> Guard:
+        """This guard for every request of a sub-application that needs ``scope`` (``/admin``: ``admin``)."""
+        return _Scoped(self, scope)
+
+    def admit(self, request: web.Request, scope: str | None) -> Callable[[], None] | None:
+        """Admit ``request`` for ``scope`` (``None``: open); the returned callable releases it."""
+        if not self.ring.keys or scope is None:
             return None
         presented = presented_token(request, allow_x_api_key=True)
         if not presented:
@@ -216,3 +223,14 @@ class KeyGuard:
                 tokens.inc(usage.tokens)
 
         return release
+
+
+class _Scoped:
+    """A :class:`KeyGuard` fixed to one scope (see :meth:`KeyGuard.scoped`)."""
+
+    def __init__(self, guard: KeyGuard, scope: str) -> None:
+        self.guard, self.scope = guard, scope
+
+    def enter(self, request: web.Request) -> Callable[[], None] | None:
+        """Admit ``request`` for the fixed scope."""
+        return self.guard.admit(request, self.scope)

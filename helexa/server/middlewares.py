@@ -35,10 +35,11 @@ __all__ = [
     "active_key",
     "end_requests",
     "error_body",
-    "on_response_prepare",
+    "guard_middleware",
     "quiet_access_key",
     "request_id_key",
     "request_middleware",
+    "response_marker",
     "role_key",
     "sse_error_event",
     "sse_error_key",
@@ -187,17 +188,41 @@ def _admit(guards: tuple[Guard, ...], request: web.Request, done: list[Callable[
             done.append(release)
 
 
+def guard_middleware(guards: Sequence[Guard]) -> Callable[..., object]:
+    """A sub-application's own guards (the root app's :func:`request_middleware` runs first and renders
+    what they raise); what they return runs when the request is done."""
+    guards = tuple(guards)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        done: list[Callable[[], None]] = []
+        try:
+            _admit(guards, request, done)
+            return await handler(request)
+        finally:
+            for release in done:
+                release()
+
+    return middleware
+
+
 def request_middleware(
-    *, max_body_bytes: int, observe: Observer | None = None, guards: Sequence[Guard] = ()
+    *,
+    max_body_bytes: int,
+    observe: Observer | None = None,
+    guards: Sequence[Guard] = (),
+    active: dict[int, web.Request] | None = None,
 ) -> Callable[..., object]:
     """The one middleware every helexa app runs first.
 
     It assigns the request id, refuses bodies over ``max_body_bytes`` by their Content-Length (chunked
     bodies are limited while read), runs the app's ``guards`` in order, turns every exception into the right
     error envelope, and reports each request to ``observe`` (route pattern, method, status, seconds). One
-    layer instead of one per concern keeps the proxy's per-request cost down.
+    layer instead of one per concern keeps the proxy's per-request cost down. ``active``: the app's requests
+    being handled (its ``active_key``), sub-applications' requests included.
     """
     guards = tuple(guards)
+    active = active if active is not None else {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -206,7 +231,6 @@ def request_middleware(
         request[request_id_key] = rid if rid and _CLIENT_REQUEST_ID.match(rid) else f"{_ID_PREFIX}{next(_ids):010x}"
         status, response = 500, None
         done: list[Callable[[], None]] = []
-        active = request.app[active_key]
         active[id(request)] = request
         try:
             length = request.content_length
@@ -250,14 +274,19 @@ def request_middleware(
     return middleware
 
 
-async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Mark every response with its origin and request id, and remember streams for late errors."""
-    response.headers.setdefault(ORIGIN_HEADER, request.app[role_key])
-    rid = request.get(request_id_key)
-    if rid:
-        response.headers.setdefault(REQUEST_ID_HEADER, rid)
-    if not isinstance(response, web.Response):
-        request[_stream_key] = response
+def response_marker(role: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The ``on_response_prepare`` signal of an app of ``role`` (its sub-applications' responses included)."""
+
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        """Mark every response with its origin and request id, and remember streams for late errors."""
+        response.headers.setdefault(ORIGIN_HEADER, role)
+        rid = request.get(request_id_key)
+        if rid:
+            response.headers.setdefault(REQUEST_ID_HEADER, rid)
+        if not isinstance(response, web.Response):
+            request[_stream_key] = response
+
+    return on_response_prepare
 
 
 quiet_access_key = web.AppKey("quiet_access_key", bool)  # this app's access lines at DEBUG (--role both's neuron)
@@ -279,7 +308,7 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line for one finished request."""
-        app = request.app if isinstance(request, web.Request) else None
+        app = _root(request)
         level = logging.DEBUG if _routine(request, app) else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
@@ -303,6 +332,14 @@ class AccessLogger(AbstractAccessLogger):
                 "remote": request.remote,
             },
         )
+
+
+def _root(request: web.BaseRequest) -> web.Application | None:
+    """The application that received ``request`` (the root one, for a sub-application's route)."""
+    if not isinstance(request, web.Request):
+        return None
+    apps = request.match_info.apps
+    return apps[0] if apps else request.app
 
 
 def _routine(request: web.BaseRequest, app: web.Application | None) -> bool:

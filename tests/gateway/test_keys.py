@@ -7,7 +7,8 @@ import hashlib
 
 from prometheus_client import generate_latest
 
-from helexa.gateway.ui import _keyring_key as ui_keyring_key
+from helexa.gateway.state import ui_app_key
+from helexa.gateway.ui import keyring_key as ui_keyring_key
 from helexa.server.app import registry_key
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.test_gateway import metric
@@ -128,7 +129,7 @@ async def test_wrong_keys_are_throttled_per_address(fleet):
     a = FakeNeuron("a")
     a.preload("m")
     client, _ = await fleet([a], auth={"api_keys": ["sk-right"]})
-    throttle = client.app[ui_keyring_key].throttle
+    throttle = client.app[ui_app_key][ui_keyring_key].throttle
     now = [1000.0]
     throttle.clock = lambda: now[0]
     statuses = [(await client.get("/v1/models", headers=bearer(f"sk-guess-{i}"))).status for i in range(200)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from helexa.gateway.ui import _rates_key as ui_rates_key
+from helexa.gateway.state import ui_app_key
+from helexa.gateway.ui import rates_key as ui_rates_key
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 
@@ -67,7 +68,7 @@ async def test_without_auth_the_page_is_open_and_shows_live_figures(fleet):
     a.preload("m")
     client, _ = await fleet([a], models=[entry("m")])
     now = [1000.0]
-    client.app[ui_rates_key].clock = lambda: now[0]
+    client.app[ui_app_key][ui_rates_key].clock = lambda: now[0]
     for _ in range(3):
         chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         await (await client.post("/v1/chat/completions", json=chat)).read()

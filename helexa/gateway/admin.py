@@ -1,0 +1,65 @@
+"""``/admin``: loading, unloading and engine logs, as a sub-application that owns its guard (an admin key,
+when keys are configured)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from helexa.errors import InvalidRequest, NotFound
+from helexa.gateway.state import lifecycle_key
+from helexa.server.app import json_response
+from helexa.server.middlewares import Guard, guard_middleware
+
+__all__ = ["make_admin_app"]
+
+
+def make_admin_app(guards: Sequence[Guard]) -> web.Application:
+    """The ``/admin`` sub-application; ``guards`` admit its requests (an admin-scoped key guard, or none)."""
+    app = web.Application(middlewares=[guard_middleware(guards)] if guards else [])
+    r = app.router
+    r.add_post("/models/{model_id:.+}/load", admin_load)
+    r.add_post("/models/{model_id:.+}/unload", admin_unload)
+    r.add_get("/models/{model_id:.+}/logs", admin_logs)
+    return app
+
+
+async def admin_load(request: web.Request) -> web.Response:
+    """``POST /admin/models/{id}/load``: load a catalogue model now."""
+    lifecycle = request.config_dict[lifecycle_key]
+    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
+    neuron = await lifecycle.load(model_id)
+    return json_response({"model": model_id, "status": "loaded", "neuron": neuron})
+
+
+async def admin_unload(request: web.Request) -> web.Response:
+    """``POST /admin/models/{id}/unload``: unload a model from every neuron that has it."""
+    lifecycle = request.config_dict[lifecycle_key]
+    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
+    holders = [n.name for n in lifecycle.registry.neurons.values() if model_id in n.models]
+    if not holders:
+        raise NotFound(f"model {model_id!r} is not loaded on any neuron", code="model_not_loaded")
+    for name in holders:
+        await lifecycle.unload(name, model_id)
+    return json_response({"model": model_id, "status": "unloaded", "neurons": holders})
+
+
+async def admin_logs(request: web.Request) -> web.Response:
+    """``GET /admin/models/{id}/logs?lines=N[&neuron=NAME]``: the engine's recent output from the neuron that
+    runs the model (or tried to), as text."""
+    lifecycle = request.config_dict[lifecycle_key]
+    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
+    try:
+        lines = max(1, min(int(request.query.get("lines", "200")), 10_000))
+    except ValueError:
+        raise InvalidRequest("lines must be a whole number", param="lines") from None
+    wanted = request.query.get("neuron", "")
+    holders = [
+        n.name for n in lifecycle.registry.neurons.values() if model_id in n.models and (not wanted or n.name == wanted)
+    ]
+    if not holders:
+        where = f" on neuron {wanted!r}" if wanted else " on any neuron"
+        raise NotFound(f"model {model_id!r} has no engine log{where}", code="model_not_loaded")
+    text = await lifecycle.clients[holders[0]].logs(model_id, lines)
+    return web.Response(text=f"# neuron {holders[0]}, model {model_id}\n{text}", content_type="text/plain")
