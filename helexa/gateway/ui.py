@@ -9,14 +9,11 @@ scope; their forms are refused from any other origin.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -24,6 +21,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import HelexaError, NotFound, PermissionDenied
+from helexa.gateway.benchview import REFRESH_S, BenchView
 from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.state import gateway_metrics_key, lifecycle_key
@@ -36,11 +34,10 @@ __all__ = ["keyring_key", "make_ui_app", "rates_key"]
 
 COOKIE = "helexa_ui"
 SESSION_S = 8 * 3600
-REFRESH_S = 5
-keyring_key = web.AppKey("uikeyring_key", KeyRing)
+keyring_key = web.AppKey("ui_keyring_key", KeyRing)
+rates_key = web.AppKey("ui_rates_key", "RateWindow")
 _sessions_key = web.AppKey("ui_sessions_key", dict)
-rates_key = web.AppKey("uirates_key", "RateWindow")
-_bench_key = web.AppKey("ui_bench_key", "BenchView")
+_bench_key = web.AppKey("ui_bench_key", BenchView)
 _notes_key = web.AppKey("ui_notes_key", dict)  # id -> what the last actions did (bounded)
 
 
@@ -354,61 +351,6 @@ def _bucket_median(bounds: tuple[float, ...], counts: list[int]) -> float | None
             return lower + (upper - lower) * ((total / 2 - running) / count)
         running, lower = running + count, upper
     return bounds[-1]
-
-
-class BenchView:
-    """The page's bench section, read from ``[gateway] bench_db`` off the event loop.
-
-    The database belongs to ``helexa bench``, which may hold its write lock for a while: the read runs in a
-    thread (read-only, waiting at most a second for the lock) and the page waits for it at most
-    :data:`BENCH_WAIT_S` — past that it shows the last section read (or says it is being read), so neither the
-    page nor any other request of the gateway ever waits for that lock. A section is read again at most every
-    :data:`REFRESH_S` seconds.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.html = ""
-        self.fresh_until = 0.0
-        self.task: asyncio.Future[str] | None = None
-
-    async def section(self) -> str:
-        """The section's HTML ("" without a database)."""
-        if not self.path or time.monotonic() < self.fresh_until:
-            return self.html
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(asyncio.to_thread(_bench, self.path))
-        done, _ = await asyncio.wait([self.task], timeout=BENCH_WAIT_S)
-        if not done:
-            return self.html or '<h2>Bench</h2><p class="note">Reading the bench database…</p>'
-        try:
-            self.html = self.task.result()
-        except sqlite3.Error as exc:
-            note = f"the bench database cannot be read now ({exc}); trying again at the next refresh"
-            return self.html or f'<h2>Bench</h2><p class="note">{html.escape(note)}</p>'
-        self.fresh_until = time.monotonic() + REFRESH_S
-        return self.html
-
-
-BENCH_WAIT_S = 0.05
-
-
-def _bench(path: str) -> str:
-    """The bench section from the database at ``path``. Blocking. :raises sqlite3.Error: busy, broken."""
-    if not path or not Path(path).expanduser().is_file():
-        return ""
-    from helexa.bench.report import knees, summary_table, trend_svg  # noqa: PLC0415  (only with a bench database)
-    from helexa.bench.store import read_rows  # noqa: PLC0415
-
-    rows = read_rows(Path(path).expanduser(), timeout=1.0)[-200:]
-    knee = "".join(
-        f"<li>{html.escape(b)} {html.escape(m)}: {f'c={k}' if k else 'beyond the sweep'}</li>"
-        for (b, m), k in sorted(knees(rows).items())
-    )
-    table = f"<pre>{html.escape(summary_table(rows))}</pre>"
-    return f"<h2>Bench</h2><p>Latest measurements (helexa bench).</p>{trend_svg(rows)}{table}" + (
-        f"<p>Knee of the concurrency curve:</p><ul>{knee}</ul>" if knee else ""
-    )
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}header{display:flex;gap:2em;
