@@ -1,0 +1,135 @@
+"""The gateway's sections: ``[gateway]``, ``[auth]`` (with ``[[auth.keys]]``), ``[eviction]`` and ``[[neurons]]``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from helexa.config.base import ConfigStruct, doc
+
+__all__ = ["AuthSection", "EvictionSection", "GatewaySection", "KeyEntry", "NeuronRef"]
+
+
+class GatewaySection(ConfigStruct):
+    """The gateway's listeners and catalogue."""
+
+    listen: Annotated[str, doc("host:port of the OpenAI + Anthropic API.")] = "127.0.0.1:31313"
+    metrics_listen: Annotated[str, doc("host:port of the Prometheus /metrics endpoint.")] = "127.0.0.1:31314"
+    allowed_hosts: Annotated[
+        list[str],
+        doc(
+            "Host names clients may reach the gateway by, besides IP addresses, localhost and this machine's own "
+            "names (requests naming any other Host are refused: DNS-rebinding protection), e.g. the name a TLS "
+            "proxy in front of it serves."
+        ),
+    ] = []
+    bench_db: Annotated[
+        str, doc("A helexa bench database whose latest results the fleet page (/ui) shows; empty = none.")
+    ] = ""
+    catalogue: Annotated[
+        str, doc("Path of a models.toml with [[models]] entries, relative to this file; empty = none.")
+    ] = ""
+    poll_interval_seconds: Annotated[float, doc("How often each neuron's /health and /models are read.", gt=0)] = 5.0
+    neuron_timeout_seconds: Annotated[
+        float, doc("Timeout of one control call to a neuron (status reads, unloads).", gt=0)
+    ] = 10.0
+    load_timeout_seconds: Annotated[
+        float, doc("How long a cold load may take before waiting requests get an error.", gt=0)
+    ] = 900.0
+    load_queue_limit: Annotated[
+        int, doc("Requests that may wait on one model's cold load; more get 503 with Retry-After.", ge=1)
+    ] = 64
+    keepalive_seconds: Annotated[
+        float,
+        doc(
+            "Streams open at once; while a cold load, a queue or a long prefill keeps the engine silent, a "
+            "keep-alive (Anthropic ping, SSE comment) is sent this often, so agents do not time out.",
+            gt=0,
+        ),
+    ] = 10.0
+    first_byte_timeout_seconds: Annotated[
+        float,
+        doc(
+            "Longest wait for a neuron's answer to begin (its response head: after a cold load, the engine's "
+            "prefill); past it the request fails over to another replica or gets 502; 0 = no limit.",
+            ge=0,
+        ),
+    ] = 0.0
+    prefix_affinity: Annotated[
+        bool,
+        doc(
+            "Send a conversation's next turn to the replica that served it last (its engine has the prompt prefix "
+            "cached) unless that replica has more than 2 requests more in flight than the idlest."
+        ),
+    ] = True
+
+
+class KeyEntry(ConfigStruct):
+    """One named client key of the gateway, with its scopes and limits."""
+
+    name: Annotated[str, doc("The key's name: what logs and metrics show (never the key itself).")]
+    key: Annotated[str, doc("The key clients send; or leave empty and give sha256.")] = ""
+    sha256: Annotated[str, doc("The key's SHA-256 as 64 hex digits, so the config holds no secret.")] = ""
+    scopes: Annotated[
+        list[Literal["inference", "admin"]], doc("inference: the OpenAI/Anthropic APIs; admin: /admin routes.")
+    ] = msgspec.field(default_factory=lambda: ["inference"])
+    requests_per_minute: Annotated[int, doc("Most requests a minute; more get 429; 0 = no limit.", ge=0)] = 0
+    max_concurrent: Annotated[int, doc("Most requests at once; more get 429; 0 = no limit.", ge=0)] = 0
+    tokens_per_hour: Annotated[
+        int, doc("Most prompt + completion tokens an hour; past it 429 until the hour ends; 0 = no limit.", ge=0)
+    ] = 0
+
+    def __post_init__(self) -> None:
+        if bool(self.key) == bool(self.sha256):
+            raise ValueError(f"auth.keys {self.name!r}: give exactly one of key and sha256")
+        if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
+            raise ValueError(f"auth.keys {self.name!r}: sha256 must be 64 hex digits")
+
+
+class AuthSection(ConfigStruct):
+    """Client authentication on the gateway: inference and admin keys, optionally named, hashed and limited.
+
+    With any key configured, every API route needs one; /admin routes need a key with the admin scope (none
+    configured: admin routes are closed).
+    """
+
+    api_keys: Annotated[
+        list[str],
+        doc("Inference keys clients send (Authorization: Bearer or x-api-key). No keys at all = no authentication."),
+    ] = []
+    admin_keys: Annotated[list[str], doc("Keys for the /admin routes (load and unload models).")] = []
+    keys: Annotated[list[KeyEntry], doc("Named keys with scopes and limits ([[auth.keys]]).")] = []
+
+
+class EvictionSection(ConfigStruct):
+    """How the gateway frees room for a cold model."""
+
+    strategy: Annotated[
+        Literal["lru", "priority"],
+        doc("lru: evict the least recently used model; priority: the lowest priority, then least recent."),
+    ] = "lru"
+    full_stop_after_unloads: Annotated[
+        int,
+        doc(
+            "Where unloads put engines to sleep (vLLM's sleep tier): after this many load/unload cycles on a neuron "
+            "the next unload there stops its engine fully, returning all its memory; 0 = never. Was "
+            "defrag_after_cycles.",
+            ge=0,
+        ),
+    ] = 50
+
+
+class NeuronRef(ConfigStruct):
+    """One neuron the gateway talks to."""
+
+    name: Annotated[str, doc("Unique name of the neuron (used in metrics, pinned_on and status).", min_length=1)]
+    endpoint: Annotated[str, doc("Base URL of the neuron API, e.g. http://gpu1.internal:13131.")]
+    token: Annotated[str, doc("Bearer token the neuron expects (its neuron.token).")] = ""
+    token_file: Annotated[
+        str,
+        doc(
+            "A file holding that token, read at start when token is empty: a neuron on the same host keeps it in "
+            "its state_dir (the RPM's: /var/lib/helexa/neuron.token)."
+        ),
+    ] = ""

@@ -1,0 +1,241 @@
+"""Loading the configuration: the whole ``Config``, read from one TOML file with environment overrides.
+
+One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [[neurons]] [[models]]``, the
+neuron reads ``[neuron]``, both read ``[server]`` and ``[plugins]``. The model catalogue may also live in its own
+file named by ``gateway.catalogue``. Defaults let ``helexa run --role both`` start with no file at all.
+
+Environment variables ``HELEXA_<SECTION>__<KEY>`` override the file (a double underscore nests; a number
+indexes a list: ``HELEXA_NEURONS__0__TOKEN``). Values are read as TOML values when they parse as one
+(``8``, ``true``, ``["a", "b"]``), else as plain strings. This module is the only place that reads
+``os.environ``.
+
+Every field documents itself with ``msgspec.Meta(description=…)``; ``helexa config init`` renders the
+commented examples in ``config/`` from those descriptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import tomli_w
+
+from helexa.config.base import ConfigStruct, PluginsSection, ServerSection
+from helexa.config.catalogue import Catalogue, ModelEntry
+from helexa.config.gateway import AuthSection, EvictionSection, GatewaySection, NeuronRef
+from helexa.config.neuron import NeuronSection
+from helexa.errors import ConfigError
+from helexa.wire import explain_validation_error
+
+__all__ = ["RENAMED", "Config", "apply_env_overrides", "load_config", "parse_listen", "rename_keys"]
+
+logger = logging.getLogger(__name__)
+ENV_PREFIX = "HELEXA_"
+_T = TypeVar("_T")
+
+
+class Config(ConfigStruct):
+    """The whole configuration of one helexa process."""
+
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    auth: AuthSection = msgspec.field(default_factory=AuthSection)
+    eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
+    neurons: list[NeuronRef] = []
+    models: list[ModelEntry] = []
+    neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)
+    plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: Path | str | None = None, env: Mapping[str, str] | None = None, notes: list[str] | None = None
+) -> Config:
+    """Read ``path`` (or only defaults when ``None``), apply environment overrides, validate.
+
+    :param env: the environment to read ``HELEXA_…`` overrides from; ``os.environ`` when ``None``.
+    :param notes: receives what the file should say instead (renamed keys, see :data:`RENAMED`); they are
+        logged as warnings too.
+    :raises ConfigError: with a one-line message naming the file (or variable) and the key path.
+    """
+    env = os.environ if env is None else env
+    source = Path(path) if path is not None else None
+    raw = _read_toml(source) if source is not None else {}
+    label = source.name if source is not None else "<defaults>"
+    origins = apply_env_overrides(raw, env)
+    for note in rename_keys(raw, label):
+        logger.warning("%s", note)
+        if notes is not None:
+            notes.append(note)
+    cfg = _convert(raw, Config, label, origins)
+    if cfg.gateway.catalogue:
+        base = source.parent if source is not None else Path.cwd()
+        cat_path = (base / cfg.gateway.catalogue).resolve()
+        catalogue = _convert(_read_toml(cat_path), Catalogue, cat_path.name, {})
+        cfg = msgspec.structs.replace(cfg, models=[*cfg.models, *catalogue.models])
+    _check(cfg, label)
+    return cfg
+
+
+#: Keys that were renamed: ``(section, old name) -> new name``. The old name keeps working for one release,
+#: with a warning that says what to write instead (``helexa config check`` prints it too).
+RENAMED = {("eviction", "defrag_after_cycles"): "full_stop_after_unloads"}
+
+
+def rename_keys(raw: dict[str, Any], label: str) -> list[str]:
+    """Move values under renamed keys (:data:`RENAMED`) to their new names in ``raw``; one note per key moved."""
+    notes = []
+    for (section, old), new in RENAMED.items():
+        table = raw.get(section)
+        if not isinstance(table, dict) or old not in table:
+            continue
+        value = table.pop(old)
+        if new in table:
+            notes.append(f"{label}: [{section}] {old} is ignored: {new} is set too; remove {old}")
+            continue
+        table[new] = value
+        notes.append(
+            f"{label}: [{section}] {old} is deprecated and goes in the next release; write {new} = "
+            f"{tomli_w.dumps({'v': value}).removeprefix('v = ').strip()} instead"
+        )
+    return notes
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return msgspec.toml.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path.name}: invalid TOML: {exc}") from None
+
+
+_AT = re.compile(r"^(?P<msg>.*) - at `(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+
+
+def _convert(raw: dict[str, Any], kind: type[_T], label: str, origins: Mapping[str, str]) -> _T:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_validation_message(str(exc), label, origins)) from None
+
+
+def _validation_message(text: str, label: str, origins: Mapping[str, str]) -> str:
+    """Turn msgspec's 'Expected `str`, got `int` - at `$.a.b`' into 'file: $.a.b: expected str, got int'."""
+    m = _AT.match(explain_validation_error(text))
+    path, msg = (m["path"], m["msg"]) if m else ("$", text)
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        path, msg = f"{path}.{unknown['key']}", "unknown key"
+    msg = msg.replace("`", "")
+    msg = msg[:1].lower() + msg[1:]
+    where = origins.get(path)
+    suffix = f" (from {where})" if where else ""
+    return f"{label}: {path}: {msg}{suffix}"
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply ``HELEXA_<SECTION>__<KEY>`` variables to the raw TOML dict in place.
+
+    :returns: a map from the msgspec path of each overridden key (``$.gateway.listen``) to the variable name,
+        so validation errors can say which variable was wrong.
+    :raises ConfigError: when a variable indexes a list that is not there.
+    """
+    origins: dict[str, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # HELEXA_CONFIG and friends are CLI options, not overrides
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            raise ConfigError(f"{name}: empty key segment")
+        node: Any = raw
+        path = "$"
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) > len(node):
+                    raise ConfigError(f"{name}: {path} has {len(node)} entries; index {part} is out of range")
+                idx = int(part)
+                if idx == len(node):
+                    node.append({})
+                path += f"[{idx}]"
+                if last:
+                    node[idx] = _env_value(env[name])
+                else:
+                    node = node[idx]
+                continue
+            path += f".{part}"
+            if last:
+                node[part] = _env_value(env[name])
+            else:
+                node = node.setdefault(part, [] if parts[i + 1].isdigit() else {})
+                if not isinstance(node, dict | list):
+                    raise ConfigError(f"{name}: {path} is a value, not a table")
+        origins[path] = name
+    return origins
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return msgspec.toml.decode(f"v = {text}".encode())["v"]
+    except msgspec.DecodeError:
+        return text
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:80`` for IPv6) into its parts; raise ``ValueError`` if it is not one."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host, int(port)
+
+
+def _check(cfg: Config, label: str) -> None:
+    """Cross-field rules msgspec cannot express; each error names its key path."""
+    for path, value in (
+        ("$.gateway.listen", cfg.gateway.listen),
+        ("$.gateway.metrics_listen", cfg.gateway.metrics_listen),
+        ("$.neuron.listen", cfg.neuron.listen),
+    ):
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {path}: {exc}") from None
+    first_last = cfg.neuron.port_range
+    if len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1] <= 65535:
+        raise ConfigError(f"{label}: $.neuron.port_range: expected [first, last] with 1 <= first <= last <= 65535")
+    for key in ("reasoning_markers", "tool_call_markers"):
+        markers = getattr(cfg.neuron, key)
+        if len(markers) != 2 or not all(markers):
+            raise ConfigError(f"{label}: $.neuron.{key}: expected [start, end], two non-empty strings")
+    seen_neurons: set[str] = set()
+    for i, ref in enumerate(cfg.neurons):
+        url = urlsplit(ref.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                f"{label}: $.neurons[{i}].endpoint: expected an http(s) URL such as "
+                f"http://gpu1:13131, got {ref.endpoint!r}"
+            )
+        if ref.name in seen_neurons:
+            raise ConfigError(f"{label}: $.neurons[{i}].name: duplicate neuron name {ref.name!r}")
+        seen_neurons.add(ref.name)
+    seen_ids: dict[str, str] = {}
+    for i, model in enumerate(cfg.models):
+        for name in (model.id, *model.aliases):
+            if name in seen_ids:
+                raise ConfigError(f"{label}: $.models[{i}]: {name!r} is already used by model {seen_ids[name]!r}")
+            seen_ids[name] = model.id
