@@ -6,9 +6,9 @@ This module holds the public plugin API only. Plugins import these names and not
 from helexa.__about__ import __version__
 from helexa.engine.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, NoOptions, PlacementPlan
 from helexa.engine.hookspecs import hookimpl
-from helexa.engine.process import ProcessHarness, model_file
+from helexa.engine.process import ProcessHarness, model_file, serves_api
 from helexa.errors import ConfigError, PreflightError
-from helexa.wire.neuron import DeviceInfo, ModelSpec
+from helexa.wire.neuron import DeviceInfo, ModelSpec, RankSpec
 
 __all__ = [
     "ConfigError",
@@ -23,7 +23,9 @@ __all__ = [
     "PlacementPlan",
     "PreflightError",
     "ProcessHarness",
+    "RankSpec",
     "__version__",
     "hookimpl",
     "model_file",
+    "serves_api",
 ]

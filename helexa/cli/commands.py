@@ -236,14 +236,19 @@ def _show(
 @click.argument("model")
 @click.option("--lines", default=200, show_default=True, help="How many of the last lines.")
 @click.option("--neuron", "neuron_name", default="", help="The neuron to ask (default: the one running it).")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="A gang's rank (0 = its head).")
 @gateway_option
 @api_key_option
 @config_option
-def logs(model: str, *, lines: int, neuron_name: str, url: str, api_key: str, config_path: str | None) -> None:
-    """An engine's recent output, through the gateway (needs an admin key when auth is on)."""
+def logs(
+    model: str, *, lines: int, neuron_name: str, rank: int | None, url: str, api_key: str, config_path: str | None
+) -> None:
+    """An engine's recent output, through the gateway (needs an admin key when auth is on); for a model over
+    several hosts, ``--rank R`` picks the member."""
     from urllib.parse import quote, urlencode  # noqa: PLC0415
 
-    query = urlencode({"lines": lines, **({"neuron": neuron_name} if neuron_name else {})})
+    picks = {**({"neuron": neuron_name} if neuron_name else {}), **({"rank": rank} if rank is not None else {})}
+    query = urlencode({"lines": lines, **picks})
     base, key = _gateway(url, api_key, config_path, "admin")
     try:
         text = fetch_text(base, f"/admin/models/{quote(model, safe='')}/logs?{query}", key)

@@ -67,7 +67,8 @@ _COUNTED = ("loaded", "loading", "downloading", "sleeping")  # models that occup
 
 def status_table(fleet: dict[str, Any]) -> str:
     """Neurons (health, devices, memory used/total: VRAM on GPU hosts, RAM on CPU hosts; models running or
-    starting) and models (status, where, in flight)."""
+    starting) and models (status, where, in flight; a gang's members beneath it: rank, status, neuron,
+    memory)."""
     rows = [["NEURON", "HEALTH", "DEVICES", "MEMORY USED/TOTAL", "MODELS", "ERROR"]]
     for n in fleet["neurons"]:
         if n["devices"]:
@@ -88,6 +89,11 @@ def status_table(fleet: dict[str, Any]) -> str:
         where = ",".join(m["loaded_on"]) or "-"
         busy = sum(in_flight.get((m["id"], n), 0) for n in m["loaded_on"])
         mrows.append([m["id"], describe_status(m), where, str(busy)])
+        for member in m.get("members", []):  # a gang (one model over several neurons): one line per rank
+            memory = size_text(member["memory_mb"] * 2**20) if member.get("memory_mb") else "?"
+            role = "head" if member["rank"] == 0 else "follower"
+            where = member["neuron"] + ("" if member.get("healthy", True) else " (DOWN)")
+            mrows.append([f"  rank {member['rank']} ({role})", member["status"], where, memory])
     return _table(rows) + "\n\n" + _table(mrows)
 
 

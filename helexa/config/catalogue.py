@@ -33,7 +33,17 @@ class ModelEntry(ConfigStruct):
     vram_mb: Annotated[int, doc("VRAM the model needs in total, in MiB (weights + KV cache).", ge=0)] = 0
     min_devices: Annotated[int, doc("Fewest GPUs the model may be split over.", ge=1)] = 1
     min_device_vram_mb: Annotated[int, doc("Smallest total VRAM, in MiB, each of those GPUs must have.", ge=0)] = 0
-    tensor_parallel: Annotated[int, doc("Tensor-parallel size (number of GPUs one replica uses).", ge=1)] = 1
+    tensor_parallel: Annotated[
+        int, doc("Tensor-parallel size: the GPUs one replica uses on each of its hosts.", ge=1)
+    ] = 1
+    hosts: Annotated[
+        int,
+        doc(
+            "Neurons one replica spans (a gang, on the engine's own multi-node runtime: vLLM); vram_mb is then "
+            "split evenly over them. Those neurons need [neuron] multi_host = true; see docs/multihost.md.",
+            ge=1,
+        ),
+    ] = 1
     pinned_on: Annotated[list[str], doc("Neurons that keep this model loaded: never evicted there.")] = []
     priority: Annotated[int, doc("Higher survives eviction longer under the priority strategy.")] = 0
     aliases: Annotated[list[ModelId], doc("Other names clients may use for this model.")] = []
@@ -72,6 +82,7 @@ class ModelEntry(ConfigStruct):
             normalise=self.normalise,
             json_tool_calls=self.json_tool_calls,
             system_messages=self.system_messages,
+            hosts=self.hosts,
         )
 
 

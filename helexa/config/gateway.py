@@ -133,3 +133,10 @@ class NeuronRef(ConfigStruct):
             "its state_dir (the RPM's: /var/lib/helexa/neuron.token)."
         ),
     ] = ""
+    group: Annotated[
+        str,
+        doc(
+            "A label for neurons that are close on the network (one switch, one InfiniBand fabric): a gang "
+            "([[models]] hosts > 1) is placed within one group when it can be."
+        ),
+    ] = ""

@@ -15,6 +15,7 @@ commented examples in ``config/`` from those descriptions.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -204,6 +205,32 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _check_multi_host(cfg: Config, label: str) -> None:
+    """Gang settings: addresses are IP literals (they become argv and environment of the ranks)."""
+    neuron = cfg.neuron
+    if neuron.advertise_address and not _is_ip(neuron.advertise_address):
+        raise ConfigError(
+            f"{label}: $.neuron.advertise_address: expected an IP address, got {neuron.advertise_address!r}"
+        )
+    if neuron.multi_host and not neuron.advertise_address:
+        raise ConfigError(
+            f"{label}: $.neuron.advertise_address: multi_host needs this host's IP address on the gang network"
+        )
+    for i, peer in enumerate(neuron.gang_peers):
+        if not _is_ip(peer):
+            raise ConfigError(f"{label}: $.neuron.gang_peers[{i}]: expected an IP address, got {peer!r}")
+    if neuron.rank_interface and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", neuron.rank_interface):
+        raise ConfigError(f"{label}: $.neuron.rank_interface: expected an interface name such as eth0")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check(cfg: Config, label: str) -> None:
     """Cross-field rules msgspec cannot express; each error names its key path."""
     for path, value in (
@@ -215,9 +242,11 @@ def _check(cfg: Config, label: str) -> None:
             parse_listen(value)
         except ValueError as exc:
             raise ConfigError(f"{label}: {path}: {exc}") from None
-    first_last = cfg.neuron.port_range
-    if len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1] <= 65535:
-        raise ConfigError(f"{label}: $.neuron.port_range: expected [first, last] with 1 <= first <= last <= 65535")
+    for key in ("port_range", "rank_port_range"):
+        first_last = getattr(cfg.neuron, key)
+        if len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1] <= 65535:
+            raise ConfigError(f"{label}: $.neuron.{key}: expected [first, last] with 1 <= first <= last <= 65535")
+    _check_multi_host(cfg, label)
     for key in ("reasoning_markers", "tool_call_markers"):
         markers = getattr(cfg.neuron, key)
         if len(markers) != 2 or not all(markers):

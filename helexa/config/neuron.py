@@ -82,3 +82,33 @@ class NeuronSection(ConfigStruct):
     tool_call_markers: Annotated[
         list[str], doc("Start and end markers of a JSON tool call, turned into structured tool_calls.")
     ] = msgspec.field(default_factory=lambda: ["<tool_call>", "</tool_call>"])
+    multi_host: Annotated[
+        bool,
+        doc(
+            "Join gangs: serve one rank of a model that spans several neurons ([[models]] hosts > 1). The ranks "
+            "talk to each other unauthenticated (torch.distributed): turn it on only on a private network, with "
+            "the firewall rules of docs/multihost.md."
+        ),
+    ] = False
+    advertise_address: Annotated[
+        str,
+        doc(
+            "This host's IP address on the network the gang's ranks share: rank ports are bound on it only, and "
+            "peers reach this neuron's ranks there. Required with multi_host."
+        ),
+    ] = ""
+    rank_port_range: Annotated[
+        list[int],
+        doc("Inclusive [first, last] range of ports a gang's head rank listens on (torch.distributed)."),
+    ] = msgspec.field(default_factory=lambda: [29500, 29599])
+    rank_interface: Annotated[
+        str,
+        doc("Network interface of advertise_address for the ranks' traffic (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME)."),
+    ] = ""
+    gang_peers: Annotated[
+        list[str],
+        doc(
+            "IP addresses of the neurons this one may form gangs with; a rank whose peers are not all listed is "
+            "refused. Empty = the peers the gateway names (its admin scope and this neuron's token decide)."
+        ),
+    ] = []

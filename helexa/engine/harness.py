@@ -80,7 +80,8 @@ class HarnessContext:
     harness draws from (``None``: a harness makes its own, for a harness used alone, as in tests).
     ``model_dirs``: the only directories local model files may come from.
     ``on_exit(model_id, reason)``: a harness calls it when an engine dies on its own, so the neuron can mark the
-    model ``failed``.
+    model ``failed``. ``advertise_address``, ``rank_interface``: where a gang rank's traffic goes (``[neuron]``),
+    for harnesses that run ranks.
     """
 
     port_range: tuple[int, int] = (20000, 20999)
@@ -91,6 +92,8 @@ class HarnessContext:
     stop_timeout_s: float = 15.0
     log_lines: int = 1000
     on_exit: Callable[[str, str], None] = field(default=lambda model_id, reason: None)
+    advertise_address: str = ""
+    rank_interface: str = ""
 
 
 class NoOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -118,6 +121,10 @@ class Harness(abc.ABC):
     request_source: ClassVar[bool] = True
     #: Weight formats the engine reads (``gguf``, ``safetensors``); preflight refuses others.
     formats: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the engine can run one model across several hosts (``hosts > 1``): then a spec may carry a
+    #: ``rank`` (:class:`helexa.RankSpec`), and the harness starts that rank — the head serving the API, the
+    #: others headless — on the engine's own multi-node runtime. helexa places, starts and watches the ranks.
+    multi_host: ClassVar[bool] = False
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         self.context = context if context is not None else HarnessContext()
@@ -190,6 +197,11 @@ class Harness(abc.ABC):
     def last_error(self, model_id: str) -> str:
         """Why ``model_id`` is ``failed`` (empty otherwise)."""
         return ""
+
+    def versions(self) -> dict[str, str]:
+        """The exact versions every rank of one gang must share (e.g. the engine and its torch); the head's are
+        sent to the followers, and a follower whose differ is refused. Blocking is allowed; must not raise."""
+        return {}
 
     def engine_version(self) -> str:
         """The engine this harness runs and its version, e.g. ``vllm 0.11.0`` (empty when unknown). Blocking is

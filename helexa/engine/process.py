@@ -39,7 +39,7 @@ from helexa.modelfiles.pypi import is_pypi_source
 from helexa.modelfiles.shape import kv_cache_bytes, local_shape, needed_mb
 from helexa.wire.neuron import ModelSpec
 
-__all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load"]
+__all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load", "serves_api"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class ProcessHarness(Harness):
         weights = await asyncio.to_thread(_total_size, files)
         shape = None if spec.vram_mb else await local_shape(source, files)
         needed = needed_mb(weights, spec.vram_mb, kv_cache_bytes(shape, self.kv_context(spec)) if shape else None)
+        if spec.rank is not None:  # a gang member holds its share (pipeline stages or tensor shards) of the model
+            needed = -(-needed // spec.rank.size)
         devices = choose_devices(
             spec.model_id,
             inventory.gpus,
@@ -139,7 +141,7 @@ class ProcessHarness(Harness):
                 spec.model_id,
                 self.command(spec, plan, port, options),
                 env=env,
-                health_url=f"http://{host}:{port}{self.health_path}",
+                health_url=f"http://{host}:{port}{self.health_path}" if serves_api(spec) else "",
                 log_lines=self.context.log_lines,
                 on_exit=lambda reason, model_id=spec.model_id: self._exited(model_id, reason),
             )
@@ -273,6 +275,11 @@ def parse_engine_load(text: str, names: dict[str, str]) -> EngineLoad:
     except ValueError:
         logger.debug("engine metrics could not be parsed")
     return EngineLoad(int(values["waiting"]), int(values["running"]), float(values["kv_cache"]))
+
+
+def serves_api(spec: ModelSpec) -> bool:
+    """The engine for ``spec`` answers HTTP: every engine but a gang's follower ranks (headless)."""
+    return spec.rank is None or spec.rank.head
 
 
 def model_file(plan: PlacementPlan) -> Path:

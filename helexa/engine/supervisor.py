@@ -29,6 +29,7 @@ __all__ = ["EngineFailed", "EngineProcess"]
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 15.0  # a log line this often while an engine starts
+HEADLESS_SETTLE_S = 1.0  # an engine with no health URL counts as started once it ran this long
 _PR_SET_PDEATHSIG = 1
 
 
@@ -98,7 +99,7 @@ class EngineProcess:
             logger.error("engine for %s | %s", self.name, line)
 
     async def start(self, ready_timeout: float) -> None:
-        """Spawn the engine and wait until ``health_url`` answers 200.
+        """Spawn the engine and wait until ``health_url`` answers 200 (none: until it ran a second).
 
         :raises EngineFailed: the process exited, or was not ready within ``ready_timeout`` (then stopped).
         :raises OSError: the executable cannot be started.
@@ -135,6 +136,12 @@ class EngineProcess:
         logger.info("engine for %s ready in %.1fs (pid %d)", self.name, time.monotonic() - self.started_at, self.pid)
 
     async def _until_ready(self) -> None:
+        if not self.health_url:  # a headless engine (a gang's follower rank): up once it did not exit at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), HEADLESS_SETTLE_S)
+            if self._exited.is_set():
+                raise EngineFailed(self.last_error)
+            return
         timeout = aiohttp.ClientTimeout(total=2)
         next_report = time.monotonic() + PROGRESS_EVERY_S
         async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -46,8 +46,8 @@ async def admin_unload(request: web.Request) -> web.Response:
 
 
 async def admin_logs(request: web.Request) -> web.Response:
-    """``GET /admin/models/{id}/logs?lines=N[&neuron=NAME]``: the engine's recent output from the neuron that
-    runs the model (or tried to), as text."""
+    """``GET /admin/models/{id}/logs?lines=N[&neuron=NAME][&rank=R]``: the engine's recent output from the neuron
+    that runs the model (or tried to) — for a gang, the one running rank ``R`` — as text."""
     lifecycle = request.config_dict[lifecycle_key]
     model_id = lifecycle.registry.resolve(request.match_info["model_id"])
     try:
@@ -55,11 +55,19 @@ async def admin_logs(request: web.Request) -> web.Response:
     except ValueError:
         raise InvalidRequest("lines must be a whole number", param="lines") from None
     wanted = request.query.get("neuron", "")
+    rank = request.query.get("rank", "")
+    if rank and not (rank.isdigit() and len(rank) < 4):
+        raise InvalidRequest("rank must be a gang member's number (0 = the head)", param="rank")
     holders = [
-        n.name for n in lifecycle.registry.neurons.values() if model_id in n.models and (not wanted or n.name == wanted)
+        n.name
+        for n in lifecycle.registry.neurons.values()
+        if model_id in n.models
+        and (not wanted or n.name == wanted)
+        and (not rank or ((r := n.rank(model_id)) is not None and r.rank == int(rank)))
     ]
     if not holders:
         where = f" on neuron {wanted!r}" if wanted else " on any neuron"
+        where += f" as rank {rank}" if rank else ""
         raise NotFound(f"model {model_id!r} has no engine log{where}", code="model_not_loaded")
     text = await lifecycle.clients[holders[0]].logs(model_id, lines)
     return web.Response(text=f"# neuron {holders[0]}, model {model_id}\n{text}", content_type="text/plain")

@@ -18,7 +18,7 @@ from helexa.config import Config, parse_listen
 from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.lifecycle import Lifecycle
-from helexa.gateway.metrics import GatewayMetrics
+from helexa.gateway.metrics import GangMembers, GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.poller import poll_forever
 from helexa.gateway.registry import NeuronState, Registry
@@ -79,6 +79,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds
     app[first_byte_timeout_key] = cfg.gateway.first_byte_timeout_seconds
     registry = Registry(cfg.neurons, cfg.models)
+    app[registry_key].register(GangMembers(registry))  # gangs and their members, read at each scrape
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     setup_routes(app)
     setup_anthropic_routes(app)
@@ -111,9 +112,12 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 affinity=cfg.gateway.prefix_affinity,
             )
 
+            lifecycle = app[lifecycle_key]
+
             def on_poll(state: NeuronState) -> None:
                 registry.mark_polled(state)
                 metrics.neuron_up.labels(state.name).set(1 if state.healthy else 0)
+                lifecycle.gangs.reap_soon()  # a member failed or vanished: stop the rest of its gang
 
             tasks = [
                 asyncio.create_task(

@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 
 from helexa.gateway.placement import could_fit
-from helexa.gateway.registry import Registry
+from helexa.gateway.registry import NeuronState, Registry
 from helexa.wire.neuron import RESIDENT, ModelInfo, ModelStatus
 
-__all__ = ["fleet_report", "model_cards"]
+__all__ = ["fleet_report", "gang_members", "model_cards"]
 
 
 def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
@@ -29,13 +29,7 @@ def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
             if info.status not in RESIDENT:
                 continue
             card = cards.setdefault(model_id, _card(registry, model_id, int(info.loaded_at)))
-            if info.status == ModelStatus.LOADED:
-                card["loaded_on"].append(state.name)
-                card["status"] = "loaded"
-            elif card["status"] != "loaded":
-                card["status"] = str(info.status)
-                if info.download is not None:
-                    card["download"] = msgspec.to_builtins(info.download)
+            _resident(card, registry, state, info)
     views = registry.views()
     for entry in registry.entries:
         if entry.id in cards:
@@ -50,7 +44,39 @@ def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
     for model_id in loading:
         if model_id in cards and cards[model_id]["status"] not in ("loaded", "downloading"):
             cards[model_id]["status"] = "loading"
+    for entry in registry.entries:
+        if entry.hosts > 1:
+            cards[entry.id]["hosts"] = entry.hosts
+            cards[entry.id]["members"] = gang_members(registry, entry.id, entry.vram_mb, entry.hosts)
     return list(cards.values())
+
+
+def gang_members(registry: Registry, model_id: str, vram_mb: int, hosts: int) -> list[dict[str, Any]]:
+    """The members of ``model_id``'s gangs, by gang then rank: neuron, rank, status and the memory each holds."""
+    share = -(-vram_mb // hosts)
+    return [
+        {
+            "gang": gang.gang,
+            "neuron": m.neuron.name,
+            "rank": m.rank.rank,
+            "status": str(m.info.status),
+            "memory_mb": share,
+            "healthy": m.neuron.healthy,
+        }
+        for gang in registry.gangs(model_id)
+        for m in gang.members
+    ]
+
+
+def _resident(card: dict[str, Any], registry: Registry, state: NeuronState, info: ModelInfo) -> None:
+    """Add what ``state`` says of a model it holds to the model's card: where it serves, or how far it is."""
+    if info.status == ModelStatus.LOADED and (info.rank is None or state in registry.replicas(info.id)):
+        card["loaded_on"].append(state.name)  # a gang serves through its head, once every rank is up
+        card["status"] = "loaded"
+    elif card["status"] != "loaded":
+        card["status"] = "loading" if info.status == ModelStatus.LOADED else str(info.status)
+        if info.download is not None:
+            card["download"] = msgspec.to_builtins(info.download)
 
 
 def _availability(card: dict[str, Any], infos: list[ModelInfo | None]) -> None:
@@ -114,6 +140,7 @@ def fleet_report(registry: Registry, loading: list[str]) -> dict[str, Any]:
                         "in_flight": state.in_flight.get(m.id, 0),
                         "last_error": m.last_error,
                         "download": msgspec.to_builtins(m.download) if m.download is not None else None,
+                        "rank": msgspec.to_builtins(m.rank) if m.rank is not None else None,
                     }
                     for m in state.models.values()
                 ],

@@ -22,6 +22,7 @@ import msgspec
 from helexa.config import ModelEntry
 from helexa.errors import HelexaError, NotFound, Overloaded
 from helexa.gateway.affinity import Conversation
+from helexa.gateway.gangs import GangKeeper
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.placement import EvictionPlan, could_fit, pick_replica, place, plan_eviction
@@ -82,6 +83,17 @@ class Lifecycle:
         self._waiting: dict[str, int] = defaultdict(int)
         self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()  # (model, conversation) -> neuron
+        self.gangs = GangKeeper(
+            registry,
+            clients,
+            metrics,
+            strategy=strategy,
+            load_timeout=load_timeout,
+            locks=self._neuron_locks,
+            evict=self.unload,
+            no_capacity=NoCapacity,
+            clock=clock,
+        )
 
     # ------------------------------------------------------------------------------------------ routing
 
@@ -217,6 +229,8 @@ class Lifecycle:
         )
 
     async def _cold_load(self, entry: ModelEntry) -> str:
+        if entry.hosts > 1:
+            return await self.gangs.load(entry)
         began = self.clock()
         for _ in range(3):
             plan = self._decide(entry)
@@ -264,12 +278,17 @@ class Lifecycle:
         return await self.ensure_loaded(entry)
 
     async def unload(self, neuron: str, model_id: str) -> None:
-        """Unload ``model_id`` from ``neuron``; every ``full_stop_after_unloads`` cycles, a full engine stop."""
+        """Unload ``model_id`` from ``neuron``; every ``full_stop_after_unloads`` cycles, a full engine stop. A
+        gang member's whole gang is unloaded (or put to sleep through its head)."""
         state = self.registry.neurons[neuron]
         full = bool(self.full_stop_after_unloads) and state.cycles >= self.full_stop_after_unloads
         if full:
             logger.info("neuron %s reached %d load/unload cycles: full engine restart", neuron, state.cycles)
             state.cycles = 0
+        rank = state.rank(model_id)
+        if rank is not None:  # a gang member: the gang goes as one unit
+            await self.gangs.unload(model_id, rank.gang, full=full)
+            return
         await self.clients[neuron].unload(model_id, full=full)
         state.models.pop(model_id, None)
         state.last_used.pop(model_id, None)

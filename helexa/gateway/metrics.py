@@ -5,14 +5,18 @@ the lock-free families of :mod:`helexa.server.hotmetrics`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from helexa.gateway.registry import Registry
 from helexa.server.hotmetrics import CounterChild, GaugeChild, HistogramChild, HotCounter, HotGauge, HotHistogram
 from helexa.server.httpmetrics import LATENCY_BUCKETS
 
-__all__ = ["GatewayMetrics", "RequestSeries"]
+__all__ = ["GangMembers", "GatewayMetrics", "RequestSeries"]
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
@@ -93,6 +97,12 @@ class GatewayMetrics:
         self.neuron_up = Gauge(
             "helexa_gateway_neuron_up", "1 when the neuron answers its polls.", ("neuron",), registry=registry
         )
+        self.gang_failures = Counter(
+            "helexa_gateway_gang_failures",
+            "Gangs (models over several neurons) stopped because a member failed; neuron = the member that failed.",
+            ("model", "neuron"),
+            registry=registry,
+        )
 
     def series(self, model: str, neuron: str) -> RequestSeries:
         """The per-request metric children for ``(model, neuron)``, created once (label lookups cost)."""
@@ -133,3 +143,29 @@ class RequestSeries:
         if child is None:
             child = self.requests[status] = self.parent.requests.labels(*self.key, str(status))
         child.inc()
+
+
+class GangMembers(Collector):
+    """``helexa_gateway_gang_member_memory_mb{model, gang, neuron, rank, status}``: every member of every gang the
+    neurons report, with the memory its rank holds (the catalogue's ``vram_mb`` over its hosts), read from the
+    registry at each scrape — a gang shows as one model with its members."""
+
+    def __init__(self, fleet: Registry) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per member."""
+        family = GaugeMetricFamily(
+            "helexa_gateway_gang_member_memory_mb",
+            "Members of gangs (one model over several neurons): the memory each rank holds, in MiB.",
+            labels=("model", "gang", "neuron", "rank", "status"),
+        )
+        for entry in self.fleet.entries:
+            if entry.hosts < 2:
+                continue
+            share = -(-entry.vram_mb // entry.hosts)
+            for gang in self.fleet.gangs(entry.id):
+                for member in gang.members:
+                    labels = (entry.id, gang.gang, member.neuron.name, str(member.rank.rank), str(member.info.status))
+                    family.add_metric(labels, share)
+        yield family

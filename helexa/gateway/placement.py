@@ -10,13 +10,14 @@ neuron's own preflight has the last word either way.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from helexa.wire.neuron import AUTO_HARNESS
 
 __all__ = [
     "DeviceView",
     "EvictionPlan",
+    "GangPlan",
     "Need",
     "NeuronView",
     "ResidentModel",
@@ -24,6 +25,7 @@ __all__ = [
     "fits",
     "pick_replica",
     "place",
+    "place_gang",
     "plan_eviction",
 ]
 
@@ -60,6 +62,8 @@ class NeuronView:
     ram_total_mb: int = 0
     ram_free_mb: int = 0
     resident: tuple[ResidentModel, ...] = ()
+    group: str = ""  # [[neurons]] group: neurons close on the network
+    multi_host: bool = False  # joins gangs ([neuron] multi_host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +77,16 @@ class Need:
     min_device_vram_mb: int = 0
     pinned_on: frozenset[str] = field(default_factory=frozenset)
     priority: int = 0
+    hosts: int = 1  # > 1: a gang, one rank per neuron, each holding vram_mb / hosts
 
     @property
     def per_device_mb(self) -> int:
         """Memory needed on each device."""
         return -(-self.vram_mb // self.devices)
+
+    def rank(self) -> Need:
+        """What one member of a gang needs on its neuron: an even share of the memory, the same devices."""
+        return replace(self, vram_mb=-(-self.vram_mb // self.hosts), hosts=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +180,58 @@ def plan_eviction(need: Need, neurons: Iterable[NeuronView], strategy: str = "lr
     if not plans:
         return None
     return min(plans, key=lambda p: p[0])[1]
+
+
+@dataclass(frozen=True, slots=True)
+class GangPlan:
+    """Load a gang on ``members`` (rank order: the head first), after unloading ``victims`` per member."""
+
+    members: tuple[str, ...]
+    victims: tuple[tuple[str, ...], ...]
+
+
+def place_gang(need: Need, neurons: Iterable[NeuronView], strategy: str = "lru") -> GangPlan | None:
+    """``need.hosts`` distinct neurons that can each hold one rank (``need.rank()``), all or none.
+
+    Only neurons that join gangs (``multi_host``) count. Each candidate needs no eviction or the cheapest one
+    :func:`plan_eviction` finds there (the same rules: nothing pinned there or busy, priorities). The members
+    come from one ``group`` when a group has enough candidates (the group needing the fewest evictions, then
+    the most free memory), else from all; within that, fewer victims and more free memory first. The head
+    (rank 0, which serves the API) is the member with the most free memory. None when fewer than
+    ``need.hosts`` neurons qualify.
+    """
+    share = need.rank()
+    candidates: list[tuple[NeuronView, tuple[str, ...]]] = []
+    for neuron in neurons:
+        if not neuron.multi_host:
+            continue
+        if fits(share, neuron):
+            candidates.append((neuron, ()))
+        elif (plan := plan_eviction(share, [neuron], strategy)) is not None:
+            candidates.append((neuron, plan.victims))
+    if len(candidates) < need.hosts:
+        return None
+
+    def best(pool: list[tuple[NeuronView, tuple[str, ...]]]) -> list[tuple[NeuronView, tuple[str, ...]]]:
+        ranked = sorted(
+            pool, key=lambda c: (c[0].name not in need.pinned_on, len(c[1]), -_free_total(share, c[0]), c[0].name)
+        )
+        return ranked[: need.hosts]
+
+    groups: dict[str, list[tuple[NeuronView, tuple[str, ...]]]] = {}
+    for candidate in candidates:
+        if candidate[0].group:
+            groups.setdefault(candidate[0].group, []).append(candidate)
+    choices = [best(pool) for pool in groups.values() if len(pool) >= need.hosts]
+    if choices:
+        chosen = min(
+            choices,
+            key=lambda c: (sum(len(v) for _, v in c), -sum(_free_total(share, n) for n, _ in c), c[0][0].group),
+        )
+    else:
+        chosen = best(candidates)
+    chosen.sort(key=lambda c: (-_free_total(share, c[0]), c[0].name))  # the head has the most room
+    return GangPlan(tuple(n.name for n, _ in chosen), tuple(v for _, v in chosen))
 
 
 AFFINITY_SLACK = 2  # how many more requests the replica with a conversation's prefix may have than the idlest

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from helexa.config import ModelEntry, NeuronRef
 from helexa.gateway.placement import DeviceView, Need, NeuronView, ResidentModel
-from helexa.wire.neuron import RESIDENT, Discovery, ModelInfo, ModelStatus, NeuronHealth
+from helexa.wire.neuron import RESIDENT, Discovery, ModelInfo, ModelStatus, NeuronHealth, RankSpec
 
-__all__ = ["NeuronState", "Registry"]
+__all__ = ["Gang", "Member", "NeuronState", "Registry"]
 
 
 @dataclass
@@ -55,6 +55,52 @@ class NeuronState:
         info = self.models.get(model_id)
         return info is not None and info.status == ModelStatus.LOADED
 
+    def rank(self, model_id: str) -> RankSpec | None:
+        """The gang member ``model_id`` runs as here (None: alone, or not here)."""
+        info = self.models.get(model_id)
+        return info.rank if info is not None else None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One neuron's part in a gang, as last seen."""
+
+    neuron: NeuronState
+    info: ModelInfo
+
+    @property
+    def rank(self) -> RankSpec:
+        """Its rank (always set: members are the models that carry one)."""
+        assert self.info.rank is not None
+        return self.info.rank
+
+
+@dataclass(frozen=True)
+class Gang:
+    """The members of one gang of a model that the neurons report, by rank."""
+
+    model_id: str
+    gang: str
+    size: int
+    members: tuple[Member, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Every rank is there, loaded, on a healthy neuron: the head may serve."""
+        ranks = {m.rank.rank for m in self.members if m.neuron.healthy and m.info.status == ModelStatus.LOADED}
+        return ranks == set(range(self.size))
+
+    @property
+    def sleeping(self) -> bool:
+        """Every rank is there and asleep (a load wakes the gang through its head)."""
+        ranks = {m.rank.rank for m in self.members if m.neuron.healthy and m.info.status == ModelStatus.SLEEPING}
+        return ranks == set(range(self.size))
+
+    @property
+    def head(self) -> Member | None:
+        """Rank 0's member, if it is there."""
+        return next((m for m in self.members if m.rank.rank == 0), None)
+
 
 class Registry:
     """The fleet and the catalogue, by name."""
@@ -84,8 +130,31 @@ class Registry:
         return entry.id if entry is not None else name
 
     def replicas(self, model_id: str) -> list[NeuronState]:
-        """Healthy neurons where ``model_id`` is loaded."""
-        return [n for n in self.neurons.values() if n.healthy and n.loaded(model_id)]
+        """Healthy neurons that serve ``model_id``: where it is loaded alone, or the heads of complete gangs."""
+        out = []
+        for n in self.neurons.values():
+            if not n.healthy or not n.loaded(model_id):
+                continue
+            rank = n.rank(model_id)
+            if rank is None or (rank.head and self.gang(model_id, rank.gang).complete):
+                out.append(n)
+        return out
+
+    def gangs(self, model_id: str) -> list[Gang]:
+        """Every gang of ``model_id`` some neuron reports a member of (healthy or not), by gang id."""
+        found: dict[str, list[Member]] = {}
+        for state in self.neurons.values():
+            info = state.models.get(model_id)
+            if info is not None and info.rank is not None and info.status != ModelStatus.UNLOADED:
+                found.setdefault(info.rank.gang, []).append(Member(state, info))
+        return [
+            Gang(model_id, gang, members[0].rank.size, tuple(sorted(members, key=lambda m: m.rank.rank)))
+            for gang, members in sorted(found.items())
+        ]
+
+    def gang(self, model_id: str, gang: str) -> Gang:
+        """The gang called ``gang`` of ``model_id`` (no members when nobody reports it)."""
+        return next((g for g in self.gangs(model_id) if g.gang == gang), Gang(model_id, gang, 0, ()))
 
     def known(self, model_id: str) -> bool:
         """In the catalogue, or loaded (or loading) on some healthy neuron."""
@@ -101,6 +170,7 @@ class Registry:
             min_device_vram_mb=entry.min_device_vram_mb,
             pinned_on=frozenset(entry.pinned_on),
             priority=entry.priority,
+            hosts=entry.hosts,
         )
 
     def views(self) -> list[NeuronView]:
@@ -117,10 +187,11 @@ class Registry:
             if info.status not in RESIDENT:
                 continue
             entry = self.catalogue.get(model_id)
+            share = info.rank.size if info.rank is not None else 1  # a gang member holds its share
             resident.append(
                 ResidentModel(
                     id=model_id,
-                    vram_mb=(entry.vram_mb if entry else 0) or info.vram_used_mb,
+                    vram_mb=-(-(entry.vram_mb if entry else 0) // share) or info.vram_used_mb,
                     devices=tuple(info.devices),
                     in_flight=max(state.in_flight.get(model_id, 0), info.in_flight),
                     last_used=state.last_used.get(model_id, info.loaded_at),
@@ -135,4 +206,6 @@ class Registry:
             ram_total_mb=host.ram_total_mb,
             ram_free_mb=host.ram_available_mb,
             resident=tuple(resident),
+            group=state.ref.group,
+            multi_host=state.discovery.multi_host,
         )

@@ -300,9 +300,16 @@ def _models(fleet: dict[str, Any], figures: dict[str, dict[str, str]], viewer: V
                 f'<form method="post" action="/ui/models/{quote(model, safe="")}/{action}">'
                 f'<button type="submit" name="go" value="{action}">{action}</button></form>'
             )
+        where = html.escape(", ".join(card["loaded_on"])) or "-"
+        if card.get("members"):  # a gang: every member with its rank and memory
+            where = f"gang of {card.get('hosts', '?')}:" + "".join(
+                f'<div class="member">rank {int(m["rank"])} on {html.escape(m["neuron"])}: '
+                f"{html.escape(m['status'])}, {int(m['memory_mb'])} MiB</div>"
+                for m in card["members"]
+            )
         rows.append(
             f'<tr class="model" data-model="{html.escape(model)}"><td>{html.escape(model)}</td><td>{status}</td>'
-            f"<td>{html.escape(', '.join(card['loaded_on'])) or '-'}</td><td>{live.get('rate', '-')}</td>"
+            f"<td>{where}</td><td>{live.get('rate', '-')}</td>"
             f"<td>{live.get('ttft', '-')}</td><td>{live.get('tps', '-')}</td><td>{buttons}</td></tr>"
         )
     return (

@@ -94,6 +94,8 @@ def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
         manager.discovery = app[discovery_key]
         app[discovery_key].default_harness = describe_default_harness(manager)
         app[discovery_key].engines = await asyncio.to_thread(engine_versions, manager)
+        app[discovery_key].multi_host = manager.gangs.settings.multi_host
+        app[discovery_key].advertise_address = manager.gangs.settings.advertise_address
         logger.info("default harness: %s", app[discovery_key].default_harness)
         for device in app[discovery_key].devices:
             app[neuron_metrics_key].gpu_total(device.index, device.vram_total_mb)

@@ -24,6 +24,7 @@ from helexa.engine.ports import PortAllocator
 from helexa.engine.process import EngineFailed, EngineLoad, ProcessHarness
 from helexa.errors import Conflict, HelexaError, NotFound, PreflightError, UpstreamError
 from helexa.modelfiles.hub import cache_dir
+from helexa.neuron.gangs import Gangs, GangSettings
 from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.sources import Pull, Sources
 from helexa.neuron.specs import Specs
@@ -43,6 +44,21 @@ def _differences(running: ModelSpec, wanted: ModelSpec) -> str:
         for name in _WHAT_RUNS
         if getattr(running, name) != getattr(wanted, name)
     )
+
+
+def _other_gang(record: ModelRecord, spec: ModelSpec) -> bool:
+    """``record`` runs (or loads) as another gang member than ``spec`` asks for (or alone, or it in a gang)."""
+    if record.status not in (ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.DOWNLOADING, ModelStatus.SLEEPING):
+        return False
+    mine, wanted = record.spec.rank, spec.rank
+    if mine is None or wanted is None:
+        return (mine is None) != (wanted is None)
+    return (mine.gang, mine.rank) != (wanted.gang, wanted.rank)
+
+
+def _member(spec: ModelSpec) -> str:
+    rank = spec.rank
+    return "a single-host model" if rank is None else f"rank {rank.rank} of {rank.size} in gang {rank.gang}"
 
 
 class EngineError(HelexaError):
@@ -80,6 +96,7 @@ class ModelRecord:
             in_flight=self.in_flight,
             loaded_at=self.loaded_at,
             download=self.pull.info() if self.pull is not None and self.status == ModelStatus.DOWNLOADING else None,
+            rank=self.spec.rank,
         )
 
 
@@ -121,6 +138,16 @@ class ModelManager:
             stop_timeout_s=neuron.stop_timeout_seconds,
             log_lines=neuron.log_lines,
             on_exit=self._engine_exited,
+            advertise_address=neuron.advertise_address,
+            rank_interface=neuron.rank_interface,
+        )
+        self.gangs = Gangs(
+            GangSettings(
+                multi_host=neuron.multi_host,
+                advertise_address=neuron.advertise_address,
+                gang_peers=tuple(neuron.gang_peers),
+                rank_port_range=(neuron.rank_port_range[0], neuron.rank_port_range[1]),
+            )
         )
         self.harnesses: dict[str, Harness] = {}
         for name, cls in harness_classes.items():
@@ -210,6 +237,11 @@ class ModelManager:
         """
         spec = self.specs.complete(spec)
         record = self.records.get(spec.model_id)
+        if record is not None and _other_gang(record, spec):
+            raise Conflict(
+                f"model {spec.model_id!r} runs here as {_member(record.spec)}, not {_member(spec)}; unload it first",
+                code="gang_conflict",
+            )
         if record is not None and record.task is not None and not record.task.done():
             differences = _differences(record.spec, spec)
             if differences:
@@ -228,6 +260,10 @@ class ModelManager:
                 return record
             await self.harnesses[record.harness].unload(spec.model_id)  # could not wake: start afresh
         harness = self.specs.harness(spec.harness, spec.model_id)
+        if spec.rank is not None or spec.hosts > 1:
+            spec = self.gangs.admit(
+                spec, harness=harness.name, multi_host_harness=harness.multi_host, versions=harness.versions()
+            )
         record = ModelRecord(spec=spec, harness=harness.name, status=ModelStatus.LOADING)
         self.records[spec.model_id] = record
         record.task = asyncio.create_task(self._load(record, harness), name=f"load {spec.model_id}")
@@ -245,6 +281,8 @@ class ModelManager:
         if to not in allowed:
             raise InvalidTransition(f"model {record.spec.model_id!r} cannot go from {record.status} to {to}")
         record.status = to
+        if to in (ModelStatus.UNLOADED, ModelStatus.FAILED):
+            self.gangs.release(record.spec.rank)  # a gang head's master port is free again
         for name, value in fields.items():
             setattr(record, name, value)
         if event := event or allowed[to]:
@@ -265,10 +303,18 @@ class ModelManager:
                 f"the load of model {record.spec.model_id!r} was cancelled by an unload", code="load_cancelled"
             ) from None
 
-    def start_load(self, spec: ModelSpec) -> ModelRecord:
-        """Begin a load without waiting for it (the answer of a ``wait = false`` request)."""
+    async def start_load(self, spec: ModelSpec) -> ModelRecord:
+        """Begin a load without waiting for it (the answer of a ``wait = false`` request). A refusal that needs
+        no I/O (a gang rank this neuron may not serve) is still raised here; a gang head's record carries its
+        master port.
+
+        :raises PreflightError: see :meth:`load`.
+        """
         task = asyncio.create_task(self.load(spec))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # outcome is kept in the record
+        await asyncio.sleep(0)  # load() runs to its first wait: the record exists, or the refusal is raised
+        if task.done() and not task.cancelled() and isinstance(task.exception(), HelexaError):
+            raise task.exception()  # type: ignore[misc]
         return self.records.get(self.specs.complete(spec).model_id) or ModelRecord(
             spec=spec, harness="", status=ModelStatus.LOADING
         )
@@ -359,10 +405,15 @@ class ModelManager:
             self._move(record, ModelStatus.SLEEPING)
             logger.info("put %s to sleep", record.spec.model_id)
             return record
-        await harness.unload(record.spec.model_id)
-        self._move(record, ModelStatus.UNLOADED, endpoint="", loaded_at=0.0)
-        logger.info("unloaded %s", record.spec.model_id)
+        # shielded: a caller that leaves (its client timed out) must not leave an engine half-stopped
+        await asyncio.shield(self._stop(record, harness))
         return record
+
+    async def _stop(self, record: ModelRecord, harness: Harness) -> None:
+        await harness.unload(record.spec.model_id)
+        if record.status != ModelStatus.UNLOADED:
+            self._move(record, ModelStatus.UNLOADED, endpoint="", loaded_at=0.0)
+        logger.info("unloaded %s", record.spec.model_id)
 
     def _forget(self, record: ModelRecord) -> None:
         """Drop a record that is not running, unless it is a catalogue model (those stay listed)."""

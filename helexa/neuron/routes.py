@@ -10,7 +10,8 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import HelexaError, InvalidRequest, NotFound, UpstreamError
+from helexa.engine.process import serves_api
+from helexa.errors import Conflict, HelexaError, InvalidRequest, NotFound, UpstreamError
 from helexa.neuron.chat_shape import ChatShape, shape_chat_request
 from helexa.neuron.gpus import host_info, read_health
 from helexa.neuron.proxy import relay
@@ -79,10 +80,13 @@ async def load(request: web.Request) -> web.Response:
     manager = request.app[manager_key]
     spec = manager.specs.from_request(ModelSpec(**{f: getattr(req, f) for f in ModelSpec.__struct_fields__}))
     if not req.wait:
-        record = manager.start_load(spec)
-        return json_response(LoadResponse(model_id=record.spec.model_id, status=record.status), status=202)
+        record = await manager.start_load(spec)
+        answer = LoadResponse(model_id=record.spec.model_id, status=record.status, rank=record.spec.rank)
+        return json_response(answer, status=202)
     record = await manager.load(spec)
-    return json_response(LoadResponse(model_id=record.spec.model_id, status=record.status, endpoint=_v1_url(request)))
+    endpoint = _v1_url(request) if serves_api(record.spec) else ""
+    answer = LoadResponse(model_id=record.spec.model_id, status=record.status, endpoint=endpoint, rank=record.spec.rank)
+    return json_response(answer)
 
 
 async def unload(request: web.Request) -> web.Response:
@@ -147,6 +151,13 @@ async def inference(request: web.Request) -> web.StreamResponse:
                 code="model_not_found",
             )
         record = await manager.load(spec)
+    if not serves_api(record.spec):
+        assert record.spec.rank is not None
+        raise Conflict(
+            f"this neuron runs rank {record.spec.rank.rank} of model {head.model!r}'s gang, which serves no API; "
+            f"send requests to the head ({record.spec.rank.master_addr}) or through the gateway",
+            code="gang_follower",
+        )
     metrics = app[neuron_metrics_key]
     endpoint_name = request.path.removeprefix("/v1/")
     model = record.spec.model_id

