@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import itertools
 import json
@@ -13,7 +14,7 @@ import tempfile
 import time
 import types
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -135,6 +136,15 @@ def alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``predicate()`` held (checked every 50 ms); fail naming ``what`` after ``timeout``."""
+    began = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - began < timeout, f"{what}: not within {timeout}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - began
 
 
 def wait_http(url: str, timeout: float = 15.0) -> None:

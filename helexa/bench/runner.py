@@ -176,6 +176,7 @@ async def _cell(
                     unload=ctl.unload,
                     status=ctl.status,
                     other=other,
+                    card=ctl.card,
                 )
                 return await asyncio.wait_for(cost, CELL_TIMEOUT_S)
         if scenario not in DIALECTS:

@@ -188,11 +188,13 @@ async def swap_cost(
     unload: Callable[[str], Awaitable[None]],
     status: Callable[[str], Awaitable[str]],
     other: str = "",
+    card: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> Result:
     """The cost of a model swap, from the unload to the first token of the next request.
 
     Without ``other``: ``model`` is unloaded, then asked for — a cold load, or a wake where the engine put it to
-    sleep (``detail`` says which). With ``other``: ``other`` is made warm, then unloaded, and ``model`` (unloaded
+    sleep (``detail`` says which, and for a model over several hosts, its gang: every rank up to the first token).
+    With ``other``: ``other`` is made warm, then unloaded, and ``model`` (unloaded
     first, so cold) is asked for — eviction plus load, as an operator swapping two models sees it.
     """
     scenario = "evict" if other else "swap"
@@ -211,9 +213,21 @@ async def swap_cost(
     if sample.error:
         return Result(model, scenario, 1, ok=False, error=sample.error, requests=1)
     detail = f"unload {other} + load {model}" if other else ("wake from sleep" if state == "sleeping" else "cold load")
+    if card is not None:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            detail += _gang(await card(model))
     swap = time.perf_counter() - began - sample.latency + sample.ttft  # unload(s) + time to first token
     figures = {"ttft_p50": sample.ttft, "latency_p50": sample.latency, "swap_seconds": swap}
     return Result(model, scenario, 1, ok=True, requests=1, detail=detail, **figures)
+
+
+def _gang(card: dict[str, Any]) -> str:
+    """`` of a gang over N neurons (rank 0 on a, rank 1 on b)`` for a gang model's card, else ""."""
+    members = [m for m in card.get("members") or [] if m.get("status") == "loaded"]
+    if int(card.get("hosts") or 1) < 2 or not members:
+        return ""
+    ranks = ", ".join(f"rank {m['rank']} on {m['neuron']}" for m in members)
+    return f" of a gang over {card['hosts']} neurons ({ranks})"
 
 
 async def pull_cost(

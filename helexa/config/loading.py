@@ -1,21 +1,10 @@
-"""Loading the configuration: the whole ``Config``, read from one TOML file with environment overrides.
-
-One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [[neurons]] [[models]]``, the
-neuron reads ``[neuron]``, both read ``[server]`` and ``[plugins]``. The model catalogue may also live in its own
-file named by ``gateway.catalogue``. Defaults let ``helexa run --role both`` start with no file at all.
-
-Environment variables ``HELEXA_<SECTION>__<KEY>`` override the file (a double underscore nests; a number
-indexes a list: ``HELEXA_NEURONS__0__TOKEN``). Values are read as TOML values when they parse as one
-(``8``, ``true``, ``["a", "b"]``), else as plain strings. This module is the only place that reads
-``os.environ``.
-
-Every field documents itself with ``msgspec.Meta(description=…)``; ``helexa config init`` renders the
-commented examples in ``config/`` from those descriptions.
+"""Loading the configuration: the whole ``Config`` from one TOML file (and a catalogue file it names), with
+``HELEXA_<SECTION>__<KEY>`` environment overrides, renamed keys and the cross-field checks msgspec cannot
+express. The only module that reads ``os.environ``; see :mod:`helexa.config` for the rules.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -32,7 +21,7 @@ from helexa.config.catalogue import Catalogue, ModelEntry
 from helexa.config.gateway import AuthSection, EvictionSection, GatewaySection, NeuronRef
 from helexa.config.neuron import NeuronSection
 from helexa.errors import ConfigError
-from helexa.wire import explain_validation_error
+from helexa.wire import explain_validation_error, is_ip_address
 
 __all__ = ["RENAMED", "Config", "apply_env_overrides", "load_config", "parse_listen", "rename_keys"]
 
@@ -208,7 +197,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 def _check_multi_host(cfg: Config, label: str) -> None:
     """Gang settings: addresses are IP literals (they become argv and environment of the ranks)."""
     neuron = cfg.neuron
-    if neuron.advertise_address and not _is_ip(neuron.advertise_address):
+    if neuron.advertise_address and not is_ip_address(neuron.advertise_address):
         raise ConfigError(
             f"{label}: $.neuron.advertise_address: expected an IP address, got {neuron.advertise_address!r}"
         )
@@ -217,18 +206,10 @@ def _check_multi_host(cfg: Config, label: str) -> None:
             f"{label}: $.neuron.advertise_address: multi_host needs this host's IP address on the gang network"
         )
     for i, peer in enumerate(neuron.gang_peers):
-        if not _is_ip(peer):
+        if not is_ip_address(peer):
             raise ConfigError(f"{label}: $.neuron.gang_peers[{i}]: expected an IP address, got {peer!r}")
     if neuron.rank_interface and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", neuron.rank_interface):
         raise ConfigError(f"{label}: $.neuron.rank_interface: expected an interface name such as eth0")
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check(cfg: Config, label: str) -> None:

@@ -13,7 +13,6 @@ are bound nowhere else.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import msgspec
 
 from helexa.engine.ports import PortAllocator
 from helexa.errors import PreflightError
+from helexa.wire import is_ip_address
 from helexa.wire.neuron import ModelSpec, RankSpec
 
 __all__ = ["GangSettings", "Gangs", "check_rank"]
@@ -37,14 +37,6 @@ class GangSettings:
     advertise_address: str = ""
     gang_peers: tuple[str, ...] = ()
     rank_port_range: tuple[int, int] = (29500, 29599)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check_rank(spec: ModelSpec, *, harness: str, multi_host_harness: bool, settings: GangSettings) -> None:
@@ -88,7 +80,7 @@ def check_rank(spec: ModelSpec, *, harness: str, multi_host_harness: bool, setti
     if not _GANG_ID.fullmatch(rank.gang):
         raise PreflightError("invalid_rank", model, "the gang id must be 4 to 32 lower-case hex digits")
     addresses = [*rank.peers, *([rank.master_addr] if rank.master_addr else [])]
-    bad = next((a for a in addresses if not _is_ip(a)), None)
+    bad = next((a for a in addresses if not is_ip_address(a)), None)
     if len(rank.peers) != rank.size or bad is not None:
         what = f"{bad[:64]!r} is not an IP address" if bad is not None else f"{len(rank.peers)} peers"
         raise PreflightError("invalid_rank", model, f"a gang of {rank.size} needs one IP address per rank: {what}")

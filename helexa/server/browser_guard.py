@@ -19,7 +19,6 @@ Programs (SDKs, curl with ``-H 'content-type: application/json'``, the gateway) 
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Collection
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from helexa.errors import PermissionDenied, UnsupportedMediaType
+from helexa.wire import is_ip_address
 
 __all__ = ["BrowserGuard", "known_host_names"]
 
@@ -45,14 +45,6 @@ def _host_name(value: str) -> str:
     if value.startswith("["):
         return value[1 : value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _from_browser(request: web.Request) -> bool:
@@ -75,7 +67,7 @@ class BrowserGuard:
         self._good_hosts: set[str] = set()  # Host headers admitted before (a few): skips parsing on the hot path
 
     def _known(self, name: str) -> bool:
-        return _is_ip(name) or name.rstrip(".") in self.allowed or name.endswith(".localhost")
+        return is_ip_address(name) or name.rstrip(".") in self.allowed or name.endswith(".localhost")
 
     def enter(self, request: web.Request) -> None:
         """Admit ``request`` or raise 403 / 415."""

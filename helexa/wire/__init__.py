@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "check_model_id",
     "decode_request_body",
     "explain_validation_error",
+    "is_ip_address",
     "reject_control_characters",
 ]
 
@@ -43,6 +45,15 @@ ModelId = Annotated[
         description="A model id such as 'org/name' or 'name:tag'; no '..', no leading '/' or '.'.",
     ),
 ]
+
+
+def is_ip_address(text: str) -> bool:
+    """``text`` is an IPv4 or IPv6 address literal (what may become a peer's address in argv or a Host check)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_model_id(model_id: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -15,6 +16,8 @@ import openai
 import pytest
 from prometheus_client import generate_latest
 
+from helexa.bench.runner import Plan, run_once
+from helexa.bench.store import Store
 from helexa.cli.status import status_table
 from helexa.gateway.app import make_gateway_app
 from helexa.gateway.state import lifecycle_key
@@ -23,7 +26,7 @@ from helexa.neuron.state import manager_key
 from helexa.server.app import registry_key
 from helexa.wire.neuron import DeviceHealth, DeviceInfo, Discovery
 from helexa_vllm import Vllm
-from tests.conftest import alive, engine_ports, make_config
+from tests.conftest import alive, engine_ports, make_config, until
 from tests.fakes.fake_harness import FAKE_ENGINE
 from tests.gateway.conftest import wait_healthy
 
@@ -32,15 +35,6 @@ MODEL = "big"
 
 def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
-
-async def until(predicate, timeout: float, what: str) -> float:
-    """Seconds until ``predicate()`` held (checked every 50 ms); fail after ``timeout``."""
-    began = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - began < timeout, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - began
 
 
 @pytest.fixture
@@ -55,7 +49,8 @@ def gang_fleet(aiohttp_server, aiohttp_client, tmp_path, version, monkeypatch):
         command = [sys.executable, str(FAKE_ENGINE), "--sleep-endpoints", *extra]
         options = {"command": command, "sleep_mode": True}
         entry = {"id": MODEL, "harness": "vllm", "source": "ckpt", "hosts": 2, "vram_mb": 4000, "options": options}
-        catalogue = [entry]
+        small = {"id": "small", "harness": "vllm", "source": "ckpt", "vram_mb": 1000, "options": options}
+        catalogue = [entry, small]
         if gpu:  # a simulated GPU, so vLLM's sleep mode applies
             monkeypatch.setattr(
                 "helexa.neuron.models.read_health",
@@ -85,7 +80,10 @@ def gang_fleet(aiohttp_server, aiohttp_client, tmp_path, version, monkeypatch):
         neurons = [{"name": n, "endpoint": str(s.make_url("")).rstrip("/")} for n, s in servers.items()]
         cfg = make_config(
             neurons=neurons,
-            models=[{"id": MODEL, "harness": "vllm", "hosts": 2, "vram_mb": 4000}],  # options: the neurons' own
+            models=[  # options: the neurons' own
+                {"id": MODEL, "harness": "vllm", "hosts": 2, "vram_mb": 4000},
+                {"id": "small", "harness": "vllm", "vram_mb": 1000},
+            ],
             gateway={"poll_interval_seconds": 0.1, "neuron_timeout_seconds": 1},
         )
         client = await aiohttp_client(make_gateway_app(cfg, version))
@@ -97,6 +95,14 @@ def gang_fleet(aiohttp_server, aiohttp_client, tmp_path, version, monkeypatch):
 
 def harness(server) -> Vllm:
     return server.app[manager_key].harnesses["vllm"]
+
+
+async def warm(client) -> tuple[openai.AsyncOpenAI, str, str]:
+    """A first request loads the gang: ``(the SDK client, the head's neuron, the follower's)``."""
+    sdk = chat(client)
+    await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    head = client.app[lifecycle_key].registry.replicas(MODEL)[0].name
+    return sdk, head, "b" if head == "a" else "a"
 
 
 def chat(client) -> openai.AsyncOpenAI:
@@ -136,7 +142,8 @@ async def test_a_request_loads_the_gang_and_the_head_serves_it(gang_fleet):
     assert [(m["neuron"], m["rank"]) for m in card["members"]] == [(head_name, 0), (follower_name, 1)]
     assert all(m["memory_mb"] == 2000 for m in card["members"])
     table = status_table(fleet)
-    assert f"rank 0 (head)      loaded  {head_name}" in table and f"rank 1 (follower)  loaded  {follower_name}" in table
+    assert re.search(rf"rank 0 \(head\)\s+loaded\s+{head_name}\s+2.0 GiB", table), table
+    assert re.search(rf"rank 1 \(follower\)\s+loaded\s+{follower_name}\s+2.0 GiB", table), table
     logs = await (await client.get(f"/admin/models/{MODEL}/logs", params={"rank": "1"})).text()
     assert logs.startswith(f"# neuron {follower_name}") and "headless rank" in logs
     assert (await client.get(f"/admin/models/{MODEL}/logs", params={"rank": "7"})).status == 404
@@ -164,11 +171,8 @@ async def test_a_request_loads_the_gang_and_the_head_serves_it(gang_fleet):
 @pytest.mark.parametrize("kill", ["follower", "head"])
 async def test_a_dead_member_fails_the_whole_gang_and_the_next_request_loads_it_again(gang_fleet, kill):
     client, servers = await gang_fleet()
-    sdk = chat(client)
-    await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    sdk, head, follower = await warm(client)
     lifecycle = client.app[lifecycle_key]
-    head = lifecycle.registry.replicas(MODEL)[0].name
-    follower = "b" if head == "a" else "a"
     victim, survivor = (follower, head) if kill == "follower" else (head, follower)
     pids = {n: harness(s).pid(MODEL) for n, s in servers.items()}
     os.kill(pids[victim], signal.SIGKILL)
@@ -186,11 +190,7 @@ async def test_a_dead_member_fails_the_whole_gang_and_the_next_request_loads_it_
 
 async def test_a_follower_neuron_that_disappears_fails_the_gang(gang_fleet):
     client, servers = await gang_fleet()
-    sdk = chat(client)
-    await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    lifecycle = client.app[lifecycle_key]
-    head = lifecycle.registry.replicas(MODEL)[0].name
-    follower = "b" if head == "a" else "a"
+    sdk, head, follower = await warm(client)
     head_pid = harness(servers[head]).pid(MODEL)
     await servers[follower].close()  # power loss, as the gateway sees it: the neuron stops answering
     await until(lambda: not alive(head_pid), 15, "the head stopped")
@@ -201,40 +201,38 @@ async def test_a_follower_neuron_that_disappears_fails_the_gang(gang_fleet):
     await sdk.close()
 
 
+OTHER_VERSIONS = {"vllm": "vllm 0.0.1", "torch": "2.0"}
+
+
 @pytest.mark.parametrize(
-    ("neuron_b", "kind", "says"),
+    ("neuron_b", "versions_b", "status", "kind", "says"),
     [
-        ({"multi_host": False, "advertise_address": ""}, "no_placement", "1 join gangs"),
-        ({"gang_peers": ["10.0.0.9"]}, "peer_not_allowed", "127.0.0.1 is not among this neuron's gang_peers"),
+        ({"multi_host": False, "advertise_address": ""}, None, 503, "no_placement", "1 join gangs"),
+        (
+            {"gang_peers": ["10.0.0.9"]},
+            None,
+            422,
+            "peer_not_allowed",
+            "127.0.0.1 is not among this neuron's gang_peers",
+        ),
+        ({}, OTHER_VERSIONS, 422, "version_mismatch", "(rank 1) refused: torch here is '2.0'"),
     ],
 )
-async def test_a_member_that_refuses_leaves_nothing_loaded(gang_fleet, neuron_b, kind, says):
+async def test_a_member_that_refuses_leaves_nothing_loaded(gang_fleet, neuron_b, versions_b, status, kind, says):
     client, servers = await gang_fleet(neuron_b=neuron_b)
+    if versions_b is not None:
+        harness(servers["a"]).versions = lambda: {"vllm": "vllm 0.32.0", "torch": "2.13.0"}  # type: ignore[method-assign]
+        harness(servers["b"]).versions = lambda: versions_b  # type: ignore[method-assign]
     sdk = chat(client)
     with pytest.raises(openai.APIStatusError) as refused:
         await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     error = refused.value.body  # the SDK's body is the error object
+    assert refused.value.status_code == status and kind in (error.get("code"), error.get("kind")), error
     assert says in error["message"], error
-    assert error.get("code") == kind or error.get("type") == kind or kind in str(error), error
     for server in servers.values():
         assert harness(server).pid(MODEL) is None
         models = (await (await client.session.get(server.make_url("/models"))).json())["models"]
         assert all(m["status"] in ("unloaded", "failed") for m in models), models
-    await sdk.close()
-
-
-async def test_a_follower_with_other_engine_versions_is_refused(gang_fleet):
-    client, servers = await gang_fleet()
-    harness(servers["b"]).versions = lambda: {"vllm": "vllm 0.0.1", "torch": "2.0"}  # type: ignore[method-assign]
-    harness(servers["a"]).versions = lambda: {"vllm": "vllm 0.32.0", "torch": "2.13.0"}  # type: ignore[method-assign]
-    sdk = chat(client)
-    with pytest.raises(openai.APIStatusError) as refused:
-        await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    error = refused.value.body
-    assert refused.value.status_code == 422, error
-    assert "version_mismatch" in str(error) and "(rank 1) refused" in error["message"], error
-    for server in servers.values():
-        assert harness(server).pid(MODEL) is None
     await sdk.close()
 
 
@@ -288,3 +286,17 @@ async def test_a_stream_in_flight_ends_with_an_error_when_a_member_dies(gang_fle
     assert len(received) < 12, len(received)
     print(ended.value)
     await sdk.close()
+
+
+async def test_bench_records_a_gangs_cold_load_beside_a_single_host_one(gang_fleet, tmp_path):
+    client, _ = await gang_fleet()
+    store = Store(tmp_path / "bench.sqlite")
+    said: list[str] = []
+    plan = Plan(models=[MODEL, "small"], scenarios=["swap"], repeat=1, quick=True)
+    assert await run_once(str(client.make_url("")), store, plan, say=said.append) == 2
+    rows = {r["model"]: r for r in store.rows()}
+    assert rows[MODEL]["ok"] and rows["small"]["ok"], rows
+    assert "cold load of a gang over 2 neurons (rank 0 on " in rows[MODEL]["detail"], rows[MODEL]
+    assert rows["small"]["detail"] == "cold load"
+    assert rows[MODEL]["swap_seconds"] > 0 and rows["small"]["swap_seconds"] > 0
+    print("\n".join(said))

@@ -9,7 +9,6 @@ request loads it again. Marker ``vllm`` (``.ci/run`` runs it).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -20,12 +19,15 @@ import openai
 import pytest
 import tomli_w
 
+from helexa.bench.runner import Plan, run_once
+from helexa.bench.store import Store
 from helexa.gateway.app import make_gateway_app
 from helexa.gateway.state import lifecycle_key
-from tests.conftest import engine_ports, free_port, make_config, wait_http
+from tests.conftest import engine_ports, free_port, make_config, until, wait_http
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 MODEL = "tiny-llama"
+SOLO = "tiny-llama-solo"  # the same model on one host, for the bench's comparison
 OPTIONS = {"dtype": "float32", "max_model_len": 512, "cpu_kv_cache_gib": 1}
 
 
@@ -44,14 +46,6 @@ def ranks_running(master_port: int) -> dict[int, int]:
         if ours and argv[argv.index("--master-port") + 1] == str(master_port):
             found[int(argv[argv.index("--node-rank") + 1])] = int(entry.name)
     return found
-
-
-async def until(predicate, timeout: float, what: str) -> float:
-    began = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - began < timeout, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - began
 
 
 async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
@@ -82,7 +76,8 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
                         "advertise_address": "127.0.0.1",
                     },
                     "models": [
-                        {"id": MODEL, "harness": "vllm", "source": tiny_llama.name, "hosts": 2, "options": OPTIONS}
+                        {"id": MODEL, "harness": "vllm", "source": tiny_llama.name, "hosts": 2, "options": OPTIONS},
+                        {"id": SOLO, "harness": "vllm", "source": tiny_llama.name, "options": OPTIONS},
                     ],
                 }
             )
@@ -98,7 +93,10 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
             {"name": name, "endpoint": f"http://127.0.0.1:{port}", "token": f"token-{name}"}
             for name, port in ports.items()
         ],
-        models=[{"id": MODEL, "harness": "vllm", "hosts": 2, "vram_mb": 3000}],
+        models=[
+            {"id": MODEL, "harness": "vllm", "hosts": 2, "vram_mb": 3000},
+            {"id": SOLO, "harness": "vllm", "vram_mb": 1500},
+        ],
         gateway={"poll_interval_seconds": 0.5, "neuron_timeout_seconds": 2},
         auth={"api_keys": ["sk-test"], "admin_keys": ["sk-admin"]},
     )
@@ -165,7 +163,19 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
         master = lifecycle.registry.gangs(MODEL)[0].members[0].rank.master_port
         assert set(ranks_running(master)) == {0, 1}
 
-        # 4. unload frees both
+        # 4. helexa bench: the gang's cold load (every rank up to the first token) beside a single-host one
+        store = Store(tmp_path / "bench.sqlite")
+        plan = Plan(models=[MODEL, SOLO], scenarios=["swap"], repeat=1, quick=True)
+        assert await run_once(url, store, plan, api_key="sk-test", admin_key="sk-admin") == 2
+        rows = {r["model"]: r for r in store.rows()}
+        assert rows[MODEL]["ok"] and rows[SOLO]["ok"], rows
+        assert "cold load of a gang over 2 neurons" in str(rows[MODEL]["detail"])
+        print(
+            f"bench: gang cold load {rows[MODEL]['swap_seconds']:.1f}s, single host {rows[SOLO]['swap_seconds']:.1f}s"
+        )
+        master = lifecycle.registry.gangs(MODEL)[0].members[0].rank.master_port
+
+        # 5. unload frees both
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"{url}/admin/models/{MODEL}/unload", headers={"Authorization": "Bearer sk-admin"}) as resp,
