@@ -67,7 +67,7 @@ def model_choices(cards: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     choices = []
     for card in ordered:
         status = str(card.get("status") or "") or None
-        if status == "download" and card.get("download_bytes"):
+        if status in ("needs_download", "download") and card.get("download_bytes"):  # "download": 0.1.0 gateways
             status = f"download {card['download_bytes'] / 2**30:.1f} GiB first"
         choices.append((str(card["id"]), status))
     return choices

@@ -242,7 +242,7 @@ async def pull_cost(
     nothing to measure). The target's view of the model is read every 0.2 s meanwhile, so the figures split
     into the download (from the request until the status leaves ``downloading``) and the rest."""
     before = await card(model)
-    if before.get("status") != "download" and before.get("availability") != "download":
+    if before.get("status") not in ("needs_download", "download") and before.get("availability") != "download":
         return None
     size = int(before.get("download_bytes") or 0)
     began = time.perf_counter()

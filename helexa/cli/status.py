@@ -102,7 +102,7 @@ def describe_status(card: dict[str, Any]) -> str:
     status = card.get("status", "")
     if status == "downloading" and card.get("download"):
         return f"downloading {describe_progress(card['download'])}"
-    if status == "download":
+    if status in ("needs_download", "download"):  # "download": what 0.1.0 gateways say
         return f"needs a {size_text(card.get('download_bytes', 0))} download" if card.get("download_bytes") else status
     if status == "unavailable":
         return f"unavailable ({card.get('unavailable_kind', '?')})"

@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
 
-from helexa.gateway.placement import could_fit
+from helexa.gateway.placement import Need, NeuronView, could_fit
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.wire.neuron import RESIDENT, ModelInfo, ModelStatus
 
-__all__ = ["fleet_report", "gang_members", "model_cards"]
+__all__ = ["PRECEDENCE", "CardStatus", "fleet_report", "gang_members", "model_cards"]
+
+
+class CardStatus(enum.StrEnum):
+    """A model card's ``status``: what a client can expect if it asks for the model now."""
+
+    LOADED = "loaded"  # served now; loaded_on names where (a gang: its head, once every rank is up)
+    DOWNLOADING = "downloading"  # a load is fetching its files (download: bytes done, total, rate)
+    LOADING = "loading"  # a load is starting its engine (a gang: until every rank is up)
+    AVAILABLE = "available"  # loadable now: its files are on a neuron that can hold it, or one will check
+    NEEDS_DOWNLOAD = "needs_download"  # loadable after its files are fetched (download_bytes); was "download"
+    UNAVAILABLE = "unavailable"  # no neuron can run it (unavailable_kind: a preflight kind, or no_placement)
+
+
+#: When neurons say different things of one model, its card shows the first of these that any of them says.
+PRECEDENCE = tuple(CardStatus)
+_RANK = {status: i for i, status in enumerate(PRECEDENCE)}
+#: A neuron's model status as a card status (statuses that hold no memory do not make a card on their own).
+_FROM_NEURON = {
+    ModelStatus.LOADED: CardStatus.LOADED,
+    ModelStatus.DOWNLOADING: CardStatus.DOWNLOADING,
+    ModelStatus.LOADING: CardStatus.LOADING,
+}
 
 
 def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
     """Every model running or starting on a healthy neuron, then every catalogue model.
 
-    OpenAI ``model`` objects plus helexa's fields: ``status`` — ``loaded``, ``loading``, ``downloading`` (with
-    ``download``: bytes done, total, rate), ``available`` (loadable now), ``download`` (its files must be
-    fetched first: ``download_bytes``) or ``unavailable`` (``unavailable_kind`` says why: a preflight kind,
-    or ``no_placement`` when no neuron could hold it) — ``loaded_on`` (neuron names) and ``aliases``.
+    OpenAI ``model`` objects plus helexa's fields: ``status`` (a :class:`CardStatus`; ``download`` with
+    ``downloading``, ``download_bytes`` with ``needs_download``, ``unavailable_kind`` with ``unavailable``),
+    ``loaded_on`` (neuron names), ``aliases``; a gang model's ``hosts`` and ``members``.
     """
     cards: dict[str, dict[str, Any]] = {}
     for state in registry.neurons.values():
@@ -35,20 +57,33 @@ def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
         if entry.id in cards:
             continue
         card = cards[entry.id] = _card(registry, entry.id, 0)
-        need = registry.need(entry)
-        fits = {v.name for v in views if could_fit(need, v)}
+        fits = _holders(registry.need(entry), views)
         if not fits:
-            card.update(status="unavailable", unavailable_kind="no_placement")
+            _set(card, CardStatus.UNAVAILABLE, unavailable_kind="no_placement")
             continue
         _availability(card, [state.models.get(entry.id) for name, state in registry.neurons.items() if name in fits])
     for model_id in loading:
-        if model_id in cards and cards[model_id]["status"] not in ("loaded", "downloading"):
-            cards[model_id]["status"] = "loading"
+        if model_id in cards:
+            _set(card := cards[model_id], min(CardStatus(card["status"]), CardStatus.LOADING, key=_RANK.get))
     for entry in registry.entries:
         if entry.hosts > 1:
             cards[entry.id]["hosts"] = entry.hosts
             cards[entry.id]["members"] = gang_members(registry, entry.id, entry.vram_mb, entry.hosts)
     return list(cards.values())
+
+
+def _holders(need: Need, views: list[NeuronView]) -> set[str]:
+    """The neurons that could hold ``need`` if nothing else ran there — for a gang, the neurons that join gangs
+    and could hold a rank, when there are enough of them; empty when nothing could."""
+    if need.hosts < 2:
+        return {v.name for v in views if could_fit(need, v)}
+    fits = {v.name for v in views if v.multi_host and could_fit(need.rank(), v)}
+    return fits if len(fits) >= need.hosts else set()
+
+
+def _set(card: dict[str, Any], status: CardStatus, **fields: Any) -> None:
+    card["status"] = str(status)
+    card.update(fields)
 
 
 def gang_members(registry: Registry, model_id: str, vram_mb: int, hosts: int) -> list[dict[str, Any]]:
@@ -70,11 +105,13 @@ def gang_members(registry: Registry, model_id: str, vram_mb: int, hosts: int) ->
 
 def _resident(card: dict[str, Any], registry: Registry, state: NeuronState, info: ModelInfo) -> None:
     """Add what ``state`` says of a model it holds to the model's card: where it serves, or how far it is."""
-    if info.status == ModelStatus.LOADED and (info.rank is None or state in registry.replicas(info.id)):
-        card["loaded_on"].append(state.name)  # a gang serves through its head, once every rank is up
-        card["status"] = "loaded"
-    elif card["status"] != "loaded":
-        card["status"] = "loading" if info.status == ModelStatus.LOADED else str(info.status)
+    status = _FROM_NEURON[info.status]
+    if status == CardStatus.LOADED and info.rank is not None and state not in registry.replicas(info.id):
+        status = CardStatus.LOADING  # a gang's follower, or a gang that is not (or no longer) complete
+    if status == CardStatus.LOADED:
+        card["loaded_on"].append(state.name)
+    if _RANK[status] < _RANK[CardStatus(card["status"])]:
+        _set(card, status)
         if info.download is not None:
             card["download"] = msgspec.to_builtins(info.download)
 
@@ -86,9 +123,9 @@ def _availability(card: dict[str, Any], infos: list[ModelInfo | None]) -> None:
         return  # "available": files here, or a neuron that has not said (it would check at load time)
     downloads = [i.download_bytes for i in known if i.availability == "download"]
     if downloads:
-        card.update(status="download", download_bytes=min(downloads))
+        _set(card, CardStatus.NEEDS_DOWNLOAD, download_bytes=min(downloads))
         return
-    card.update(status="unavailable", unavailable_kind=known[0].unavailable_kind)
+    _set(card, CardStatus.UNAVAILABLE, unavailable_kind=known[0].unavailable_kind)
 
 
 def _card(registry: Registry, model_id: str, created: int) -> dict[str, Any]:
@@ -98,7 +135,7 @@ def _card(registry: Registry, model_id: str, created: int) -> dict[str, Any]:
         "object": "model",
         "created": created,
         "owned_by": "helexa",
-        "status": "available",
+        "status": str(CardStatus.AVAILABLE),
         "loaded_on": [],
         "aliases": list(entry.aliases) if entry else [],
         "quant": entry.quant if entry else "",

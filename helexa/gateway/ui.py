@@ -285,7 +285,7 @@ def _models(fleet: dict[str, Any], figures: dict[str, dict[str, str]], viewer: V
             status += _bar(card["download"]["bytes_done"], card["download"]["bytes_total"])
         elif card["status"] == "unavailable":
             status += f" ({html.escape(card.get('unavailable_kind', ''))})"
-        elif card["status"] == "download" and card.get("download_bytes"):
+        elif card["status"] == "needs_download" and card.get("download_bytes"):
             status += f" ({card['download_bytes'] / 2**30:.1f} GiB)"
         if model in errors:
             neuron, error = errors[model]

@@ -118,7 +118,7 @@ def test_the_model_picker_puts_ready_models_first_and_leaves_out_what_cannot_run
     from helexa.acp.present import model_choices
 
     cards = [
-        {"id": "big", "status": "download", "download_bytes": 5 * 2**30},
+        {"id": "big", "status": "needs_download", "download_bytes": 5 * 2**30},
         {"id": "huge", "status": "unavailable", "unavailable_kind": "insufficient_vram"},
         {"id": "warm", "status": "loaded"},
         {"id": "cold", "status": "available"},

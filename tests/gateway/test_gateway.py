@@ -60,7 +60,7 @@ async def test_the_catalogue_says_what_needs_a_download_and_what_cannot_run(flee
     client, _ = await fleet([a], models=models)
     by_id = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
     assert by_id["pulled"]["status"] == "available" and by_id["unchecked"]["status"] == "available"
-    assert (by_id["remote"]["status"], by_id["remote"]["download_bytes"]) == ("download", 5 * 2**30)
+    assert (by_id["remote"]["status"], by_id["remote"]["download_bytes"]) == ("needs_download", 5 * 2**30)
     assert (by_id["gated"]["status"], by_id["gated"]["unavailable_kind"]) == ("unavailable", "auth_required")
     assert by_id["fetching"]["status"] == "downloading"
     assert by_id["fetching"]["download"]["bytes_done"] == 10 and by_id["fetching"]["download"]["bytes_total"] == 40
