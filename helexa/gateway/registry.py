@@ -33,6 +33,7 @@ class NeuronState:
     failures: int = 0
     cycles: int = 0
     polled: bool = False
+    polls: int = 0  # polls so far, answered or not
     #: How to end each request in flight through this neuron (registered by the proxy while it waits).
     aborts: set[Callable[[], None]] = field(default_factory=set)
 
@@ -121,6 +122,7 @@ class Registry:
     def mark_polled(self, state: NeuronState) -> None:
         """Record that ``state`` has been polled; the first round ends when all have."""
         state.polled = True
+        state.polls += 1
         if all(n.polled for n in self.neurons.values()):
             self.first_round.set()
 

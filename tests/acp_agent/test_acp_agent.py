@@ -14,7 +14,7 @@ from acp.schema import ClientCapabilities, FileSystemCapabilities
 from aiohttp import web
 
 from tests.acp_agent.conftest import CODER, EDITOR_CAPABILITIES, OTHER, OTHER_REPLY, Editor, Stack
-from tests.conftest import free_port
+from tests.conftest import free_port, until
 
 READ_THEN_WRITE = [
     {
@@ -128,8 +128,9 @@ async def test_cancel_mid_stream_stops_the_engine_request(acp_stack):
         assert stack.engine_stats()["aborted"] == 1, "the engine never saw its request aborted"
         assert len(editor.text()) < len("word " * 60)
         # the session goes on after a cancel
+        chunks = len(editor.of("agent_message_chunk"))
         again = asyncio.create_task(conn.prompt(session_id=session.session_id, prompt=[text_block("again")]))
-        await asyncio.sleep(0.5)
+        await until(lambda: len(editor.of("agent_message_chunk")) > chunks, 10, "the second answer started")
         await conn.cancel(session_id=session.session_id)
         assert (await asyncio.wait_for(again, 10)).stop_reason == "cancelled"
     history = stack.received()[-1]["messages"]  # the second turn's request: the first one's partial answer kept
@@ -331,7 +332,7 @@ async def test_one_turn_runs_at_a_time_in_a_session(acp_stack):
     async with stack.agent(editor) as conn:
         session = await open_session(conn, stack.workdir)
         first = asyncio.create_task(conn.prompt(session_id=session.session_id, prompt=[text_block("slow")]))
-        await asyncio.sleep(0.3)
+        await until(lambda: editor.of("agent_message_chunk"), 10, "the first answer started")
         with pytest.raises(RequestError) as busy:  # a second prompt while the first streams
             await conn.prompt(session_id=session.session_id, prompt=[text_block("again")])
         assert "already running" in busy.value.data["details"]

@@ -43,11 +43,14 @@ def test_sigterm_ends_running_streams_with_an_error_event_within_grace(helexa_pr
             assert time.monotonic() < deadline
             time.sleep(0.2)
         texts: dict[str, str] = {}
+        streaming = threading.Semaphore(0)
 
         def stream(path: str, body: bytes) -> None:
             request = urllib.request.Request(base + path, body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=30) as resp:
-                texts[path] = resp.read().decode()
+                first = resp.read(1)  # the stream has begun
+                streaming.release()
+                texts[path] = (first + resp.read()).decode()
 
         chat = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
         anthropic = (
@@ -59,7 +62,8 @@ def test_sigterm_ends_running_streams_with_an_error_event_within_grace(helexa_pr
         ]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # both streams are running (the engine needs ~4 s for its answer)
+        for _ in threads:  # both streams are running (the engine needs ~4 s for its answer)
+            assert streaming.acquire(timeout=10)
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

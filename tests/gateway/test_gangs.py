@@ -4,7 +4,6 @@ handling; tests/vllm/test_vllm_gang.py does the same with vLLM's own multi-node 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -250,7 +249,10 @@ async def test_unload_puts_the_gang_to_sleep_through_its_head_and_a_load_wakes_i
     base = harness(servers[head]).base_url(MODEL)
     stats = await (await client.session.get(base + "/stats")).json()
     assert stats["sleeps"] == 1
-    await asyncio.sleep(0.3)  # several polls: a sleeping gang is not a broken one
+    polled = {n: s.polls for n, s in lifecycle.registry.neurons.items()}
+    await until(  # three more polls of each neuron: a sleeping gang is not a broken one
+        lambda: all(s.polls >= polled[n] + 3 for n, s in lifecycle.registry.neurons.items()), 5, "three polls"
+    )
     assert all(harness(s).pid(MODEL) == pids[n] for n, s in servers.items())
 
     reply = await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "awake?"}])

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from helexa.gateway.state import lifecycle_key
+from tests.conftest import until
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 
@@ -75,7 +76,7 @@ async def test_routes_to_the_loaded_replica_and_the_least_busy_one(fleet):
     b.preload("m")
     client, _ = await fleet([a, b])
     slow = asyncio.create_task(chat(client, "m", stream=True))
-    await asyncio.sleep(0.1)
+    await until(lambda: len(a.served + b.served) == 1, 5, "the slow stream reached a neuron")
     first = a.served + b.served
     assert len(first) == 1
     resp = await chat(client, "m")
@@ -144,7 +145,7 @@ async def test_lru_eviction_spares_pinned_and_busy_models(fleet):
     state = lifecycle.registry.neurons["a"]
     state.last_used.update({"pinned": 0.0, "busy": 1.0, "oldest": 2.0})  # pinned and busy are older still
     streaming = asyncio.create_task(chat(client, "busy", stream=True))
-    await asyncio.sleep(0.05)
+    await until(lambda: "busy" in a.served, 5, "the busy model's stream reached its neuron")
     from prometheus_client import generate_latest
 
     from helexa.server.app import registry_key

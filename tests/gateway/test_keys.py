@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from helexa.gateway.state import ui_app_key
 from helexa.gateway.ui import keyring_key as ui_keyring_key
 from helexa.server.app import registry_key
+from tests.conftest import until
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.test_gateway import metric
 
@@ -83,7 +84,7 @@ async def test_max_concurrent_and_tokens_per_hour(fleet):
     slow = asyncio.create_task(
         client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer("sk-1"))
     )
-    await asyncio.sleep(0.05)
+    await until(lambda: len(a.served) == 1, 5, "the slow request reached the neuron")
     second = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-1"))
     assert second.status == 429 and second.headers["Retry-After"] == "1"
     await (await slow).read()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -30,7 +31,13 @@ def run_both(helexa_process, *extra: str, then=None) -> tuple[str, dict[str, int
     proc = helexa_process("run", "--role", "both", *extra, env=env)
     base = f"http://127.0.0.1:{ports['gateway']}"
     wait_http(f"{base}/healthz", timeout=30)
-    time.sleep(1.0)  # a few polls
+    deadline = time.monotonic() + 15
+    while True:  # until the gateway has polled its neuron (the metrics listener's requests are not logged)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5) as resp:
+            if re.search(rb"^helexa_gateway_neuron_up\{[^}]*\} 1\.0$", resp.read(), re.M):
+                break
+        assert time.monotonic() < deadline, "the gateway never polled its neuron"
+        time.sleep(0.05)
     urllib.request.urlopen(f"{base}/v1/models", timeout=5).close()
     request = urllib.request.Request(
         f"{base}/v1/chat/completions",

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from helexa.gateway.app import make_gateway_app
+from helexa.gateway.state import lifecycle_key
 from helexa.neuron.app import make_neuron_app
 from helexa.server.app import metrics_app, registry_key
-from tests.conftest import ROOT, engine_ports, make_config
+from tests.conftest import ROOT, engine_ports, make_config, until
 from tests.fakes.fake_harness import FakeHarness
 from tests.neuron.conftest import fake_model
 from tests.neuron.test_gpus import fake_nvml  # noqa: F401  (a fixture)
@@ -94,9 +95,9 @@ async def scrapes(aiohttp_client, tmp_path, version, fake_nvml):  # noqa: F811
         await gateway.post("/v1/chat/completions", data=b"{", headers={"Content-Type": "application/json"})
     ).status == 400
     assert (await neuron.post("/models/load", json={"model_id": "x", "harness": "nope"})).status == 422
-    import asyncio
-
-    await asyncio.sleep(0.3)  # the GPU refresh has run once at start; let the poller see the load
+    fleet = gateway_app[lifecycle_key].registry.neurons["n"]
+    polled = fleet.polls
+    await until(lambda: fleet.polls >= polled + 2, 5, "two more polls")  # the poller has seen the load
     return (await (await scraper.get("/metrics")).text(), await (await neuron.get("/metrics")).text())
 
 
