@@ -168,7 +168,7 @@ class GangKeeper:
                     with contextlib.suppress(BaseException):
                         await task
         except BaseException:
-            await self._stop(entry.id, names, full=True)
+            await self._stop(entry.id, names)
             raise
         now = time.time()
         for rank, name in enumerate(names):
@@ -233,16 +233,16 @@ class GangKeeper:
 
     # ------------------------------------------------------------------------------------------ unload, reap
 
-    async def unload(self, model_id: str, gang_id: str, *, full: bool) -> None:
+    async def unload(self, model_id: str, gang_id: str, *, stop: bool) -> None:
         """Unload one gang: put it to sleep through its head where the engine can, else stop every member."""
         gang = self.registry.gang(model_id, gang_id)
-        if not full and gang.sleeping:
+        if not stop and gang.sleeping:
             return  # asleep already (an unload of every holder reaches each member)
         names = tuple(m.neuron.name for m in gang.members)
         self._busy.add(model_id)
         try:
             head = gang.head
-            if not full and head is not None and head.neuron.healthy:
+            if not stop and head is not None and head.neuron.healthy:
                 answer = await self.clients[head.neuron.name].unload(model_id)
                 if answer.status == ModelStatus.SLEEPING:
                     for member in gang.members[1:]:
@@ -253,18 +253,18 @@ class GangKeeper:
                         )
                     logger.info("gang %s of %s sleeps (through its head on %s)", gang_id, model_id, head.neuron.name)
                     return
-            await self._stop(model_id, names, full=True)
+            await self._stop(model_id, names)
         finally:
             self._busy.discard(model_id)
 
-    async def _stop(self, model_id: str, names: tuple[str, ...] | list[str], *, full: bool) -> None:
-        """Stop ``model_id`` on every healthy neuron of ``names`` at once; errors are logged, not raised."""
+    async def _stop(self, model_id: str, names: tuple[str, ...] | list[str]) -> None:
+        """Stop ``model_id`` for real (no sleep) on every healthy neuron of ``names`` at once; errors are logged."""
 
         async def one(name: str) -> None:
             state = self.registry.neurons[name]
             if state.healthy:
                 try:
-                    await self.clients[name].unload(model_id, full=full, limit_s=STOP_LIMIT_S)
+                    await self.clients[name].unload(model_id, stop=True, limit_s=STOP_LIMIT_S)
                 except HelexaError as exc:
                     logger.warning("could not stop %s's rank on %s: %s", model_id, name, exc.message)
             state.models.pop(model_id, None)
@@ -275,7 +275,7 @@ class GangKeeper:
     async def _stop_all(self, model_id: str, *, reason: str) -> None:
         for gang in self.registry.gangs(model_id):
             logger.info("stopping gang %s of %s: %s", gang.gang, model_id, reason)
-            await self._stop(model_id, [m.neuron.name for m in gang.members], full=True)
+            await self._stop(model_id, [m.neuron.name for m in gang.members])
 
     def broken(self) -> list[Gang]:
         """Gangs to stop now: neither complete, nor asleep, nor being loaded or unloaded."""
@@ -302,7 +302,7 @@ class GangKeeper:
                 "gang %s of %s failed (%s): stopping its other members", gang.gang, gang.model_id, culprit[1]
             )
             self.metrics.gang_failures.labels(gang.model_id, culprit[0]).inc()
-            await self._stop(gang.model_id, [m.neuron.name for m in gang.members], full=True)
+            await self._stop(gang.model_id, [m.neuron.name for m in gang.members])
             stopped.append(f"{gang.model_id}/{gang.gang}")
         return stopped
 

@@ -281,14 +281,14 @@ class Lifecycle:
         """Unload ``model_id`` from ``neuron``; every ``full_stop_after_unloads`` cycles, a full engine stop. A
         gang member's whole gang is unloaded (or put to sleep through its head)."""
         state = self.registry.neurons[neuron]
-        full = bool(self.full_stop_after_unloads) and state.cycles >= self.full_stop_after_unloads
-        if full:
+        stop = bool(self.full_stop_after_unloads) and state.cycles >= self.full_stop_after_unloads
+        if stop:
             logger.info("neuron %s reached %d load/unload cycles: full engine restart", neuron, state.cycles)
             state.cycles = 0
         rank = state.rank(model_id)
         if rank is not None:  # a gang member: the gang goes as one unit
-            await self.gangs.unload(model_id, rank.gang, full=full)
+            await self.gangs.unload(model_id, rank.gang, stop=stop)
             return
-        await self.clients[neuron].unload(model_id, full=full)
+        await self.clients[neuron].unload(model_id, stop=stop)
         state.models.pop(model_id, None)
         state.last_used.pop(model_id, None)

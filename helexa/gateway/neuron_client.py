@@ -82,9 +82,10 @@ class NeuronClient:
         raw = await self._raw("GET", path, params={"lines": str(lines)})
         return raw.decode(errors="replace")
 
-    async def unload(self, model_id: str, *, full: bool = False, limit_s: float | None = None) -> LoadResponse:
-        """``POST /models/unload`` (``limit_s``: how long the neuron may take, default ``neuron_timeout``)."""
-        body = UnloadRequest(model_id=model_id, full=full)
+    async def unload(self, model_id: str, *, stop: bool = False, limit_s: float | None = None) -> LoadResponse:
+        """``POST /models/unload``: sleep where the engine can, or ``stop`` it for real (``limit_s``: how long the
+        neuron may take, default ``neuron_timeout``)."""
+        body = UnloadRequest(model_id=model_id, stop=stop)
         return await self._call("POST", "/models/unload", LoadResponse, body=body, limit_s=limit_s)
 
 

@@ -385,12 +385,12 @@ class ModelManager:
                 raise
         for other in sleeping:
             logger.info("memory pressure: stopping sleeping %s for real", other.spec.model_id)
-            await self.unload(other.spec.model_id, full=True)
+            await self.unload(other.spec.model_id, stop=True)
         return await harness.preflight(spec, await self.inventory())
 
-    async def unload(self, model_id: str, *, full: bool = False) -> ModelRecord:
+    async def unload(self, model_id: str, *, stop: bool = False) -> ModelRecord:
         """Stop ``model_id`` (cancelling a load in progress); a harness that can sleep puts it to sleep
-        instead, unless ``full``. :raises NotFound: the neuron has no such model."""
+        instead, unless ``stop``. :raises NotFound: the neuron has no such model."""
         record = self.get(model_id)
         if record is None:
             if model_id in self.catalogue:
@@ -401,7 +401,7 @@ class ModelManager:
             with contextlib.suppress(BaseException):
                 await record.task
         harness = self.harnesses[record.harness]
-        if not full and record.status == ModelStatus.LOADED and await harness.sleep(record.spec.model_id):
+        if not stop and record.status == ModelStatus.LOADED and await harness.sleep(record.spec.model_id):
             self._move(record, ModelStatus.SLEEPING)
             logger.info("put %s to sleep", record.spec.model_id)
             return record

@@ -92,7 +92,7 @@ async def load(request: web.Request) -> web.Response:
 async def unload(request: web.Request) -> web.Response:
     """``POST /models/unload``."""
     req = decode_request_body(_unload_decoder, await read_body(request))
-    record = await request.app[manager_key].unload(req.model_id, full=req.full)
+    record = await request.app[manager_key].unload(req.model_id, stop=req.stop or req.full)
     status = record.status if record.status == ModelStatus.SLEEPING else ModelStatus.UNLOADED
     return json_response(LoadResponse(model_id=record.spec.model_id, status=status))
 

@@ -232,10 +232,12 @@ class LoadResponse(WireStruct, omit_defaults=False):
 
 
 class UnloadRequest(WireStruct):
-    """``POST /models/unload``. ``full``: stop the engine for real even where a harness could sleep it
-    (the gateway's ``full_stop_after_unloads``)."""
+    """``POST /models/unload``: the engine sleeps where its harness can (vLLM's sleep mode), else stops.
+    ``stop``: stop it for real even where it could sleep (the gateway's ``full_stop_after_unloads``, a gang
+    that failed). ``full`` is the same flag under its 0.1.0 name, still read."""
 
     model_id: ModelId
+    stop: bool = False
     full: bool = False
 
 

@@ -140,7 +140,7 @@ class FakeNeuron:
 
     async def unload(self, request):
         req = msgspec.json.decode(await request.read(), type=UnloadRequest)
-        self.unloads.append((req.model_id, req.full))
+        self.unloads.append((req.model_id, req.stop))
         self.models.pop(req.model_id, None)
         self.vram.pop(req.model_id, None)
         return web.json_response({"model_id": req.model_id, "status": "unloaded"})

@@ -66,7 +66,17 @@ async def test_unload_sleeps_and_load_wakes_the_same_engine(gpu_neuron):
     assert manager.harnesses["vllm"].pid("m") == pid
     stats = await engine_stats(manager, "m")
     assert stats["sleeps"] == 1 and stats["wakes"] >= 1
-    resp = await client.post("/models/unload", json={"model_id": "m", "full": True})
+    resp = await client.post("/models/unload", json={"model_id": "m", "stop": True})
+    assert (await resp.json())["status"] == "unloaded"
+    assert manager.harnesses["vllm"].pid("m") is None
+
+
+@pytest.mark.parametrize("flag", ["stop", "full"])  # "full": the 0.1.0 name, which older gateways send
+async def test_a_stop_unload_never_sleeps(gpu_neuron, flag):
+    client, _ = await gpu_neuron()
+    manager = client.app[manager_key]
+    assert (await client.post("/models/load", json=body())).status == 200
+    resp = await client.post("/models/unload", json={"model_id": "m", flag: True})
     assert (await resp.json())["status"] == "unloaded"
     assert manager.harnesses["vllm"].pid("m") is None
 

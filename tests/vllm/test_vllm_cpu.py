@@ -136,6 +136,6 @@ async def test_vllm_serves_a_model_pulled_from_a_hub(aiohttp_server, tiny_llama,
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
         )
         assert reply.usage.completion_tokens > 0
-        async with session.post(f"{neuron_url}/models/unload", json={"model_id": MODEL, "full": True}) as resp:
+        async with session.post(f"{neuron_url}/models/unload", json={"model_id": MODEL, "stop": True}) as resp:
             assert resp.status == 200
         await client.close()
