@@ -154,13 +154,13 @@ async def _check_availability(app: web.Application) -> None:
     download, and every :data:`AVAILABILITY_EVERY_S` (each check of a hub source is one listing request)."""
     manager = app[manager_key]
     while True:
-        manager.sources.changed.clear()
+        manager.sources.pulls.changed.clear()
         try:
             await check_availability(manager)
         except Exception:  # a check must never stop the neuron; the next round tries again
             logger.exception("checking the catalogue's availability failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(manager.sources.changed.wait(), AVAILABILITY_EVERY_S)
+            await asyncio.wait_for(manager.sources.pulls.changed.wait(), AVAILABILITY_EVERY_S)
 
 
 async def _refresh_gpus(app: web.Application) -> None:

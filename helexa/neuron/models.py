@@ -26,7 +26,8 @@ from helexa.errors import Conflict, HelexaError, NotFound, PreflightError, Upstr
 from helexa.modelfiles.hub import cache_dir
 from helexa.neuron.gangs import Gangs, GangSettings
 from helexa.neuron.gpus import host_info, read_health
-from helexa.neuron.sources import Pull, Sources
+from helexa.neuron.pulls import Pull
+from helexa.neuron.sources import Sources
 from helexa.neuron.specs import Specs
 from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
 

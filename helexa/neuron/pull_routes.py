@@ -10,7 +10,7 @@ from aiohttp import web
 from helexa.errors import InvalidRequest, PreflightError
 from helexa.modelfiles.hub import parse_hf_source
 from helexa.modelfiles.pypi import is_pypi_source, resolve_pypi_source
-from helexa.neuron.sources import Pull
+from helexa.neuron.pulls import Pull
 from helexa.neuron.state import manager_key
 from helexa.server.app import json_response
 from helexa.server.body import read_body
@@ -50,7 +50,7 @@ async def pull(request: web.Request) -> web.Response:
     listing, selection = await sources.select(source, quant=req.quant, harness=harness)
     files = list(selection.files)
     if req.wait:  # a client that goes away stops waiting (the download stops when nobody else waits)
-        path = await sources.fetch(str(source), listing, files, lambda job: None)
+        path = await sources.pulls.pull(str(source), listing, files, lambda job: None)
         return json_response(PullResponse(source=str(source), status="ready", path=str(path), files=files))
     jobs: list[Pull] = []
     started = asyncio.Event()
@@ -59,21 +59,21 @@ async def pull(request: web.Request) -> web.Response:
         jobs.append(job)
         started.set()
 
-    task = asyncio.ensure_future(sources.fetch(str(source), listing, files, on_download))
+    task = asyncio.ensure_future(sources.pulls.pull(str(source), listing, files, on_download))
     waiter = asyncio.ensure_future(started.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     if task.done():  # already here, or refused (disk, offline): answer now
         path = task.result()
         return json_response(PullResponse(source=str(source), status="ready", path=str(path), files=files))
-    sources.keep(task)
+    sources.pulls.keep(task)
     info = jobs[-1].info() if jobs else None
     return json_response(PullResponse(source=str(source), status="downloading", files=files, download=info), status=202)
 
 
 async def pulls(request: web.Request) -> web.Response:
     """``GET /pulls``: every download in progress."""
-    jobs = request.app[manager_key].sources.pulls.values()
+    jobs = request.app[manager_key].sources.pulls.jobs.values()
     return json_response({"pulls": [job.info() for job in jobs]})
 
 

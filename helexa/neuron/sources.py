@@ -2,21 +2,14 @@
 
 :meth:`Sources.prepare` turns a spec whose source is remote into one whose source is a local path, checking
 everything it can from the repository's listing first (format, quant, tensor parallelism, memory, disk) so
-that a refusal costs one round trip and no download. Downloads are shared: concurrent loads and pulls of the
-same files wait for one download; when the last one waiting gives up (an unload), the download stops and its
-partial file stays for the next attempt.
+that a refusal costs one round trip and no download; the downloads themselves are :mod:`helexa.neuron.pulls`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import shutil
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -25,12 +18,8 @@ import msgspec
 from helexa.engine.harness import Harness, Inventory
 from helexa.errors import PreflightError
 from helexa.modelfiles.hub import (
-    Cancelled,
     HfSource,
-    HubFile,
     Listing,
-    Progress,
-    fetch_files,
     list_repo,
     missing,
     parse_hf_source,
@@ -39,7 +28,6 @@ from helexa.modelfiles.hub import (
 )
 from helexa.modelfiles.preflight import (
     RemoteSelection,
-    check_disk,
     choose_devices,
     classify_source,
     resolve_local_source,
@@ -54,51 +42,23 @@ from helexa.modelfiles.shape import (
     read_head,
     shape_from_config,
 )
-from helexa.wire.neuron import DownloadInfo, ModelSpec
+from helexa.neuron.pulls import OnDownload, Pulls
+from helexa.wire.neuron import ModelSpec
 
-__all__ = ["Pull", "Sources"]
+__all__ = ["Sources"]
 
 logger = logging.getLogger(__name__)
-LOG_EVERY_S = 5.0
 # Refusals that no eviction can fix: a model that would never fit this host.
 _NEVER_FITS = frozenset({"insufficient_vram", "insufficient_memory", "tensor_parallel", "device_not_found"})
 
 
-@dataclass
-class Pull:
-    """One download in progress, shared by everyone who needs its files."""
-
-    source: str
-    files: tuple[str, ...]
-    progress: Progress
-    task: asyncio.Task[Path]
-    waiters: int = 0
-    started: float = field(default_factory=time.monotonic)
-    reporter: asyncio.Task[None] | None = None
-
-    def info(self) -> DownloadInfo:
-        """The wire view of its progress."""
-        p = self.progress
-        return DownloadInfo(
-            source=self.source,
-            file=p.current,
-            bytes_done=p.done,
-            bytes_total=p.total,
-            bytes_per_second=round(p.rate(), 1),
-        )
-
-
-OnDownload = Callable[[Pull], None]
-
-
 class Sources:
-    """Remote sources on one neuron: listings, preflight from them, and the downloads in progress."""
+    """Remote sources on one neuron: resolving them, listings and preflight from them; ``pulls`` runs the
+    downloads."""
 
     def __init__(self, cache: Path, model_dirs: tuple[Path, ...], *, downloads: bool) -> None:
         self.cache, self.model_dirs, self.downloads = cache, model_dirs, downloads
-        self.pulls: dict[tuple[str, str, tuple[str, ...]], Pull] = {}
-        self._background: set[asyncio.Task[None]] = set()
-        self.changed = asyncio.Event()  # set when a download ends: what is on disk changed
+        self.pulls = Pulls(cache, downloads=downloads)
         # (repo, commit, file) -> shape read from it: a commit's files never change, so each is read once
         self._shapes: dict[tuple[str, str, str], Shape] = {}
 
@@ -144,7 +104,7 @@ class Sources:
             source, quant=spec.quant, harness=harness, model_id=spec.model_id, tensor_parallel=spec.tensor_parallel
         )
         await self._check_fit(spec, harness, listing, selection, inventory)
-        snapshot = await self.fetch(spec.model_id, listing, list(selection.files), on_download)
+        snapshot = await self.pulls.pull(spec.model_id, listing, list(selection.files), on_download)
         return msgspec.structs.replace(spec, source=str(snapshot))
 
     async def availability(
@@ -277,99 +237,6 @@ class Sources:
                 return shape_from_config(json.loads(await head(listing.file(name).size or 1 << 20)))
             return await gguf_shape_from_reader(head)
 
-    def keep(self, awaitable: Awaitable[Path]) -> None:
-        """Wait for a download in the background (a pull answered before it finished)."""
-
-        async def wait() -> None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await awaitable
-
-        task = asyncio.create_task(wait())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def fetch(self, model_id: str, listing: Listing, files: list[str], on_download: OnDownload) -> Path:
-        """The snapshot directory holding ``files`` of ``listing``, downloading what is missing (shared)."""
-        todo = await asyncio.to_thread(missing, listing, files, self.cache)
-        if not todo:
-            return snapshot_dir(self.cache, listing.source, listing.commit)
-        if listing.offline:
-            raise PreflightError(
-                "hub_unreachable",
-                model_id,
-                f"{todo[0].name} of {listing.source} is not in the cache and the hub cannot be reached",
-                "check HF_ENDPOINT and the network (HF_HUB_OFFLINE must be unset to download)",
-            )
-        if not self.downloads:
-            raise PreflightError(
-                "download_disabled",
-                model_id,
-                f"{listing.source} needs {sum(f.size for f in todo) / 2**20:.0f} MiB downloaded and downloads are "
-                "off on this neuron",
-                "set [neuron] downloads = true, or pull it with helexa pull where downloads are allowed",
-            )
-        self.cache.mkdir(parents=True, exist_ok=True)
-        free = (await asyncio.to_thread(shutil.disk_usage, self.cache)).free
-        check_disk(model_id, str(self.cache), sum(f.size for f in todo), free)
-        key = (listing.source.repo, listing.commit, tuple(sorted(files)))
-        pull = self.pulls.get(key)
-        if pull is not None and pull.progress.cancel.is_set():  # being stopped: let it let go of its files
-            await asyncio.wait([pull.task])
-            pull = None
-        if pull is None:
-            progress = Progress()
-            task = asyncio.create_task(
-                asyncio.to_thread(fetch_files, listing, files, self.cache, progress), name=f"pull {listing.source}"
-            )
-            pull = self.pulls[key] = Pull(str(listing.source), tuple(files), progress, task)
-            task.add_done_callback(lambda _t, key=key, pull=pull: self._done(key, pull))
-            pull.reporter = asyncio.create_task(self._report(pull), name=f"pull progress {listing.source}")
-            logger.info("pulling %s: %s (%.0f MiB)", listing.source, ", ".join(files)[:200], _mib(todo))
-        pull.waiters += 1
-        on_download(pull)
-        try:
-            return await asyncio.shield(pull.task)
-        except Cancelled:
-            raise asyncio.CancelledError() from None
-        finally:
-            pull.waiters -= 1
-            if pull.waiters == 0 and not pull.task.done():
-                logger.info("pull of %s cancelled (partial files kept for the next pull)", pull.source)
-                pull.progress.cancel.set()
-
     async def close(self) -> None:
         """Stop every download (partial files kept); waits for their threads to let go."""
-        pulls = list(self.pulls.values())
-        for pull in pulls:
-            pull.progress.cancel.set()
-        if pulls:
-            await asyncio.wait([p.task for p in pulls], timeout=10)
-
-    def _done(self, key: tuple[str, str, tuple[str, ...]], pull: Pull) -> None:
-        if self.pulls.get(key) is pull:
-            del self.pulls[key]
-        self.changed.set()
-
-    async def _report(self, pull: Pull) -> None:
-        """A log line every few seconds while ``pull`` runs, and one when it ends."""
-        while not pull.task.done():
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(pull.task), LOG_EVERY_S)
-            if not pull.task.done():
-                info = pull.info()
-                share = f"{100 * info.bytes_done / info.bytes_total:.0f}%" if info.bytes_total else "?"
-                logger.info(
-                    "pulling %s: %s (%.0f of %.0f MiB) at %.1f MiB/s",
-                    pull.source,
-                    share,
-                    info.bytes_done / 2**20,
-                    info.bytes_total / 2**20,
-                    info.bytes_per_second / 2**20,
-                )
-        if not pull.task.cancelled() and pull.task.exception() is None:
-            seconds = time.monotonic() - pull.started
-            logger.info("pulled %s: %.0f MiB in %.1fs", pull.source, pull.progress.total / 2**20, seconds)
-
-
-def _mib(files: list[HubFile]) -> float:
-    return sum(f.size for f in files) / 2**20
+        await self.pulls.close()
