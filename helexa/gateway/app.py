@@ -24,11 +24,13 @@ from helexa.gateway.poller import poll_forever
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import setup_routes
+from helexa.gateway.routing import Router
 from helexa.gateway.state import (
     first_byte_timeout_key,
     gateway_metrics_key,
     keepalive_seconds_key,
     lifecycle_key,
+    router_key,
     session_key,
     ui_app_key,
 )
@@ -109,8 +111,8 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 full_stop_after_unloads=cfg.eviction.full_stop_after_unloads,
                 load_timeout=cfg.gateway.load_timeout_seconds,
                 queue_limit=cfg.gateway.load_queue_limit,
-                affinity=cfg.gateway.prefix_affinity,
             )
+            app[router_key] = Router(registry, app[lifecycle_key], affinity=cfg.gateway.prefix_affinity)
 
             lifecycle = app[lifecycle_key]
 

@@ -16,7 +16,7 @@ from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.proxy import Exchange
 from helexa.gateway.registry import NeuronState
-from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, lifecycle_key, session_key
+from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, router_key, session_key
 from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 from helexa.server.upstream import open_upstream
@@ -53,7 +53,7 @@ class Forward:
 
     async def __aenter__(self) -> tuple[aiohttp.ClientResponse, NeuronState]:
         app, model_id, state = self.request.app, self.model_id, self.state
-        lifecycle, metrics = app[lifecycle_key], app[gateway_metrics_key]
+        router, metrics = app[router_key], app[gateway_metrics_key]
         tried: set[str] = set()
         while True:
             headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: self.request[request_id_key]}
@@ -71,11 +71,11 @@ class Forward:
                 metrics.errors.labels(model_id, state.name, exc.code).inc()
                 state.healthy = False  # the poller brings it back when it answers
                 tried.add(state.name)
-                other = lifecycle.choose(model_id, frozenset(tried))
+                other = router.choose(model_id, frozenset(tried))
                 if other is None:
                     raise
                 state = other
-        lifecycle.remember(model_id, self._conversation, state.name)
+        router.remember(model_id, self._conversation, state.name)
         self.state, self._upstream = state, upstream
         self._series = series = metrics.series(model_id, state.name)
         state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1

@@ -1,4 +1,4 @@
-"""Acting on placement: route to a replica, or cold-load (evicting if needed), one load per model at a time.
+"""Acting on placement: cold-load (evicting if needed), one load per model at a time; unload.
 
 Every request for a cold model waits on the same load task; a caller that gives up does not cancel it. The
 wait queue per model is bounded (``load_queue_limit``): past it, 503 with ``Retry-After``. A failed load
@@ -11,21 +11,19 @@ count the same free memory twice. Loads on different neurons run in parallel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 
 import msgspec
 
 from helexa.config import ModelEntry
 from helexa.errors import HelexaError, NotFound, Overloaded
-from helexa.gateway.affinity import Conversation
 from helexa.gateway.gangs import GangKeeper
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
-from helexa.gateway.placement import EvictionPlan, could_fit, pick_replica, place, plan_eviction
+from helexa.gateway.placement import EvictionPlan, could_fit, place, plan_eviction
 from helexa.gateway.poller import poll_once
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
@@ -33,17 +31,6 @@ from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
 __all__ = ["Lifecycle", "NoCapacity"]
 
 logger = logging.getLogger(__name__)
-AFFINITY_ENTRIES = 8192  # conversations remembered for prefix affinity
-FIRST_POLL_WAIT_S = 15.0  # longest a request waits, at start-up, for the first poll of every neuron
-
-
-def _not_found(requested: str) -> NotFound:
-    return NotFound(
-        f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
-        "GET /v1/models lists the models",
-        param="model",
-        code="model_not_found",
-    )
 
 
 class NoCapacity(HelexaError):
@@ -54,7 +41,8 @@ class NoCapacity(HelexaError):
 
 
 class Lifecycle:
-    """Routes requests to neurons, loading and evicting models as needed."""
+    """Loads models where placement says (evicting as needed), one load per model at a time; unloads them.
+    Which replica serves a request is :class:`helexa.gateway.routing.Router`'s."""
 
     def __init__(
         self,
@@ -66,7 +54,6 @@ class Lifecycle:
         full_stop_after_unloads: int = 0,
         load_timeout: float = 900.0,
         queue_limit: int = 64,
-        affinity: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -77,12 +64,10 @@ class Lifecycle:
         self.load_timeout = load_timeout
         self.queue_limit = queue_limit
         metrics.load_queue_limit.set(queue_limit)
-        self.affinity = affinity
         self.clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._waiting: dict[str, int] = defaultdict(int)
         self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()  # (model, conversation) -> neuron
         self.gangs = GangKeeper(
             registry,
             clients,
@@ -94,75 +79,6 @@ class Lifecycle:
             no_capacity=NoCapacity,
             clock=clock,
         )
-
-    # ------------------------------------------------------------------------------------------ routing
-
-    def choose(
-        self, model_id: str, exclude: frozenset[str] = frozenset(), conversation: Conversation | None = None
-    ) -> NeuronState | None:
-        """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``), or the one that
-        served ``conversation`` last unless it is much busier (prefix affinity)."""
-        replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
-        if len(replicas) <= 1:
-            return replicas[0] if replicas else None
-        preferred = None
-        if conversation is not None and self.affinity:
-            preferred = self._affinity.get((model_id, conversation.key))
-        # this gateway's requests in flight plus what the engine itself reports as queued
-        loads = [(n.name, n.in_flight.get(model_id, 0) + n.models[model_id].waiting) for n in replicas]
-        return self.registry.neurons[pick_replica(loads, preferred)]
-
-    def remember(self, model_id: str, conversation: Conversation | None, neuron: str) -> None:
-        """Note that ``neuron`` served ``conversation`` of ``model_id`` (bounded, oldest forgotten); only where
-        routing had a choice to make."""
-        if conversation is None or not conversation.keyed:
-            return
-        key = (model_id, conversation.key)
-        self._affinity[key] = neuron
-        self._affinity.move_to_end(key)
-        while len(self._affinity) > AFFINITY_ENTRIES:
-            self._affinity.popitem(last=False)
-
-    async def check(self, requested: str) -> str:
-        """The model id for ``requested`` (an id or alias) when it can be served, without loading anything.
-
-        Streaming routes call it before they open the response, so an unknown model is still a plain 404.
-
-        :raises NotFound: the model is neither in the catalogue nor loaded on a healthy neuron.
-        """
-        model_id = self.registry.resolve(requested)
-        if not self.registry.first_round.is_set():
-            await self.first_round()
-        if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
-            raise _not_found(requested)
-        return model_id
-
-    async def first_round(self) -> None:
-        """Wait (briefly) until every neuron was polled once since start, so answers reflect the fleet."""
-        if self.registry.first_round.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.registry.first_round.wait(), FIRST_POLL_WAIT_S)
-
-    async def route(self, requested: str, conversation: Conversation | None = None) -> tuple[str, NeuronState]:
-        """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed;
-        ``conversation`` is for prefix affinity (see :meth:`choose`).
-
-        :raises NotFound: the model is neither in the catalogue nor loaded anywhere.
-        :raises Overloaded: too many requests wait for this model's load, or it took too long.
-        :raises NoCapacity: no neuron can take it, even after evictions.
-        """
-        model_id = self.registry.resolve(requested)
-        if not self.registry.first_round.is_set():
-            await self.first_round()
-        state = self.choose(model_id, conversation=conversation)
-        if state is not None:
-            return model_id, state
-        entry = self.registry.catalogue.get(model_id)
-        if entry is None:
-            raise _not_found(requested)
-        name = await self.ensure_loaded(entry)
-        return model_id, self.registry.neurons[name]
 
     async def ensure_loaded(self, entry: ModelEntry) -> str:
         """Wait for ``entry`` to be loaded somewhere (starting the load if nobody has); return the neuron."""

@@ -12,7 +12,8 @@ from helexa.gateway.catalogue import fleet_report, model_cards
 from helexa.gateway.forward import Forward, observe
 from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
-from helexa.gateway.state import keepalive_seconds_key, lifecycle_key
+from helexa.gateway.routing import first_round
+from helexa.gateway.state import keepalive_seconds_key, lifecycle_key, router_key
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire.openai import decode_head
@@ -32,10 +33,10 @@ async def inference(request: web.Request) -> web.StreamResponse:
     exchange = Exchange(started=time.perf_counter())
     body = await read_body(request)
     head = decode_head(body, request.path)
-    lifecycle = request.app[lifecycle_key]
+    router = request.app[router_key]
     conversation = Conversation(body, head.prompt_cache_key or head.user)
     if not head.stream:
-        model_id, state = await lifecycle.route(head.model, conversation)
+        model_id, state = await router.route(head.model, conversation)
         body, _ = prepare_body(body, head.model, model_id, stream=False, wants_usage=False)
         async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
@@ -43,10 +44,10 @@ async def inference(request: web.Request) -> web.StreamResponse:
             response = await relay(request, up, hide_usage=False, exchange=exchange)
         observe(request, model_id, state.name, exchange)
         return response
-    await lifecycle.check(head.model)
+    await router.check(head.model)
     response = await open_event_stream(request)
     async with KeepAlive(response, OPENAI_KEEPALIVE, request.app[keepalive_seconds_key]) as waiting:
-        model_id, state = await lifecycle.route(head.model, conversation)
+        model_id, state = await router.route(head.model, conversation)
         body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
         async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
@@ -60,7 +61,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     """``GET /v1/models``: the merged catalogue (once the fleet was polled: right after start, it waits)."""
     lifecycle = request.app[lifecycle_key]
-    await lifecycle.first_round()
+    await first_round(lifecycle.registry)
     return json_response({"object": "list", "data": model_cards(lifecycle.registry, lifecycle.loading())})
 
 

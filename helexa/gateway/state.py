@@ -11,17 +11,20 @@ from aiohttp import web
 
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics
+from helexa.gateway.routing import Router
 
 __all__ = [
     "first_byte_timeout_key",
     "gateway_metrics_key",
     "keepalive_seconds_key",
     "lifecycle_key",
+    "router_key",
     "session_key",
     "ui_app_key",
 ]
 
 lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
+router_key = web.AppKey("router_key", Router)  # which neuron serves each request
 session_key = web.AppKey("session_key", aiohttp.ClientSession)  # the one client session to every neuron
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds

@@ -27,7 +27,7 @@ from helexa.gateway.keepalive import KeepAlive, open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body, stream_breaks
 from helexa.gateway.registry import NeuronState
-from helexa.gateway.state import keepalive_seconds_key, lifecycle_key
+from helexa.gateway.state import keepalive_seconds_key, router_key
 from helexa.server.app import json_response
 from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer, event_data
@@ -148,9 +148,9 @@ async def serve_translated(
     ``conversation`` names the conversation for prefix affinity.
     """
     exchange = Exchange(started=time.perf_counter())
-    lifecycle = request.app[lifecycle_key]
+    router = request.app[router_key]
     if stream is None:
-        model_id, state = await lifecycle.route(model, conversation)
+        model_id, state = await router.route(model, conversation)
         async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
             upstream,
             state,
@@ -161,7 +161,7 @@ async def serve_translated(
             response = json_response(whole(chat), headers=headers)
         observe(request, model_id, state.name, exchange)
         return response
-    await lifecycle.check(model)
+    await router.check(model)
     translator = stream()
     if error_event is not None:
         request[sse_error_key] = lambda err: error_event(err, translator)
@@ -170,7 +170,7 @@ async def serve_translated(
     await response.write(translator.start() + keepalive)
     interval = request.app[keepalive_seconds_key]
     async with KeepAlive(response, keepalive, interval) as waiting:
-        model_id, state = await lifecycle.route(model, conversation)
+        model_id, state = await router.route(model, conversation)
         async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
             upstream,
             state,

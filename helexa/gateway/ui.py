@@ -24,6 +24,7 @@ from helexa.errors import HelexaError, NotFound, PermissionDenied
 from helexa.gateway.benchview import REFRESH_S, BenchView
 from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.metrics import GatewayMetrics
+from helexa.gateway.routing import first_round
 from helexa.gateway.state import gateway_metrics_key, lifecycle_key
 from helexa.server.auth import TooManyFailures, presented_token
 from helexa.server.body import read_body
@@ -208,7 +209,7 @@ async def page(request: web.Request) -> web.Response:
     if viewer is None:
         return _sign_in(request)
     lifecycle = request.config_dict[lifecycle_key]
-    await lifecycle.first_round()
+    await first_round(lifecycle.registry)
     fleet = msgspec.to_builtins(fleet_report(lifecycle.registry, lifecycle.loading()))  # plain data, as /fleet
     figures = _figures(request.config_dict[gateway_metrics_key], request.app[rates_key])
     note = request.app[_notes_key].get(request.query.get("note", ""), "")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helexa.gateway.state import lifecycle_key
+from helexa.gateway.state import lifecycle_key, router_key
 from tests.conftest import until
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
@@ -452,7 +452,7 @@ async def test_prefix_affinity_sends_a_conversation_back_to_the_replica_that_ser
         served = [n for n in (a, b) if n.served]
         assert served, "no neuron served"
     first = {}
-    for key, neuron in lifecycle._affinity.items():
+    for key, neuron in client.app[router_key]._affinity.items():
         first[key[1]] = neuron
     # each conversation stayed on one neuron for all its turns
     assert len(a.served) % 3 == 0 and len(b.served) % 3 == 0
