@@ -30,7 +30,14 @@ class ModelEntry(ConfigStruct):
         ),
     ] = ""
     quant: Annotated[str, doc("Quantisation to pick among the source's files (e.g. Q4_K_M); empty = default.")] = ""
-    vram_mb: Annotated[int, doc("VRAM the model needs in total, in MiB (weights + KV cache).", ge=0)] = 0
+    vram_mb: Annotated[
+        int,
+        doc(
+            "Memory the model needs in total, in MiB (weights + KV cache): VRAM on GPU hosts, RAM on CPU-only "
+            "hosts; 0 = estimated from its files (shape and context).",
+            ge=0,
+        ),
+    ] = 0
     min_devices: Annotated[int, doc("Fewest GPUs the model may be split over.", ge=1)] = 1
     min_device_vram_mb: Annotated[int, doc("Smallest total VRAM, in MiB, each of those GPUs must have.", ge=0)] = 0
     tensor_parallel: Annotated[

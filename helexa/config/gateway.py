@@ -121,7 +121,8 @@ class EvictionSection(ConfigStruct):
 
 
 class NeuronRef(ConfigStruct):
-    """One neuron the gateway talks to."""
+    """One neuron the gateway talks to: ``[[neurons]]`` is the gateway's list of them (each neuron's own
+    settings are its ``[neuron]`` table)."""
 
     name: Annotated[str, doc("Unique name of the neuron (used in metrics, pinned_on and status).", min_length=1)]
     endpoint: Annotated[str, doc("Base URL of the neuron API, e.g. http://gpu1.internal:13131.")]

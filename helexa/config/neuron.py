@@ -12,7 +12,7 @@ __all__ = ["NeuronSection"]
 
 
 class NeuronSection(ConfigStruct):
-    """The per-host neuron daemon."""
+    """The per-host neuron daemon's own settings, ``[neuron]`` (the gateway's list of neurons is ``[[neurons]]``)."""
 
     listen: Annotated[str, doc("host:port of the neuron API (the gateway connects here).")] = "127.0.0.1:13131"
     token: Annotated[
