@@ -14,6 +14,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "Conflict",
+    "ContextLengthExceeded",
     "HelexaError",
     "InvalidRequest",
     "NotFound",
@@ -166,6 +167,37 @@ class PayloadTooLarge(HelexaError):
 
     status = 413
     code = "request_too_large"
+
+
+class ContextLengthExceeded(HelexaError):
+    """The prompt does not fit the model's context (400). Final: retrying the same request cannot help.
+
+    Rendered in OpenAI's words (``context_length_exceeded``, "This model's maximum context length is M tokens.
+    However, your messages resulted in N tokens.") with ``n_prompt_tokens`` and ``n_ctx``, and in Anthropic's
+    (``prompt is too long: N tokens > M maximum``), the texts Codex and Claude Code act on.
+    """
+
+    status = 400
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int = 0, context: int = 0, detail: str = "") -> None:
+        self.prompt_tokens, self.context = prompt_tokens, context
+        if prompt_tokens and context:
+            message = (
+                f"This model's maximum context length is {context} tokens. However, your messages resulted in "
+                f"{prompt_tokens} tokens. Please reduce the length of the messages."
+            )
+        else:
+            message = "The prompt is longer than this model's context. Please reduce the length of the messages."
+            message += f" (engine: {detail[:300]})" if detail else ""
+        super().__init__(message, param="messages", extra={"n_prompt_tokens": prompt_tokens, "n_ctx": context})
+
+    @property
+    def anthropic_message(self) -> str:
+        """Anthropic's own words for it, which Claude Code recognises (and compacts the conversation)."""
+        if self.prompt_tokens and self.context:
+            return f"prompt is too long: {self.prompt_tokens} tokens > {self.context} maximum"
+        return "prompt is too long: " + self.message
 
 
 class UpstreamError(HelexaError):

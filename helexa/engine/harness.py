@@ -60,7 +60,8 @@ class PlacementPlan(msgspec.Struct, kw_only=True, frozen=True):
 
     ``devices`` are device indices on this host (empty = CPU); ``files`` the resolved weight files;
     ``vram_mb`` the memory planned in total; ``source`` the resolved source path; ``device_vram_mb`` the total
-    memory of each planned device.
+    memory of each planned device; ``context`` the tokens of context one request may use, where preflight chose
+    it (the model's trained context, or what of it fits); 0 = as configured or the engine's own.
     """
 
     devices: tuple[int, ...] = ()
@@ -69,6 +70,7 @@ class PlacementPlan(msgspec.Struct, kw_only=True, frozen=True):
     vram_mb: int = 0
     source: str = ""
     device_vram_mb: tuple[int, ...] = ()
+    context: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,11 @@ class Harness(abc.ABC):
 
         :raises helexa.errors.PreflightError: ``invalid_options``.
         """
+        return 0
+
+    async def context_length(self, session: aiohttp.ClientSession, base_url: str) -> int:
+        """The context one request may use on the running engine, as the engine itself says (llama.cpp's
+        ``n_ctx``, vLLM's ``max_model_len``); 0 = unknown. Published on the model's card for clients."""
         return 0
 
     def logs(self, model_id: str, last: int | None = None) -> list[str]:

@@ -39,7 +39,16 @@ from helexa.modelfiles.pypi import is_pypi_source
 from helexa.modelfiles.shape import kv_cache_bytes, local_shape, needed_mb
 from helexa.wire.neuron import ModelSpec
 
-__all__ = ["EngineFailed", "EngineLoad", "ProcessHarness", "model_file", "parse_engine_load", "serves_api"]
+__all__ = [
+    "MIN_AUTO_CONTEXT",
+    "EngineFailed",
+    "EngineLoad",
+    "ProcessHarness",
+    "auto_contexts",
+    "model_file",
+    "parse_engine_load",
+    "serves_api",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,14 @@ class ProcessHarness(Harness):
 
     health_path: ClassVar[str] = "/health"
     cpu_ok: ClassVar[bool] = False
+    #: With no context configured (``kv_context`` 0), preflight picks one for the plan (``plan.context``): the
+    #: model's trained context, or the largest of its halvings (down to :data:`MIN_AUTO_CONTEXT`) that fits.
+    auto_context: ClassVar[bool] = False
+
+    def kv_copies(self, spec: ModelSpec) -> int:
+        """How many contexts' worth of KV cache the engine allocates for an automatic context (slots that do
+        not share one cache each hold one). Pure."""
+        return 1
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         super().__init__(context)
@@ -104,18 +121,26 @@ class ProcessHarness(Harness):
         files = match_quant(spec.model_id, source, spec.quant) if source.kind == "gguf" else source.files
         weights = await asyncio.to_thread(_total_size, files)
         shape = None if spec.vram_mb else await local_shape(source, files)
-        needed = needed_mb(weights, spec.vram_mb, kv_cache_bytes(shape, self.kv_context(spec)) if shape else None)
-        if spec.rank is not None:  # a gang member holds its share (pipeline stages or tensor shards) of the model
-            needed = -(-needed // spec.rank.size)
-        devices = choose_devices(
-            spec.model_id,
-            inventory.gpus,
-            needed_mb=needed,
-            tensor_parallel=spec.tensor_parallel,
-            requested=spec.devices,
-            ram_available_mb=inventory.ram_available_mb,
-            cpu_ok=self.cpu_ok,
-        )
+        share = spec.rank.size if spec.rank is not None else 1  # a gang member holds its share of the model
+        auto = self.auto_context and shape is not None and not self.kv_context(spec)
+        contexts = auto_contexts(shape.trained_context) if auto and shape else [self.kv_context(spec)]
+        for attempt, context in enumerate(contexts, start=1):
+            kv = kv_cache_bytes(shape, context) * self.kv_copies(spec) if shape else None
+            needed = -(-needed_mb(weights, spec.vram_mb, kv) // share)
+            try:
+                devices = choose_devices(
+                    spec.model_id,
+                    inventory.gpus,
+                    needed_mb=needed,
+                    tensor_parallel=spec.tensor_parallel,
+                    requested=spec.devices,
+                    ram_available_mb=inventory.ram_available_mb,
+                    cpu_ok=self.cpu_ok,
+                )
+                break
+            except PreflightError as exc:  # too big with this context: the next, smaller one may fit
+                if attempt == len(contexts) or exc.kind not in ("insufficient_vram", "insufficient_memory"):
+                    raise
         totals = {g.index: g.vram_total_mb for g in inventory.gpus}
         return PlacementPlan(
             devices=devices,
@@ -124,6 +149,7 @@ class ProcessHarness(Harness):
             vram_mb=needed,
             source=str(source.path),
             device_vram_mb=tuple(totals.get(d, 0) for d in devices),
+            context=context if auto else 0,
         )
 
     async def load(self, spec: ModelSpec, plan: PlacementPlan) -> str:
@@ -275,6 +301,20 @@ def parse_engine_load(text: str, names: dict[str, str]) -> EngineLoad:
     except ValueError:
         logger.debug("engine metrics could not be parsed")
     return EngineLoad(int(values["waiting"]), int(values["running"]), float(values["kv_cache"]))
+
+
+MIN_AUTO_CONTEXT = 4096  # the smallest context an automatic choice settles for (agents need more: docs/clients.md)
+
+
+def auto_contexts(trained: int) -> list[int]:
+    """The contexts an automatic choice tries, largest first: the trained one, then halvings down to
+    :data:`MIN_AUTO_CONTEXT` (``[0]``, the engine's own, when the trained context is unknown)."""
+    if trained <= 0:
+        return [0]
+    out = [trained]
+    while out[-1] // 2 >= MIN_AUTO_CONTEXT:
+        out.append(out[-1] // 2)
+    return out
 
 
 def serves_api(spec: ModelSpec) -> bool:

@@ -41,7 +41,8 @@ def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
 
     OpenAI ``model`` objects plus helexa's fields: ``status`` (a :class:`CardStatus`; ``download`` with
     ``downloading``, ``download_bytes`` with ``needs_download``, ``unavailable_kind`` with ``unavailable``),
-    ``loaded_on`` (neuron names), ``aliases``; a gang model's ``hosts`` and ``members``.
+    ``loaded_on`` (neuron names), ``aliases``, ``context_length`` (tokens one request may use, as the engines
+    said: once the model ran); a gang model's ``hosts`` and ``members``.
     """
     cards: dict[str, dict[str, Any]] = {}
     for state in registry.neurons.values():
@@ -65,11 +66,20 @@ def model_cards(registry: Registry, loading: list[str]) -> list[dict[str, Any]]:
     for model_id in loading:
         if model_id in cards:
             _set(card := cards[model_id], min(CardStatus(card["status"]), CardStatus.LOADING, key=_RANK.get))
+    _extras(registry, cards)
+    return list(cards.values())
+
+
+def _extras(registry: Registry, cards: dict[str, dict[str, Any]]) -> None:
+    """What some cards add: the context length the engines said (clients size their prompts by it), a gang's
+    hosts and members."""
+    for model_id, card in cards.items():
+        if context := registry.context_lengths.get(model_id):
+            card["context_length"] = context
     for entry in registry.entries:
         if entry.hosts > 1:
             cards[entry.id]["hosts"] = entry.hosts
             cards[entry.id]["members"] = gang_members(registry, entry.id, entry.vram_mb, entry.hosts)
-    return list(cards.values())
 
 
 def _holders(need: Need, views: list[NeuronView]) -> set[str]:

@@ -9,7 +9,7 @@ import aiohttp
 import msgspec
 
 from helexa.config import NeuronRef
-from helexa.errors import HelexaError, PreflightError, UpstreamError
+from helexa.errors import ContextLengthExceeded, HelexaError, PreflightError, UpstreamError
 from helexa.wire.neuron import Discovery, LoadRequest, LoadResponse, ModelInfo, ModelList, NeuronHealth, UnloadRequest
 
 __all__ = ["NeuronClient", "error_from_response"]
@@ -109,5 +109,11 @@ def error_from_response(origin: str, status: int, raw: bytes) -> HelexaError:
     message = str(error.get("message") or raw[:200].decode(errors="replace") or f"HTTP {status}")
     if status == 422 and "kind" in error:
         return PreflightError(error["kind"], str(error.get("model_id", "")), message, str(error.get("suggestion", "")))
+    if status == 400 and error.get("code") == ContextLengthExceeded.code:
+        return ContextLengthExceeded(_count(error.get("n_prompt_tokens")), _count(error.get("n_ctx")), message)
     relayed = status if status in (400, 401, 403, 404, 409, 413, 422, 429, 501) else 502
     return HelexaError(f"{origin}: {message}", code=str(error.get("code") or "upstream_error"), status_override=relayed)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -114,15 +114,21 @@ class Registry:
         if not self.neurons:
             self.first_round.set()
         self.entries: list[ModelEntry] = list(catalogue)
+        #: model id -> the context one request may use, as its engines last said (kept after an unload)
+        self.context_lengths: dict[str, int] = {}
         self.catalogue: dict[str, ModelEntry] = {}
         for entry in self.entries:
             for name in (entry.id, *entry.aliases):
                 self.catalogue[name] = entry
 
     def mark_polled(self, state: NeuronState) -> None:
-        """Record that ``state`` has been polled; the first round ends when all have."""
+        """Record that ``state`` has been polled (and the context lengths its engines report); the first
+        round ends when all have."""
         state.polled = True
         state.polls += 1
+        for model_id, info in state.models.items():
+            if info.context_length:
+                self.context_lengths[model_id] = info.context_length
         if all(n.polled for n in self.neurons.values()):
             self.first_round.set()
 

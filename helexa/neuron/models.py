@@ -83,6 +83,7 @@ class ModelRecord:
     loaded_at: float = 0.0
     task: asyncio.Task[ModelRecord] | None = None
     merge_system: bool = False  # the engine refused late system messages: merge them (system_messages = auto)
+    context_length: int = 0  # what the running engine says one request may use (asked once it serves)
     pull: Pull | None = None  # the download this load waits for
 
     def info(self) -> ModelInfo:
@@ -98,6 +99,7 @@ class ModelRecord:
             loaded_at=self.loaded_at,
             download=self.pull.info() if self.pull is not None and self.status == ModelStatus.DOWNLOADING else None,
             rank=self.spec.rank,
+            context_length=self.context_length if self.status == ModelStatus.LOADED else 0,
         )
 
 
@@ -181,12 +183,14 @@ class ModelManager:
     async def list(self, session: aiohttp.ClientSession | None = None) -> list[ModelInfo]:
         """Every model with a record (with its engine's load when the harness reports one), then every
         catalogue model this neuron has not touched (unloaded)."""
-        infos = [r.info() for r in self.records.values()]
+        records = list(self.records.values())
+        loads: list[EngineLoad | None] = [None] * len(records)
         if session is not None:
-            loads = await asyncio.gather(*(self._engine_load(session, r) for r in self.records.values()))
-            for info, load in zip(infos, loads, strict=True):
-                if load is not None:
-                    info.waiting, info.running, info.kv_cache_usage = load.waiting, load.running, load.kv_cache
+            loads = list(await asyncio.gather(*(self._engine_load(session, r) for r in records)))
+        infos = [r.info() for r in records]
+        for info, load in zip(infos, loads, strict=True):
+            if load is not None:
+                info.waiting, info.running, info.kv_cache_usage = load.waiting, load.running, load.kv_cache
         seen = set(self.records)
         for entry in self.catalogue.values():
             if entry.id in seen:
@@ -208,7 +212,12 @@ class ModelManager:
 
     async def _engine_load(self, session: aiohttp.ClientSession, record: ModelRecord) -> EngineLoad | None:
         harness = self.harnesses.get(record.harness)
-        if record.status != ModelStatus.LOADED or not isinstance(harness, ProcessHarness):
+        if record.status != ModelStatus.LOADED or harness is None:
+            return None
+        if not record.context_length and record.endpoint:  # asked once the engine serves; kept while it runs
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                record.context_length = await harness.context_length(session, record.endpoint)
+        if not isinstance(harness, ProcessHarness):
             return None
         return await harness.engine_load(session, record.spec.model_id)
 
@@ -354,7 +363,7 @@ class ModelManager:
             self._forget_old_failures()
             raise EngineError(f"model {spec.model_id!r} failed to load: {type(exc).__name__}: {exc}") from None
         seconds = time.monotonic() - began
-        self._move(record, ModelStatus.LOADED, seconds=seconds, last_error="", loaded_at=time.time())
+        self._move(record, ModelStatus.LOADED, seconds=seconds, last_error="", loaded_at=time.time(), context_length=0)
         logger.info(
             "loaded %s with %s in %.1fs (engine at %s, served by this neuron)",
             spec.model_id,

@@ -15,7 +15,8 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from helexa.errors import UpstreamError, openai_type_for_status
+from helexa.errors import ContextLengthExceeded, UpstreamError, openai_type_for_status
+from helexa.neuron.engine_errors import EngineRefusal, RefusalKind, classify
 from helexa.neuron.normaliser import ChatNormaliser, Markers, SSENormaliser
 from helexa.server.upstream import open_upstream, response_headers
 from helexa.sse import EventFramer
@@ -40,27 +41,61 @@ async def relay(
     """POST ``body`` to ``url`` and relay the answer to the client.
 
     :param offered: tool names the request offered (the normaliser's bare-JSON tool calls).
-    :param fallback: a body to send instead when the engine answers ``body`` with an error (then
-        ``on_fallback()`` is called, before anything reached the client).
+    :param fallback: a body to send instead when the engine's chat template refuses ``body`` (a system message
+        after the first turn; then ``on_fallback()`` is called, before anything reached the client). Any other
+        error is the answer, the fallback unused.
+    :raises ContextLengthExceeded: the prompt does not fit the model's context (in every engine's words).
     :raises UpstreamError: the engine could not be reached, or broke off mid-stream (then, the client gets a
         final SSE error event from the error middleware).
     """
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
     upstream = await open_upstream(session, url, body, headers)
-    if fallback is not None and upstream.status >= 400:
-        async with upstream:
-            refusal = (await upstream.read())[:300].decode(errors="replace")
+    if _refused(upstream):
+        answer, refusal = await _read_refusal(upstream)
+        if fallback is None or refusal.kind != RefusalKind.TEMPLATE_REFUSAL:
+            return _error_answer(upstream, answer, refusal)
         logger.warning(
             "engine at %s refused system messages after the first turn (%d: %s); merging them from now on",
             url,
             upstream.status,
-            refusal,
+            refusal.message[:300],
         )
         if on_fallback is not None:
             on_fallback()
         upstream = await open_upstream(session, url, fallback, headers)
+        if _refused(upstream):
+            return _error_answer(upstream, *await _read_refusal(upstream))
     async with upstream:
         return await _forward(request, upstream, normalise=normalise, markers=markers, offered=offered)
+
+
+def _refused(upstream: aiohttp.ClientResponse) -> bool:
+    """The engine answered with an error (not a stream that carries one)."""
+    return upstream.status >= 400 and upstream.content_type != "text/event-stream"
+
+
+async def _read_refusal(upstream: aiohttp.ClientResponse) -> tuple[bytes, EngineRefusal]:
+    async with upstream:
+        try:
+            answer = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise UpstreamError(f"engine response broke off: {exc}") from None
+    return answer, classify(upstream.status, answer)
+
+
+def _error_answer(upstream: aiohttp.ClientResponse, data: bytes, refusal: EngineRefusal) -> web.Response:
+    """An engine's error answer: a context overflow in the words every client knows, anything else as the
+    engine said it (a non-JSON one in the OpenAI envelope, its words kept).
+
+    :raises ContextLengthExceeded: the prompt does not fit.
+    """
+    if refusal.kind == RefusalKind.CONTEXT_OVERFLOW:
+        raise ContextLengthExceeded(refusal.prompt_tokens, refusal.context, refusal.message)
+    headers = response_headers(upstream, origin="engine")
+    if upstream.content_type != "application/json":
+        data = _engine_error(upstream.status, data)  # llama.cpp's "404: Not Found" is text/plain
+        headers["Content-Type"] = "application/json"
+    return web.Response(status=upstream.status, body=data, headers=headers)
 
 
 async def _forward(
@@ -79,9 +114,6 @@ async def _forward(
             raise UpstreamError(f"engine response broke off: {exc}") from None
         if normalise and upstream.status == 200 and upstream.content_type == "application/json":
             data = _normalise_body(data, markers, offered)
-        elif upstream.status >= 400 and upstream.content_type != "application/json":
-            data = _engine_error(upstream.status, data)  # llama.cpp's "404: Not Found" is text/plain
-            out_headers["Content-Type"] = "application/json"
         return web.Response(status=upstream.status, body=data, headers=out_headers)
     response = web.StreamResponse(status=upstream.status, headers=out_headers)
     response.headers["Cache-Control"] = "no-cache"

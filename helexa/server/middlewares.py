@@ -24,7 +24,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from helexa.errors import HelexaError, InvalidRequest, anthropic_type_for_status, openai_type_for_status
+from helexa.errors import (
+    ContextLengthExceeded,
+    HelexaError,
+    InvalidRequest,
+    anthropic_type_for_status,
+    openai_type_for_status,
+)
 
 __all__ = [
     "ORIGIN_HEADER",
@@ -94,8 +100,9 @@ def _message(err: HelexaError) -> str:
 def error_body(err: HelexaError, *, anthropic: bool = False) -> bytes:
     """Encode ``err`` in the OpenAI envelope, or Anthropic's when ``anthropic`` is true."""
     if anthropic:
+        message = err.anthropic_message if isinstance(err, ContextLengthExceeded) else _message(err)
         return _encoder.encode(
-            {"type": "error", "error": {"type": anthropic_type_for_status(err.status), "message": _message(err)}}
+            {"type": "error", "error": {"type": anthropic_type_for_status(err.status), "message": message}}
         )
     body = {"message": _message(err), "type": err.type, "param": err.param, "code": err.code, **err.extra}
     return _encoder.encode({"error": body})

@@ -164,6 +164,7 @@ class ModelInfo(WireStruct, omit_defaults=False):
     download_bytes: int = 0
     unavailable_kind: str = ""
     rank: RankSpec | None = None  # a gang member: which one, of which gang
+    context_length: int = 0  # tokens one request may use, as the running engine says (0 = not known)
 
 
 class ModelList(WireStruct, omit_defaults=False):

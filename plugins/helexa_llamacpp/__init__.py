@@ -26,10 +26,14 @@ class LlamaCppOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     binary: str = ""
     """Path of a llama-server binary; empty = llama-server on PATH, else the bundled CPU server."""
-    ctx_size: int = 4096
-    """Context size in tokens, shared by all slots (-c)."""
+    ctx_size: int = 0
+    """Context size in tokens (-c); 0 = the model's trained context (from its GGUF header), smaller when that
+    would not fit the host's memory."""
     parallel: int = 2
     """Concurrent request slots (-np)."""
+    kv_unified: bool = True
+    """One KV cache shared by every slot (--kv-unified): a single request may use the whole context while the
+    slots share it; false = each slot gets ctx_size / parallel."""
     gpu_layers: int = 999
     """Layers offloaded to the GPU(s) (-ngl); ignored when the plan is CPU-only."""
     threads: int = 0
@@ -51,9 +55,10 @@ class LlamaCpp(ProcessHarness):
 
     name = "llamacpp"
     Options = LlamaCppOptions
-    load_options = frozenset({"ctx_size", "parallel", "gpu_layers", "threads", "jinja"})
+    load_options = frozenset({"ctx_size", "parallel", "gpu_layers", "threads", "jinja", "kv_unified"})
     formats = frozenset({"gguf"})
     cpu_ok = True
+    auto_context = True  # ctx_size 0: the trained context, or what of it fits
     health_path = "/health"
     metrics_path = "/metrics"
     metric_names = {
@@ -71,8 +76,13 @@ class LlamaCpp(ProcessHarness):
         """``llama-server -m FILE --host 127.0.0.1 --port P --alias ID -c … -np … -ngl … [--tensor-split …]``."""
         argv = [options.binary] if options.binary else list(self._default_binary)
         argv += ["-m", str(model_file(plan)), "--host", self.context.engine_host, "--port", str(port)]
-        argv += ["--alias", spec.model_id, "-c", str(options.ctx_size), "-np", str(options.parallel)]
+        # the configured size as it is; else the context preflight chose for one request (all slots' worth
+        # without a unified cache); else 0: llama.cpp's own (the model's trained context)
+        context = options.ctx_size or plan.context * self.kv_copies(spec)
+        argv += ["--alias", spec.model_id, "-c", str(context), "-np", str(options.parallel)]
         argv += ["-ngl", str(options.gpu_layers if plan.devices else 0), "--metrics"]
+        if options.kv_unified:
+            argv.append("--kv-unified")
         if len(plan.devices) > 1:
             argv += ["--tensor-split", ",".join("1" for _ in plan.devices)]
         if options.threads:
@@ -86,8 +96,20 @@ class LlamaCpp(ProcessHarness):
         return argv + list(options.extra_args)
 
     def kv_context(self, spec: ModelSpec) -> int:
-        """``ctx_size``: llama.cpp allocates the KV cache for the whole context (all slots) at start."""
+        """``ctx_size`` (0: the model's trained context, or what of it fits: preflight decides)."""
         return self.options_for(spec).ctx_size
+
+    def kv_copies(self, spec: ModelSpec) -> int:
+        """An automatic context is per request: without a unified KV cache every slot holds one."""
+        options = self.options_for(spec)
+        return 1 if options.kv_unified or options.ctx_size else max(1, options.parallel)
+
+    async def context_length(self, session: aiohttp.ClientSession, base_url: str) -> int:
+        """The context one request may use: ``/props``' ``default_generation_settings.n_ctx``."""
+        props = await _get_json(session, base_url.removesuffix("/v1") + "/props")
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        value = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return value if isinstance(value, int) and value > 0 else 0
 
     def engine_version(self) -> str:
         """``llama-server`` on PATH as it reports itself (``--version``), else the bundled ``xllamacpp`` wheel."""
@@ -137,6 +159,12 @@ class LlamaCpp(ProcessHarness):
     def environment(self, spec: ModelSpec, plan: PlacementPlan, options: LlamaCppOptions) -> dict[str, str]:
         """Only the planned GPUs are visible (none for a CPU plan)."""
         return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in plan.devices)}
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        resp.raise_for_status()
+        return await resp.json()
 
 
 async def _post_json(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> Any:

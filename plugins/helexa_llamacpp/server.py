@@ -56,6 +56,7 @@ def _parser(kind: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> ar
     p.add_argument("-t", "--threads", type=int, default=0)
     p.add_argument("--tensor-split", default="")
     p.add_argument("--jinja", action="store_true")
+    p.add_argument("-kvu", "--kv-unified", action="store_true")
     p.add_argument("--metrics", action="store_true")
     p.add_argument("--chat-template-file", default="")
     for flags, (field, value_type) in PASSTHROUGH.items():
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     params.n_parallel = args.parallel
     params.n_gpu_layers = args.gpu_layers
     params.use_jinja = args.jinja
+    params.kv_unified = args.kv_unified
     params.endpoint_metrics = args.metrics
     if args.alias:
         params.model_alias = {args.alias}

@@ -312,6 +312,14 @@ class Vllm(ProcessHarness):
             resp.raise_for_status()
             return int((await resp.json())["count"])
 
+    async def context_length(self, session: aiohttp.ClientSession, base_url: str) -> int:
+        """``max_model_len`` of the served model, from vLLM's ``/v1/models``."""
+        async with session.get(base_url + "/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            resp.raise_for_status()
+            data = (await resp.json()).get("data") or [{}]
+        value = data[0].get("max_model_len") if isinstance(data[0], dict) else None
+        return value if isinstance(value, int) and value > 0 else 0
+
     metrics_path = "/metrics"
     metric_names = {
         "waiting": "vllm:num_requests_waiting",

@@ -29,6 +29,14 @@ import time
 
 from aiohttp import web
 
+# What llama.cpp answers when a chat template raises (captured from xllamacpp with Qwen's rule).
+TEMPLATE_REFUSAL = (
+    "Unable to generate parser for this template. Automatic parser generation failed: \n------------\nWhile "
+    "executing CallExpression at line 1, column 91 in source:\n...and not loop.first %}{{- raise_exception('System "
+    "message must be at the beginnin...\n                                           ^\nError: Jinja Exception: System "
+    "message must be at the beginning."
+)
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -52,6 +60,7 @@ def main() -> None:
     p.add_argument("--crlf", action="store_true", help="end stream lines with CRLF (as some servers do)")
     p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
     p.add_argument("--headless", action="store_true", help="serve no API: a gang's follower rank (vLLM's flag)")
+    p.add_argument("--context", type=int, default=0, help="refuse prompts over N tokens (4 bytes a token) as llama.cpp")
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
 
     def frame(event: bytes) -> bytes:
@@ -151,10 +160,21 @@ def main() -> None:
             error = {"message": "messages: expected a list of objects", "type": "BadRequestError", "code": 400}
             return web.json_response({"error": error}, status=400)
         roles = [m.get("role") for m in messages]
-        if args.strict_system and "system" in roles[1:]:
+        if args.strict_system and "system" in roles[1:]:  # llama.cpp's answer when a template raises (captured)
             return web.json_response(
-                {"error": {"message": "System role supported only at the start", "code": 400}}, status=400
+                {"error": {"code": 400, "message": TEMPLATE_REFUSAL, "type": "invalid_request_error"}}, status=400
             )
+        if args.context and sum(len(json.dumps(m)) // 4 for m in body.get("messages", [])) > args.context:
+            prompt = sum(len(json.dumps(m)) // 4 for m in body.get("messages", []))
+            error = {  # llama.cpp's overflow answer (captured), with a token count a quarter of the bytes
+                "code": 400,
+                "message": f"request ({prompt} tokens) exceeds the available context size ({args.context} tokens), "
+                "try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": prompt,
+                "n_ctx": args.context,
+            }
+            return web.json_response({"error": error}, status=400)
         served()
         reply, delay = scripted(body)
         usage = {"prompt_tokens": 5, "completion_tokens": len(reply.split()), "total_tokens": 5 + len(reply.split())}
