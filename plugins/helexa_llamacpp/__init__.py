@@ -78,7 +78,7 @@ class LlamaCpp(ProcessHarness):
         argv += ["-m", str(model_file(plan)), "--host", self.context.engine_host, "--port", str(port)]
         # the configured size as it is; else the context preflight chose for one request (all slots' worth
         # without a unified cache); else 0: llama.cpp's own (the model's trained context)
-        context = options.ctx_size or plan.context * self.kv_copies(spec)
+        context = options.ctx_size or plan.context * _copies(options)
         argv += ["--alias", spec.model_id, "-c", str(context), "-np", str(options.parallel)]
         argv += ["-ngl", str(options.gpu_layers if plan.devices else 0), "--metrics"]
         if options.kv_unified:
@@ -101,8 +101,7 @@ class LlamaCpp(ProcessHarness):
 
     def kv_copies(self, spec: ModelSpec) -> int:
         """An automatic context is per request: without a unified KV cache every slot holds one."""
-        options = self.options_for(spec)
-        return 1 if options.kv_unified or options.ctx_size else max(1, options.parallel)
+        return _copies(self.options_for(spec))
 
     async def context_length(self, session: aiohttp.ClientSession, base_url: str) -> int:
         """The context one request may use: ``/props``' ``default_generation_settings.n_ctx``."""
@@ -159,6 +158,10 @@ class LlamaCpp(ProcessHarness):
     def environment(self, spec: ModelSpec, plan: PlacementPlan, options: LlamaCppOptions) -> dict[str, str]:
         """Only the planned GPUs are visible (none for a CPU plan)."""
         return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in plan.devices)}
+
+
+def _copies(options: LlamaCppOptions) -> int:
+    return 1 if options.kv_unified or options.ctx_size else max(1, options.parallel)
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:

@@ -91,3 +91,42 @@ def test_bundled_server_accepts_the_harness_argv():
 def test_unknown_option_is_rejected():
     with pytest.raises(ConfigError, match="unknown field `ctx`"):
         LlamaCpp.parse_options({"ctx": 1}, model_id="m")
+
+
+@pytest.mark.parametrize(
+    ("plan_context", "options", "c", "unified"),
+    [
+        (8192, {}, "8192", True),  # the context preflight chose, one cache for every slot
+        (0, {}, "0", True),  # the shape unknown: llama.cpp's own (the trained context)
+        (8192, {"kv_unified": False, "parallel": 3}, "24576", False),  # a context per slot
+        (8192, {"ctx_size": 4096}, "4096", True),  # configured: as it is
+    ],
+)
+def test_the_context_is_the_models_own_with_one_cache_for_all_slots(plan_context, options, c, unified):
+    argv, _ = build(PlacementPlan(files=("/m/q.gguf",), context=plan_context), **options)
+    assert arg(argv, "-c") == c
+    assert ("--kv-unified" in argv) == unified
+    start = len(argv) - 1 - argv[::-1].index("-m")
+    args = parse_args(argv[start:])  # the bundled server takes them
+    assert (args.ctx_size, args.kv_unified) == (int(c), unified)
+
+
+@pytest.mark.parametrize(
+    ("ram_mb", "options", "context"),
+    [
+        (16000, {}, 32768),  # the trained context fits
+        (600, {}, 8192),  # it does not: the largest halving that does
+        (16000, {"ctx_size": 2048}, 0),  # configured: preflight leaves it alone
+    ],
+)
+async def test_preflight_picks_the_trained_context_or_what_of_it_fits(tmp_path, ram_mb, options, context):
+    from helexa import Inventory
+    from tests.fakes.gguf_file import gguf_bytes, llama_metadata
+
+    # 16 layers x 8 KV heads x 128 wide: 64 KiB of KV cache a token, 2 GiB at 32k tokens
+    meta = llama_metadata(layers=16, heads=32, kv_heads=8, width=4096, context=32768)
+    (tmp_path / "m-Q4_K_M.gguf").write_bytes(gguf_bytes(meta, filler=1 << 20))
+    harness = LlamaCpp(HarnessContext(model_dirs=(tmp_path,)))
+    spec = ModelSpec(model_id="m", harness="llamacpp", source="m-Q4_K_M.gguf", options=options)
+    plan = await harness.preflight(spec, Inventory(ram_available_mb=ram_mb))
+    assert plan.context == context

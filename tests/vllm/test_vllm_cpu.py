@@ -71,6 +71,24 @@ async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, ti
         counted = await claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         assert counted.input_tokens == reply.usage.prompt_tokens  # vLLM's own tokenizer and template
 
+        # a prompt longer than max_model_len: vLLM's own refusal, in each dialect's words, not retried
+        too_long = [{"role": "user", "content": "hello there " * 600}]
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model=MODEL, messages=too_long, max_tokens=4)
+        assert refused.value.body["code"] == "context_length_exceeded", refused.value.body
+        assert refused.value.body["message"].startswith("This model's maximum context length is 512 tokens.")
+        with pytest.raises(anthropic.BadRequestError) as refused_anthropic:
+            await claude.messages.create(model=MODEL, max_tokens=4, messages=too_long)
+        message = refused_anthropic.value.body["error"]["message"]
+        assert message.startswith("prompt is too long: ") and message.endswith(" tokens > 512 maximum"), message
+        # the card says what vLLM says one request may use
+        for _ in range(100):
+            card = (await client.models.retrieve(MODEL)).model_extra
+            if card.get("context_length"):
+                break
+            await asyncio.sleep(0.1)
+        assert card["context_length"] == 512, card
+
         async with session.get(f"{neuron_url}/models") as resp:
             info = (await resp.json())["models"][0]
         assert info["status"] == "loaded" and {"waiting", "running", "kv_cache_usage"} <= set(info)
