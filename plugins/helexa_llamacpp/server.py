@@ -32,6 +32,9 @@ PASSTHROUGH: dict[tuple[str, ...], tuple[str, type]] = {
     ("--presence-penalty",): ("sampling.penalty_present", float),
     ("--frequency-penalty",): ("sampling.penalty_freq", float),
     ("-s", "--seed"): ("sampling.seed", int),
+    ("--dry-multiplier",): ("sampling.dry_multiplier", float),
+    ("--dry-base",): ("sampling.dry_base", float),
+    ("--dry-allowed-length",): ("sampling.dry_allowed_length", int),
 }
 
 
