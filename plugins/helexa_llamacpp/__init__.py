@@ -40,6 +40,12 @@ class LlamaCppOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """CPU threads for generation (-t); 0 = llama.cpp's default."""
     jinja: bool = True
     """Use the model's Jinja chat template (--jinja)."""
+    temperature: float | None = None
+    """The server's default sampling temperature (--temp); a request's own temperature wins. None = llama.cpp's."""
+    top_p: float | None = None
+    """The server's default top-p (--top-p); None = llama.cpp's."""
+    repeat_penalty: float | None = None
+    """The server's default repeat penalty (--repeat-penalty); None = llama.cpp's."""
     chat_template: str = ""
     """A Jinja chat template to use instead of the GGUF's own (--chat-template; with jinja = false, one of
     llama.cpp's built-in template names)."""
@@ -55,7 +61,19 @@ class LlamaCpp(ProcessHarness):
 
     name = "llamacpp"
     Options = LlamaCppOptions
-    load_options = frozenset({"ctx_size", "parallel", "gpu_layers", "threads", "jinja", "kv_unified"})
+    load_options = frozenset(
+        {
+            "ctx_size",
+            "parallel",
+            "gpu_layers",
+            "threads",
+            "jinja",
+            "kv_unified",
+            "temperature",
+            "top_p",
+            "repeat_penalty",
+        }
+    )
     formats = frozenset({"gguf"})
     cpu_ok = True
     auto_context = True  # ctx_size 0: the trained context, or what of it fits
@@ -89,6 +107,13 @@ class LlamaCpp(ProcessHarness):
             argv += ["-t", str(options.threads)]
         if options.jinja:
             argv.append("--jinja")
+        for flag, value in (
+            ("--temp", options.temperature),
+            ("--top-p", options.top_p),
+            ("--repeat-penalty", options.repeat_penalty),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
         if options.chat_template:
             argv += ["--chat-template", options.chat_template]
         if options.chat_template_file:

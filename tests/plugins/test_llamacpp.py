@@ -130,3 +130,11 @@ async def test_preflight_picks_the_trained_context_or_what_of_it_fits(tmp_path, 
     spec = ModelSpec(model_id="m", harness="llamacpp", source="m-Q4_K_M.gguf", options=options)
     plan = await harness.preflight(spec, Inventory(ram_available_mb=ram_mb))
     assert plan.context == context
+
+
+def test_server_side_sampling_defaults_are_typed_load_options():
+    argv, _ = build(PlacementPlan(files=("/m/q.gguf",)), temperature=0.2, top_p=0.9, repeat_penalty=1.1)
+    assert (arg(argv, "--temp"), arg(argv, "--top-p"), arg(argv, "--repeat-penalty")) == ("0.2", "0.9", "1.1")
+    assert {"temperature", "top_p", "repeat_penalty"} <= LlamaCpp.load_options  # no executable, safe over HTTP
+    start = len(argv) - 1 - argv[::-1].index("-m")
+    parse_args(argv[start:])  # the bundled server takes them
