@@ -181,6 +181,7 @@ class EngineProcess:
         with contextlib.suppress(TimeoutError):  # read its last words before reporting
             await asyncio.wait_for(asyncio.shield(self._tasks[0]), 1.0)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        self._signal(signal.SIGKILL)  # what it left behind in its group (vLLM's workers outlive a killed engine)
         self._failed(f"engine {how}")
         was_ready = self.state == HarnessState.READY
         self.state = HarnessState.FAILED
