@@ -138,6 +138,26 @@ def alive(pid: int) -> bool:
         return False
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from ``/proc``; zombies left out)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(children.get(pid, ()))
+    while todo:
+        found.add(todo[-1])
+        todo.extend(children.get(todo.pop(), ()))
+    return found
+
+
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     """Seconds until ``predicate()`` held (checked every 50 ms); fail naming ``what`` after ``timeout``."""
     began = time.monotonic()

@@ -3,9 +3,10 @@
 States (``HarnessState``): ``starting`` → ``ready`` → ``stopping`` → ``stopped``; any unexpected exit →
 ``failed`` with ``last_error`` holding the exit code (the last log lines go to the neuron's log).
 
-Orphans: the engine runs in its own session (process group) so a stop reaches its children, and it asks the
-kernel for SIGKILL when the neuron dies (``PR_SET_PDEATHSIG``), even by SIGKILL. Engines that fork workers
-(vLLM) watch their parent themselves.
+Orphans: every engine runs under its guard (``helexa.engine.guard``), a small process that leads the engine's
+own session (process group), learns from the kernel when the neuron dies — even by SIGKILL — and then, or when
+the engine exits, kills everything the engine started (vLLM's workers, which outlive their parents). ``pid``
+is the guard's (the engine is its only child): SIGKILL to it, or any signal to its group, reaches the engine.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
+from helexa.engine import guard
 from helexa.engine.harness import HarnessState
 
 __all__ = ["EngineFailed", "EngineProcess"]
@@ -40,7 +44,7 @@ class EngineFailed(Exception):
 def _die_with_parent(parent: int) -> Callable[[], None]:
     def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
         if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, guard.END_SIGNAL)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -102,12 +106,21 @@ class EngineProcess:
         """Spawn the engine and wait until ``health_url`` answers 200 (none: until it ran a second).
 
         :raises EngineFailed: the process exited, or was not ready within ``ready_timeout`` (then stopped).
-        :raises OSError: the executable cannot be started.
+        :raises OSError: the executable cannot be found.
         """
+        path = (self.env if self.env is not None else os.environ).get("PATH", os.defpath)
+        if not self.argv or shutil.which(self.argv[0], path=path) is None:
+            name = self.argv[0] if self.argv else ""
+            raise FileNotFoundError(errno.ENOENT, "no such executable", name)
         self.state = HarnessState.STARTING
         self.started_at = time.monotonic()
         logger.info("starting engine for %s: %s", self.name, " ".join(self.argv))
         self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            guard.__file__,
+            str(os.getpid()),
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -174,14 +187,14 @@ class EngineProcess:
 
     async def _watch(self) -> None:
         assert self._proc is not None
-        code = await self._proc.wait()
+        code = await self._exit_code()
         if self.state in (HarnessState.STOPPING, HarnessState.STOPPED):
             self._exited.set()
             return
         with contextlib.suppress(TimeoutError):  # read its last words before reporting
             await asyncio.wait_for(asyncio.shield(self._tasks[0]), 1.0)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        self._signal(signal.SIGKILL)  # what it left behind in its group (vLLM's workers outlive a killed engine)
+        self._signal(signal.SIGKILL)  # its group, should the guard itself have been killed
         self._failed(f"engine {how}")
         was_ready = self.state == HarnessState.READY
         self.state = HarnessState.FAILED
@@ -189,8 +202,21 @@ class EngineProcess:
         if was_ready and self._on_exit is not None:
             self._on_exit(self.last_error)
 
+    async def _exit_code(self) -> int:
+        """The guard's exit code once it exited. asyncio's ``wait()`` also waits for the output pipe to close,
+        which a process that escaped the group may hold open; the return code is set at exit regardless."""
+        assert self._proc is not None
+        waiter = asyncio.ensure_future(self._proc.wait())
+        try:
+            while self._proc.returncode is None:
+                await asyncio.wait([waiter], timeout=1.0)
+        finally:
+            waiter.cancel()
+        return self._proc.returncode
+
     async def stop(self, timeout: float = 15.0) -> None:  # noqa: ASYNC109  (a grace period, not a deadline)
-        """SIGTERM the engine's process group, then SIGKILL after ``timeout`` seconds. Idempotent."""
+        """SIGTERM the engine's process group; after ``timeout`` seconds have the guard end everything the
+        engine started, then SIGKILL the group should the guard not manage within seconds. Idempotent."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
             self.state = HarnessState.STOPPED if self.state != HarnessState.FAILED else self.state
@@ -202,8 +228,13 @@ class EngineProcess:
             await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout)
         except TimeoutError:
             logger.warning("engine for %s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
-            self._signal(signal.SIGKILL)
-            await self._exited.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._proc.pid, guard.END_SIGNAL)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited.wait()), guard.REAP_SECONDS + 1)
+            except TimeoutError:
+                self._signal(signal.SIGKILL)
+                await self._exited.wait()
         self._signal(signal.SIGKILL)  # anything left in its group
         self.state = HarnessState.STOPPED
         await self._reap()

@@ -16,7 +16,7 @@ import pytest
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.neuron.app import make_neuron_app
 from helexa.neuron.state import manager_key
-from tests.conftest import alive, engine_ports, free_port, make_config, wait_http
+from tests.conftest import alive, descendants, engine_ports, free_port, make_config, wait_http
 
 MODEL = "gemma-3-270m"
 
@@ -135,6 +135,8 @@ def test_no_engine_survives_a_neuron_killed_with_sigkill(demo_models_dir, helexa
         time.sleep(0.1)
     assert pids, "the neuron started no engine"
     wait_http(f"http://127.0.0.1:{port}/v1/models")
+    pids = sorted(descendants(proc.pid))  # the engine's guard, the engine, whatever the engine started
+    assert len(pids) >= 2, pids
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10

@@ -2,7 +2,7 @@
 
     python fake_engine.py --port N [--startup-delay S] [--fail-health] [--exit-at-start CODE]
         [--crash-after N] [--ignore-sigterm] [--reply TEXT] [--chunk-size N] [--chunk-delay S]
-        [--agent-tool-call JSON] [--bare-json] [--record FILE] [--headless]
+        [--agent-tool-call JSON] [--bare-json] [--record FILE] [--headless] [--workers N] [--detached-worker]
 
 Serves GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions (streaming or not) and
 POST /v1/embeddings. /stats reports requests served and streams aborted by the client.
@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -61,6 +62,8 @@ def main() -> None:
     p.add_argument("--record", default="", help="append each chat request body as a JSON line to this file")
     p.add_argument("--headless", action="store_true", help="serve no API: a gang's follower rank (vLLM's flag)")
     p.add_argument("--context", type=int, default=0, help="refuse prompts over N tokens (4 bytes a token) as llama.cpp")
+    p.add_argument("--workers", type=int, default=0, help="start N worker processes that outlive a killed parent")
+    p.add_argument("--detached-worker", action="store_true", help="and one more in a session of its own")
     args, _ = p.parse_known_args()  # engine flags it does not model (vLLM's, when driven by that harness)
 
     def frame(event: bytes) -> bytes:
@@ -74,6 +77,12 @@ def main() -> None:
         sys.exit(args.exit_at_start)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker = [sys.executable, "-c", "import signal; signal.pause()"]  # as vLLM's: nothing ties them to the parent
+    workers = [subprocess.Popen(worker) for _ in range(args.workers)]
+    if args.detached_worker:
+        workers.append(subprocess.Popen(worker, start_new_session=True))
+    if workers:
+        print(f"fake engine: workers {' '.join(str(w.pid) for w in workers)}", flush=True)
     if args.headless:  # a follower rank: no HTTP at all, it runs until stopped
         print("fake engine: headless rank, no API", flush=True)
         while True:

@@ -21,6 +21,8 @@ import pytest
 
 from helexa.gateway.app import make_gateway_app
 from helexa.neuron.app import make_neuron_app
+from helexa_llamacpp import LlamaCpp
+from helexa_vllm import Vllm
 from tests.conftest import engine_ports, make_config
 from tests.fakes.fake_harness import FakeHarness
 from tests.fakes.fake_hub import FakeHub, point_huggingface_hub_at
@@ -63,7 +65,32 @@ GATEWAY_POSTS = {
 }
 NEURON_POSTS = {
     "/models/load": {"model_id": "m", "harness": "fake", "source": "nope.gguf", "options": {"flags": []}},
-    "/models/unload": {"model_id": "m", "full": True},
+    # llama.cpp's typed options (nothing here may become an argv element unchecked)
+    "/models/load?llamacpp": {
+        "model_id": "m",
+        "harness": "llamacpp",
+        "source": "nope.gguf",
+        "options": {"ctx_size": 0, "kv_unified": True, "temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1},
+    },
+    # a gang member (the neuron joins gangs: multi_host on); a follower names the head and its versions
+    "/models/load?rank": {
+        "model_id": "m",
+        "harness": "vllm",
+        "source": "nope",
+        "hosts": 2,
+        "options": {"max_model_len": 512},
+        "rank": {
+            "gang": "g1",
+            "rank": 1,
+            "size": 2,
+            "peers": ["127.0.0.1", "127.0.0.2"],
+            "master_addr": "127.0.0.1",
+            "master_port": 29500,
+            "versions": {"vllm": "0.32.0", "torch": "2.9.0"},
+        },
+    },
+    "/models/unload": {"model_id": "m", "stop": True},
+    "/models/unload?old": {"model_id": "m", "full": True},
     "/models/pull": {"source": "hf:acme/m-GGUF", "quant": "Q4_K_M", "harness": "fake", "wait": True},
     # a repository whose listing is hostile (see the daemons fixture): refused, nothing written outside the cache
     "/models/pull?from=evil": {"source": "hf:evil/x-GGUF", "quant": "Q4_K_M", "harness": "fake", "wait": True},
@@ -74,6 +101,7 @@ NEURON_POSTS = {
 }
 GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}", "/ui"]
 GATEWAY_GETS += ["/ui?note={id}", "/ui/models/{id}/logs?neuron={id}", "/admin/models/{id}/logs?lines={id}"]
+GATEWAY_GETS += ["/admin/models/{id}/logs?rank={id}", "/admin/models/m/logs?rank=1&lines=5"]
 NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models", "/pulls"]
 
 
@@ -179,9 +207,17 @@ async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch
         },
     )
     point_huggingface_hub_at(monkeypatch, str((await aiohttp_server(hub.app())).make_url("")).rstrip("/"))
-    section = {"model_dirs": [str(models)], "port_range": engine_ports(), "hf_cache_dir": str(tmp_path / "hf")}
+    section = {
+        "model_dirs": [str(models)],
+        "port_range": engine_ports(),
+        "rank_port_range": engine_ports(),
+        "hf_cache_dir": str(tmp_path / "hf"),
+        "multi_host": True,
+        "advertise_address": "127.0.0.2",
+    }
     neuron_cfg = make_config(neuron=section, models=[])
-    neuron = await aiohttp_client(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))
+    harnesses = {"fake": FakeHarness, "llamacpp": LlamaCpp, "vllm": Vllm}
+    neuron = await aiohttp_client(make_neuron_app(neuron_cfg, version, harnesses))
     gateway_cfg = make_config(
         neurons=[{"name": "n", "endpoint": str(neuron.make_url("")).rstrip("/")}],
         gateway={"poll_interval_seconds": 0.2},

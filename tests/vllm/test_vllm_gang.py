@@ -23,7 +23,7 @@ from helexa.bench.runner import Plan, run_once
 from helexa.bench.store import Store
 from helexa.gateway.app import make_gateway_app
 from helexa.gateway.state import lifecycle_key
-from tests.conftest import engine_ports, free_port, make_config, until, wait_http
+from tests.conftest import alive, descendants, engine_ports, free_port, make_config, until, wait_http
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 MODEL = "tiny-llama"
@@ -112,6 +112,18 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
         assert reply.usage.completion_tokens > 0
         return reply.choices[0].message.content or ""
 
+    def gang_processes(master_port: int) -> set[int]:
+        """Every process of the gang: the ranks' guards (their parents), the ranks, vLLM's EngineCore and
+        workers."""
+        guards = {
+            int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            for pid in ranks_running(master_port).values()
+        }
+        return guards.union(*(descendants(guard) for guard in guards))
+
+    def none_alive(pids: set[int]) -> bool:
+        return not any(alive(p) for p in pids)
+
     def logs() -> str:
         return "\n".join(f"--- {n}\n{helexa_process.output(p)[-6000:]}" for n, p in neurons.items())
 
@@ -137,10 +149,15 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
         master = lifecycle.registry.gangs(MODEL)[0].members[0].rank.master_port
         assert set(ranks_running(master)) == {0, 1}
 
-        # 2. SIGKILL the follower's engine: the head is stopped within 15 s, nothing hangs, a new request loads
+        # 2. SIGKILL the follower's engine: the head is stopped within 15 s, nothing hangs, a new request loads;
+        # nothing of the gang is left (vLLM's workers outlive a killed parent)
+        spawned = gang_processes(master)
+        assert len(spawned) > 4, spawned  # per rank: the guard, the rank, vLLM's own processes
         os.kill(ranks_running(master)[1], signal.SIGKILL)
         took = await until(lambda: not ranks_running(master), 15, "every rank of the broken gang stopped")
         print(f"follower engine killed: gang stopped in {took:.1f}s")
+        took = await until(lambda: none_alive(spawned), 15, "no process of the broken gang left")
+        print(f"... and every process of it in {took:.1f}s")
         assert not lifecycle.registry.replicas(MODEL)
         await ask("again")
         gang = lifecycle.registry.gangs(MODEL)[0]
@@ -149,10 +166,13 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
 
         # 3. SIGKILL the follower's neuron itself: the same; the next request fails at once (one neuron left)
         follower = gang.members[1].neuron.name
+        spawned = gang_processes(master)
         neurons[follower].send_signal(signal.SIGKILL)
         neurons[follower].wait(timeout=10)
         took = await until(lambda: not ranks_running(master), 15, "every rank stopped after the neuron died")
         print(f"follower neuron killed: gang stopped in {took:.1f}s")
+        took = await until(lambda: none_alive(spawned), 15, "no process of the gang left after the neuron died")
+        print(f"... and every process of it in {took:.1f}s")
         began = time.monotonic()
         with pytest.raises(openai.APIStatusError) as refused:
             await ask("anyone?")
@@ -176,12 +196,14 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
         master = lifecycle.registry.gangs(MODEL)[0].members[0].rank.master_port
 
         # 5. unload frees both
+        spawned = gang_processes(master)
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"{url}/admin/models/{MODEL}/unload", headers={"Authorization": "Bearer sk-admin"}) as resp,
         ):
             assert resp.status == 200, await resp.text()
         await until(lambda: not ranks_running(master), 30, "unload stopped both ranks")
+        await until(lambda: none_alive(spawned), 30, "unload left no process of the gang")
     except BaseException:
         print(logs())
         raise
