@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,34 @@ __all__ = ["EngineFailed", "EngineProcess"]
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 15.0  # a log line this often while an engine starts
 HEADLESS_SETTLE_S = 1.0  # an engine with no health URL counts as started once it ran this long
+LAST_WORDS_S = 1.0  # how long a failed engine's last output may take to arrive before the failure is reported
+MAX_LINE = 64 * 1024  # longer output lines are cut
 _PR_SET_PDEATHSIG = 1
+
+
+class _Output(asyncio.SubprocessProtocol):
+    """The engine's output, line by line, and its exit — known when the process exits, whoever still holds the
+    output pipe (a process that escaped the engine's group may)."""
+
+    def __init__(self, line: Callable[[str], None]) -> None:
+        self._line, self._partial = line, bytearray()
+        self.exited, self.closed = asyncio.Event(), asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self._partial += data
+        *lines, rest = self._partial.split(b"\n")
+        for line in lines:
+            self._line(line[:MAX_LINE].decode(errors="replace").rstrip())
+        self._partial = bytearray(rest[:MAX_LINE])  # an overlong line: keep going, drop the overlong part
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if self._partial:
+            self._line(self._partial.decode(errors="replace").rstrip())
+            self._partial.clear()
+        self.closed.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
 
 
 class EngineFailed(Exception):
@@ -76,7 +104,8 @@ class EngineProcess:
         self.last_error = ""
         self.started_at = 0.0
         self._logs: collections.deque[str] = collections.deque(maxlen=log_lines)
-        self._proc: asyncio.subprocess.Process | None = None
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._output: _Output | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._exited = asyncio.Event()
         self._on_exit = on_exit
@@ -85,7 +114,8 @@ class EngineProcess:
     @property
     def pid(self) -> int | None:
         """The engine's process id while it runs."""
-        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+        running = self._transport is not None and self._transport.get_returncode() is None
+        return self._transport.get_pid() if running else None
 
     def logs(self, last: int | None = None) -> list[str]:
         """The most recent output lines (stdout and stderr interleaved), oldest first."""
@@ -115,25 +145,23 @@ class EngineProcess:
         self.state = HarnessState.STARTING
         self.started_at = time.monotonic()
         logger.info("starting engine for %s: %s", self.name, " ".join(self.argv))
-        self._proc = await asyncio.create_subprocess_exec(
+        self._output = _Output(self._log_line)
+        self._transport, _ = await asyncio.get_running_loop().subprocess_exec(
+            lambda: self._output,
             sys.executable,
             "-I",
             "-S",
             guard.__file__,
             str(os.getpid()),
             *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent(os.getpid()),
         )
-        assert self._proc.stdout is not None
-        self._tasks = [
-            asyncio.create_task(self._pump(self._proc.stdout)),
-            asyncio.create_task(self._watch()),
-        ]
+        self._tasks = [asyncio.create_task(self._watch())]
         try:
             await asyncio.wait_for(self._until_ready(), ready_timeout)
         except TimeoutError:
@@ -173,76 +201,68 @@ class EngineProcess:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._exited.wait(), 0.1)
 
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the reader's limit: keep going, drop the overlong part
-                continue
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip()
-            self._logs.append(text)
-            self._engine_log.debug("%s", text)
+    def _log_line(self, text: str) -> None:
+        self._logs.append(text)
+        self._engine_log.debug("%s", text)
 
     async def _watch(self) -> None:
-        assert self._proc is not None
-        code = await self._exit_code()
+        assert self._output is not None and self._transport is not None
+        await self._output.exited.wait()
+        code = self._transport.get_returncode()
+        assert code is not None
         if self.state in (HarnessState.STOPPING, HarnessState.STOPPED):
             self._exited.set()
             return
         with contextlib.suppress(TimeoutError):  # read its last words before reporting
-            await asyncio.wait_for(asyncio.shield(self._tasks[0]), 1.0)
+            await asyncio.wait_for(self._output.closed.wait(), LAST_WORDS_S)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         self._signal(signal.SIGKILL)  # its group, should the guard itself have been killed
         self._failed(f"engine {how}")
+        self._transport.close()  # its pipe too, should a process the engine started still hold it
         was_ready = self.state == HarnessState.READY
         self.state = HarnessState.FAILED
         self._exited.set()
         if was_ready and self._on_exit is not None:
             self._on_exit(self.last_error)
 
-    async def _exit_code(self) -> int:
-        """The guard's exit code once it exited. asyncio's ``wait()`` also waits for the output pipe to close,
-        which a process that escaped the group may hold open; the return code is set at exit regardless."""
-        assert self._proc is not None
-        waiter = asyncio.ensure_future(self._proc.wait())
-        try:
-            while self._proc.returncode is None:
-                await asyncio.wait([waiter], timeout=1.0)
-        finally:
-            waiter.cancel()
-        return self._proc.returncode
-
     async def stop(self, timeout: float = 15.0) -> None:  # noqa: ASYNC109  (a grace period, not a deadline)
         """SIGTERM the engine's process group; after ``timeout`` seconds have the guard end everything the
         engine started, then SIGKILL the group should the guard not manage within seconds. Idempotent."""
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
+        transport = self._transport
+        if transport is None or transport.get_returncode() is not None:
             self.state = HarnessState.STOPPED if self.state != HarnessState.FAILED else self.state
             await self._reap()
             return
         self.state = HarnessState.STOPPING
         self._signal(signal.SIGTERM)
         try:
+            await self._stopped(timeout)
+        except asyncio.CancelledError:  # no time left to wait: the engine's group goes at once
+            self._signal(signal.SIGKILL)
+            transport.close()
+            raise
+        self._signal(signal.SIGKILL)  # anything left in its group
+        self.state = HarnessState.STOPPED
+        await self._reap()
+
+    async def _stopped(self, timeout: float) -> None:  # noqa: ASYNC109  (a grace period, not a deadline)
+        assert self._transport is not None
+        try:
             await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout)
         except TimeoutError:
             logger.warning("engine for %s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._proc.pid, guard.END_SIGNAL)
+                os.kill(self._transport.get_pid(), guard.END_SIGNAL)
             try:
                 await asyncio.wait_for(asyncio.shield(self._exited.wait()), guard.REAP_SECONDS + 1)
             except TimeoutError:
                 self._signal(signal.SIGKILL)
                 await self._exited.wait()
-        self._signal(signal.SIGKILL)  # anything left in its group
-        self.state = HarnessState.STOPPED
-        await self._reap()
 
     def _signal(self, signum: int) -> None:
-        assert self._proc is not None
+        assert self._transport is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signum)
+            os.killpg(self._transport.get_pid(), signum)
 
     async def _reap(self) -> None:
         for task in self._tasks:
@@ -252,3 +272,5 @@ class EngineProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._transport is not None and self._transport.get_returncode() is not None:
+            self._transport.close()  # its pipe too, should a process the engine started still hold it

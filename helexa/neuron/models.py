@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +25,15 @@ from helexa.errors import Conflict, HelexaError, NotFound, PreflightError, Upstr
 from helexa.modelfiles.hub import cache_dir
 from helexa.neuron.gangs import Gangs, GangSettings
 from helexa.neuron.gpus import host_info, read_health
-from helexa.neuron.pulls import Pull
+from helexa.neuron.records import TRANSITIONS, InvalidTransition, ModelRecord, Observer, differences, other_member
 from helexa.neuron.sources import Sources
 from helexa.neuron.specs import Specs
 from helexa.wire.neuron import Discovery, ModelInfo, ModelSpec, ModelStatus
 
-__all__ = ["EngineError", "ModelManager", "ModelRecord"]
+__all__ = ["EngineError", "ModelManager"]
 
 logger = logging.getLogger(__name__)
 MAX_FAILED_RECORDS = 32  # failed loads of models outside the catalogue that /models keeps showing
-_WHAT_RUNS = ("harness", "source", "quant", "tensor_parallel", "devices", "options")
-
-
-def _differences(running: ModelSpec, wanted: ModelSpec) -> str:
-    """The fields that decide what runs and differ between two specs, as ``source ('a' vs 'b')``."""
-    return ", ".join(
-        f"{name} ({getattr(running, name)!r} vs {getattr(wanted, name)!r})"
-        for name in _WHAT_RUNS
-        if getattr(running, name) != getattr(wanted, name)
-    )
-
-
-def _other_gang(record: ModelRecord, spec: ModelSpec) -> bool:
-    """``record`` runs (or loads) as another gang member than ``spec`` asks for (or alone, or it in a gang)."""
-    if record.status not in (ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.DOWNLOADING, ModelStatus.SLEEPING):
-        return False
-    mine, wanted = record.spec.rank, spec.rank
-    if mine is None or wanted is None:
-        return (mine is None) != (wanted is None)
-    return (mine.gang, mine.rank) != (wanted.gang, wanted.rank)
-
-
-def _member(spec: ModelSpec) -> str:
-    rank = spec.rank
-    return "a single-host model" if rank is None else f"rank {rank.rank} of {rank.size} in gang {rank.gang}"
 
 
 class EngineError(HelexaError):
@@ -67,59 +41,6 @@ class EngineError(HelexaError):
 
     status = 502
     code = "engine_failed"
-
-
-@dataclass
-class ModelRecord:
-    """What the neuron knows of one model."""
-
-    spec: ModelSpec
-    harness: str
-    status: ModelStatus = ModelStatus.UNLOADED
-    endpoint: str = ""
-    plan: PlacementPlan = field(default_factory=PlacementPlan)
-    last_error: str = ""
-    in_flight: int = 0
-    loaded_at: float = 0.0
-    task: asyncio.Task[ModelRecord] | None = None
-    merge_system: bool = False  # the engine refused late system messages: merge them (system_messages = auto)
-    context_length: int = 0  # what the running engine says one request may use (asked once it serves)
-    pull: Pull | None = None  # the download this load waits for
-
-    def info(self) -> ModelInfo:
-        """The wire view of this record."""
-        return ModelInfo(
-            id=self.spec.model_id,
-            harness=self.harness,
-            status=self.status,
-            devices=list(self.plan.devices),
-            vram_used_mb=self.plan.vram_mb if self.status == ModelStatus.LOADED and self.plan.devices else 0,
-            last_error=self.last_error,
-            in_flight=self.in_flight,
-            loaded_at=self.loaded_at,
-            download=self.pull.info() if self.pull is not None and self.status == ModelStatus.DOWNLOADING else None,
-            rank=self.spec.rank,
-            context_length=self.context_length if self.status == ModelStatus.LOADED else 0,
-        )
-
-
-Observer = Callable[[str, str, float], None]  # (event, model_id, seconds): "loaded", "crashed", "failed", …
-
-_S = ModelStatus
-#: Every change of a model's status, and the event it emits ("" = none; a caller may name one, as a refusal
-#: does for loading -> unloaded). A change not in the table is a bug: :class:`InvalidTransition`.
-TRANSITIONS: dict[ModelStatus, dict[ModelStatus, str]] = {
-    _S.UNLOADED: {_S.LOADING: "", _S.DOWNLOADING: "", _S.UNLOADED: ""},
-    _S.LOADING: {_S.DOWNLOADING: "", _S.LOADING: "", _S.LOADED: "loaded", _S.UNLOADED: "", _S.FAILED: "failed"},
-    _S.DOWNLOADING: {_S.LOADING: "", _S.UNLOADED: "", _S.FAILED: "failed"},
-    _S.LOADED: {_S.SLEEPING: "", _S.UNLOADED: "", _S.FAILED: "crashed"},
-    _S.SLEEPING: {_S.LOADED: "woke", _S.UNLOADED: ""},
-    _S.FAILED: {_S.UNLOADED: ""},
-}
-
-
-class InvalidTransition(RuntimeError):
-    """A status change the table does not allow (a bug in the neuron, never the client's input)."""
 
 
 class ModelManager:
@@ -247,16 +168,13 @@ class ModelManager:
         """
         spec = self.specs.complete(spec)
         record = self.records.get(spec.model_id)
-        if record is not None and _other_gang(record, spec):
-            raise Conflict(
-                f"model {spec.model_id!r} runs here as {_member(record.spec)}, not {_member(spec)}; unload it first",
-                code="gang_conflict",
-            )
+        if record is not None and (conflict := other_member(record, spec)):
+            raise Conflict(conflict, code="gang_conflict")
         if record is not None and record.task is not None and not record.task.done():
-            differences = _differences(record.spec, spec)
-            if differences:
+            changed = differences(record.spec, spec)
+            if changed:
                 raise Conflict(
-                    f"model {spec.model_id!r} is being loaded with another {differences}; wait for that load, "
+                    f"model {spec.model_id!r} is being loaded with another {changed}; wait for that load, "
                     "or unload it first",
                     code="load_in_progress",
                 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from helexa.neuron.models import TRANSITIONS, InvalidTransition, ModelManager, ModelRecord
+from helexa.neuron.models import ModelManager
+from helexa.neuron.records import TRANSITIONS, InvalidTransition, ModelRecord
 from helexa.wire.neuron import ModelSpec, ModelStatus
 from tests.conftest import make_config
 from tests.fakes.fake_harness import FakeHarness
