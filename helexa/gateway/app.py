@@ -17,6 +17,7 @@ from helexa.__about__ import __version__
 from helexa.config import Config, parse_listen
 from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
+from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GangMembers, GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
@@ -29,6 +30,7 @@ from helexa.gateway.state import (
     first_byte_timeout_key,
     gateway_metrics_key,
     keepalive_seconds_key,
+    keepalives_key,
     lifecycle_key,
     router_key,
     session_key,
@@ -79,6 +81,8 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
     app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds
+    app[keepalives_key] = keepalives = KeepAlives(cfg.gateway.keepalive_seconds)
+    app.on_cleanup.append(lambda app: _close(keepalives))
     app[first_byte_timeout_key] = cfg.gateway.first_byte_timeout_seconds
     registry = Registry(cfg.neurons, cfg.models)
     app[registry_key].register(GangMembers(registry))  # gangs and their members, read at each scrape
@@ -87,6 +91,10 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     setup_anthropic_routes(app)
     setup_responses_routes(app)
     return app
+
+
+async def _close(keepalives: KeepAlives) -> None:
+    keepalives.close()
 
 
 def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetrics):  # noqa: ANN202

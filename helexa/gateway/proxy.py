@@ -33,6 +33,7 @@ _encoder = msgspec.json.Encoder()
 # A chunk that carries generated text (OpenAI chat and completions): a non-empty string in one of these.
 _TOKEN = re.compile(rb'"(?:content|reasoning_content|text|arguments|name)":\s*"[^"]')
 _USAGE = re.compile(rb'"usage":\s*\{')
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 
 class Usage(msgspec.Struct):
@@ -53,12 +54,16 @@ _usage_decoder = msgspec.json.Decoder(_WithUsage)
 def prepare_body(body: bytes, head_model: str, model_id: str, *, stream: bool, wants_usage: bool) -> tuple[bytes, bool]:
     """The body to send upstream and whether usage was injected (and must be hidden again).
 
-    Untouched (the same bytes object) when no alias is rewritten and no usage is injected.
+    Untouched (the same bytes object) when no alias is rewritten and no usage is injected; a body without
+    ``stream_options`` gets the key in front, without being parsed again.
     """
     rewrite = head_model != model_id
     inject = stream and wants_usage
     if not rewrite and not inject:
         return body, False
+    if not rewrite and b'"stream_options"' not in body:  # the common case: one key in front, no second parse
+        start = body.find(b"{")  # an object with a model (the head was decoded): never empty
+        return body[: start + 1] + _INCLUDE_USAGE + body[start + 1 :], True
     data = _decoder.decode(body)
     if rewrite:
         data["model"] = model_id

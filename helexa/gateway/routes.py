@@ -10,10 +10,10 @@ from helexa.errors import NotFound
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.catalogue import fleet_report, model_cards
 from helexa.gateway.forward import Forward, observe
-from helexa.gateway.keepalive import OPENAI_KEEPALIVE, KeepAlive, open_event_stream
+from helexa.gateway.keepalive import OPENAI_KEEPALIVE, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
 from helexa.gateway.routing import first_round
-from helexa.gateway.state import keepalive_seconds_key, lifecycle_key, router_key
+from helexa.gateway.state import keepalives_key, lifecycle_key, router_key
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire.openai import decode_head
@@ -46,7 +46,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
         return response
     await router.check(head.model)
     response = await open_event_stream(request)
-    async with KeepAlive(response, OPENAI_KEEPALIVE, request.app[keepalive_seconds_key]) as waiting:
+    async with request.app[keepalives_key].waiting(response, OPENAI_KEEPALIVE) as waiting:
         model_id, state = await router.route(head.model, conversation)
         body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
         async with Forward(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.routing import Router
@@ -17,6 +18,7 @@ __all__ = [
     "first_byte_timeout_key",
     "gateway_metrics_key",
     "keepalive_seconds_key",
+    "keepalives_key",
     "lifecycle_key",
     "router_key",
     "session_key",
@@ -29,4 +31,5 @@ session_key = web.AppKey("session_key", aiohttp.ClientSession)  # the one client
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds
 keepalive_seconds_key = web.AppKey("keepalive_seconds_key", float)  # [gateway] keepalive_seconds
+keepalives_key = web.AppKey("keepalives_key", KeepAlives)  # the one keep-alive timer of waiting streams
 ui_app_key = web.AppKey("ui_app_key", web.Application)  # the fleet page's sub-application (its own state)

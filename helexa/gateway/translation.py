@@ -23,11 +23,11 @@ from aiohttp import web
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.forward import Forward, observe
-from helexa.gateway.keepalive import KeepAlive, open_event_stream
+from helexa.gateway.keepalive import open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body, stream_breaks
 from helexa.gateway.registry import NeuronState
-from helexa.gateway.state import keepalive_seconds_key, router_key
+from helexa.gateway.state import keepalive_seconds_key, keepalives_key, router_key
 from helexa.server.app import json_response
 from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer, event_data
@@ -169,7 +169,7 @@ async def serve_translated(
     exchange.streamed = True
     await response.write(translator.start() + keepalive)
     interval = request.app[keepalive_seconds_key]
-    async with KeepAlive(response, keepalive, interval) as waiting:
+    async with request.app[keepalives_key].waiting(response, keepalive) as waiting:
         model_id, state = await router.route(model, conversation)
         async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
             upstream,

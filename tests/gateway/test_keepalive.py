@@ -9,6 +9,7 @@ import time
 import msgspec
 import pytest
 
+from helexa.gateway.keepalive import KeepAlives
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 
@@ -93,3 +94,40 @@ async def test_a_refused_cold_load_is_the_dialects_final_error_event(fleet):
     assert "90000 MiB" in error["error"]["message"]
     # the gateway serves on
     assert (await client.get("/v1/models")).status == 200
+
+
+class Recorder:
+    """A stand-in for an open stream: records what was written; ``gone`` raises as a client that left."""
+
+    def __init__(self, gone: bool = False) -> None:
+        self.writes: list[bytes] = []
+        self.gone = gone
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            raise ConnectionResetError("client left")
+        self.writes.append(data)
+
+
+async def test_one_timer_keeps_every_waiting_stream_alive_and_none_after_it_stopped():
+    keepalives = KeepAlives(0.05)
+    streams = [Recorder() for _ in range(50)]
+    gone = Recorder(gone=True)
+    blocks = [keepalives.waiting(s, b": ka\n\n") for s in [*streams, gone]]
+    for block in blocks:
+        await block.__aenter__()
+    await asyncio.sleep(0.28)
+    assert all(4 <= len(s.writes) <= 6 for s in streams), [len(s.writes) for s in streams]
+    assert all(w == b": ka\n\n" for s in streams for w in s.writes)
+    assert gone not in keepalives._waiting  # a client that left is dropped at its first keep-alive
+    for block in blocks[:25]:
+        await block.stop()
+    counts = [len(s.writes) for s in streams]
+    await asyncio.sleep(0.15)
+    assert [len(s.writes) for s in streams[:25]] == counts[:25], "a stopped stream got a keep-alive"
+    assert all(len(s.writes) > n for s, n in zip(streams[25:], counts[25:], strict=True))
+    for block in blocks[25:]:
+        await block.__aexit__(None, None, None)
+    await asyncio.sleep(0.1)
+    assert keepalives._timer is None and not keepalives._waiting  # nothing waits: no timer runs
+    keepalives.close()

@@ -1,7 +1,10 @@
 """Processes the gateway benchmark runs against: a fast fake neuron, and a bare aiohttp pass-through floor.
 
-python perf/upstreams.py neuron --port P [--chunks 64 --pace-ms 2]
-python perf/upstreams.py floor --port P --upstream http://127.0.0.1:Q
+python bench/upstreams.py neuron --port P [--chunks 64 --pace-ms 2]
+
+The fake neuron serves two models: ``bench-model`` streams its chunks as fast as it can, ``bench-paced`` one
+every ``--pace-ms`` (an engine generating tokens).
+python bench/upstreams.py floor --port P --upstream http://127.0.0.1:Q
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 MODEL = "bench-model"
+PACED = "bench-paced"
 
 
 def neuron_app(chunks: int, pace_s: float) -> web.Application:
@@ -65,7 +69,9 @@ def neuron_app(chunks: int, pace_s: float) -> web.Application:
         )
 
     async def models(request):
-        return web.json_response({"models": [{"id": MODEL, "harness": "vllm", "status": "loaded"}]})
+        return web.json_response(
+            {"models": [{"id": m, "harness": "vllm", "status": "loaded"} for m in (MODEL, PACED)]}
+        )
 
     async def chat(request):
         body = json.loads(await request.read())
@@ -73,10 +79,11 @@ def neuron_app(chunks: int, pace_s: float) -> web.Application:
             return web.Response(body=reply_bytes, content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        pace = pace_s if body.get("model") == PACED else 0.0
         for _ in range(chunks):
             await resp.write(chunk_bytes)
-            if pace_s:
-                await asyncio.sleep(pace_s)
+            if pace:
+                await asyncio.sleep(pace)
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(usage_bytes)
         await resp.write(b"data: [DONE]\n\n")

@@ -1,7 +1,7 @@
 """Soak: many requests through ``helexa run --role both`` (gateway + neuron) and whether memory or file
 descriptors grow.
 
-    python perf/soak.py [--requests 30000] [--concurrency 16] [--max-growth 5]
+    python bench/soak.py [--requests 30000] [--concurrency 16] [--max-growth 5]
 
 A scripted engine (tests/fakes/fake_engine.py, a real process) serves one model through the neuron's external
 harness. The mix: OpenAI chat (whole and streamed), Anthropic messages (streamed), Responses, and 10 % bad

@@ -1,6 +1,6 @@
 """Pulling from a hub: helexa's pull against ``huggingface_hub.hf_hub_download`` alone, and preflight latency.
 
-    python perf/hub_pull.py [--size-mb 512] [--rounds 3]
+    python bench/hub_pull.py [--size-mb 512] [--rounds 3]
 
 Starts a fake hub (``tests/fakes/fake_hub.py``, loopback, no rate limit) serving one GGUF-named file of
 ``--size-mb`` MiB and a neuron (``helexa run --role neuron``) with ``HF_ENDPOINT`` pointing at it. Each round,

@@ -1,6 +1,6 @@
 """Neuron pass-through overhead: one llama.cpp server, measured directly and through a neuron, in one run.
 
-    python perf/neuron_passthrough.py [--requests 30] [--max-tokens 64]
+    python bench/neuron_passthrough.py [--requests 30] [--max-tokens 64]
 
 Starts a llama.cpp server on the demo GGUF (Gemma 3 270M, CPU) and a neuron (``helexa run --role neuron``)
 that serves the same server through the ``external`` harness, with the stream normaliser on (the default).

@@ -1,7 +1,7 @@
 """Prefix affinity: second-turn time to first token with affinity vs least-busy routing, two real llama.cpp
 replicas behind one gateway, in one run.
 
-    python perf/prefix_affinity.py [--conversations 2] [--words 3900] [--threads 1]
+    python bench/prefix_affinity.py [--conversations 2] [--words 3900] [--threads 1]
 
 Two neurons (in this process) each load the Gemma 3 270M GGUF from PyPI with llama.cpp on the CPU; a gateway
 routes to them. For each mode (``prefix_affinity`` on, then off, each with fresh conversations), every

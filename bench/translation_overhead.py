@@ -1,8 +1,8 @@
 """CPU per chunk of the gateway's dialect translation next to plain pass-through, in one run.
 
-    python perf/translation_overhead.py [--streams 60] [--rounds 5]
+    python bench/translation_overhead.py [--streams 60] [--rounds 5]
 
-Starts the fast fake neuron (perf/upstreams.py: 64 chunks per stream, paced 2 ms) and ``helexa run --role
+Starts the fast fake neuron (bench/upstreams.py: 64 chunks per stream, paced 2 ms) and ``helexa run --role
 gateway`` in front of it, then sends the same conversation as streaming OpenAI chat (relayed untouched),
 streaming Anthropic Messages and streaming Responses, alternating over several rounds. Prints the gateway's
 CPU per stream and per chunk for each (from /proc sum_exec_runtime) and the ratios to pass-through.
@@ -23,7 +23,7 @@ import aiohttp
 from gateway_overhead import cpu_seconds, free_port
 
 HERE = Path(__file__).resolve().parent
-MODEL = "bench-model"
+MODEL = "bench-paced"  # the fake neuron paces this one's chunks (bench/upstreams.py)
 CHUNKS = 64
 BODIES = {
     "openai chat (pass-through)": (
