@@ -2,17 +2,18 @@
 
     python bench/gateway_overhead.py [--requests 2000] [--streams 200] [--no-auth] [--profile FILE]
 
-Three processes: a fast fake neuron (answers at once; streams 64 chunks, as fast as it can or paced 2 ms apart),
-the floor (a minimal aiohttp + uvloop proxy in front of it: one session, bytes through) and
-``helexa run --role gateway`` in front of it, as an operator runs it: a named key with per-key limits (none
-reached) and metrics on (``--no-auth``: open). With two or more cores the proxy under test runs pinned to its
-own core, the fake neuron and this load generator on another. Cells: non-streaming at concurrency 1 and 32,
-streaming 64 chunks at 1 and 32, and paced streaming (2 ms a chunk) at 32. For each cell every path gets the same
-load in alternating rounds; the proxy's CPU time (its whole process tree, /proc sum_exec_runtime) before and
-after gives CPU per request. Prints medians, the gateway/floor ratio per cell and the time to first chunk (p50)
-each proxy adds over the neuron alone. ``--profile FILE`` runs the gateway under cProfile (the numbers then
-include the profiler's cost) and writes its stats for the paced cell. All servers bind 127.0.0.1 on free
-ports and are stopped at the end.
+Three processes: a fast fake neuron (answers at once; streams 64 chunks, as fast as it can or paced 2 ms apart), the
+floor (a minimal aiohttp + uvloop proxy in front of it: one session, bytes through) and ``helexa run --role
+gateway`` in front of it, as an operator runs it: a named key with per-key limits (none reached) and metrics on
+(``--no-auth``: open). With two or more cores the proxy under test runs pinned to its own core, the fake neuron and
+this load generator on another. Cells: non-streaming at concurrency 1 and 32, streaming 64 chunks at 1 and 32, and
+paced streaming (2 ms a chunk) at 32. For each cell every path gets the same load in alternating rounds; the proxy's
+CPU time (its whole process tree, /proc sum_exec_runtime) before and after gives CPU per request. Prints medians,
+the gateway/floor ratio per cell and the time to first chunk (p50) each proxy adds over the neuron alone. ``--before
+DIR`` runs the gateway of another checkout (a git worktree of the commit before a change) as a fourth path in the
+same rounds, so a change is measured against its own past in one run. ``--profile FILE`` runs the gateway under
+cProfile (the numbers then include the profiler's cost) and writes its stats for the paced cell. All servers bind
+127.0.0.1 on free ports and are stopped at the end.
 """
 
 from __future__ import annotations
@@ -120,21 +121,29 @@ async def load(session, url: str, *, model: str, stream: bool, count: int, concu
     return results
 
 
-async def run(args: argparse.Namespace) -> None:
-    neuron_port, floor_port, gateway_port, metrics_port = free_port(), free_port(), free_port(), free_port()
-    work = Path(tempfile.mkdtemp(prefix="helexa-bench-"))
-    config = work / "gateway.toml"
-    config.write_text(
-        f'[server]\nlog_level = "warning"\n[gateway]\nlisten = "127.0.0.1:{gateway_port}"\n'
-        f'metrics_listen = "127.0.0.1:{metrics_port}"\npoll_interval_seconds = 1.0\n'
+def gateway_config(args: argparse.Namespace, port: int, neuron_port: int) -> str:
+    """A gateway in front of the fake neuron, as an operator runs it: a named key with every limit on (none is
+    reached: the cost of checking them), metrics on, the default log level (an access line per request)."""
+    text = (
+        f'[server]\nlog_level = "{args.log_level}"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
+        f'metrics_listen = "127.0.0.1:{free_port()}"\npoll_interval_seconds = 1.0\n'
         f'[[neurons]]\nname = "fast"\nendpoint = "http://127.0.0.1:{neuron_port}"\n'
     )
-    if not args.no_auth:  # a named key with every limit on (none is reached): the cost of checking them
-        with config.open("a") as fh:
-            fh.write(
-                '[[auth.keys]]\nname = "bench"\nkey = "sk-bench"\nrequests_per_minute = 100000000\n'
-                "max_concurrent = 100000\ntokens_per_hour = 1000000000000\n"
-            )
+    if not args.no_auth:
+        text += (
+            '[[auth.keys]]\nname = "bench"\nkey = "sk-bench"\nrequests_per_minute = 100000000\n'
+            "max_concurrent = 100000\ntokens_per_hour = 1000000000000\n"
+        )
+    return text
+
+
+async def run(args: argparse.Namespace) -> None:
+    neuron_port, floor_port = free_port(), free_port()
+    work = Path(tempfile.mkdtemp(prefix="helexa-bench-"))
+    gateways = {"gateway": HERE.parent, **({"before": Path(args.before)} if args.before else {})}
+    ports = {name: free_port() for name in gateways}
+    for name in gateways:
+        (work / f"{name}.toml").write_text(gateway_config(args, ports[name], neuron_port))
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     profiler = ["-m", "cProfile", "-o", args.profile] if args.profile else []
     procs = {
@@ -153,20 +162,36 @@ async def run(args: argparse.Namespace) -> None:
             ],
             **quiet,
         ),
-        "gateway": subprocess.Popen(
-            [sys.executable, *profiler, "-m", "helexa", "run", "--role", "gateway", "--config", str(config)], **quiet
-        ),
+        **{
+            name: subprocess.Popen(  # `python -m helexa` in the tree's directory runs that tree's helexa
+                [
+                    sys.executable,
+                    *profiler,
+                    "-m",
+                    "helexa",
+                    "run",
+                    "--role",
+                    "gateway",
+                    "--config",
+                    str(work / f"{name}.toml"),
+                ],
+                cwd=tree,
+                **quiet,
+            )
+            for name, tree in gateways.items()
+        },
     }
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) >= 2:  # the proxies on one core; the neuron and the load generator on another
         pin(procs["floor"].pid, {cores[0]})
-        pin(procs["gateway"].pid, {cores[0]})
+        for name in gateways:
+            pin(procs[name].pid, {cores[0]})
         pin(procs["neuron"].pid, {cores[1]})
         os.sched_setaffinity(0, {cores[1]})
     urls = {
         "direct": f"http://127.0.0.1:{neuron_port}/v1/chat/completions",
         "floor": f"http://127.0.0.1:{floor_port}/v1/chat/completions",
-        "gateway": f"http://127.0.0.1:{gateway_port}/v1/chat/completions",
+        **{name: f"http://127.0.0.1:{ports[name]}/v1/chat/completions" for name in gateways},
     }
     rows = []
     try:
@@ -212,17 +237,23 @@ async def run(args: argparse.Namespace) -> None:
         f"gateway overhead benchmark ({'open' if args.no_auth else 'a named key with limits'}, metrics on, {pinned}):"
         f" medians of {args.rounds} alternating rounds of {args.requests} requests / {args.streams} streams"
     )
+    before = "before" in gateways
     print(
         f"{'cell':<20}{'floor µs/req':>13}{'gateway µs/req':>16}{'ratio':>7}{'target':>8}"
-        f"{'direct ttfc':>13}{'floor +':>10}{'gateway +':>11}"
+        + (f"{'before µs/req':>15}{'ratio':>7}" if before else "")
+        + f"{'direct ttfc':>13}{'floor +':>10}{'gateway +':>11}"
+        + (f"{'before +':>10}" if before else "")
     )
     for row in rows:
         f, g, d = row["floor"], row["gateway"], row["direct"]
         target = TARGETS.get(row["label"], 1.2)
+        b = row.get("before")
         print(
             f"{row['label']:<20}{f['cpu_us']:>13.0f}{g['cpu_us']:>16.0f}{g['cpu_us'] / f['cpu_us']:>7.2f}"
-            f"{'<=' + format(target, '.1f'):>8}{d['ttfc_ms']:>10.2f} ms{f['ttfc_ms'] - d['ttfc_ms']:>+8.2f}ms"
-            f"{g['ttfc_ms'] - d['ttfc_ms']:>+9.2f}ms"
+            f"{'<=' + format(target, '.1f'):>8}"
+            + (f"{b['cpu_us']:>15.0f}{b['cpu_us'] / f['cpu_us']:>7.2f}" if b else "")
+            + f"{d['ttfc_ms']:>10.2f} ms{f['ttfc_ms'] - d['ttfc_ms']:>+8.2f}ms{g['ttfc_ms'] - d['ttfc_ms']:>+9.2f}ms"
+            + (f"{b['ttfc_ms'] - d['ttfc_ms']:>+8.2f}ms" if b else "")
         )
     print("targets: cpu/req ratio per cell as shown; paced cell: gateway's added ttfc p50 <= the floor's + 0.3 ms")
 
@@ -233,11 +264,17 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per load; medians are printed")
     parser.add_argument("--no-auth", action="store_true", help="an open gateway (default: a named key, limits)")
+    parser.add_argument("--log-level", default="info", help="the gateway's (info, the default: an access line each)")
+    parser.add_argument(
+        "--before", default="", metavar="DIR", help="also run the gateway of another checkout (e.g. a git worktree)"
+    )
     parser.add_argument("--profile", default="", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
     parser.add_argument(
         "--only", action="append", default=[], metavar="LOAD", help="run only this cell (e.g. 'paced stream c=32')"
     )
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    args.before = str(Path(args.before).resolve()) if args.before else ""
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -69,9 +69,7 @@ def neuron_app(chunks: int, pace_s: float) -> web.Application:
         )
 
     async def models(request):
-        return web.json_response(
-            {"models": [{"id": m, "harness": "vllm", "status": "loaded"} for m in (MODEL, PACED)]}
-        )
+        return web.json_response({"models": [{"id": m, "harness": "vllm", "status": "loaded"} for m in (MODEL, PACED)]})
 
     async def chat(request):
         body = json.loads(await request.read())

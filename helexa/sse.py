@@ -35,6 +35,8 @@ class EventFramer:
 
         :raises EventTooLarge: the partial event held back grew past the limit.
         """
+        if not self._rest and data.endswith(b"\n\n") and b"\r" not in data:
+            return data  # the common case: whole events, LF endings
         if self._rest:
             if len(self._rest) > self._limit:
                 raise EventTooLarge(f"the upstream sent over {self._limit} bytes without ending an event")

@@ -212,16 +212,18 @@ async def relay_stream(
             raise UpstreamError(f"the engine answered a streaming request with {upstream.content_type}, not a stream")
         raise error_from_response("engine", upstream.status, data)
     framer, scanner = EventFramer(), StreamScanner(hide_usage=hide_usage, started=exchange.started)
+    feed, scan, write, sent = framer.feed, scanner.scan, response.write, 0  # per chunk: nothing but the relay
     try:
         with stream_breaks():
             async for chunk in upstream.content.iter_any():
-                events = framer.feed(chunk)
+                events = feed(chunk)
                 if events:
-                    out = scanner.scan(events)
+                    out = scan(events)
                     if out:
-                        await response.write(out)
-                        exchange.bytes_sent += len(out)
+                        sent += len(out)
+                        await write(out)
     finally:
+        exchange.bytes_sent += sent
         scanner.report(exchange)
     tail = framer.close()
     if tail:
