@@ -29,7 +29,6 @@ from helexa.gateway.routing import Router
 from helexa.gateway.state import (
     first_byte_timeout_key,
     gateway_metrics_key,
-    keepalive_seconds_key,
     keepalives_key,
     lifecycle_key,
     router_key,
@@ -80,7 +79,6 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app.add_subapp("/admin", make_admin_app(admin_guards))
     metrics = GatewayMetrics(app[registry_key])
     app[gateway_metrics_key] = metrics
-    app[keepalive_seconds_key] = cfg.gateway.keepalive_seconds
     app[keepalives_key] = keepalives = KeepAlives(cfg.gateway.keepalive_seconds)
     app.on_cleanup.append(lambda app: _close(keepalives))
     app[first_byte_timeout_key] = cfg.gateway.first_byte_timeout_seconds

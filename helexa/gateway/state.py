@@ -17,7 +17,6 @@ from helexa.gateway.routing import Router
 __all__ = [
     "first_byte_timeout_key",
     "gateway_metrics_key",
-    "keepalive_seconds_key",
     "keepalives_key",
     "lifecycle_key",
     "router_key",
@@ -30,6 +29,5 @@ router_key = web.AppKey("router_key", Router)  # which neuron serves each reques
 session_key = web.AppKey("session_key", aiohttp.ClientSession)  # the one client session to every neuron
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds
-keepalive_seconds_key = web.AppKey("keepalive_seconds_key", float)  # [gateway] keepalive_seconds
-keepalives_key = web.AppKey("keepalives_key", KeepAlives)  # the one keep-alive timer of waiting streams
+keepalives_key = web.AppKey("keepalives_key", KeepAlives)  # one keep-alive timer, [gateway] keepalive_seconds
 ui_app_key = web.AppKey("ui_app_key", web.Application)  # the fleet page's sub-application (its own state)

@@ -27,7 +27,7 @@ from helexa.gateway.keepalive import open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body, stream_breaks
 from helexa.gateway.registry import NeuronState
-from helexa.gateway.state import keepalive_seconds_key, keepalives_key, router_key
+from helexa.gateway.state import keepalives_key, router_key
 from helexa.server.app import json_response
 from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer, event_data
@@ -168,8 +168,9 @@ async def serve_translated(
     response = await open_event_stream(request, headers)
     exchange.streamed = True
     await response.write(translator.start() + keepalive)
-    interval = request.app[keepalive_seconds_key]
-    async with request.app[keepalives_key].waiting(response, keepalive) as waiting:
+    keepalives = request.app[keepalives_key]
+    interval = keepalives.interval
+    async with keepalives.waiting(response, keepalive) as waiting:
         model_id, state = await router.route(model, conversation)
         async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
             upstream,
