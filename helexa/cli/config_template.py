@@ -18,9 +18,9 @@ from helexa.config import Config
 __all__ = ["ROLE_SECTIONS", "render_example"]
 
 ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "gateway": ("server", "gateway", "auth", "eviction", "neurons", "models"),
+    "gateway": ("server", "gateway", "auth", "eviction", "scheduler", "neurons", "models"),
     "neuron": ("server", "neuron", "plugins"),
-    "both": ("server", "gateway", "auth", "eviction", "neurons", "models", "neuron", "plugins"),
+    "both": ("server", "gateway", "auth", "eviction", "scheduler", "neurons", "models", "neuron", "plugins"),
 }
 
 # Values shown for fields that have no default, in the commented [[…]] examples.
@@ -31,6 +31,7 @@ _EXAMPLES: dict[tuple[str, str], Any] = {
     ("auth.keys", "name"): "ci-bot",
     ("auth.keys", "key"): "sk-change-me",
     ("auth.keys", "requests_per_minute"): 60,
+    ("models", "idle_unload_seconds"): 1800,
 }
 _ROLE_INTRO = {
     "gateway": "The gateway: one OpenAI + Anthropic API in front of the neurons.",

@@ -1,6 +1,6 @@
 """Configuration: strict msgspec structs, loaded from one TOML file with environment overrides.
 
-One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [[neurons]] [[models]]``, the
+One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [scheduler] [[neurons]] [[models]]``, the
 neuron reads ``[neuron]``, both read ``[server]`` and ``[plugins]``. The model catalogue may also live in its own
 file named by ``gateway.catalogue``. Defaults let ``helexa run --role both`` start with no file at all.
 
@@ -15,7 +15,14 @@ commented examples in ``config/`` from those descriptions.
 
 from helexa.config.base import ConfigStruct, PluginsSection, ServerSection
 from helexa.config.catalogue import Catalogue, ModelEntry
-from helexa.config.gateway import AuthSection, EvictionSection, GatewaySection, KeyEntry, NeuronRef
+from helexa.config.gateway import (
+    AuthSection,
+    EvictionSection,
+    GatewaySection,
+    KeyEntry,
+    NeuronRef,
+    SchedulerSection,
+)
 from helexa.config.loading import RENAMED, Config, apply_env_overrides, load_config, parse_listen, rename_keys
 from helexa.config.neuron import NeuronSection
 
@@ -32,6 +39,7 @@ __all__ = [
     "NeuronRef",
     "NeuronSection",
     "PluginsSection",
+    "SchedulerSection",
     "ServerSection",
     "apply_env_overrides",
     "load_config",

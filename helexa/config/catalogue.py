@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import msgspec
+
 from helexa.config.base import ConfigStruct, doc
 from helexa.wire import ModelId
 from helexa.wire.neuron import ModelSpec
@@ -53,6 +55,13 @@ class ModelEntry(ConfigStruct):
     ] = 1
     pinned_on: Annotated[list[str], doc("Neurons that keep this model loaded: never evicted there.")] = []
     priority: Annotated[int, doc("Higher survives eviction longer under the priority strategy.")] = 0
+    idle_unload_seconds: Annotated[
+        Annotated[float, msgspec.Meta(ge=0)] | None,
+        doc(
+            "Unload this model when nobody used it for this long (sleep tier where there is one); 0 = never; "
+            "unset = [eviction] idle_unload_seconds."
+        ),
+    ] = None
     aliases: Annotated[list[ModelId], doc("Other names clients may use for this model.")] = []
     options: Annotated[
         dict[str, Any], doc("Harness-specific options, checked against the harness's own option schema.")

@@ -1,4 +1,5 @@
-"""The gateway's sections: ``[gateway]``, ``[auth]`` (with ``[[auth.keys]]``), ``[eviction]`` and ``[[neurons]]``."""
+"""The gateway's sections: ``[gateway]``, ``[auth]`` (with ``[[auth.keys]]``), ``[eviction]``, ``[scheduler]`` and
+``[[neurons]]``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import msgspec
 
 from helexa.config.base import ConfigStruct, doc
 
-__all__ = ["AuthSection", "EvictionSection", "GatewaySection", "KeyEntry", "NeuronRef"]
+__all__ = ["AuthSection", "EvictionSection", "GatewaySection", "KeyEntry", "NeuronRef", "SchedulerSection"]
 
 
 class GatewaySection(ConfigStruct):
@@ -38,7 +39,11 @@ class GatewaySection(ConfigStruct):
         float, doc("How long a cold load may take before waiting requests get an error.", gt=0)
     ] = 900.0
     load_queue_limit: Annotated[
-        int, doc("Requests that may wait on one model's cold load; more get 503 with Retry-After.", ge=1)
+        int,
+        doc(
+            "Requests of one key that may wait for one model (a load, a swap); more get 503 with Retry-After.",
+            ge=1,
+        ),
     ] = 64
     keepalive_seconds: Annotated[
         float,
@@ -79,6 +84,13 @@ class KeyEntry(ConfigStruct):
     tokens_per_hour: Annotated[
         int, doc("Most prompt + completion tokens an hour; past it 429 until the hour ends; 0 = no limit.", ge=0)
     ] = 0
+    priority: Annotated[
+        Literal["interactive", "normal", "batch"],
+        doc(
+            "How the scheduler treats this key's requests when models must be swapped: higher priorities are "
+            "served first and a lower priority never evicts a model a higher one is using (see [scheduler])."
+        ),
+    ] = "normal"
 
     def __post_init__(self) -> None:
         if bool(self.key) == bool(self.sha256):
@@ -118,6 +130,46 @@ class EvictionSection(ConfigStruct):
             ge=0,
         ),
     ] = 50
+    idle_unload_seconds: Annotated[
+        float,
+        doc(
+            "Unload a model nobody used for this long (to the sleep tier where its harness has one, else a stop); "
+            "pinned models never; 0 = never. A [[models]] idle_unload_seconds overrides it.",
+            ge=0,
+        ),
+    ] = 0.0
+
+
+class SchedulerSection(ConfigStruct):
+    """How requests wait for capacity when models must be swapped (docs/gateway.md, "Scheduling").
+
+    ``swap-aware`` serves requests for loaded models first and serves every request waiting for a model with
+    one load; ``fifo`` serves in arrival order (a swap per request on a mixed workload).
+    """
+
+    policy: Annotated[
+        Literal["swap-aware", "fifo"],
+        doc(
+            "swap-aware: requests for loaded models first, one swap serves every request waiting for a model, "
+            "fewest swaps; fifo: arrival order."
+        ),
+    ] = "swap-aware"
+    max_queue_wait_seconds: Annotated[
+        float,
+        doc(
+            "With swap-aware: a request that waited this long is served in arrival order (busy models it needs "
+            "evicted take no new requests until they drained), so nothing starves.",
+            gt=0,
+        ),
+    ] = 30.0
+    priority_hold_seconds: Annotated[
+        float,
+        doc(
+            "A model that a key of higher priority used this recently is never evicted for a request of lower "
+            "priority ([[auth.keys]] priority).",
+            ge=0,
+        ),
+    ] = 120.0
 
 
 class NeuronRef(ConfigStruct):

@@ -18,7 +18,7 @@ import tomli_w
 
 from helexa.config.base import ConfigStruct, PluginsSection, ServerSection
 from helexa.config.catalogue import Catalogue, ModelEntry
-from helexa.config.gateway import AuthSection, EvictionSection, GatewaySection, NeuronRef
+from helexa.config.gateway import AuthSection, EvictionSection, GatewaySection, NeuronRef, SchedulerSection
 from helexa.config.neuron import NeuronSection
 from helexa.errors import ConfigError
 from helexa.wire import explain_validation_error, is_ip_address
@@ -37,6 +37,7 @@ class Config(ConfigStruct):
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
+    scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     neurons: list[NeuronRef] = []
     models: list[ModelEntry] = []
     neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.gateway.affinity import Conversation, anthropic_session
+from helexa.gateway.queue import client_of
 from helexa.gateway.state import lifecycle_key, router_key
 from helexa.gateway.translation import ignored_tools_note, serve_translated
 from helexa.server.app import json_response
@@ -56,7 +57,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 async def count_tokens(request: web.Request) -> web.Response:
     """``POST /v1/messages/count_tokens``: ``{"input_tokens": n}`` from the model's own tokenizer."""
     count_request = decode_count_request(await read_body(request))
-    model_id, state = await request.app[router_key].route(count_request.model)
+    model_id, state = await request.app[router_key].route(count_request.model, client=client_of(request))
     client = request.app[lifecycle_key].clients[state.name]
     messages_ = chat_messages(count_request.system, count_request.messages)
     count = await client.count_tokens(model_id, messages_, chat_tools(count_request.tools))

@@ -22,10 +22,12 @@ from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GangMembers, GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.poller import poll_forever
+from helexa.gateway.queue import Scheduler
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import setup_routes
 from helexa.gateway.routing import Router
+from helexa.gateway.scheduling import Policy
 from helexa.gateway.state import (
     first_byte_timeout_key,
     gateway_metrics_key,
@@ -116,16 +118,29 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 strategy=cfg.eviction.strategy,
                 full_stop_after_unloads=cfg.eviction.full_stop_after_unloads,
                 load_timeout=cfg.gateway.load_timeout_seconds,
-                queue_limit=cfg.gateway.load_queue_limit,
             )
-            app[router_key] = Router(registry, app[lifecycle_key], affinity=cfg.gateway.prefix_affinity)
-
             lifecycle = app[lifecycle_key]
+            queue = Scheduler(
+                registry,
+                lifecycle,
+                metrics,
+                policy=Policy(
+                    mode=cfg.scheduler.policy,
+                    max_wait=cfg.scheduler.max_queue_wait_seconds,
+                    hold=cfg.scheduler.priority_hold_seconds,
+                    strategy=cfg.eviction.strategy,
+                ),
+                queue_limit=cfg.gateway.load_queue_limit,
+                load_timeout=cfg.gateway.load_timeout_seconds,
+                idle_seconds=cfg.eviction.idle_unload_seconds,
+            )
+            app[router_key] = Router(registry, lifecycle, queue, affinity=cfg.gateway.prefix_affinity)
 
             def on_poll(state: NeuronState) -> None:
                 registry.mark_polled(state)
                 metrics.neuron_up.labels(state.name).set(1 if state.healthy else 0)
                 lifecycle.gangs.reap_soon()  # a member failed or vanished: stop the rest of its gang
+                queue.polled()  # the policy runs again on the fresh numbers; idle models are unloaded
 
             tasks = [
                 asyncio.create_task(
@@ -135,6 +150,7 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 for name, state in registry.neurons.items()
             ]
             yield
+            queue.close()
             await cancel_all(tasks)
 
     return ctx

@@ -15,6 +15,7 @@ from aiohttp import web
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.proxy import Exchange
+from helexa.gateway.queue import client_of
 from helexa.gateway.registry import NeuronState
 from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, router_key, session_key
 from helexa.server.keys import key_usage_key
@@ -35,7 +36,18 @@ class Forward:
     :raises UpstreamError: (on entering) no replica could be reached.
     """
 
-    __slots__ = ("_conversation", "_series", "_upstream", "body", "exchange", "model_id", "path", "request", "state")
+    __slots__ = (
+        "_conversation",
+        "_priority",
+        "_series",
+        "_upstream",
+        "body",
+        "exchange",
+        "model_id",
+        "path",
+        "request",
+        "state",
+    )
 
     def __init__(
         self,
@@ -55,30 +67,39 @@ class Forward:
         app, model_id, state = self.request.app, self.model_id, self.state
         router, metrics = app[router_key], app[gateway_metrics_key]
         tried: set[str] = set()
-        while True:
-            headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: self.request[request_id_key]}
-            if state.ref.token:
-                headers["Authorization"] = f"Bearer {state.ref.token}"
-            try:
-                url = state.ref.endpoint.rstrip("/") + self.path
-                timeout = app[first_byte_timeout_key]
-                session = app[session_key]
-                upstream = await _open_watched(
-                    state, session, url, self.body, headers, first_byte_timeout=timeout, task=self.request.task
-                )
-                break
-            except UpstreamError as exc:
-                metrics.errors.labels(model_id, state.name, exc.code).inc()
-                state.healthy = False  # the poller brings it back when it answers
-                tried.add(state.name)
-                other = router.choose(model_id, frozenset(tried))
-                if other is None:
-                    raise
-                state = other
+        # in flight from the moment it is routed, so the scheduler never evicts a model a request is opening on
+        state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
+        try:
+            while True:
+                headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: self.request[request_id_key]}
+                if state.ref.token:
+                    headers["Authorization"] = f"Bearer {state.ref.token}"
+                try:
+                    url = state.ref.endpoint.rstrip("/") + self.path
+                    timeout = app[first_byte_timeout_key]
+                    session = app[session_key]
+                    upstream = await _open_watched(
+                        state, session, url, self.body, headers, first_byte_timeout=timeout, task=self.request.task
+                    )
+                    break
+                except UpstreamError as exc:
+                    metrics.errors.labels(model_id, state.name, exc.code).inc()
+                    state.healthy = False  # the poller brings it back when it answers
+                    tried.add(state.name)
+                    other = router.choose(model_id, frozenset(tried))
+                    if other is None:
+                        raise
+                    state.in_flight[model_id] -= 1
+                    state = other
+                    state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
+        except BaseException:
+            state.in_flight[model_id] -= 1
+            raise
         router.remember(model_id, self._conversation, state.name)
         self.state, self._upstream = state, upstream
+        self._priority = priority = client_of(self.request).priority
+        router.queue.began(state, model_id, priority)
         self._series = series = metrics.series(model_id, state.name)
-        state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
         series.in_flight.inc()
         self.exchange.status = upstream.status
         state.aborts.add(upstream.close)  # a neuron marked down closes the connection: the relay ends at once
@@ -103,7 +124,7 @@ class Forward:
         series = self._series
         series.in_flight.dec()
         state.in_flight[model_id] -= 1
-        state.last_used[model_id] = time.monotonic()
+        self.request.app[router_key].queue.ended(state, model_id, self._priority)
         series.request(self.exchange.status)
 
 

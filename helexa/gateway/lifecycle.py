@@ -1,8 +1,9 @@
 """Acting on placement: cold-load (evicting if needed), one load per model at a time; unload.
 
-Every request for a cold model waits on the same load task; a caller that gives up does not cancel it. The
-wait queue per model is bounded (``load_queue_limit``): past it, 503 with ``Retry-After``. A failed load
-reaches every waiter with the neuron's own reason (a preflight refusal stays a structured 422).
+A load runs as a task of its own, one per model; a caller that gives up does not cancel it. Requests wait for
+loads in the scheduler's queue (:mod:`helexa.gateway.queue`), which starts them as its policy planned; an
+admin load is placed here. A failed load reaches every waiter with the neuron's own reason (a preflight refusal
+stays a structured 422).
 
 Loads on one neuron are serialised and the neuron is re-read right before deciding, so two cold loads never
 count the same free memory twice. Loads on different neurons run in parallel.
@@ -15,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 
 import msgspec
 
@@ -23,18 +25,27 @@ from helexa.errors import HelexaError, NotFound, Overloaded
 from helexa.gateway.gangs import GangKeeper
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
-from helexa.gateway.placement import EvictionPlan, could_fit, place, plan_eviction
+from helexa.gateway.placement import EvictionPlan, could_fit, fits, place, plan_eviction
 from helexa.gateway.poller import poll_once
 from helexa.gateway.registry import NeuronState, Registry
+from helexa.gateway.scheduling import Load
 from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
 
-__all__ = ["Lifecycle", "NoCapacity"]
+__all__ = ["Lifecycle", "NoCapacity", "PlanOutdated"]
 
 logger = logging.getLogger(__name__)
 
 
 class NoCapacity(HelexaError):
     """No healthy neuron can take the model now (503)."""
+
+    status = 503
+    code = "no_capacity"
+
+
+class PlanOutdated(HelexaError):
+    """A planned load no longer holds on fresh numbers (a victim got busy, memory changed): plan again (503 if it
+    ever reached a client)."""
 
     status = 503
     code = "no_capacity"
@@ -53,7 +64,6 @@ class Lifecycle:
         strategy: str = "lru",
         full_stop_after_unloads: int = 0,
         load_timeout: float = 900.0,
-        queue_limit: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -62,11 +72,8 @@ class Lifecycle:
         self.strategy = strategy
         self.full_stop_after_unloads = full_stop_after_unloads
         self.load_timeout = load_timeout
-        self.queue_limit = queue_limit
-        metrics.load_queue_limit.set(queue_limit)
         self.clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
-        self._waiting: dict[str, int] = defaultdict(int)
         self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.gangs = GangKeeper(
             registry,
@@ -80,36 +87,33 @@ class Lifecycle:
             clock=clock,
         )
 
-    async def ensure_loaded(self, entry: ModelEntry) -> str:
-        """Wait for ``entry`` to be loaded somewhere (starting the load if nobody has); return the neuron."""
+    def start(self, entry: ModelEntry, load: Load | None = None) -> asyncio.Task[str]:
+        """The task loading ``entry`` (started now unless one runs): as ``load`` plans it (victims and neuron, from
+        the scheduler), or where placement says (``None``; a gang always places its members itself). The task's
+        result is the neuron; a planned load whose plan went stale raises :class:`PlanOutdated`."""
         task = self._loads.get(entry.id)
         if task is None:
-            task = asyncio.create_task(self._cold_load(entry), name=f"cold load {entry.id}")
+            task = asyncio.create_task(self._cold_load(entry, load), name=f"cold load {entry.id}")
             self._loads[entry.id] = task
             task.add_done_callback(lambda t, model_id=entry.id: self._load_done(model_id, t))
-        if self._waiting[entry.id] >= self.queue_limit:
-            raise Overloaded(
-                f"{self._waiting[entry.id]} requests already wait for model {entry.id!r} to load; retry shortly",
-                retry_after=5,
-            )
-        self._waiting[entry.id] += 1
-        queued = self.metrics.load_queue.labels(entry.id)
-        queued.inc()
-        began = self.clock()
+        return task
+
+    async def ensure_loaded(self, entry: ModelEntry) -> str:
+        """Wait for ``entry`` to be loaded somewhere (starting the load if nobody has); return the neuron. A caller
+        that gives up does not cancel the load.
+
+        :raises Overloaded: it took longer than ``load_timeout``.
+        """
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self.load_timeout)
+            return await asyncio.wait_for(asyncio.shield(self.start(entry)), self.load_timeout)
         except TimeoutError:
             raise Overloaded(
                 f"model {entry.id!r} is still loading after {self.load_timeout:.0f}s; retry later", retry_after=30
             ) from None
-        finally:
-            self._waiting[entry.id] -= 1
-            queued.dec()
-            self.metrics.queue_wait.labels(entry.id).observe(self.clock() - began)
 
     def _load_done(self, model_id: str, task: asyncio.Task[str]) -> None:
         self._loads.pop(model_id, None)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), PlanOutdated):
             logger.warning("cold load of %s failed: %s", model_id, task.exception())
 
     def loading(self) -> list[str]:
@@ -144,10 +148,11 @@ class Lifecycle:
             headers={"Retry-After": "10"},
         )
 
-    async def _cold_load(self, entry: ModelEntry) -> str:
+    async def _cold_load(self, entry: ModelEntry, load: Load | None) -> str:
         if entry.hosts > 1:
             return await self.gangs.load(entry)
-        began = self.clock()
+        if load is not None:
+            return await self._planned(entry, load)
         for _ in range(3):
             plan = self._decide(entry)
             async with self._neuron_locks[plan.neuron]:
@@ -158,16 +163,50 @@ class Lifecycle:
                 fresh = self._decide(entry)
                 if fresh.neuron != plan.neuron:
                     continue
-                for victim in fresh.victims:
-                    logger.info("evicting %s from %s to make room for %s", victim, plan.neuron, entry.id)
-                    await self.unload(plan.neuron, victim)
-                    self.metrics.evictions.labels(victim, plan.neuron).inc()
-                await self._load_on(state, entry)
-                self.metrics.cold_starts.labels(entry.id, plan.neuron).inc()
-                self.metrics.load_seconds.labels(entry.id, plan.neuron).observe(self.clock() - began)
-                await poll_once(state, self.clients[plan.neuron])
+                await self._swap(state, entry, fresh.victims)
                 return plan.neuron
         raise NoCapacity(f"placement for model {entry.id!r} kept changing; retry", headers={"Retry-After": "5"})
+
+    async def _planned(self, entry: ModelEntry, load: Load) -> str:
+        """Load as the scheduler planned, on fresh numbers: only its victims may go, and only while idle.
+
+        :raises PlanOutdated: a victim is busy again, or the model does not fit there even without them.
+        """
+        async with self._neuron_locks[load.neuron]:
+            state = self.registry.neurons[load.neuron]
+            await poll_once(state, self.clients[load.neuron])
+            if replicas := self.registry.replicas(entry.id):
+                return replicas[0].name
+            info = state.models.get(entry.id)
+            if not (state.healthy and info is not None and info.status == ModelStatus.SLEEPING):
+                view = next((v for v in self.registry.views() if v.name == load.neuron), None)
+                if view is None:
+                    raise PlanOutdated(f"neuron {load.neuron} is down")
+                allowed = set(load.victims)
+                view = replace(
+                    view, resident=tuple(replace(m, pinned=m.pinned or m.id not in allowed) for m in view.resident)
+                )
+                need = self.registry.need(entry)
+                fresh = EvictionPlan(view.name, ()) if fits(need, view) else plan_eviction(need, [view], self.strategy)
+                if fresh is None:
+                    raise PlanOutdated(f"{entry.id} no longer fits on {load.neuron} with what may be evicted there")
+                load = Load(entry.id, load.neuron, fresh.victims)
+            await self._swap(state, entry, load.victims)
+            return load.neuron
+
+    async def _swap(self, state: NeuronState, entry: ModelEntry, victims: tuple[str, ...]) -> None:
+        """Unload ``victims`` from ``state``'s neuron, then load ``entry`` there (a swap when there were any)."""
+        began = self.clock()
+        for victim in victims:
+            logger.info("evicting %s from %s to make room for %s", victim, state.name, entry.id)
+            await self.unload(state.name, victim)
+            self.metrics.evictions.labels(victim, state.name).inc()
+        await self._load_on(state, entry)
+        self.metrics.cold_starts.labels(entry.id, state.name).inc()
+        if victims:
+            self.metrics.swaps.labels(entry.id, state.name).inc()
+        self.metrics.load_seconds.labels(entry.id, state.name).observe(self.clock() - began)
+        await poll_once(state, self.clients[state.name])
 
     async def _load_on(self, state: NeuronState, entry: ModelEntry) -> None:
         logger.info("loading %s on %s", entry.id, state.name)

@@ -1,6 +1,6 @@
-"""The gateway's metrics: requests, latency, time to first token, tokens, cold starts, evictions and fleet
-health (``helexa_gateway_*``, labels model and neuron), on its app's registry. What every request updates uses
-the lock-free families of :mod:`helexa.server.hotmetrics`.
+"""The gateway's metrics: requests, latency, time to first token, tokens, cold starts, evictions, swaps, idle
+unloads, the scheduler's queue and fleet health (``helexa_gateway_*``, labels model and neuron), on its app's
+registry. What every request updates uses the lock-free families of :mod:`helexa.server.hotmetrics`.
 """
 
 from __future__ import annotations
@@ -77,21 +77,35 @@ class GatewayMetrics:
         self.evictions = Counter(
             "helexa_gateway_evictions", "Models unloaded to make room for another.", labels, registry=registry
         )
+        self.swaps = Counter(
+            "helexa_gateway_swaps",
+            "Loads that unloaded another model first (a swap).",
+            labels,
+            registry=registry,
+        )
+        self.idle_unloads = Counter(
+            "helexa_gateway_idle_unloads",
+            "Models unloaded (or put to sleep) because nobody used them for their idle_unload_seconds.",
+            labels,
+            registry=registry,
+        )
         self.queue_wait = Histogram(
             "helexa_gateway_queue_wait_seconds",
-            "Time requests waited for a cold load.",
-            ("model",),
+            "Time requests waited in the scheduler's queue (for a load, a swap or a drain), by key priority.",
+            ("model", "priority"),
             buckets=_TTFT_BUCKETS,
             registry=registry,
         )
         self.load_queue = Gauge(
             "helexa_gateway_load_queue_requests",
-            "Requests waiting for a model's cold load.",
-            ("model",),
+            "Requests waiting in the scheduler's queue for a model, by key priority.",
+            ("model", "priority"),
             registry=registry,
         )
         self.load_queue_limit = Gauge(
-            "helexa_gateway_load_queue_limit", "Most requests that may wait for one model's load.", registry=registry
+            "helexa_gateway_load_queue_limit",
+            "Most requests of one key that may wait for one model.",
+            registry=registry,
         )
         self._series: dict[tuple[str, str], RequestSeries] = {}
         self.neuron_up = Gauge(

@@ -29,6 +29,8 @@ class NeuronState:
     models: dict[str, ModelInfo] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)
     last_used: dict[str, float] = field(default_factory=dict)
+    #: (model, priority rank) -> when a request of that priority last began or ended here (the scheduler's clock)
+    used_by: dict[tuple[str, int], float] = field(default_factory=dict)
     last_error: str = ""
     failures: int = 0
     cycles: int = 0

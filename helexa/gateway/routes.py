@@ -12,6 +12,7 @@ from helexa.gateway.catalogue import fleet_report, model_cards
 from helexa.gateway.forward import Forward, observe
 from helexa.gateway.keepalive import OPENAI_KEEPALIVE, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
+from helexa.gateway.queue import client_of
 from helexa.gateway.routing import first_round
 from helexa.gateway.state import keepalives_key, lifecycle_key, router_key
 from helexa.server.app import json_response
@@ -36,7 +37,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     router = request.app[router_key]
     conversation = Conversation(body, head.prompt_cache_key or head.user)
     if not head.stream:
-        model_id, state = await router.route(head.model, conversation)
+        model_id, state = await router.route(head.model, conversation, client_of(request))
         body, _ = prepare_body(body, head.model, model_id, stream=False, wants_usage=False)
         async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
@@ -47,7 +48,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     await router.check(head.model)
     response = await open_event_stream(request)
     async with request.app[keepalives_key].waiting(response, OPENAI_KEEPALIVE) as waiting:
-        model_id, state = await router.route(head.model, conversation)
+        model_id, state = await router.route(head.model, conversation, client_of(request))
         body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
         async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation

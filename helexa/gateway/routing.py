@@ -1,5 +1,6 @@
 """Which neuron serves a request: a replica that has the model loaded — the least busy, or the one that served
-the conversation last (prefix affinity) — else a cold load through the :class:`~helexa.gateway.lifecycle.Lifecycle`.
+the conversation last (prefix affinity). While nothing waits for capacity, that is all (the fast path); else the
+request waits its turn in the scheduler's queue (:mod:`helexa.gateway.queue`), which loads and swaps models.
 
 At start-up a request waits (at most :data:`FIRST_POLL_WAIT_S`) for every neuron's first poll, so it does not
 see an empty fleet.
@@ -13,8 +14,9 @@ from collections import OrderedDict
 
 from helexa.errors import NotFound
 from helexa.gateway.affinity import Conversation
-from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.lifecycle import Lifecycle, NoCapacity
 from helexa.gateway.placement import pick_replica
+from helexa.gateway.queue import ANONYMOUS, Client, Scheduler
 from helexa.gateway.registry import NeuronState, Registry
 
 __all__ = ["AFFINITY_ENTRIES", "FIRST_POLL_WAIT_S", "Router", "first_round"]
@@ -41,10 +43,10 @@ async def first_round(registry: Registry) -> None:
 
 
 class Router:
-    """Picks the neuron for each request (``affinity``: prefix affinity on)."""
+    """Picks the neuron for each request (``affinity``: prefix affinity on); ``queue`` is the scheduler's."""
 
-    def __init__(self, registry: Registry, lifecycle: Lifecycle, *, affinity: bool = True) -> None:
-        self.registry, self.lifecycle, self.affinity = registry, lifecycle, affinity
+    def __init__(self, registry: Registry, lifecycle: Lifecycle, queue: Scheduler, *, affinity: bool = True) -> None:
+        self.registry, self.lifecycle, self.queue, self.affinity = registry, lifecycle, queue, affinity
         self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()  # (model, conversation) -> neuron
 
     def choose(
@@ -86,21 +88,31 @@ class Router:
             raise _not_found(requested)
         return model_id
 
-    async def route(self, requested: str, conversation: Conversation | None = None) -> tuple[str, NeuronState]:
-        """``(model id, neuron)`` to serve ``requested`` (an id or alias), cold-loading it when needed;
-        ``conversation`` is for prefix affinity (see :meth:`choose`).
+    async def route(
+        self, requested: str, conversation: Conversation | None = None, client: Client = ANONYMOUS
+    ) -> tuple[str, NeuronState]:
+        """``(model id, neuron)`` to serve ``requested`` (an id or alias) for ``client``, waiting in the scheduler's
+        queue when the model is not served now or others wait; ``conversation`` is for prefix affinity (see
+        :meth:`choose`).
 
         :raises NotFound: the model is neither in the catalogue nor loaded anywhere.
-        :raises Overloaded: too many requests wait for this model's load, or it took too long.
+        :raises Overloaded: too many requests of this key wait for the model, or it took too long.
         :raises NoCapacity: no neuron can take it, even after evictions.
         """
         model_id = self.registry.resolve(requested)
         await first_round(self.registry)
-        state = self.choose(model_id, conversation=conversation)
-        if state is not None:
-            return model_id, state
-        entry = self.registry.catalogue.get(model_id)
-        if entry is None:
+        queue = self.queue
+        if not queue.active:
+            state = self.choose(model_id, conversation=conversation)
+            if state is not None:
+                return model_id, state
+        if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
             raise _not_found(requested)
-        name = await self.lifecycle.ensure_loaded(entry)
-        return model_id, self.registry.neurons[name]
+        for _ in range(3):
+            await queue.wait(model_id, client)
+            state = self.choose(model_id, queue.leaving(model_id), conversation)
+            if state is not None:
+                return model_id, state
+        raise NoCapacity(
+            f"model {model_id!r} kept moving while this request waited; retry", headers={"Retry-After": "5"}
+        )

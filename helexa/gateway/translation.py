@@ -26,6 +26,7 @@ from helexa.gateway.forward import Forward, observe
 from helexa.gateway.keepalive import open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body, stream_breaks
+from helexa.gateway.queue import client_of
 from helexa.gateway.registry import NeuronState
 from helexa.gateway.state import keepalives_key, router_key
 from helexa.server.app import json_response
@@ -150,7 +151,7 @@ async def serve_translated(
     exchange = Exchange(started=time.perf_counter())
     router = request.app[router_key]
     if stream is None:
-        model_id, state = await router.route(model, conversation)
+        model_id, state = await router.route(model, conversation, client_of(request))
         async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
             upstream,
             state,
@@ -171,7 +172,7 @@ async def serve_translated(
     keepalives = request.app[keepalives_key]
     interval = keepalives.interval
     async with keepalives.waiting(response, keepalive) as waiting:
-        model_id, state = await router.route(model, conversation)
+        model_id, state = await router.route(model, conversation, client_of(request))
         async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
             upstream,
             state,

@@ -33,6 +33,7 @@ __all__ = [
     "RateLimited",
     "digest_of",
     "key_usage_key",
+    "request_key_key",
 ]
 
 
@@ -67,6 +68,7 @@ class Key:
     requests_per_minute: int = 0
     max_concurrent: int = 0
     tokens_per_hour: int = 0
+    priority: str = "normal"  # the scheduler's: interactive, normal or batch
     # state, per key
     bucket: float = 0.0
     refilled: float = field(default_factory=time.monotonic)
@@ -101,6 +103,9 @@ class Key:
             self.bucket -= 1
 
 
+request_key_key = web.RequestKey("request_key_key", Key)  # the key a request was admitted with
+
+
 KNOWN_KEYS = 1024  # valid keys remembered by their presented form (see KeyRing.find)
 
 
@@ -127,6 +132,7 @@ class KeyRing:
                     requests_per_minute=entry.requests_per_minute,
                     max_concurrent=entry.max_concurrent,
                     tokens_per_hour=entry.tokens_per_hour,
+                    priority=entry.priority,
                     bucket=float(entry.requests_per_minute),
                 )
             )
@@ -214,6 +220,7 @@ class KeyGuard:
         requests, tokens = self._series[key.name]
         requests.inc()
         usage = request[key_usage_key] = KeyUsage()
+        request[request_key_key] = key
         key.in_flight += 1
 
         def release() -> None:

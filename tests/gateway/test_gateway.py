@@ -184,7 +184,7 @@ async def test_nothing_to_evict_is_a_clear_503(fleet):
     resp = await chat(client, "new")
     assert resp.status == 503
     error = (await resp.json())["error"]
-    assert error["code"] == "no_capacity" and "pinned or busy" in error["message"]
+    assert error["code"] == "no_capacity" and "is pinned" in error["message"]
 
 
 async def test_full_stop_after_unloads_makes_the_unload_a_full_stop(fleet):
