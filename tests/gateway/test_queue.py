@@ -139,7 +139,12 @@ async def test_idle_models_are_unloaded_after_their_idle_time_with_an_injected_c
         a.preload(model, 8000)
     client, _ = await fleet(
         [a],
-        models=[entry("idle"), entry("never", idle_unload_seconds=0), entry("pinned", pinned_on=["a"]), entry("recent")],
+        models=[
+            entry("idle"),
+            entry("never", idle_unload_seconds=0),
+            entry("pinned", pinned_on=["a"]),
+            entry("recent"),
+        ],
         eviction={"idle_unload_seconds": 60},
     )
     queue = client.app[router_key].queue

@@ -217,9 +217,7 @@ def test_a_batch_request_is_not_refused_for_a_hold_that_will_lapse():
 
 def test_turns_over_keys_one_key_cannot_take_every_swap_first():
     # three neurons, each with an idle model that can go: three loads, in the order they are planned
-    f = fleet(
-        neuron("n1", res("x1")), neuron("n2", res("x2")), neuron("n3", res("x3")), needs=("p", "q", "r", "x1")
-    )
+    f = fleet(neuron("n1", res("x1")), neuron("n2", res("x2")), neuron("n3", res("x3")), needs=("p", "q", "r", "x1"))
     # key k1 asked for p then q (older tickets); k2 for r once
     waiters = [w(0, "p", key="k1"), w(1, "q", key="k1"), w(2, "q", key="k1"), w(3, "r", key="k2")]
     assert [load.model for load in decide(waiters, f, 1.0, SWAP).loads] == ["p", "r", "q"]
