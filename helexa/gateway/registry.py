@@ -209,12 +209,16 @@ class Registry:
                     pinned=entry is not None and state.name in entry.pinned_on,
                 )
             )
+        ram_free = host.ram_available_mb
+        if not devices:  # RAM "available" counts the page cache, where llama.cpp's mmap'ed weights live: a model
+            # holds what its catalogue entry says, whatever the kernel reports
+            ram_free = min(ram_free, host.ram_total_mb - sum(r.vram_mb for r in resident))
         return NeuronView(
             name=state.name,
             harnesses=frozenset(state.discovery.harnesses),
             devices=devices,
             ram_total_mb=host.ram_total_mb,
-            ram_free_mb=host.ram_available_mb,
+            ram_free_mb=max(0, ram_free),
             resident=tuple(resident),
             group=state.ref.group,
             multi_host=state.discovery.multi_host,

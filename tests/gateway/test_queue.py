@@ -127,6 +127,9 @@ async def test_queue_length_by_model_and_priority_is_in_the_metrics(fleet):
     await until(lambda: a.loads, 5, "the load began")
     during = generate_latest(client.app[registry_key]).decode()
     assert metric(during, "helexa_gateway_load_queue_requests", model="x", priority="batch") == 3
+    page = await (await client.get("/ui", headers={"Authorization": "Bearer sk-bot"})).text()
+    assert '<tr class="queue" data-model="x"><td>x</td><td>0 / 0 / 3</td>' in page  # interactive / normal / batch
+    assert "policy <b>swap-aware</b>" in page
     await asyncio.gather(*waiting)
     after = generate_latest(client.app[registry_key]).decode()
     assert metric(after, "helexa_gateway_load_queue_requests", model="x", priority="batch") == 0
@@ -166,3 +169,13 @@ async def test_idle_models_are_unloaded_after_their_idle_time_with_an_injected_c
     await until(lambda: len(a.unloads) == 2, 5, "the second idle unload")
     assert a.unloads[1] == ("recent", False)
     assert set(a.models) == {"never", "pinned"}
+
+
+async def test_cpu_neurons_count_the_memory_models_declare_not_what_the_kernel_calls_available(fleet):
+    # llama.cpp mmaps its weights: the kernel counts them as page cache, "available". The catalogue's vram_mb
+    # is what a model holds on a CPU host, so a second model that would not fit beside it swaps it out.
+    a = FakeNeuron("cpu", devices=[], ram_mb=16000)
+    a.preload("big", 0)  # the fake reports all its RAM available, as a host with an mmap'ed model does
+    client, _ = await fleet([a], models=[entry("big", 10000, harness="llamacpp"), entry("small", 8000)])
+    assert (await chat(client, "small")).status == 200
+    assert a.unloads == [("big", False)] and a.loads == ["small"]
