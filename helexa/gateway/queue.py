@@ -107,6 +107,7 @@ class Scheduler:
         }
         self._tickets: dict[int, _Ticket] = {}
         self._numbers = itertools.count()
+        self.issued = 0  #: tickets issued since start (requests that had to wait)
         self._queued: dict[tuple[str, str], int] = {}  # (model, key) -> requests waiting
         self._admitted: dict[str, int] = {}  # model -> requests admitted and not yet sent
         #: (neuron, model) replicas that take no new requests: drained for a swap, or being unloaded for idleness
@@ -147,6 +148,7 @@ class Scheduler:
                 retry_after=5,
             )
         number = next(self._numbers)
+        self.issued = number + 1
         ticket = _Ticket(
             Waiter(number, model_id, self.clock(), client.priority, client.key),
             asyncio.get_running_loop().create_future(),
@@ -294,12 +296,14 @@ class Scheduler:
         self._targets.pop(model_id, None)
         if self._evicting.pop(model_id, None):
             self._hold()
-        if not task.cancelled():
-            error = task.exception()
-            if error is not None and not isinstance(error, PlanOutdated):
-                for ticket in self._tickets.values():
-                    if ticket.waiter.model == model_id and not ticket.future.done():
-                        ticket.future.set_exception(error)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, PlanOutdated):  # planned again at the next event (a poll at the latest), not at once
+            logger.info("planned load of %s went stale: %s", model_id, error.message)
+            return
+        if error is not None:
+            for ticket in self._tickets.values():
+                if ticket.waiter.model == model_id and not ticket.future.done():
+                    ticket.future.set_exception(error)
         self._changed()
 
     def _arm_overdue(self, now: float) -> None:

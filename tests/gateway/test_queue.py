@@ -39,10 +39,11 @@ async def test_a_mixed_burst_swaps_once_per_model_with_swap_aware(fleet, policy)
         [a], models=[entry(m) for m in "xyz"], scheduler={"policy": policy, "max_queue_wait_seconds": 60}
     )
     order = "xyzxyzxyzxyz"
+    queue = client.app[router_key].queue
     results = []
-    for model in order:  # arrival order as written: each request is queued before the next is sent
+    for n, model in enumerate(order, 1):  # arrival order as written: each request is queued before the next is sent
         results.append(asyncio.create_task(stream(client, model)))
-        await asyncio.sleep(0.01)
+        await until(lambda n=n: queue.issued == n, 5, f"request {n} queued")
     statuses = [status for status, _ in await asyncio.gather(*results)]
     assert statuses == [200] * len(order)
     exported = generate_latest(client.app[registry_key]).decode()
@@ -66,7 +67,8 @@ async def test_a_waiting_request_is_served_within_max_wait_even_while_the_loaded
             await asyncio.gather(stream(client, "x"), stream(client, "x"))
 
     busy = [asyncio.create_task(keep_busy()) for _ in range(2)]
-    await asyncio.sleep(0.3)
+    state = client.app[router_key].registry.neurons["a"]
+    await until(lambda: state.in_flight.get("x", 0) >= 3, 5, "x busy")
     status, took = await stream(client, "y")
     assert status == 200
     assert took < 2.5, f"y waited {took:.1f}s although max_queue_wait_seconds is 0.5"
