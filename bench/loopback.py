@@ -1,4 +1,4 @@
-"""What every benchmark here shares: ports for the servers it starts on loopback.
+"""What every benchmark here shares: ports for the servers it starts on loopback, and serving an app on one.
 
 Run by the test suite (``tests/test_soak.py``), a script takes its ports from the suite's block
 (``TEST_PORTS_HELEXA=first-last``, below the ephemeral range), so two suites on one machine never collide.
@@ -11,7 +11,9 @@ import os
 import random
 import socket
 
-__all__ = ["free_port"]
+from aiohttp import web
+
+__all__ = ["free_port", "serve"]
 
 _lease = os.environ.get("TEST_PORTS_HELEXA", "")
 # a random start: the suite that runs this script hands out its block's ports from the bottom
@@ -35,3 +37,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on a free loopback port: its runner (clean it up) and its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"

@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
-from loopback import free_port
+from loopback import serve
 
 from helexa.config import Config
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
@@ -45,14 +44,6 @@ WORDS += ["resend", "whole", "conversations", "every", "turn"]
 
 def config(**sections) -> Config:
     return msgspec.convert(sections, Config)
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
 
 
 async def ttft(session: aiohttp.ClientSession, url: str, messages: list[dict]) -> tuple[float, int]:

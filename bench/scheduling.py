@@ -28,7 +28,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
-from loopback import free_port
+from loopback import free_port, serve
 
 from helexa.config import Config
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
@@ -43,14 +43,6 @@ TOKEN = "bench"
 
 def config(**sections) -> Config:
     return msgspec.convert(sections, Config)
-
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
 
 
 def catalogue(memory_mb: int, ctx: int) -> list[dict]:

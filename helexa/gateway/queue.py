@@ -28,6 +28,7 @@ from aiohttp import web
 from helexa.errors import HelexaError, NotFound, Overloaded
 from helexa.gateway.lifecycle import Lifecycle, NoCapacity, PlanOutdated
 from helexa.gateway.metrics import GatewayMetrics
+from helexa.gateway.placement import ResidentModel
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.scheduling import (
     NORMAL,
@@ -100,8 +101,8 @@ class Scheduler:
     ) -> None:
         self.registry, self.lifecycle, self.metrics, self.policy = registry, lifecycle, metrics, policy
         self.queue_limit, self.load_timeout, self.clock = queue_limit, load_timeout, clock
-        #: model -> seconds idle before it is unloaded (0: never), from the catalogue and ``[eviction]``
         metrics.load_queue_limit.set(queue_limit)
+        #: model -> seconds idle before it is unloaded (0: never), from the catalogue and ``[eviction]``
         self.idle_seconds = {
             e.id: idle_seconds if e.idle_unload_seconds is None else e.idle_unload_seconds for e in registry.entries
         }
@@ -165,6 +166,8 @@ class Scheduler:
                 f"model {model_id!r} could not be served within {self.load_timeout:.0f}s; retry later", retry_after=30
             ) from None
         finally:
+            if ticket.future.done() and not ticket.future.cancelled():
+                ticket.future.exception()  # retrieved: a refusal that raced a cancellation is not logged as lost
             del self._tickets[number]
             _bump(counts, (model_id, client.key), -1)
             if ticket.admitted:
@@ -194,14 +197,17 @@ class Scheduler:
                 self._sweep = asyncio.create_task(self._unload_idle(pairs), name="idle unloads")
 
     def close(self) -> None:
-        """Stop the timers (the app is shutting down)."""
-        for handle in (self._run_soon, self._overdue):
+        """Stop the timers and idle unloads in progress (the app is shutting down)."""
+        for handle in (self._run_soon, self._overdue, self._sweep):
             if handle is not None:
                 handle.cancel()
 
     # ------------------------------------------------------------------------------------------ the policy
 
     def _changed(self) -> None:
+        if not self._tickets and self._draining:  # nobody waits any more: nothing needs to drain
+            self._draining = frozenset()
+            self._hold()
         self.active = bool(self._tickets) or bool(self.held)
         if self._run_soon is None and self._tickets:
             self._run_soon = asyncio.get_running_loop().call_soon(self._run)
@@ -243,11 +249,7 @@ class Scheduler:
         admitted = self._admitted
         views = registry.views()
         if admitted:  # admitted and not yet sent: busy all the same
-            views = [
-                replace(v, resident=tuple(replace(r, in_flight=r.in_flight + admitted.get(r.id, 0)) for r in rs))
-                for v in views
-                if (rs := v.resident) is not None
-            ]
+            views = [replace(v, resident=tuple(_plus(r, admitted.get(r.id, 0)) for r in v.resident)) for v in views]
         serving: dict[str, frozenset[str]] = {}
         sleeping: dict[str, str] = {}
         for model in models:  # replicas being unloaded (for a swap, or idle) serve no more
@@ -365,3 +367,8 @@ class Scheduler:
                 self._unloading.discard((neuron, model_id))
                 self._hold()
                 self._changed()
+
+
+def _plus(model: ResidentModel, requests: int) -> ResidentModel:
+    """``model`` with ``requests`` more in flight."""
+    return replace(model, in_flight=model.in_flight + requests) if requests else model
