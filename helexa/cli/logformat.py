@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 
 __all__ = ["JsonFormatter", "RoleFilter", "TextFormatter", "escape_controls", "setup_logging"]
 
@@ -35,9 +36,34 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(lambda m: _NAMED.get(m.group()) or ascii(m.group())[1:-1], text)
 
 
+class _Clock:
+    """``time.strftime`` of a record's second, computed once per second (every access line needs one)."""
+
+    def __init__(self, fmt: str, converter: Callable[[float | None], time.struct_time]) -> None:
+        self.fmt, self.converter = fmt, converter
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, time.strftime(self.fmt, self.converter(created)))
+        return last[1]
+
+
 class TextFormatter(logging.Formatter):
     """The text format: one line per record, its message's control characters escaped; a traceback follows
     on lines of its own, each indented."""
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._clock = _Clock(self.default_time_format, self.converter)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``2026-12-03 00:00:00,123``, as :class:`logging.Formatter` writes it, its second formatted once."""
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        return self.default_msec_format % (self._clock(record.created), record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line, with the message escaped."""
@@ -67,10 +93,14 @@ class RoleFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts`` (RFC 3339, UTC), ``level``, ``role``, ``logger``, ``message``, extras."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = _Clock("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as a JSON line."""
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._clock(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "role": getattr(record, "role", ""),
             "logger": record.name,
@@ -84,6 +114,10 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, log_format: str, role: str) -> None:
     """Configure the root logger once: ``level`` (debug … error), ``log_format`` (``text`` or ``json``)."""
+    # nothing a helexa line shows, so no record pays for it (the logging HOWTO's "Optimization"): the thread,
+    # process and caller of each call
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # no stack walk per record: no format uses pathname or lineno
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RoleFilter(role))
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))

@@ -133,3 +133,17 @@ def test_text_formatter_escapes_messages_and_indents_tracebacks():
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     lines = formatter.format(record).splitlines()
     assert lines[0] == "ERROR failed" and all(line.startswith("    ") for line in lines[1:])
+
+
+def test_timestamps_are_what_logging_writes_though_each_second_is_formatted_once():
+    import logging
+
+    from helexa.cli.logformat import JsonFormatter, TextFormatter
+
+    text, json_, plain = TextFormatter("%(asctime)s %(message)s"), JsonFormatter(), logging.Formatter("%(asctime)s")
+    for created in (1796083200.0, 1796083200.999, 1796083201.5, 1796083200.25, 1796169599.001):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert text.format(record) == f"{plain.formatTime(record)} m"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(record.msecs):03d}Z"
+        assert json.loads(json_.format(record))["ts"] == stamp
