@@ -108,7 +108,6 @@ class Scheduler:
         }
         self._tickets: dict[int, _Ticket] = {}
         self._numbers = itertools.count()
-        self.issued = 0  #: tickets issued since start (requests that had to wait)
         self._queued: dict[tuple[str, str], int] = {}  # (model, key) -> requests waiting
         self._admitted: dict[str, int] = {}  # model -> requests admitted and not yet sent
         #: (neuron, model) replicas that take no new requests: drained for a swap, or being unloaded for idleness
@@ -123,6 +122,10 @@ class Scheduler:
         self.active = False  # anything waits or is held: requests take the slow path
 
     # ------------------------------------------------------------------------------------------ requests
+
+    def held_for(self, model_id: str) -> frozenset[str]:
+        """Neurons whose replica of ``model_id`` takes no new requests now (it drains, or is being unloaded)."""
+        return frozenset(n for n, m in self.held if m == model_id) if self.held else frozenset()
 
     def leaving(self, model_id: str) -> frozenset[str]:
         """Neurons whose replica of ``model_id`` is being unloaded (for a swap, or idle): an admitted request must
@@ -149,7 +152,6 @@ class Scheduler:
                 retry_after=5,
             )
         number = next(self._numbers)
-        self.issued = number + 1
         ticket = _Ticket(
             Waiter(number, model_id, self.clock(), client.priority, client.key),
             asyncio.get_running_loop().create_future(),

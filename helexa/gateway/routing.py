@@ -1,6 +1,8 @@
 """Which neuron serves a request: a replica that has the model loaded — the least busy, or the one that served
-the conversation last (prefix affinity). While nothing waits for capacity, that is all (the fast path); else the
-request waits its turn in the scheduler's queue (:mod:`helexa.gateway.queue`), which loads and swaps models.
+the conversation last (prefix affinity). While nothing waits for capacity, that is all (the fast path), and with
+the ``swap-aware`` policy a request for a model whose replica takes requests (it does not drain) goes at once even
+while others wait — what the policy would decide. Any other request waits its turn in the scheduler's queue
+(:mod:`helexa.gateway.queue`), which loads and swaps models.
 
 At start-up a request waits (at most :data:`FIRST_POLL_WAIT_S`) for every neuron's first poll, so it does not
 see an empty fleet.
@@ -104,6 +106,10 @@ class Router:
         queue = self.queue
         if not queue.active:
             state = self.choose(model_id, conversation=conversation)
+            if state is not None:
+                return model_id, state
+        elif queue.policy.mode == "swap-aware":  # what the policy would do: a replica that takes requests, at once
+            state = self.choose(model_id, queue.held_for(model_id), conversation)
             if state is not None:
                 return model_id, state
         if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):

@@ -39,12 +39,13 @@ async def test_a_mixed_burst_swaps_once_per_model_with_swap_aware(fleet, policy)
         [a], models=[entry(m) for m in "xyz"], scheduler={"policy": policy, "max_queue_wait_seconds": 60}
     )
     order = "xyzxyzxyzxyz"
-    queue = client.app[router_key].queue
-    results = []
-    for n, model in enumerate(order, 1):  # arrival order as written: each request is queued before the next is sent
-        results.append(asyncio.create_task(stream(client, model)))
-        await until(lambda n=n: queue.issued == n, 5, f"request {n} queued")
-    statuses = [status for status, _ in await asyncio.gather(*results)]
+    opened = []
+    for model in order:  # arrival order as written: a stream's headers come back once the gateway routes it
+        body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        opened.append(await client.post("/v1/chat/completions", json=body))
+    bodies = await asyncio.gather(*(resp.read() for resp in opened))
+    assert all(b"[DONE]" in body for body in bodies), bodies
+    statuses = [resp.status for resp in opened]
     assert statuses == [200] * len(order)
     exported = generate_latest(client.app[registry_key]).decode()
     swaps = sum(metric(exported, "helexa_gateway_swaps_total", model=m) for m in "xyz")
