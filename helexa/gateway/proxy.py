@@ -48,7 +48,12 @@ class _WithUsage(msgspec.Struct):
     choices: list[Any] | None = None
 
 
+class _UsageOnly(msgspec.Struct):
+    usage: Usage | None = None
+
+
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
+_usage_only = msgspec.json.Decoder(_UsageOnly)  # a whole answer: its choices are skipped, never built
 
 
 def prepare_body(body: bytes, head_model: str, model_id: str, *, stream: bool, wants_usage: bool) -> tuple[bytes, bool]:
@@ -171,7 +176,7 @@ async def relay(
     data = await read_body(upstream)
     if upstream.status == 200 and b'"usage"' in data:
         with contextlib.suppress(msgspec.DecodeError):
-            exchange.usage = _usage_decoder.decode(data).usage
+            exchange.usage = _usage_only.decode(data).usage
     exchange.bytes_sent = len(data)
     return web.Response(status=upstream.status, body=data, headers=out_headers)
 
