@@ -107,6 +107,7 @@ class EngineProcess:
         self._transport: asyncio.SubprocessTransport | None = None
         self._output: _Output | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closer: asyncio.Task[None] | None = None  # closes the transport after a cancelled stop
         self._exited = asyncio.Event()
         self._on_exit = on_exit
         self._engine_log = logging.getLogger(f"helexa.engine.{name}")
@@ -237,9 +238,10 @@ class EngineProcess:
         self._signal(signal.SIGTERM)
         try:
             await self._stopped(timeout)
-        except asyncio.CancelledError:  # no time left to wait: the engine's group goes at once
-            self._signal(signal.SIGKILL)
-            transport.close()
+        except asyncio.CancelledError:  # no time left to wait: the guard ends everything at once
+            self._end_now()
+            # closing a transport kills its process: only once the guard is done
+            self._closer = asyncio.get_running_loop().create_task(self._close_when_ended(transport))
             raise
         self._signal(signal.SIGKILL)  # anything left in its group
         self.state = HarnessState.STOPPED
@@ -251,13 +253,33 @@ class EngineProcess:
             await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout)
         except TimeoutError:
             logger.warning("engine for %s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._transport.get_pid(), guard.END_SIGNAL)
+            self._end_now()
             try:
                 await asyncio.wait_for(asyncio.shield(self._exited.wait()), guard.REAP_SECONDS + 1)
             except TimeoutError:
                 self._signal(signal.SIGKILL)
                 await self._exited.wait()
+
+    def _end_now(self) -> None:
+        """Have the guard SIGKILL the engine's group and everything below it, now. Never the group first: that
+        would kill the guard too, before it found what left the group (vLLM's EngineCore does). The group
+        only when the guard is gone already."""
+        assert self._transport is not None
+        if self._transport.get_returncode() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._transport.get_pid(), guard.END_SIGNAL)
+        else:
+            self._signal(signal.SIGKILL)
+
+    async def _close_when_ended(self, transport: asyncio.SubprocessTransport) -> None:
+        """Close ``transport`` once its guard has ended (SIGKILL its group should it take longer than it may)."""
+        assert self._output is not None
+        try:
+            await asyncio.wait_for(self._output.exited.wait(), guard.REAP_SECONDS + 1)
+        except TimeoutError:
+            self._signal(signal.SIGKILL)
+        finally:
+            transport.close()
 
     def _signal(self, signum: int) -> None:
         assert self._transport is not None

@@ -58,6 +58,21 @@ async def test_a_stop_that_needs_sigkill_still_ends_every_worker():
     await until(lambda: gone(below), 10, "every process the engine started ended")
 
 
+@pytest.mark.parametrize("ignore", [False, True])
+async def test_a_stop_cancelled_midway_still_ends_every_worker(ignore):
+    # a stop runs inside a request (an unload); the caller giving up cancels it: the group must not be SIGKILLed
+    # with the guard in it (the worker that left the group would outlive both), the guard must end everything
+    engine, below = await started(*(["--ignore-sigterm"] if ignore else []))
+    guard = engine.pid
+    stopping = asyncio.create_task(engine.stop(timeout=30))
+    await asyncio.sleep(0)  # one step of the stop: SIGTERM sent, now it waits for the engine
+    assert engine.state == HarnessState.STOPPING
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await until(lambda: gone(below | {guard}), 15, "every process the engine started ended")
+
+
 @pytest.mark.parametrize(
     ("how", "reason"), [(signal.SIGKILL, "killed by SIGKILL"), (signal.SIGTERM, "killed by SIGTERM")]
 )
