@@ -204,6 +204,15 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
             assert resp.status == 200, await resp.text()
         await until(lambda: not ranks_running(master), 30, "unload stopped both ranks")
         await until(lambda: none_alive(spawned), 30, "unload left no process of the gang")
+
+        # 6. both neurons killed with what they still run (the single-host model of the bench): nothing is left
+        below = set().union(*(descendants(p.pid) for p in neurons.values()))
+        assert below, "the bench's single-host model still runs on a neuron"
+        for process in neurons.values():
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        took = await until(lambda: none_alive(below), 15, "no process below the killed neurons left")
+        print(f"neurons killed: every process below them gone in {took:.1f}s ({len(below)} processes)")
     except BaseException:
         print(logs())
         raise
