@@ -219,7 +219,8 @@ class Scheduler:
         waiting = [t for t in self._tickets.values() if not t.future.done()]
         now = self.clock()
         decision = decide([t.waiter for t in waiting], self._fleet(waiting, now), now, self.policy)
-        if decision.admit or decision.loads or decision.refuse or decision.draining != self._draining:
+        changed = decision.admit or decision.loads or decision.refuse or decision.draining != self._draining
+        if changed and logger.isEnabledFor(logging.DEBUG):  # its arguments are built only when it is written
             logger.debug(
                 "%d waiting: admit %d, load %s, drain %s, refuse %s",
                 len(waiting),
