@@ -107,7 +107,6 @@ class EngineProcess:
         self._transport: asyncio.SubprocessTransport | None = None
         self._output: _Output | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._closer: asyncio.Task[None] | None = None  # closes the transport after a cancelled stop
         self._exited = asyncio.Event()
         self._on_exit = on_exit
         self._engine_log = logging.getLogger(f"helexa.engine.{name}")
@@ -238,10 +237,9 @@ class EngineProcess:
         self._signal(signal.SIGTERM)
         try:
             await self._stopped(timeout)
-        except asyncio.CancelledError:  # no time left to wait: the guard ends everything at once
+        except asyncio.CancelledError:  # no time left to wait: the guard ends everything at once (milliseconds)
             self._end_now()
-            # closing a transport kills its process: only once the guard is done
-            self._closer = asyncio.get_running_loop().create_task(self._close_when_ended(transport))
+            await self._close_when_ended(transport)  # closing kills the guard: only once it is done
             raise
         self._signal(signal.SIGKILL)  # anything left in its group
         self.state = HarnessState.STOPPED
@@ -272,7 +270,8 @@ class EngineProcess:
             self._signal(signal.SIGKILL)
 
     async def _close_when_ended(self, transport: asyncio.SubprocessTransport) -> None:
-        """Close ``transport`` once its guard has ended (SIGKILL its group should it take longer than it may)."""
+        """Close ``transport`` once its guard has ended (SIGKILL its group should it take longer than it may; at
+        once, should this wait be cancelled too)."""
         assert self._output is not None
         try:
             await asyncio.wait_for(self._output.exited.wait(), guard.REAP_SECONDS + 1)
