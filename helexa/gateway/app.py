@@ -1,7 +1,8 @@
 """``make_gateway_app()``: the gateway's API application and everything it owns.
 
-Owned for the app's lifetime (``cleanup_ctx``): one client session to the neurons and one poller task per
-neuron. The Prometheus registry (``registry_key``) is served on the metrics port by ``metrics_app``.
+Owned for the app's lifetime (``cleanup_ctx``): one client session to the neurons (polls, loads), the relay's
+keep-alive connections to each neuron (inference) and one poller task per neuron. The Prometheus registry
+(``registry_key``) is served on the metrics port by ``metrics_app``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
 from helexa.config import Config, parse_listen
+from helexa.errors import ConfigError
 from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.keepalive import KeepAlives
@@ -34,12 +36,13 @@ from helexa.gateway.state import (
     keepalives_key,
     lifecycle_key,
     router_key,
-    session_key,
     ui_app_key,
+    upstreams_key,
 )
 from helexa.gateway.ui import make_ui_app
 from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.browser_guard import BrowserGuard, known_host_names
+from helexa.server.h1client import Upstream
 from helexa.server.keys import KeyGuard, KeyRing
 from helexa.server.middlewares import POLLER_AGENT_PREFIX, Guard
 from helexa.server.version import VersionInfo
@@ -103,10 +106,10 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         agent = {"User-Agent": f"{POLLER_AGENT_PREFIX}/{__version__}"}  # the neurons log its polls at DEBUG
+        app[upstreams_key] = upstreams = _relay_clients(registry, agent)
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False, headers=agent
         ) as session:
-            app[session_key] = session
             clients = {
                 name: NeuronClient(session, state.ref, cfg.gateway.neuron_timeout_seconds)
                 for name, state in registry.neurons.items()
@@ -152,5 +155,22 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
             yield
             queue.close()
             await cancel_all(tasks)
+            for upstream in upstreams.values():
+                upstream.close()
 
     return ctx
+
+
+def _relay_clients(registry: Registry, agent: dict[str, str]) -> dict[str, Upstream]:
+    """The relay's client to each neuron (inference goes there; polls and loads take the aiohttp session).
+
+    :raises ConfigError: a neuron's token cannot be sent in a header (not ASCII on one line).
+    """
+    clients = {}
+    for name, state in registry.neurons.items():
+        headers = {**agent, **({"Authorization": f"Bearer {state.ref.token}"} if state.ref.token else {})}
+        try:
+            clients[name] = Upstream(state.ref.endpoint, headers, label=f"neuron {name}", idle_seconds=30)
+        except ValueError as exc:
+            raise ConfigError(f"neuron {name!r}: {exc}") from None
+    return clients

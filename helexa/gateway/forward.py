@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
@@ -17,10 +16,10 @@ from helexa.gateway.affinity import Conversation
 from helexa.gateway.proxy import Exchange
 from helexa.gateway.queue import client_of
 from helexa.gateway.registry import NeuronState
-from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, router_key, session_key
+from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, router_key, upstreams_key
+from helexa.server.h1client import Upstream, UpstreamResponse
 from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
-from helexa.server.upstream import open_upstream
 
 __all__ = ["Forward", "observe"]
 
@@ -63,23 +62,24 @@ class Forward:
         self.request, self.model_id, self.state, self.path, self.body = request, model_id, state, path, body
         self.exchange, self._conversation = exchange, conversation
 
-    async def __aenter__(self) -> tuple[aiohttp.ClientResponse, NeuronState]:
+    async def __aenter__(self) -> tuple[UpstreamResponse, NeuronState]:
         app, model_id, state = self.request.app, self.model_id, self.state
         router, metrics = app[router_key], app[gateway_metrics_key]
         tried: set[str] = set()
         # in flight from the moment it is routed, so the scheduler never evicts a model a request is opening on
         state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
+        headers = {REQUEST_ID_HEADER: self.request[request_id_key]}  # the rest: the neuron's Upstream adds them
         try:
             while True:
-                headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: self.request[request_id_key]}
-                if state.ref.token:
-                    headers["Authorization"] = f"Bearer {state.ref.token}"
                 try:
-                    url = state.ref.endpoint.rstrip("/") + self.path
-                    timeout = app[first_byte_timeout_key]
-                    session = app[session_key]
                     upstream = await _open_watched(
-                        state, session, url, self.body, headers, first_byte_timeout=timeout, task=self.request.task
+                        state,
+                        app[upstreams_key][state.name],
+                        self.path,
+                        self.body,
+                        headers,
+                        first_byte_timeout=app[first_byte_timeout_key],
+                        task=self.request.task,
                     )
                     break
                 except UpstreamError as exc:
@@ -103,13 +103,11 @@ class Forward:
         series.in_flight.inc()
         self.exchange.status = upstream.status
         state.aborts.add(upstream.close)  # a neuron marked down closes the connection: the relay ends at once
-        await upstream.__aenter__()
         return upstream, state
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        upstream = self._upstream
         try:
-            await upstream.__aexit__(exc_type, exc, tb)
+            self._upstream.release()
         finally:
             self._done(exc)
 
@@ -130,17 +128,17 @@ class Forward:
 
 async def _open_watched(
     state: NeuronState,
-    session: aiohttp.ClientSession,
-    url: str,
+    upstream: Upstream,
+    path: str,
     body: bytes,
     headers: dict[str, str],
     *,
     first_byte_timeout: float = 0.0,
     task: asyncio.Task[None] | None = None,
-) -> aiohttp.ClientResponse:
-    """:func:`open_upstream`, given up at once when the poller marks the neuron down meanwhile, or when it has
-    not begun to answer within ``first_byte_timeout`` seconds (0: no limit). ``task`` is the one the caller runs
-    in (the handler's; found when not given).
+) -> UpstreamResponse:
+    """``upstream.post(path, body, headers)``, given up at once when the poller marks the neuron down meanwhile,
+    or when it has not begun to answer within ``first_byte_timeout`` seconds (0: no limit). ``task`` is the one
+    the caller runs in (the handler's; found when not given).
 
     The abort cancels this task and is told apart from any other cancellation by its flag (cheaper on the hot
     path than an ``asyncio.timeout`` block).
@@ -162,7 +160,7 @@ async def _open_watched(
         reason = f"neuron {state.name} did not begin to answer within {first_byte_timeout:g}s"
         timer = asyncio.get_running_loop().call_later(first_byte_timeout, abort, reason)
     try:
-        return await open_upstream(session, url, body, headers)
+        return await upstream.post(path, body, headers)
     except asyncio.CancelledError:
         if not aborted or task is None or task.uncancel() > 0:
             raise

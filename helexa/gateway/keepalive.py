@@ -45,6 +45,7 @@ class KeepAlives:
         self._waiting: dict[web.StreamResponse, tuple[bytes, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()  # keep-alives being written (held: tasks are weak)
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound at first use (get_running_loop() costs a getpid)
 
     def waiting(self, response: web.StreamResponse, event: bytes) -> Waiting:
         """The block (``async with``) during which ``response`` gets ``event`` while its engine is silent."""
@@ -53,10 +54,14 @@ class KeepAlives:
     def _add(self, response: web.StreamResponse, event: bytes) -> None:
         if not event or self.interval <= 0:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         self._waiting[response] = (event, loop.time() + self.interval)
         if self._timer is None:
             self._timer = loop.call_later(self.interval, self._tick)
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _discard(self, response: web.StreamResponse) -> None:
         self._waiting.pop(response, None)
@@ -65,7 +70,7 @@ class KeepAlives:
         self._timer = None
         if not self._waiting:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         now = loop.time()
         for response, (event, due) in list(self._waiting.items()):
             if due <= now:

@@ -22,10 +22,12 @@ from aiohttp import web
 
 from helexa.errors import UpstreamError
 from helexa.gateway.neuron_client import error_from_response
+from helexa.server.bodywriter import BodyWriter
+from helexa.server.h1client import UpstreamResponse
 from helexa.server.upstream import response_headers
 from helexa.sse import EventFramer, event_data
 
-__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "read_body", "relay", "relay_stream", "stream_breaks"]
+__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay", "relay_stream", "stream_breaks"]
 
 logger = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -161,32 +163,24 @@ class Exchange:
 
 
 async def relay(
-    request: web.Request, upstream: aiohttp.ClientResponse, *, hide_usage: bool, exchange: Exchange
+    request: web.Request, upstream: UpstreamResponse, *, hide_usage: bool, exchange: Exchange
 ) -> web.StreamResponse:
     """Relay an open neuron response to the client, filling ``exchange``.
 
-    :raises UpstreamError: the stream broke off (the client then gets a final SSE error event from the error
-        middleware).
+    :raises UpstreamError: the answer broke off (a stream's client then gets a final SSE error event from the
+        error middleware).
     """
     out_headers = response_headers(upstream, origin="neuron")
     if upstream.content_type == "text/event-stream":
         response = web.StreamResponse(status=upstream.status, headers=out_headers)
         await response.prepare(request)
-        return await relay_stream(response, upstream, hide_usage=hide_usage, exchange=exchange)
-    data = await read_body(upstream)
+        return await relay_stream(request, response, upstream, hide_usage=hide_usage, exchange=exchange)
+    data = await upstream.read()
     if upstream.status == 200 and b'"usage"' in data:
         with contextlib.suppress(msgspec.DecodeError):
             exchange.usage = _usage_only.decode(data).usage
     exchange.bytes_sent = len(data)
     return web.Response(status=upstream.status, body=data, headers=out_headers)
-
-
-async def read_body(upstream: aiohttp.ClientResponse) -> bytes:
-    """The whole body of a non-streaming answer. :raises UpstreamError: it broke off."""
-    try:
-        return await upstream.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        raise UpstreamError(f"neuron response broke off: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -203,32 +197,45 @@ def stream_breaks() -> Iterator[None]:
 
 
 async def relay_stream(
-    response: web.StreamResponse, upstream: aiohttp.ClientResponse, *, hide_usage: bool, exchange: Exchange
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: UpstreamResponse,
+    *,
+    hide_usage: bool,
+    exchange: Exchange,
 ) -> web.StreamResponse:
-    """Relay an open neuron response into ``response``, an event stream the client already has open.
+    """Relay an open neuron response into ``response``, an event stream the client (``request``) already has open.
+
+    Each piece of the neuron's stream is framed, scanned and written to the client from the neuron connection's
+    socket callback (:meth:`UpstreamResponse.relay`, :class:`BodyWriter`): nothing per chunk but the relay, and
+    no task switch; a client that reads slowly pauses the reading from the neuron.
 
     :raises UpstreamError: the neuron answered with an error or not with a stream, or the stream broke off
         (the client gets a final SSE error event from the error middleware).
     """
     exchange.streamed = True
     if upstream.status != 200 or upstream.content_type != "text/event-stream":
-        data = await read_body(upstream)
+        data = await upstream.read()
         if upstream.status == 200:
             raise UpstreamError(f"the engine answered a streaming request with {upstream.content_type}, not a stream")
         raise error_from_response("engine", upstream.status, data)
     framer, scanner = EventFramer(), StreamScanner(hide_usage=hide_usage, started=exchange.started)
-    feed, scan, write, sent = framer.feed, scanner.scan, response.write, 0  # per chunk: nothing but the relay
+    body = BodyWriter(request, response)
+    feed, scan, write = framer.feed, scanner.scan, body.write
+
+    def sink(chunk: bytes) -> bool:
+        events = feed(chunk)
+        if events:
+            out = scan(events)
+            if out:
+                return write(out)
+        return False
+
     try:
         with stream_breaks():
-            async for chunk in upstream.content.iter_any():
-                events = feed(chunk)
-                if events:
-                    out = scan(events)
-                    if out:
-                        sent += len(out)
-                        await write(out)
+            await upstream.relay(sink, body.drain)
     finally:
-        exchange.bytes_sent += sent
+        exchange.bytes_sent += body.sent
         scanner.report(exchange)
     tail = framer.close()
     if tail:

@@ -54,7 +54,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
         ) as (up, state):
             await waiting.stop()
-            await relay_stream(response, up, hide_usage=injected, exchange=exchange)
+            await relay_stream(request, response, up, hide_usage=injected, exchange=exchange)
     observe(request, model_id, state.name, exchange)
     return response
 

@@ -1,12 +1,11 @@
 """What the gateway app holds for its lifetime, as typed ``AppKey``s — one place to find each.
 
-Set by :func:`helexa.gateway.app.make_gateway_app` (and its cleanup context for the session and lifecycle);
+Set by :func:`helexa.gateway.app.make_gateway_app` (and its cleanup context for the clients and lifecycle);
 read by the handlers. The fleet page keeps its own keys (``helexa.gateway.ui``).
 """
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from helexa.gateway.keepalive import KeepAlives
@@ -20,13 +19,14 @@ __all__ = [
     "keepalives_key",
     "lifecycle_key",
     "router_key",
-    "session_key",
     "ui_app_key",
+    "upstreams_key",
 ]
 
 lifecycle_key = web.AppKey("lifecycle_key", Lifecycle)
 router_key = web.AppKey("router_key", Router)  # which neuron serves each request
-session_key = web.AppKey("session_key", aiohttp.ClientSession)  # the one client session to every neuron
+# Per neuron name, the relay's client (helexa.server.h1client.Upstream); polls and loads use an aiohttp session.
+upstreams_key = web.AppKey("upstreams_key", dict)
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds
 keepalives_key = web.AppKey("keepalives_key", KeepAlives)  # one keep-alive timer, [gateway] keepalive_seconds

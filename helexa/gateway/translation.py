@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -25,11 +24,12 @@ from helexa.gateway.affinity import Conversation
 from helexa.gateway.forward import Forward, observe
 from helexa.gateway.keepalive import open_event_stream
 from helexa.gateway.neuron_client import error_from_response
-from helexa.gateway.proxy import Exchange, StreamScanner, Usage, read_body, stream_breaks
+from helexa.gateway.proxy import Exchange, StreamScanner, Usage, stream_breaks
 from helexa.gateway.queue import client_of
 from helexa.gateway.registry import NeuronState
 from helexa.gateway.state import keepalives_key, router_key
 from helexa.server.app import json_response
+from helexa.server.h1client import UpstreamResponse
 from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer, event_data
 
@@ -69,7 +69,7 @@ def ignored_tools_note(request: web.Request, model: str, dropped: list[str]) -> 
 
 async def relay_translated(
     response: web.StreamResponse,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     translator: Translator,
     exchange: Exchange,
     *,
@@ -88,7 +88,7 @@ async def relay_translated(
             while True:
                 try:
                     async with asyncio.timeout(interval if keepalive else None):
-                        data = await upstream.content.readany()
+                        data = await upstream.readany()
                 except TimeoutError:
                     await response.write(keepalive)
                     continue
@@ -156,7 +156,7 @@ async def serve_translated(
             upstream,
             state,
         ):
-            chat = _decoder.decode(await read_body(upstream))
+            chat = _decoder.decode(await upstream.read())
             usage = chat.get("usage") or {}
             exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
             response = json_response(whole(chat), headers=headers)
@@ -192,7 +192,7 @@ async def _open(
     exchange: Exchange,
     *,
     conversation: Conversation | None,
-) -> AsyncIterator[tuple[aiohttp.ClientResponse, NeuronState]]:
+) -> AsyncIterator[tuple[UpstreamResponse, NeuronState]]:
     body = _encoder.encode(chat_request(model_id))
     path = "/v1/chat/completions"
     async with Forward(
@@ -200,5 +200,5 @@ async def _open(
     ) as opened:
         upstream = opened[0]
         if upstream.status != 200:
-            raise error_from_response("engine", upstream.status, await read_body(upstream))
+            raise error_from_response("engine", upstream.status, await upstream.read())
         yield opened

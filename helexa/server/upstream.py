@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Protocol
 
 import aiohttp
 
@@ -13,17 +15,26 @@ __all__ = ["STALE_RETRIES", "open_upstream", "response_headers"]
 
 logger = logging.getLogger(__name__)
 STALE_RETRIES = 2
-_RELAYED = ("Content-Type", "Cache-Control", "Retry-After", "WWW-Authenticate", ORIGIN_HEADER)
+# (the name sent, the name looked up: lower case, which both aiohttp's headers and the relay client's match)
+_RELAYED = tuple(
+    (name, name.lower()) for name in ("Content-Type", "Cache-Control", "Retry-After", "WWW-Authenticate", ORIGIN_HEADER)
+)
 
 
-def response_headers(upstream: aiohttp.ClientResponse, *, origin: str) -> dict[str, str]:
+class _Answer(Protocol):
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def response_headers(upstream: _Answer, *, origin: str) -> dict[str, str]:
     """The upstream's end-to-end response headers worth relaying; ``x-helexa-origin`` kept or set to ``origin``.
+    ``upstream``: an aiohttp ``ClientResponse`` or a relay client's ``UpstreamResponse``.
 
     An explicit list, not a copy minus hop-by-hop headers: it is cheaper on every request and never leaks an
     engine's server banner or cookies.
     """
     source = upstream.headers
-    headers = {name: value for name in _RELAYED if (value := source.get(name)) is not None}
+    headers = {name: value for name, key in _RELAYED if (value := source.get(key)) is not None}
     headers.setdefault(ORIGIN_HEADER, origin)
     return headers
 

@@ -1,0 +1,89 @@
+"""A relayed stream is written to the client from the neuron connection's callback (BodyWriter): framed as aiohttp
+would frame it for each HTTP version, and paced by a client that reads slowly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+from helexa.server import bodywriter
+from tests.fakes.fake_neuron import FakeNeuron
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def _raw_request(port: int, version: str, *, rcvbuf: int = 0, pause: float = 0.0) -> tuple[bytes, bytes]:
+    """POST a streaming chat request over a bare socket; the answer's head and its raw body (to EOF, or to the
+    chunked body's end)."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    body = json.dumps(CHAT).encode()
+    writer.write(
+        f"POST /v1/chat/completions HTTP/{version}\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    if pause:
+        await asyncio.sleep(pause)  # reads nothing meanwhile: the gateway's send buffer fills
+    data = await asyncio.wait_for(reader.read(), 60)
+    writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _unchunk(body: bytes) -> bytes:
+    out, pos = [], 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[end + 2 : end + 2 + size])
+        assert body[end + 2 + size : end + 4 + size] == b"\r\n"
+        pos = end + 4 + size
+
+
+def _events(body: bytes) -> list[str]:
+    return [e.removeprefix("data: ") for e in body.decode().split("\n\n") if e]
+
+
+async def test_http_10_and_11_clients_get_the_same_events(fleet):
+    a = FakeNeuron("a", reply="one two three")
+    a.preload("m")
+    client, _ = await fleet([a])
+    port = client.server.port
+    head11, body11 = await _raw_request(port, "1.1")
+    assert b"200 OK" in head11.split(b"\r\n")[0] and b"transfer-encoding: chunked" in head11.lower()
+    head10, body10 = await _raw_request(port, "1.0")
+    assert b"200 OK" in head10.split(b"\r\n")[0] and b"transfer-encoding" not in head10.lower()
+    events = _events(_unchunk(body11))
+    assert events == _events(body10)  # HTTP/1.0: the bytes as they are, to the end of the connection
+    assert [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:4]] == ["one ", "two ", "three "]
+    assert events[-1] == "[DONE]"
+
+
+async def test_a_client_that_reads_slowly_pauses_the_neuron_and_gets_every_event(fleet, monkeypatch):
+    drains = []
+    drain = bodywriter.BodyWriter.drain
+
+    async def counted(self):  # noqa: ANN001, ANN202
+        drains.append(1)
+        await drain(self)
+
+    monkeypatch.setattr(bodywriter.BodyWriter, "drain", counted)
+    words = [f"w{i:05d}" + "x" * 200 for i in range(20000)]  # ~5 MB of events
+    a = FakeNeuron("a", reply=" ".join(words))
+    a.preload("m")
+    client, _ = await fleet([a])
+    head, body = await _raw_request(client.server.port, "1.1", rcvbuf=4096, pause=1.0)
+    events = _events(_unchunk(body))
+    contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:-2]]
+    assert contents == [w + " " for w in words]  # every event, in order, none cut
+    assert events[-1] == "[DONE]"
+    assert drains, "the client's full buffer never paused the relay"

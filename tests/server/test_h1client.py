@@ -1,0 +1,313 @@
+"""The relay's HTTP/1.1 client against a real aiohttp server and against scripted servers that misbehave.
+
+What it must do: reuse one keep-alive connection, parse lengths and chunks, relay a stream from the socket
+callback with backpressure, retry a request sent on a connection the server had already closed, and turn
+every broken or hostile answer into ``UpstreamError`` — never hang, never reuse a connection mid-answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from helexa.errors import UpstreamError
+from helexa.server.h1client import MAX_HEAD_BYTES, Upstream
+from tests.conftest import free_port
+
+
+def _neuron_app(peers: list) -> web.Application:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername"))
+        body = await request.json()
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i in range(body.get("n", 3)):
+                await response.write(b"data: %d\n\n" % i)
+                await asyncio.sleep(0)
+            await response.write_eof()
+            return response
+        return web.json_response(
+            {"echo": body, "auth": request.headers.get("Authorization"), "rid": request.headers.get("x-request-id")}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/prefix/v1/chat/completions", chat)
+    return app
+
+
+async def test_answers_over_one_kept_alive_connection(aiohttp_server):
+    peers: list = []
+    server = await aiohttp_server(_neuron_app(peers))
+    upstream = Upstream(str(server.make_url("/")), {"Authorization": "Bearer t"})
+    for i in range(3):
+        async with await upstream.post("/v1/chat/completions", b'{"i": %d}' % i, {"x-request-id": f"r{i}"}) as resp:
+            assert resp.status == 200 and resp.content_type == "application/json"
+            assert resp.headers["content-type"].startswith("application/json")
+            data = await resp.read()
+        assert b'"echo": {"i": %d}' % i in data and b'"auth": "Bearer t"' in data and b'"rid": "r%d"' % i in data
+    assert len(set(peers)) == 1  # one connection for all three
+    upstream.close()
+
+
+async def test_a_prefix_in_the_endpoint_is_kept(aiohttp_server):
+    server = await aiohttp_server(_neuron_app([]))
+    upstream = Upstream(str(server.make_url("/prefix/")))
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert resp.status == 200
+    upstream.close()
+
+
+async def test_a_stream_read_piece_by_piece_and_relayed(aiohttp_server):
+    peers: list = []
+    server = await aiohttp_server(_neuron_app(peers))
+    upstream = Upstream(str(server.make_url("/")))
+    async with await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 5}') as resp:
+        assert resp.content_type == "text/event-stream"
+        pieces = []
+        while data := await resp.readany():
+            pieces.append(data)
+    assert b"".join(pieces) == b"".join(b"data: %d\n\n" % i for i in range(5))
+
+    got: list[bytes] = []
+
+    async def drain() -> None:
+        raise AssertionError("never full")
+
+    async with await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 200}') as resp:
+        await resp.relay(lambda piece: got.append(piece) or False, drain)
+    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(200))
+    assert len(set(peers)) == 1  # both streams, read to their end, on one connection
+    upstream.close()
+
+
+async def test_a_full_sink_pauses_reading_until_it_drained(aiohttp_server):
+    server = await aiohttp_server(_neuron_app([]))
+    upstream = Upstream(str(server.make_url("/")))
+    got: list[bytes] = []
+    drains = []
+
+    def sink(piece: bytes) -> bool:
+        got.append(piece)
+        return len(got) % 10 == 0  # full every tenth piece
+
+    async def drain() -> None:
+        before = len(got)
+        await asyncio.sleep(0.01)  # the server goes on writing meanwhile; nothing reaches the sink
+        drains.append((before, len(got)))
+
+    async with await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 100}') as resp:
+        await resp.relay(sink, drain)
+    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(100))
+    assert drains and all(before == after for before, after in drains), drains
+    upstream.close()
+
+
+async def test_a_sink_that_fails_abandons_the_answer(aiohttp_server):
+    peers: list = []
+    server = await aiohttp_server(_neuron_app(peers))
+    upstream = Upstream(str(server.make_url("/")))
+
+    def sink(piece: bytes) -> bool:
+        raise ConnectionResetError("the client went away")
+
+    async def drain() -> None:
+        pass
+
+    async with await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 1000}') as resp:
+        with pytest.raises(ConnectionResetError):
+            await resp.relay(sink, drain)
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert resp.status == 200
+    assert len(set(peers)) == 2  # the abandoned connection was not reused
+    upstream.close()
+
+
+class Scripted:
+    """A TCP server that answers each request on a connection with the next of ``answers`` (bytes, or None to
+    close the connection at once; ``close_after``: after every answer too); counts connections."""
+
+    def __init__(self, *answers: bytes | None, per_connection: bool = False, close_after: bool = False) -> None:
+        self.answers, self.per_connection, self.close_after = list(answers), per_connection, close_after
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.lost = asyncio.Event()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", free_port())
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answers = list(self.answers) if self.per_connection else self.answers
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = answers.pop(0) if answers else None
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+        self.lost.set()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_a_request_on_a_connection_the_server_had_closed_is_sent_again():
+    # the first connection answers once and closes when the next request comes (a keep-alive timeout racing
+    # the request); the request goes again on a fresh connection
+    server = Scripted(OK, None, per_connection=True)
+    upstream = Upstream(await server.start())
+    for _ in range(2):
+        async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+            assert resp.status == 200 and await resp.read() == b"{}"
+    assert server.connections == 2 and len(server.requests) == 3
+    upstream.close()
+    server.close()
+
+
+async def test_a_fresh_connection_dropped_without_an_answer_is_an_error_at_once():
+    server = Scripted(None)  # the server may have seen the request: not sent again
+    upstream = Upstream(await server.start(), label="neuron x")
+    with pytest.raises(UpstreamError, match=r"the answer of neuron x \(http://127.0.0.1:\d+\) broke off"):
+        await upstream.post("/v1/chat/completions", b"{}")
+    assert server.connections == 1 and len(server.requests) == 1
+    upstream.close()
+    server.close()
+
+
+async def test_nothing_listening_is_an_error_at_once():
+    upstream = Upstream(f"http://127.0.0.1:{free_port()}", label="neuron gone")
+    with pytest.raises(UpstreamError, match="neuron gone .* is not reachable") as info:
+        await upstream.post("/v1/chat/completions", b"{}")
+    assert info.value.status == 502
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"garbage\r\n\r\n", "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort\r\n\r\n", "broke off"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n", "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10), "head is longer than"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", "malformed answer"),
+    ],
+    ids=["garbage", "cut body", "bad chunk", "endless head", "two lengths"],
+)
+async def test_broken_answers_are_upstream_errors(answer, message):
+    server = Scripted(answer, None, close_after=True)
+    upstream = Upstream(await server.start())
+    with pytest.raises(UpstreamError, match=message):
+        async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+            await resp.read()
+    server.answers[:] = [OK]
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:  # a new connection, not the broken one
+        assert await resp.read() == b"{}"
+    assert server.connections == 2
+    upstream.close()
+    server.close()
+
+
+async def test_a_body_that_ends_with_the_connection():
+    server = Scripted(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", close_after=True)
+    upstream = Upstream(await server.start())
+    resp = await upstream.post("/v1/chat/completions", b"{}")
+    assert await resp.read() == b"all of it" and resp.content_type == "text/plain"
+    upstream.close()
+    server.close()
+
+
+async def test_an_informational_answer_is_skipped():
+    server = Scripted(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    upstream = Upstream(await server.start())
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert resp.status == 200 and await resp.read() == b"{}"
+    upstream.close()
+    server.close()
+
+
+async def test_an_abandoned_answer_closes_its_connection(aiohttp_server):
+    peers: list = []
+    server = await aiohttp_server(_neuron_app(peers))
+    upstream = Upstream(str(server.make_url("/")))
+    resp = await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 1000}')
+    resp.release()  # not read to its end
+    with pytest.raises(UpstreamError, match="was closed"):
+        await resp.read()
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert resp.status == 200
+    assert len(set(peers)) == 2
+    upstream.close()
+
+
+async def test_cancelling_a_request_closes_its_connection():
+    server = Scripted()  # reads the request, never answers, holds the connection
+
+    async def hold(reader, writer):
+        server.connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read()  # until the client closes
+        server.lost.set()
+
+    server._serve = hold  # type: ignore[method-assign]
+    upstream = Upstream(await server.start())
+    task = asyncio.create_task(upstream.post("/v1/chat/completions", b"{}"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.wait_for(server.lost.wait(), 5)  # the server saw the client go
+    upstream.close()
+    server.close()
+
+
+async def test_closing_the_pool_ends_an_answer_being_read():
+    server = Scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    upstream = Upstream(await server.start())
+    resp = await upstream.post("/v1/chat/completions", b"{}")
+    reading = asyncio.create_task(resp.read())
+    await asyncio.sleep(0.05)
+    upstream.close()
+    with pytest.raises(UpstreamError):
+        await asyncio.wait_for(reading, 5)
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/chat completions", None),
+        ("v1", None),
+        ("/v1/\r\nX-Evil: 1", None),
+        ("/v1", {"x-request-id": "a\r\nX-Evil: 1"}),
+        ("/v1", {"x-request-id": "é"}),
+    ],
+)
+async def test_what_would_split_the_request_is_refused(path, headers):
+    server = Scripted(OK)
+    upstream = Upstream(await server.start())
+    with pytest.raises(ValueError):
+        await upstream.post(path, b"{}", headers)
+    assert server.connections == 0
+    server.close()
+
+
+def test_an_endpoint_is_an_http_url():
+    for bad in ("ftp://x", "127.0.0.1:80", "http://"):
+        with pytest.raises(ValueError, match="expected an http"):
+            Upstream(bad)
+    with pytest.raises(ValueError, match="one line"):
+        Upstream("http://x", {"Authorization": "Bearer a\nb"})
