@@ -1,4 +1,4 @@
-"""Tools from Debian that some tests need (promtool, rpmlint, systemd-analyze): found, or installed with apt-get.
+"""Debian tools some tests need (promtool, rpmlint, systemd-analyze, openssl): found, or installed with apt-get.
 
 Installing needs root and apt-get (CI runs as root on Debian). Where that is impossible the test is skipped with
 the reason printed — except under ``CI=true``, where a missing tool is a failure, never a skip.

@@ -376,7 +376,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.upstream._open.discard(self)
+        upstream = self.upstream
+        upstream._open.discard(self)
+        if self.response is None and self in upstream._idle:  # closed by the server while idle
+            upstream._idle.remove(self)
         response = self.response
         if response is not None and self._until_close and response.status:
             self.on_message_complete()

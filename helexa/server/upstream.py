@@ -31,10 +31,10 @@ def response_headers(upstream: _Answer, *, origin: str) -> dict[str, str]:
     ``upstream``: an aiohttp ``ClientResponse`` or a relay client's ``UpstreamResponse``.
 
     An explicit list, not a copy minus hop-by-hop headers: it is cheaper on every request and never leaks an
-    engine's server banner or cookies.
+    engine's server banner or cookies. A value that is not ASCII is left out (no header of the list has one).
     """
     source = upstream.headers
-    headers = {name: value for name, key in _RELAYED if (value := source.get(key)) is not None}
+    headers = {name: value for name, key in _RELAYED if (value := source.get(key)) is not None and value.isascii()}
     headers.setdefault(ORIGIN_HEADER, origin)
     return headers
 

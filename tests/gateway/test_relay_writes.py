@@ -7,8 +7,12 @@ import asyncio
 import json
 import socket
 
+import pytest
+from aiohttp import web
+
 from helexa.server import bodywriter
 from tests.fakes.fake_neuron import FakeNeuron
+from tests.gateway.conftest import wait_healthy
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -72,7 +76,7 @@ async def test_a_client_that_reads_slowly_pauses_the_neuron_and_gets_every_event
     drains = []
     drain = bodywriter.BodyWriter.drain
 
-    async def counted(self):  # noqa: ANN001, ANN202
+    async def counted(self):
         drains.append(1)
         await drain(self)
 
@@ -81,9 +85,71 @@ async def test_a_client_that_reads_slowly_pauses_the_neuron_and_gets_every_event
     a = FakeNeuron("a", reply=" ".join(words))
     a.preload("m")
     client, _ = await fleet([a])
-    head, body = await _raw_request(client.server.port, "1.1", rcvbuf=4096, pause=1.0)
+    _, body = await _raw_request(client.server.port, "1.1", rcvbuf=4096, pause=1.0)
     events = _events(_unchunk(body))
     contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:-2]]
     assert contents == [w + " " for w in words]  # every event, in order, none cut
     assert events[-1] == "[DONE]"
     assert drains, "the client's full buffer never paused the relay"
+
+
+class HostileNeuron(FakeNeuron):
+    """Polls answered properly; the first inference request answered with raw ``answer`` bytes, then the
+    connection closed; later ones as a fake neuron answers."""
+
+    answer: bytes = b""
+
+    async def chat(self, request):
+        if self.answer:
+            answer, self.answer = self.answer, b""
+            request.transport.write(answer)
+            request.transport.close()
+            return web.Response()
+        return await super().chat(request)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"\x00\xff garbage \r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: b\rInjected: 1\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"cut',
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000,
+    ],
+    ids=["garbage", "two lengths", "bare CR", "chunk too big", "cut", "endless head"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_hostile_answer_is_a_clean_error_and_the_gateway_serves_on(fleet, answer, stream):
+    a = HostileNeuron("a")
+    a.preload("m")
+    a.answer = answer
+    client, _ = await fleet([a])
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+    if resp.content_type == "text/event-stream":  # a stream had begun (asked for, or the neuron's head said so)
+        assert resp.status == 200
+        last = (await resp.text()).strip().split("\n\n")[-1]
+        error = json.loads(last.removeprefix("data: "))["error"]
+    else:
+        assert resp.status == 502, await resp.text()
+        error = (await resp.json())["error"]
+    assert error["code"] == "upstream_error" and "neuron a" in error["message"], error
+    assert "Injected" not in resp.headers
+    # the neuron was marked down for it; once polled healthy again, it serves
+    await wait_healthy(client, 1)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert resp.status == 200 and "Hello" in (await resp.json())["choices"][0]["message"]["content"]
+
+
+async def test_a_relayed_header_that_is_not_ascii_is_left_out(fleet):
+    a = HostileNeuron("a")
+    a.preload("m")
+    a.answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-helexa-origin: caf\xc3\xa9\r\n"
+        b"Retry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    client, _ = await fleet([a])
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert resp.status == 200 and await resp.read() == b"{}"
+    assert resp.headers["x-helexa-origin"] == "neuron" and resp.headers["Retry-After"] == "7"

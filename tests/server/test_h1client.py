@@ -8,6 +8,8 @@ every broken or hostile answer into ``UpstreamError`` — never hang, never reus
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 
 import pytest
 from aiohttp import web
@@ -15,6 +17,7 @@ from aiohttp import web
 from helexa.errors import UpstreamError
 from helexa.server.h1client import MAX_HEAD_BYTES, Upstream
 from tests.conftest import free_port
+from tests.tools import debian_tool
 
 
 def _neuron_app(peers: list) -> web.Application:
@@ -311,3 +314,32 @@ def test_an_endpoint_is_an_http_url():
             Upstream(bad)
     with pytest.raises(ValueError, match="one line"):
         Upstream("http://x", {"Authorization": "Bearer a\nb"})
+
+
+def _certificate(tmp_path, host: str) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = debian_tool("openssl", "openssl")
+    subject = ["-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject, *files],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+async def test_an_https_neuron_is_verified(tmp_path, aiohttp_server, monkeypatch):
+    cert, key = _certificate(tmp_path, "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await aiohttp_server(_neuron_app([]), ssl=context)
+    url = f"https://127.0.0.1:{server.port}"
+    untrusted = Upstream(url, label="neuron tls")
+    with pytest.raises(UpstreamError, match="neuron tls .* is not reachable: .*certificate verify failed"):
+        await untrusted.post("/v1/chat/completions", b"{}")
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # the system's trust store, as an operator would extend it
+    trusted = Upstream(url)
+    async with await trusted.post("/v1/chat/completions", b'{"tls": 1}') as resp:
+        assert resp.status == 200 and b'"tls": 1' in await resp.read()
+    trusted.close()
