@@ -6,7 +6,8 @@ object and several task switches; per streamed chunk a future and a wake-up of t
 request is one ``write`` of a pre-built head and the body on a pooled keep-alive connection; the answer is
 parsed by llhttp (``httptools``, from uvloop's authors); its head wakes the caller once; a body that arrived
 with it is there when the caller resumes; and :meth:`UpstreamResponse.relay` runs the caller's sink inside the
-socket callback itself, so a streamed chunk goes on to the client without any task switch.
+socket callback itself, so a streamed chunk goes on to the client without any task switch (what one turn of
+the loop read goes out together; a burst, at most once per :data:`BURST_S`).
 
 Contract: one request at a time per connection; a connection returns to the pool only after a complete answer
 that allows keep-alive, and is closed when its answer is abandoned, cut, or malformed. Every address and every
@@ -32,6 +33,10 @@ STALE_RETRIES = 2  # a pooled connection the server had already closed fails bef
 MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers, at most
 _PATH = re.compile(r"/[!-~]*")  # printable ASCII, no spaces: what may follow POST in the request line
 _COALESCE = 16 * 1024  # head and body in one write below this; two (writelines) above
+# A relayed burst goes out at most once per BURST_S: pieces that come closer together than that after a write
+# wait (reading pauses, the rest collects in the socket) and go out together, at most BURST_S late. A token
+# stream — a piece every few milliseconds — goes out piece by piece as it comes.
+BURST_S = 0.001
 
 # A body sink: gets each piece of the body as it arrives; returns True when its consumer is full (reading the
 # socket pauses until the relay's drain returned). It runs in the socket callback: it must not block.
@@ -220,7 +225,8 @@ class UpstreamResponse:
             if self._chunks and (self._done or self._error is not None or not self._flushing):
                 data = b"".join(self._chunks)  # what came before the relay began, or before the end
                 self._chunks.clear()
-                self._full = sink(data) and not self._done
+                if sink(data) and not self._done and self._conn is not None:
+                    self._conn.full()
             if self._error is not None:
                 raise self._error
             if self._full:
@@ -286,7 +292,11 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._received = False
         self._head_bytes = 0
-        self._paused = False
+        self._paused = False  # reading paused: the sink's consumer is full
+        self._holding = False  # reading paused: a burst collects (BURST_S)
+        self._reading = True
+        self._window: asyncio.TimerHandle | None = None
+        self._delivered = 0.0  # when the sink last got something (loop time)
         self._until_close = False  # the answer's body ends when the connection does (no length, not chunked)
 
     async def request(self, head: bytes, body: bytes) -> UpstreamResponse:
@@ -294,7 +304,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or self.closed:
             raise _Stale("the connection was closed")
         self.response = UpstreamResponse(self)
-        self._received, self._head_bytes, self._until_close = False, 0, False
+        self._received, self._head_bytes, self._until_close, self._delivered = False, 0, False, 0.0
         self.head = waiter = self.loop.create_future()
         if len(body) < _COALESCE:
             transport.write(head + body)
@@ -307,11 +317,27 @@ class _Connection(asyncio.Protocol):
             raise
 
     def resume(self) -> None:
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+        """Read again: the sink's consumer drained, or the answer is complete."""
+        self._paused = False
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+            self._holding = False
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        want = not (self._paused or self._holding)
+        if want != self._reading and self.transport is not None and not self.closed:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def close(self) -> None:
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -338,9 +364,15 @@ class _Connection(asyncio.Protocol):
         if response._chunks:
             if response._sink is None:
                 response._wake()  # once per read, however many chunks it held
-            elif not response._flushing:  # once per turn of the loop, however many reads it made
+            elif not response._flushing and not response._done:  # (at the end the relay takes them at once)
                 response._flushing = True
-                self.loop.call_soon(self._deliver, response)
+                loop = self.loop
+                if loop.time() - self._delivered < BURST_S:  # a burst: the rest collects, then goes with this
+                    self._holding = True
+                    self._set_reading()
+                    self._window = loop.call_later(BURST_S, self._flush, response)
+                else:  # once per turn of the loop, however many reads it made
+                    loop.call_soon(self._deliver, response)
         if error:
             self._malformed(error)
         elif not response.status:  # still in the head: bounded, however the server splits it
@@ -348,12 +380,22 @@ class _Connection(asyncio.Protocol):
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._malformed(f"its head is longer than {MAX_HEAD_BYTES} bytes")
 
+    def _flush(self, response: UpstreamResponse) -> None:
+        """A burst's window ended: read again, and hand over what collected."""
+        self._window = None
+        self._holding = False
+        self._set_reading()
+        self._deliver(response)
+
     def _deliver(self, response: UpstreamResponse) -> None:
         """Hand what arrived to the relay's sink; pause reading when it says its consumer is full."""
         response._flushing = False
         chunks = response._chunks
-        if not chunks or response._sink is None:  # the relay took them itself (it saw the end first)
+        if not chunks or response._sink is None or response._error is not None:  # the relay took them itself
             return
+        if self._paused:  # the consumer is full: the relay hands them over once it drained
+            return
+        self._delivered = self.loop.time()
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         try:
@@ -364,11 +406,16 @@ class _Connection(asyncio.Protocol):
             if not response._done:
                 self.close()
             return
-        if full and not response._done and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-            response._full = True
+        if full and not response._done:
+            self.full()
             response._wake()
+
+    def full(self) -> None:
+        """The sink's consumer is full: no reading until the relay drained it (then :meth:`resume`)."""
+        self._paused = True
+        self._set_reading()
+        if self.response is not None:
+            self.response._full = True
 
     def _malformed(self, reason: str) -> None:
         self._end(UpstreamError(f"{self.upstream.label} sent a malformed answer: {reason}"))

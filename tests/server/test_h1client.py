@@ -29,7 +29,7 @@ def _neuron_app(peers: list) -> web.Application:
             await response.prepare(request)
             for i in range(body.get("n", 3)):
                 await response.write(b"data: %d\n\n" % i)
-                await asyncio.sleep(0)
+                await asyncio.sleep(body.get("pace", 0))
             await response.write_eof()
             return response
         return web.json_response(
@@ -87,6 +87,25 @@ async def test_a_stream_read_piece_by_piece_and_relayed(aiohttp_server):
     upstream.close()
 
 
+async def test_a_burst_goes_out_in_few_pieces_and_a_token_stream_piece_by_piece(aiohttp_server):
+    server = await aiohttp_server(_neuron_app([]))
+    upstream = Upstream(str(server.make_url("/")))
+
+    async def drain() -> None:
+        pass
+
+    for body, events in ((b'{"stream": true, "n": 500}', 500), (b'{"stream": true, "n": 20, "pace": 0.005}', 20)):
+        got: list[bytes] = []
+        async with await upstream.post("/v1/chat/completions", body) as resp:
+            await resp.relay(lambda piece: got.append(piece) or False, drain)  # noqa: B023
+        assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(events))
+        if events == 500:
+            assert len(got) < 100, len(got)  # written as fast as the server could: collected
+        else:
+            assert len(got) >= events - 1, got  # 5 ms apart (> BURST_S): one by one as they came
+    upstream.close()
+
+
 async def test_a_full_sink_pauses_reading_until_it_drained(aiohttp_server):
     server = await aiohttp_server(_neuron_app([]))
     upstream = Upstream(str(server.make_url("/")))
@@ -95,16 +114,16 @@ async def test_a_full_sink_pauses_reading_until_it_drained(aiohttp_server):
 
     def sink(piece: bytes) -> bool:
         got.append(piece)
-        return len(got) % 10 == 0  # full every tenth piece
+        return True  # full after every piece
 
     async def drain() -> None:
         before = len(got)
         await asyncio.sleep(0.01)  # the server goes on writing meanwhile; nothing reaches the sink
         drains.append((before, len(got)))
 
-    async with await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 100}') as resp:
+    async with await upstream.post("/v1/chat/completions", b'{"stream": true, "n": 1000}') as resp:
         await resp.relay(sink, drain)
-    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(100))
+    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(1000))
     assert drains and all(before == after for before, after in drains), drains
     upstream.close()
 
