@@ -27,9 +27,8 @@ import httptools
 
 from helexa.errors import UpstreamError
 
-__all__ = ["MAX_HEAD_BYTES", "STALE_RETRIES", "Sink", "Upstream", "UpstreamResponse"]
+__all__ = ["BURST_S", "MAX_HEAD_BYTES", "Sink", "Upstream", "UpstreamResponse"]
 
-STALE_RETRIES = 2  # a pooled connection the server had already closed fails before any answer: tried again
 MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers, at most
 _PATH = re.compile(r"/[!-~]*")  # printable ASCII, no spaces: what may follow POST in the request line
 _COALESCE = 16 * 1024  # head and body in one write below this; two (writelines) above
@@ -93,6 +92,9 @@ class Upstream:
 
         Cancelling the call closes the connection (the server sees the request abandoned).
 
+        A kept-alive connection that the server had closed before the request reached it is not an error: the
+        request goes again on a fresh connection.
+
         :raises UpstreamError: the server cannot be reached, or closed the connection without answering.
         :raises ValueError: ``path`` or a header is not fit for a request line or header.
         """
@@ -105,14 +107,13 @@ class Upstream:
         ).encode("ascii")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        for attempt in range(STALE_RETRIES + 1):
-            conn = self._reuse() or await self._connect()
+        conn = self._reuse()
+        if conn is not None:
             try:
                 return await conn.request(head, body)
-            except _Stale as exc:
-                if attempt == STALE_RETRIES:
-                    raise UpstreamError(f"{self.label} is not reachable: {exc}") from None
-        raise AssertionError("unreachable")
+            except _Stale:  # the server had closed it (a keep-alive timeout racing the request): sent again,
+                pass  # on a fresh connection, since the other idle ones are likely closed too
+        return await (await self._connect()).request(head, body)  # a fresh connection is never stale
 
     def _reuse(self) -> _Connection | None:
         idle, now = self._idle, self.loop.time()  # type: ignore[union-attr]

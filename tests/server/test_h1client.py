@@ -203,6 +203,20 @@ async def test_a_request_on_a_connection_the_server_had_closed_is_sent_again():
     server.close()
 
 
+async def test_when_every_kept_alive_connection_was_closed_the_request_goes_on_a_fresh_one():
+    server = Scripted(OK, None, per_connection=True)  # each connection: one answer, then it drops the next request
+    upstream = Upstream(await server.start())
+    first = await asyncio.gather(*(upstream.post("/v1/chat/completions", b"{}") for _ in range(3)))
+    for resp in first:
+        assert await resp.read() == b"{}"
+    assert server.connections == 3  # three kept alive, each about to drop the next request
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert await resp.read() == b"{}"
+    assert server.connections == 4  # one stale try, then a fresh connection
+    upstream.close()
+    server.close()
+
+
 async def test_a_fresh_connection_dropped_without_an_answer_is_an_error_at_once():
     server = Scripted(None)  # the server may have seen the request: not sent again
     upstream = Upstream(await server.start(), label="neuron x")
