@@ -185,9 +185,10 @@ async def relay(
 
 @contextlib.contextmanager
 def stream_breaks() -> Iterator[None]:
-    """Around reading a neuron's stream: the neuron's side breaking off (a payload or connection error, an event
-    that never ends) becomes :class:`UpstreamError`, which ends the client's stream with its final error event;
-    the client's side going away (``ConnectionResetError`` on a write) passes through as it is."""
+    """Around reading a neuron's stream: an event that never ends (:class:`~helexa.sse.EventTooLarge`, a payload
+    error) becomes :class:`UpstreamError`, as the relay client's own errors already are, which ends the client's
+    stream with its final error event; the client's side going away (``ConnectionResetError`` on a write) passes
+    through as it is."""
     try:
         yield
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
