@@ -170,6 +170,7 @@ class UpstreamResponse:
         "_loop",
         "_sink",
         "_waiter",
+        "_whole",
         "content_type",
         "headers",
         "status",
@@ -188,9 +189,11 @@ class UpstreamResponse:
         self._sink: Sink | None = None
         self._full = False
         self._flushing = False  # a hand-over to the sink is scheduled
+        self._whole = False  # read() waits: only the end matters
 
     async def read(self) -> bytes:
         """The whole body. :raises UpstreamError: the answer broke off."""
+        self._whole = True  # woken at the end (or an error), not by every read of the socket
         while not self._done and self._error is None:
             await self._wait()
         if self._error is not None:
@@ -364,7 +367,8 @@ class _Connection(asyncio.Protocol):
             error = ""
         if response._chunks:
             if response._sink is None:
-                response._wake()  # once per read, however many chunks it held
+                if not response._whole:
+                    response._wake()  # once per read, however many chunks it held
             elif not response._flushing and not response._done:  # (at the end the relay takes them at once)
                 response._flushing = True
                 loop = self.loop

@@ -24,6 +24,8 @@ def _neuron_app(peers: list) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         peers.append(request.transport.get_extra_info("peername"))
         body = await request.json()
+        if body.get("big"):
+            return web.Response(body=b"x" * body["big"], content_type="application/json")
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -53,6 +55,21 @@ async def test_answers_over_one_kept_alive_connection(aiohttp_server):
             data = await resp.read()
         assert b'"echo": {"i": %d}' % i in data and b'"auth": "Bearer t"' in data and b'"rid": "r%d"' % i in data
     assert len(set(peers)) == 1  # one connection for all three
+    upstream.close()
+
+
+async def test_a_large_answer_read_whole(aiohttp_server):
+    server = await aiohttp_server(_neuron_app([]))
+    upstream = Upstream(str(server.make_url("/")))
+    body = b'{"big": %d}' % (4 << 20)
+    async with await upstream.post("/v1/chat/completions", body) as resp:
+        data = await resp.read()
+    assert data == b"x" * (4 << 20)
+    async with await upstream.post("/v1/chat/completions", body) as resp:  # and piece by piece
+        pieces = []
+        while piece := await resp.readany():
+            pieces.append(piece)
+    assert b"".join(pieces) == data and len(pieces) > 1
     upstream.close()
 
 
