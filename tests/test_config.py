@@ -111,6 +111,22 @@ def test_neuron_endpoint_must_be_a_url(tmp_path):
     assert message.startswith("gateway.toml: $.neurons[0].endpoint: expected an http(s) URL")
 
 
+@pytest.mark.parametrize(
+    ("neuron", "says"),
+    [
+        ('multi_host = true\nadvertise_address = "10.0.0.1"\n', "$.neuron.gang_peers: multi_host needs the IP"),
+        ('advertise_address = "fe80::1%x --trust-remote-code"\n', "$.neuron.advertise_address: expected an IP"),
+        ('gang_peers = ["10.0.0.1", "fe80::1%eth0"]\n', "$.neuron.gang_peers[1]: expected an IP address"),
+    ],
+    ids=["multi_host without gang_peers", "a scope id with argv in it", "a scope id"],
+)
+def test_gang_settings_are_checked(tmp_path, neuron, says):
+    """A neuron joins gangs only with a list of its peers (the rank ports are unauthenticated: the token alone
+    must not point a rank anywhere), and every address is a plain IP literal (they become argv)."""
+    message = error_of(write(tmp_path, "[neuron]\n" + neuron, "neuron.toml"))
+    assert says in message, message
+
+
 def test_duplicate_neuron_names(tmp_path):
     text = '[[neurons]]\nname = "a"\nendpoint = "http://a:1"\n[[neurons]]\nname = "a"\nendpoint = "http://b:1"\n'
     assert error_of(write(tmp_path, text)) == "gateway.toml: $.neurons[1].name: duplicate neuron name 'a'"

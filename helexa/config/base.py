@@ -22,6 +22,16 @@ class ServerSection(ConfigStruct):
     """HTTP settings shared by every role."""
 
     max_body_mb: Annotated[int, doc("Largest request body accepted, in MiB; larger bodies get 413.", ge=1)] = 16
+    max_answer_mb: Annotated[
+        int,
+        doc(
+            "Largest answer read whole from upstream — a neuron's, by the gateway (a non-streamed answer, an error, "
+            "a control call's); an engine's, by the neuron — in MiB. A larger one is a 502 upstream_error naming "
+            "the server, its connection closed; streams are relayed as they come, whatever their length. Raise it "
+            "for very large embedding batches.",
+            ge=1,
+        ),
+    ] = 64
     shutdown_grace_seconds: Annotated[
         float, doc("On SIGTERM/SIGINT, how long in-flight requests may finish before connections close.", ge=0)
     ] = 30.0

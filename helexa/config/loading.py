@@ -206,6 +206,13 @@ def _check_multi_host(cfg: Config, label: str) -> None:
         raise ConfigError(
             f"{label}: $.neuron.advertise_address: multi_host needs this host's IP address on the gang network"
         )
+    if neuron.multi_host and not neuron.gang_peers:
+        # the rank ports are unauthenticated (vLLM's can run code): without the list, whoever holds the neuron
+        # token could point a rank at any host
+        raise ConfigError(
+            f"{label}: $.neuron.gang_peers: multi_host needs the IP addresses of the hosts that may share a model "
+            "with this one (every gang member's advertise_address)"
+        )
     for i, peer in enumerate(neuron.gang_peers):
         if not is_ip_address(peer):
             raise ConfigError(f"{label}: $.neuron.gang_peers[{i}]: expected an IP address, got {peer!r}")

@@ -108,7 +108,8 @@ class NeuronSection(ConfigStruct):
     gang_peers: Annotated[
         list[str],
         doc(
-            "IP addresses of the neurons this one may form gangs with; a rank whose peers are not all listed is "
-            "refused. Empty = the peers the gateway names (its admin scope and this neuron's token decide)."
+            "IP addresses of the neurons this one may form gangs with (their advertise_address, this one's included); "
+            "a rank whose peers are not all listed is refused. Required with multi_host: the ranks' ports are "
+            "unauthenticated, so the neuron token alone must not choose where they connect."
         ),
     ] = []

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 import msgspec
 
+from helexa.engine.credentials import EngineCredentials
 from helexa.engine.ports import PortAllocator
 from helexa.errors import ConfigError
 from helexa.wire.neuron import ModelSpec
@@ -83,7 +84,10 @@ class HarnessContext:
     ``model_dirs``: the only directories local model files may come from.
     ``on_exit(model_id, reason)``: a harness calls it when an engine dies on its own, so the neuron can mark the
     model ``failed``. ``advertise_address``, ``rank_interface``: where a gang rank's traffic goes (``[neuron]``),
-    for harnesses that run ranks.
+    for harnesses that run ranks. ``credentials``: the neuron's engine secrets by origin (see
+    :mod:`helexa.engine.credentials`): every request the neuron's session sends to a registered engine carries
+    its secret; a harness that starts an engine itself registers the engine's URL and secret there
+    (:class:`helexa.ProcessHarness` does it for its engines).
     """
 
     port_range: tuple[int, int] = (20000, 20999)
@@ -96,6 +100,7 @@ class HarnessContext:
     on_exit: Callable[[str, str], None] = field(default=lambda model_id, reason: None)
     advertise_address: str = ""
     rank_interface: str = ""
+    credentials: EngineCredentials = field(default_factory=EngineCredentials)
 
 
 class NoOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -127,6 +132,11 @@ class Harness(abc.ABC):
     #: ``rank`` (:class:`helexa.RankSpec`), and the harness starts that rank — the head serving the API, the
     #: others headless — on the engine's own multi-node runtime. helexa places, starts and watches the ranks.
     multi_host: ClassVar[bool] = False
+    #: The engine can run a model without a GPU (in RAM).
+    cpu_ok: ClassVar[bool] = False
+    #: With no context configured (``kv_context`` 0), preflight picks one for the plan (``plan.context``): the
+    #: model's trained context, or the largest of its halvings (down to ``MIN_AUTO_CONTEXT``) that fits.
+    auto_context: ClassVar[bool] = False
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         self.context = context if context is not None else HarnessContext()
@@ -191,6 +201,11 @@ class Harness(abc.ABC):
         :raises helexa.errors.PreflightError: ``invalid_options``.
         """
         return 0
+
+    def kv_copies(self, spec: ModelSpec) -> int:
+        """How many contexts' worth of KV cache the engine allocates (slots that do not share one cache each hold
+        one), for the memory estimate. Pure."""
+        return 1
 
     async def context_length(self, session: aiohttp.ClientSession, base_url: str) -> int:
         """The context one request may use on the running engine, as the engine itself says (llama.cpp's

@@ -22,29 +22,28 @@ import aiohttp
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from helexa.engine.credentials import new_secret
 from helexa.engine.harness import Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.engine.ports import PortAllocator
 from helexa.engine.supervisor import EngineFailed, EngineProcess
 from helexa.errors import ConfigError, PreflightError
+from helexa.modelfiles.fit import fit_model
 from helexa.modelfiles.preflight import (
     SourceInfo,
     check_format,
-    choose_devices,
     classify_source,
     match_quant,
     resolve_local_source,
     resolve_packaged_source,
 )
 from helexa.modelfiles.pypi import is_pypi_source
-from helexa.modelfiles.shape import kv_cache_bytes, local_shape, needed_mb
+from helexa.modelfiles.shape import local_shape
 from helexa.wire.neuron import ModelSpec
 
 __all__ = [
-    "MIN_AUTO_CONTEXT",
     "EngineFailed",
     "EngineLoad",
     "ProcessHarness",
-    "auto_contexts",
     "model_file",
     "parse_engine_load",
     "serves_api",
@@ -60,27 +59,25 @@ _PORT_TAKEN = re.compile(r"address already in use|\[Errno 98\]|couldn't bind|fai
 class ProcessHarness(Harness):
     """Base for engines run as a process per model.
 
-    ``cpu_ok``: the engine can run a model without a GPU. ``health_path``: polled until it answers 200.
+    ``health_path``: polled until it answers 200.
     Concurrency: ``load`` and ``unload`` of one model are never called concurrently by the neuron; calls for
     different models run concurrently and share only the port allocator.
     """
 
     health_path: ClassVar[str] = "/health"
-    cpu_ok: ClassVar[bool] = False
-    #: With no context configured (``kv_context`` 0), preflight picks one for the plan (``plan.context``): the
-    #: model's trained context, or the largest of its halvings (down to :data:`MIN_AUTO_CONTEXT`) that fits.
-    auto_context: ClassVar[bool] = False
-
-    def kv_copies(self, spec: ModelSpec) -> int:
-        """How many contexts' worth of KV cache the engine allocates for an automatic context (slots that do
-        not share one cache each hold one). Pure."""
-        return 1
+    #: The environment variable through which the engine takes its API key: each load gets a new random secret
+    #: there (llama.cpp ``LLAMA_ARG_API_KEY``, vLLM ``VLLM_API_KEY``), which the neuron sends with every request
+    #: and nobody else knows. Empty: ``command()`` passes :meth:`engine_secret` some other way (argv is readable
+    #: by every local user: prefer the environment), or the engine takes none — then anything that can reach
+    #: loopback, a web page included, can use it, and each load says so in the log.
+    secret_env: ClassVar[str] = ""
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         super().__init__(context)
         self._ports = self.context.ports or PortAllocator(*self.context.port_range, host=self.context.engine_host)
         self._engines: dict[str, tuple[EngineProcess, int]] = {}
         self._failures: dict[str, EngineProcess] = {}
+        self._secrets: dict[str, str] = {}  # model -> the secret its running engine was started with
 
     # --------------------------------------------------------------------------------------- to override
 
@@ -94,6 +91,11 @@ class ProcessHarness(Harness):
     def environment(self, spec: ModelSpec, plan: PlacementPlan, options: Any) -> dict[str, str]:
         """Variables added to the engine's environment (e.g. ``CUDA_VISIBLE_DEVICES``). Pure."""
         return {}
+
+    def engine_secret(self, model_id: str) -> str:
+        """The secret the engine of ``model_id`` is being started (or runs) with; empty when none runs. Valid in
+        :meth:`command`, for an engine that takes its key as a flag rather than through :attr:`secret_env`."""
+        return self._secrets.get(model_id, "")
 
     async def resolve_source(self, spec: ModelSpec) -> SourceInfo:
         """Find and classify the weights of ``spec`` (blocking parts run in a thread)."""
@@ -121,53 +123,60 @@ class ProcessHarness(Harness):
         files = match_quant(spec.model_id, source, spec.quant) if source.kind == "gguf" else source.files
         weights = await asyncio.to_thread(_total_size, files)
         shape = None if spec.vram_mb else await local_shape(source, files)
-        share = spec.rank.size if spec.rank is not None else 1  # a gang member holds its share of the model
-        auto = self.auto_context and shape is not None and not self.kv_context(spec)
-        contexts = auto_contexts(shape.trained_context) if auto and shape else [self.kv_context(spec)]
-        for attempt, context in enumerate(contexts, start=1):
-            kv = kv_cache_bytes(shape, context) * self.kv_copies(spec) if shape else None
-            needed = -(-needed_mb(weights, spec.vram_mb, kv) // share)
-            try:
-                devices = choose_devices(
-                    spec.model_id,
-                    inventory.gpus,
-                    needed_mb=needed,
-                    tensor_parallel=spec.tensor_parallel,
-                    requested=spec.devices,
-                    ram_available_mb=inventory.ram_available_mb,
-                    cpu_ok=self.cpu_ok,
-                )
-                break
-            except PreflightError as exc:  # too big with this context: the next, smaller one may fit
-                if attempt == len(contexts) or exc.kind not in ("insufficient_vram", "insufficient_memory"):
-                    raise
+        fit = fit_model(
+            spec.model_id,
+            weight_bytes=weights,
+            vram_mb=spec.vram_mb,
+            shape=shape,
+            context=self.kv_context(spec),
+            auto_context=self.auto_context and not self.kv_context(spec),
+            kv_copies=self.kv_copies(spec),
+            share=spec.rank.size if spec.rank is not None else 1,  # a gang member holds its share of the model
+            gpus=inventory.gpus,
+            ram_available_mb=inventory.ram_available_mb,
+            tensor_parallel=spec.tensor_parallel,
+            requested=spec.devices,
+            cpu_ok=self.cpu_ok,
+        )
         totals = {g.index: g.vram_total_mb for g in inventory.gpus}
         return PlacementPlan(
-            devices=devices,
+            devices=fit.devices,
             tensor_parallel=spec.tensor_parallel,
             files=tuple(str(f) for f in files),
-            vram_mb=needed,
+            vram_mb=fit.needed_mb,
             source=str(source.path),
-            device_vram_mb=tuple(totals.get(d, 0) for d in devices),
-            context=context if auto else 0,
+            device_vram_mb=tuple(totals.get(d, 0) for d in fit.devices),
+            context=fit.context,
         )
 
     async def load(self, spec: ModelSpec, plan: PlacementPlan) -> str:
-        """Start the engine and wait for it; return its OpenAI base URL.
+        """Start the engine with a new secret and wait for it; return its OpenAI base URL.
 
         :raises EngineFailed: the engine exited or timed out (its log tail is in the message).
         """
         options = self.options_for(spec)
         await self.unload(spec.model_id)
         host = self.context.engine_host
+        secret = self._secrets[spec.model_id] = new_secret()
         env = {**os.environ, **self.environment(spec, plan, options)}
+        if self.secret_env:
+            env[self.secret_env] = secret
         for attempt in range(1, BIND_ATTEMPTS + 1):
             port = self._ports.allocate()
+            root = f"http://{host}:{port}"
+            argv = self.command(spec, plan, port, options)
+            if not self.secret_env and secret not in argv:
+                logger.warning(
+                    "the engine of %s takes no secret: any program on this host, and any web page, can use it",
+                    spec.model_id,
+                )
+            self.context.credentials.add(root, secret)
             engine = EngineProcess(
                 spec.model_id,
-                self.command(spec, plan, port, options),
+                argv,
                 env=env,
-                health_url=f"http://{host}:{port}{self.health_path}" if serves_api(spec) else "",
+                health_url=f"{root}{self.health_path}" if serves_api(spec) else "",
+                health_headers=self.context.credentials.headers(root),
                 log_lines=self.context.log_lines,
                 on_exit=lambda reason, model_id=spec.model_id: self._exited(model_id, reason),
             )
@@ -181,6 +190,7 @@ class ProcessHarness(Harness):
                     # another program took the port between its check and the engine's bind: another one
                     logger.warning("engine for %s could not bind port %d; starting it on another", spec.model_id, port)
                     continue
+                self._secrets.pop(spec.model_id, None)
                 diagnosis = self.diagnose(engine.logs())
                 if diagnosis:
                     engine.last_error = f"{diagnosis}\n{engine.last_error}"
@@ -188,14 +198,20 @@ class ProcessHarness(Harness):
                 raise
             except BaseException:
                 self._forget(spec.model_id, engine, port)
+                self._secrets.pop(spec.model_id, None)
                 raise
-            return f"http://{host}:{port}/v1"
+            return f"{root}/v1"
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _forget(self, model_id: str, engine: EngineProcess, port: int) -> None:
         self._engines.pop(model_id, None)
-        self._ports.release(port)
+        self._release(port)
         self._failures[model_id] = engine
+
+    def _release(self, port: int) -> None:
+        """``port``'s engine is gone: its secret is no longer sent there, and the port is free again."""
+        self.context.credentials.remove(f"http://{self.context.engine_host}:{port}")
+        self._ports.release(port)
 
     def diagnose(self, lines: list[str]) -> str:
         """A short, specific reason for a failed start found in the engine's output (empty = none).
@@ -233,7 +249,8 @@ class ProcessHarness(Harness):
         diagnosis = self.diagnose(engine.logs())
         if diagnosis:
             engine.last_error = reason = f"{diagnosis}\n{reason}"
-        self._ports.release(port)
+        self._release(port)
+        self._secrets.pop(model_id, None)
         self._failures[model_id] = engine
         self.context.on_exit(model_id, reason)
 
@@ -244,8 +261,9 @@ class ProcessHarness(Harness):
         if entry is None:
             return
         engine, port = entry
+        self._secrets.pop(model_id, None)
         await engine.stop(self.context.stop_timeout_s)
-        self._ports.release(port)
+        self._release(port)
 
     async def state(self, model_id: str) -> HarnessState:
         """The engine's state; ``failed`` after a crash until the next load or unload."""
@@ -301,20 +319,6 @@ def parse_engine_load(text: str, names: dict[str, str]) -> EngineLoad:
     except ValueError:
         logger.debug("engine metrics could not be parsed")
     return EngineLoad(int(values["waiting"]), int(values["running"]), float(values["kv_cache"]))
-
-
-MIN_AUTO_CONTEXT = 4096  # the smallest context an automatic choice settles for (agents need more: docs/clients.md)
-
-
-def auto_contexts(trained: int) -> list[int]:
-    """The contexts an automatic choice tries, largest first: the trained one, then halvings down to
-    :data:`MIN_AUTO_CONTEXT` (``[0]``, the engine's own, when the trained context is unknown)."""
-    if trained <= 0:
-        return [0]
-    out = [trained]
-    while out[-1] // 2 >= MIN_AUTO_CONTEXT:
-        out.append(out[-1] // 2)
-    return out
 
 
 def serves_api(spec: ModelSpec) -> bool:

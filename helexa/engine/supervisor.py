@@ -84,6 +84,7 @@ class EngineProcess:
 
     :param name: the model id; engine output goes to the logger ``helexa.engine.<name>``.
     :param on_exit: called once if the process exits while not being stopped, with the failure reason.
+    :param health_headers: sent with every readiness poll of ``health_url`` (the engine's secret).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class EngineProcess:
         *,
         env: dict[str, str] | None,
         health_url: str,
+        health_headers: dict[str, str] | None = None,
         log_lines: int = 1000,
         on_exit: Callable[[str], None] | None = None,
     ) -> None:
@@ -100,6 +102,7 @@ class EngineProcess:
         self.argv = list(argv)
         self.env = env
         self.health_url = health_url
+        self.health_headers = health_headers or {}
         self.state = HarnessState.STOPPED
         self.last_error = ""
         self.started_at = 0.0
@@ -185,7 +188,7 @@ class EngineProcess:
             return
         timeout = aiohttp.ClientTimeout(total=2)
         next_report = time.monotonic() + PROGRESS_EVERY_S
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=self.health_headers) as session:
             while True:
                 if self._exited.is_set():
                     raise EngineFailed(self.last_error)

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.gateway.affinity import Conversation, anthropic_session
+from helexa.gateway.forward import reserve_tokens
 from helexa.gateway.queue import client_of
 from helexa.gateway.state import lifecycle_key, router_key
 from helexa.gateway.translation import ignored_tools_note, serve_translated
@@ -40,6 +41,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
     raw = await read_body(request)
     req = decode_request(raw)
+    reserve_tokens(request, len(raw), req.max_tokens)
     dropped = offered_tools(req.tools)[1]
     session = anthropic_session(req.metadata.user_id) if req.metadata is not None else ""
     return await serve_translated(

@@ -106,12 +106,13 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         agent = {"User-Agent": f"{POLLER_AGENT_PREFIX}/{__version__}"}  # the neurons log its polls at DEBUG
-        app[upstreams_key] = upstreams = _relay_clients(registry, agent)
+        max_answer = cfg.server.max_answer_mb * 1024 * 1024
+        app[upstreams_key] = upstreams = _relay_clients(registry, agent, max_answer)
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False, headers=agent
         ) as session:
             clients = {
-                name: NeuronClient(session, state.ref, cfg.gateway.neuron_timeout_seconds)
+                name: NeuronClient(session, state.ref, cfg.gateway.neuron_timeout_seconds, max_answer=max_answer)
                 for name, state in registry.neurons.items()
             }
             app[lifecycle_key] = Lifecycle(
@@ -161,7 +162,7 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
     return ctx
 
 
-def _relay_clients(registry: Registry, agent: dict[str, str]) -> dict[str, Upstream]:
+def _relay_clients(registry: Registry, agent: dict[str, str], max_answer: int) -> dict[str, Upstream]:
     """The relay's client to each neuron (inference goes there; polls and loads take the aiohttp session).
 
     :raises ConfigError: a neuron's token cannot be sent in a header (not ASCII on one line).
@@ -170,7 +171,9 @@ def _relay_clients(registry: Registry, agent: dict[str, str]) -> dict[str, Upstr
     for name, state in registry.neurons.items():
         headers = {**agent, **({"Authorization": f"Bearer {state.ref.token}"} if state.ref.token else {})}
         try:
-            clients[name] = Upstream(state.ref.endpoint, headers, label=f"neuron {name}", idle_seconds=30)
+            clients[name] = Upstream(
+                state.ref.endpoint, headers, label=f"neuron {name}", idle_seconds=30, max_body=max_answer
+            )
         except ValueError as exc:
             raise ConfigError(f"neuron {name!r}: {exc}") from None
     return clients

@@ -21,13 +21,25 @@ from helexa.server.h1client import Upstream, UpstreamResponse
 from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 
-__all__ = ["Forward", "observe"]
+__all__ = ["Forward", "observe", "reserve_tokens"]
+
+
+def reserve_tokens(request: web.Request, prompt_bytes: int, max_tokens: int | None) -> None:
+    """Reserve what the request may use of its key's tokens per hour (no-op without a limited key); settled when
+    it ends. Called before the request waits or is sent.
+
+    :raises RateLimited: it does not fit in what is left of the hour.
+    """
+    usage = request.get(key_usage_key)
+    if usage is not None:
+        usage.reserve(prompt_bytes, max_tokens)
 
 
 class Forward:
     """POST ``body`` to ``path`` on a neuron serving ``model_id``; the block gets the open response and the neuron.
 
-    A neuron that cannot be reached is marked down and another replica is tried, as long as nothing has been
+    A neuron that cannot be reached (or does not begin to answer in time) becomes suspect — checked by the poller
+    at once, marked down only if that poll fails too — and another replica is tried, as long as nothing has been
     sent to the client. The request counts as in flight on that neuron until the block exits. The neuron that
     answers is remembered for ``conversation`` (prefix affinity). A class rather than an
     ``asynccontextmanager``: it runs on every request and costs a third as much.
@@ -84,7 +96,7 @@ class Forward:
                     break
                 except UpstreamError as exc:
                     metrics.errors.labels(model_id, state.name, exc.code).inc()
-                    state.healthy = False  # the poller brings it back when it answers
+                    state.suspected(exc.message)  # one request's word: checked now, not taken out for everyone
                     tried.add(state.name)
                     other = router.choose(model_id, frozenset(tried))
                     if other is None:
@@ -92,8 +104,13 @@ class Forward:
                     state.in_flight[model_id] -= 1
                     state = other
                     state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
-        except BaseException:
+        except BaseException as exc:
             state.in_flight[model_id] -= 1
+            key_usage = self.request.get(key_usage_key)
+            if isinstance(exc, asyncio.CancelledError) and key_usage is not None:
+                # the client left while the neuron generated (a whole answer's head comes at its end): the
+                # request was sent, so it is charged what it reserved — hanging up never makes one free
+                key_usage.tokens += key_usage.estimate
             raise
         router.remember(model_id, self._conversation, state.name)
         self.state, self._upstream = state, upstream

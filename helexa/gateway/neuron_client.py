@@ -10,6 +10,8 @@ import msgspec
 
 from helexa.config import NeuronRef
 from helexa.errors import ContextLengthExceeded, HelexaError, PreflightError, UpstreamError
+from helexa.server.h1client import MAX_BODY_BYTES
+from helexa.server.upstream import read_capped
 from helexa.wire.neuron import Discovery, LoadRequest, LoadResponse, ModelInfo, ModelList, NeuronHealth, UnloadRequest
 
 __all__ = ["NeuronClient", "error_from_response"]
@@ -19,14 +21,19 @@ _encoder = msgspec.json.Encoder()
 
 
 class NeuronClient:
-    """The control API of ``ref``, over the gateway's shared session, with its bearer token."""
+    """The control API of ``ref``, over the gateway's shared session, with its bearer token. Answers are read
+    whole up to ``max_answer`` bytes; redirects are never followed (the token and a load's body would go with
+    them to wherever the neuron points)."""
 
-    def __init__(self, session: aiohttp.ClientSession, ref: NeuronRef, limit_s: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, ref: NeuronRef, limit_s: float, *, max_answer: int = MAX_BODY_BYTES
+    ) -> None:
         self.session = session
         self.ref = ref
         self.base = ref.endpoint.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=limit_s)
         self.headers = {"Authorization": f"Bearer {ref.token}"} if ref.token else {}
+        self.max_answer = max_answer
 
     async def _call(
         self, method: str, path: str, kind: type[_T], *, body: Any = None, limit_s: float | None = None
@@ -46,9 +53,20 @@ class NeuronClient:
         limit = aiohttp.ClientTimeout(total=limit_s) if limit_s else self.timeout
         try:
             async with self.session.request(
-                method, self.base + path, data=data, headers=headers, timeout=limit, params=params
+                method,
+                self.base + path,
+                data=data,
+                headers=headers,
+                timeout=limit,
+                params=params,
+                allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                if 300 <= resp.status < 400:
+                    raise UpstreamError(
+                        f"neuron {self.ref.name!r} answered {method} {path} with a redirect ({resp.status}); the "
+                        "gateway does not follow redirects: set [[neurons]] endpoint to the address it serves on"
+                    )
+                raw = await read_capped(resp, self.max_answer, f"neuron {self.ref.name!r}")
                 if resp.status >= 400:
                     raise error_from_response(f"neuron {self.ref.name!r}", resp.status, raw)
                 return raw

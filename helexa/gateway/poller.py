@@ -1,6 +1,7 @@
 """Keeps the registry current: each neuron's /health and /models on an interval, /discovery when needed.
 
-A neuron that fails a poll (no answer within ``neuron_timeout_seconds``) is marked down — the requests in
+A request that cannot open a neuron's answer makes it suspect and wakes its poller (it is checked at once). A
+neuron that fails a poll (no answer within ``neuron_timeout_seconds``) is marked down — the requests in
 flight through it are ended, so a hung host costs a client at most about ``poll_interval + neuron_timeout`` —
 and polled again with exponential backoff (up to :data:`MAX_BACKOFF_S`); the first answer marks it healthy
 again. Discovery is read at start and again
@@ -11,6 +12,7 @@ neuron no longer reports vanish from the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -40,7 +42,7 @@ async def poll_once(state: NeuronState, client: NeuronClient) -> bool:
         return False
     if not state.healthy:
         logger.info("neuron %s is up (%d devices)", state.name, len(state.discovery.devices))
-    state.health, state.healthy, state.failures, state.last_error = health, True, 0, ""
+    state.health, state.healthy, state.failures, state.last_error, state.suspect = health, True, 0, "", ""
     state.models = {m.id: m for m in models}
     return True
 
@@ -54,4 +56,6 @@ async def poll_forever(
         if on_poll is not None:
             on_poll(state)
         delay = interval if state.healthy else min(interval * 2 ** min(state.failures - 1, 10), MAX_BACKOFF_S)
-        await asyncio.sleep(delay)
+        state.probe.clear()
+        with contextlib.suppress(TimeoutError):  # a request that found it suspect has it checked at once
+            await asyncio.wait_for(state.probe.wait(), delay)

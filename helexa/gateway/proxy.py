@@ -26,6 +26,7 @@ from helexa.server.bodywriter import BodyWriter
 from helexa.server.h1client import UpstreamResponse
 from helexa.server.upstream import response_headers
 from helexa.sse import EventFramer, event_data
+from helexa.wire.openai import StreamOptions
 
 __all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay", "relay_stream", "stream_breaks"]
 
@@ -58,17 +59,28 @@ _usage_decoder = msgspec.json.Decoder(_WithUsage)
 _usage_only = msgspec.json.Decoder(_UsageOnly)  # a whole answer: its choices are skipped, never built
 
 
-def prepare_body(body: bytes, head_model: str, model_id: str, *, stream: bool, wants_usage: bool) -> tuple[bytes, bool]:
+def prepare_body(
+    body: bytes,
+    head_model: str,
+    model_id: str,
+    *,
+    stream: bool,
+    wants_usage: bool,
+    stream_options: StreamOptions | msgspec.UnsetType | None = msgspec.UNSET,
+) -> tuple[bytes, bool]:
     """The body to send upstream and whether usage was injected (and must be hidden again).
 
+    ``stream_options`` is the request's own, as its head decoded it (``UNSET`` when absent; a key spelled with
+    JSON escapes included): what the body holds is decided from the decoded key, never from its bytes.
     Untouched (the same bytes object) when no alias is rewritten and no usage is injected; a body without
     ``stream_options`` gets the key in front, without being parsed again.
     """
     rewrite = head_model != model_id
-    inject = stream and wants_usage
+    asked = isinstance(stream_options, StreamOptions) and stream_options.include_usage
+    inject = stream and wants_usage and not asked
     if not rewrite and not inject:
         return body, False
-    if not rewrite and b'"stream_options"' not in body:  # the common case: one key in front, no second parse
+    if not rewrite and stream_options is msgspec.UNSET:  # the common case: one key in front, no second parse
         start = body.find(b"{")  # an object with a model (the head was decoded): never empty
         return body[: start + 1] + _INCLUDE_USAGE + body[start + 1 :], True
     data = _decoder.decode(body)
@@ -176,6 +188,10 @@ async def relay(
         await response.prepare(request)
         return await relay_stream(request, response, upstream, hide_usage=hide_usage, exchange=exchange)
     data = await upstream.read()
+    if upstream.content_type != "application/json":  # only JSON and event streams are relayed, nothing a browser runs
+        if upstream.status >= 400:
+            raise error_from_response(upstream.label, upstream.status, data)
+        raise UpstreamError(f"{upstream.label} answered with {upstream.content_type[:60]!r}, not JSON or a stream")
     if upstream.status == 200 and b'"usage"' in data:
         with contextlib.suppress(msgspec.DecodeError):
             exchange.usage = _usage_only.decode(data).usage
@@ -218,7 +234,9 @@ async def relay_stream(
     if upstream.status != 200 or upstream.content_type != "text/event-stream":
         data = await upstream.read()
         if upstream.status == 200:
-            raise UpstreamError(f"the engine answered a streaming request with {upstream.content_type}, not a stream")
+            raise UpstreamError(
+                f"{upstream.label} answered a streaming request with {upstream.content_type[:60]!r}, not a stream"
+            )
         raise error_from_response("engine", upstream.status, data)
     framer, scanner = EventFramer(), StreamScanner(hide_usage=hide_usage, started=exchange.started)
     body = BodyWriter(request, response)

@@ -38,6 +38,17 @@ class NeuronState:
     polls: int = 0  # polls so far, answered or not
     #: How to end each request in flight through this neuron (registered by the proxy while it waits).
     aborts: set[Callable[[], None]] = field(default_factory=set)
+    #: Why a request could not be opened here since the last poll ("" = nothing): routing prefers other replicas
+    suspect: str = ""
+    #: Set to have the poller check this neuron now rather than at its next interval.
+    probe: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def suspected(self, reason: str) -> None:
+        """A request could not be opened here (no answer, or none in time). One request's word does not take a
+        neuron out for everyone: it stays healthy and listed, routing prefers other replicas, and the poller
+        checks it now — a poll without an answer marks it down, an answer clears the suspicion."""
+        self.suspect = reason
+        self.probe.set()
 
     def mark_down(self, reason: str) -> None:
         """The neuron stopped answering: unhealthy, and every request in flight through it is ended now —
@@ -165,6 +176,10 @@ class Registry:
     def gang(self, model_id: str, gang: str) -> Gang:
         """The gang called ``gang`` of ``model_id`` (no members when nobody reports it)."""
         return next((g for g in self.gangs(model_id) if g.gang == gang), Gang(model_id, gang, 0, ()))
+
+    def holders(self, model_id: str) -> list[str]:
+        """Neurons that report ``model_id`` loaded as of their last answer, healthy or not."""
+        return [n.name for n in self.neurons.values() if n.loaded(model_id)]
 
     def known(self, model_id: str) -> bool:
         """In the catalogue, or loaded (or loading) on some healthy neuron."""

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from helexa.errors import HelexaError
 from helexa.gateway.affinity import Conversation
+from helexa.gateway.forward import reserve_tokens
 from helexa.gateway.translation import Translator, ignored_tools_note, serve_translated
 from helexa.server.body import read_body
 from helexa.translate.responses import (
@@ -28,6 +29,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses``: translate to chat, route, translate the answer back (whole or streamed)."""
     raw = await read_body(request)
     req = decode_responses_request(raw)
+    reserve_tokens(request, len(raw), req.max_output_tokens)
     tools = ToolSet(req.tools)
     return await serve_translated(
         request,

@@ -9,7 +9,7 @@ from aiohttp import web
 from helexa.errors import NotFound
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.catalogue import fleet_report, model_cards
-from helexa.gateway.forward import Forward, observe
+from helexa.gateway.forward import Forward, observe, reserve_tokens
 from helexa.gateway.keepalive import OPENAI_KEEPALIVE, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
 from helexa.gateway.queue import client_of
@@ -34,6 +34,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     exchange = Exchange(started=time.perf_counter())
     body = await read_body(request)
     head = decode_head(body, request.path)
+    reserve_tokens(request, len(body), head.max_completion_tokens or head.max_tokens)
     router = request.app[router_key]
     conversation = Conversation(body, head.prompt_cache_key or head.user)
     if not head.stream:
@@ -49,7 +50,14 @@ async def inference(request: web.Request) -> web.StreamResponse:
     response = await open_event_stream(request)
     async with request.app[keepalives_key].waiting(response, OPENAI_KEEPALIVE) as waiting:
         model_id, state = await router.route(head.model, conversation, client_of(request))
-        body, injected = prepare_body(body, head.model, model_id, stream=True, wants_usage=request.path in _USAGE_PATHS)
+        body, injected = prepare_body(
+            body,
+            head.model,
+            model_id,
+            stream=True,
+            wants_usage=request.path in _USAGE_PATHS,
+            stream_options=head.stream_options,
+        )
         async with Forward(
             request, model_id, state, path=request.path, body=body, exchange=exchange, conversation=conversation
         ) as (up, state):

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 
-from helexa.errors import NotFound
+from helexa.errors import HelexaError, NotFound
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.lifecycle import Lifecycle, NoCapacity
 from helexa.gateway.placement import pick_replica
@@ -27,7 +27,16 @@ AFFINITY_ENTRIES = 8192  # conversations remembered for prefix affinity
 FIRST_POLL_WAIT_S = 15.0  # longest a request waits, at start-up, for the first poll of every neuron
 
 
-def _not_found(requested: str) -> NotFound:
+def _not_found(registry: Registry, requested: str) -> HelexaError:
+    """404 for a model nobody knows; 503 for one that neurons which do not answer now hold (never a 404: it is
+    there, and will be again)."""
+    holders = registry.holders(registry.resolve(requested))
+    if holders:
+        return NoCapacity(
+            f"model {requested!r} is loaded only on neuron(s) {', '.join(holders)}, which do not answer now; retry "
+            "shortly",
+            headers={"Retry-After": "5"},
+        )
     return NotFound(
         f"model {requested!r} not found: it is not in the catalogue and not loaded on any healthy neuron; "
         "GET /v1/models lists the models",
@@ -57,6 +66,8 @@ class Router:
         """The least busy healthy neuron that has ``model_id`` loaded (not in ``exclude``), or the one that
         served ``conversation`` last unless it is much busier (prefix affinity)."""
         replicas = [n for n in self.registry.replicas(model_id) if n.name not in exclude]
+        if len(replicas) > 1 and any(n.suspect for n in replicas):  # one a request could not open: others first
+            replicas = [n for n in replicas if not n.suspect] or replicas
         if len(replicas) <= 1:
             return replicas[0] if replicas else None
         preferred = None
@@ -87,7 +98,7 @@ class Router:
         model_id = self.registry.resolve(requested)
         await first_round(self.registry)
         if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
-            raise _not_found(requested)
+            raise _not_found(self.registry, requested)
         return model_id
 
     async def route(
@@ -113,7 +124,7 @@ class Router:
             if state is not None:
                 return model_id, state
         if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
-            raise _not_found(requested)
+            raise _not_found(self.registry, requested)
         for _ in range(3):
             await queue.wait(model_id, client)
             state = self.choose(model_id, queue.leaving(model_id), conversation)

@@ -123,7 +123,10 @@ def _translate(translator: Translator, raw: bytes) -> bytes:
     if "error" in chunk and not chunk.get("choices"):  # the neuron's own final error event
         error = chunk["error"] if isinstance(chunk["error"], dict) else {}
         raise UpstreamError(str(error.get("message") or "the engine reported an error mid-stream"))
-    return translator.chunk(chunk)
+    try:
+        return translator.chunk(chunk)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # a neuron's odd shapes
+        raise UpstreamError(f"a chunk of the neuron's stream could not be translated: {exc!r}"[:300]) from None
 
 
 async def serve_translated(
@@ -156,10 +159,12 @@ async def serve_translated(
             upstream,
             state,
         ):
-            chat = _decoder.decode(await upstream.read())
-            usage = chat.get("usage") or {}
-            exchange.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-            response = json_response(whole(chat), headers=headers)
+            data = await upstream.read()
+            exchange.usage = _usage(data)
+            try:
+                response = json_response(whole(_whole_chat(data)), headers=headers)
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # a neuron's odd shapes
+                raise UpstreamError(f"the neuron's chat completion could not be translated: {exc!r}"[:300]) from None
         observe(request, model_id, state.name, exchange)
         return response
     await router.check(model)
@@ -181,6 +186,32 @@ async def serve_translated(
             await relay_translated(response, upstream, translator, exchange, keepalive=keepalive, interval=interval)
     observe(request, model_id, state.name, exchange)
     return response
+
+
+class _UsageOf(msgspec.Struct):
+    usage: Usage | None = None
+
+
+_usage_of = msgspec.json.Decoder(_UsageOf)
+
+
+def _usage(data: bytes) -> Usage | None:
+    """A whole answer's usage, when it carries a well-formed one."""
+    try:
+        return _usage_of.decode(data).usage
+    except msgspec.DecodeError:
+        return None
+
+
+def _whole_chat(data: bytes) -> dict[str, Any]:
+    """A neuron's whole chat completion. :raises UpstreamError: it is not a JSON object."""
+    try:
+        chat = _decoder.decode(data)
+    except msgspec.DecodeError:
+        chat = None
+    if not isinstance(chat, dict):
+        raise UpstreamError("the neuron answered with something that is not a chat completion")
+    return chat
 
 
 @contextlib.asynccontextmanager

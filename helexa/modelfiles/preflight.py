@@ -5,8 +5,8 @@ Each check raises :class:`helexa.errors.PreflightError` with a ``kind`` a progra
 
 ``path_not_allowed`` · ``source_missing`` · ``source_empty`` · ``source_mixed`` · ``unsupported_format`` ·
 ``quant_not_found`` · ``quant_ambiguous`` · ``tensor_parallel`` · ``device_not_found`` · ``insufficient_vram`` ·
-``insufficient_memory`` · ``insufficient_disk`` · ``auth_required`` · ``hub_unreachable`` · ``checksum_mismatch`` ·
-``download_disabled`` · ``unsafe_listing``
+``insufficient_memory`` (the last four: :mod:`helexa.modelfiles.fit`) · ``insufficient_disk`` · ``auth_required`` ·
+``hub_unreachable`` · ``checksum_mismatch`` · ``download_disabled`` · ``unsafe_listing``
 
 Functions here touch the file system only to list and stat (``classify_source``) and are otherwise pure;
 callers on the event loop run them in a thread.
@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from helexa.errors import PreflightError
 
@@ -29,7 +29,6 @@ __all__ = [
     "SourceInfo",
     "check_disk",
     "check_format",
-    "choose_devices",
     "classify_files",
     "classify_source",
     "match_quant",
@@ -251,96 +250,6 @@ def match_quant(model_id: str, source: SourceInfo, quant: str) -> tuple[PurePath
         f"no {quant!r} weights in {source.path}; available: {', '.join(available)}",
         f"did you mean quant = {suggestion!r}?" if suggestion else "choose one of the available quantisations",
     )
-
-
-class Device(Protocol):
-    """What device choice reads of a GPU (the harness contract's ``GpuState`` has it)."""
-
-    index: int
-    name: str
-    vram_free_mb: int
-
-
-def choose_devices(
-    model_id: str,
-    gpus: Sequence[Device],
-    *,
-    needed_mb: int,
-    tensor_parallel: int,
-    requested: Sequence[int] | None,
-    ram_available_mb: int,
-    cpu_ok: bool,
-) -> tuple[int, ...]:
-    """Choose the devices a model runs on (empty tuple = CPU), checking count and free memory.
-
-    ``needed_mb`` is split evenly over ``tensor_parallel`` devices; without a request the devices with the
-    most free memory win. On a host without GPUs a CPU-capable harness runs the model in RAM.
-
-    :raises PreflightError: ``tensor_parallel``, ``device_not_found``, ``insufficient_vram`` or
-        ``insufficient_memory``.
-    """
-    if not gpus and not requested:
-        if tensor_parallel > 1:
-            raise PreflightError(
-                "tensor_parallel",
-                model_id,
-                f"tensor_parallel = {tensor_parallel} needs {tensor_parallel} GPUs; this host has none",
-                "use tensor_parallel = 1 or place it on a GPU host",
-            )
-        if not cpu_ok:
-            raise PreflightError(
-                "insufficient_vram",
-                model_id,
-                "this host has no GPU and the harness cannot run on CPU",
-                "place the model on a GPU host",
-            )
-        if needed_mb > ram_available_mb:
-            raise PreflightError(
-                "insufficient_memory",
-                model_id,
-                f"needs {needed_mb} MiB of RAM, {ram_available_mb} MiB available",
-                "free memory or use a smaller quantisation",
-            )
-        return ()
-    by_index = {g.index: g for g in gpus}
-    if requested:
-        missing = [i for i in requested if i not in by_index]
-        if missing:
-            raise PreflightError(
-                "device_not_found",
-                model_id,
-                f"no device {missing[0]} on this host (devices: {sorted(by_index)})",
-                "request existing device indices",
-            )
-        if len(requested) != tensor_parallel:
-            raise PreflightError(
-                "tensor_parallel",
-                model_id,
-                f"tensor_parallel = {tensor_parallel} but {len(requested)} devices were requested",
-                "request as many devices as the tensor-parallel size",
-            )
-        chosen = [by_index[i] for i in requested]
-    else:
-        if tensor_parallel > len(gpus):
-            raise PreflightError(
-                "tensor_parallel",
-                model_id,
-                f"tensor_parallel = {tensor_parallel} but this host has {len(gpus)} GPU(s)",
-                f"use tensor_parallel <= {len(gpus)} or a larger host",
-            )
-        chosen = sorted(gpus, key=lambda g: g.vram_free_mb, reverse=True)[:tensor_parallel]
-    per_device = -(-needed_mb // tensor_parallel)
-    short = [g for g in chosen if g.vram_free_mb < per_device]
-    if short:
-        g = short[0]
-        raise PreflightError(
-            "insufficient_vram",
-            model_id,
-            f"needs {per_device} MiB on each of {tensor_parallel} device(s); "
-            f"device {g.index} ({g.name}) has {g.vram_free_mb} MiB free",
-            "unload another model, use a smaller quantisation, or raise tensor_parallel",
-        )
-    return tuple(sorted(g.index for g in chosen))
 
 
 # Weights in formats no helexa engine reads: never downloaded along with a safetensors model.

@@ -31,6 +31,7 @@ from helexa.neuron.state import (
     load_on_demand_key,
     manager_key,
     markers_key,
+    max_answer_key,
     neuron_metrics_key,
     session_key,
     started_key,
@@ -77,6 +78,7 @@ def make_neuron_app(cfg: Config, version: VersionInfo, harnesses: dict[str, type
     app[manager_key] = ModelManager(cfg, harnesses, observer=observe)
     app[markers_key] = Markers(think=tuple(cfg.neuron.reasoning_markers), tool=tuple(cfg.neuron.tool_call_markers))  # type: ignore[arg-type]
     app[load_on_demand_key] = cfg.neuron.load_on_demand
+    app[max_answer_key] = cfg.server.max_answer_mb * 1024 * 1024
     app[started_key] = time.monotonic()
     setup_routes(app)
     setup_pull_routes(app)
@@ -109,7 +111,13 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
     # llama.cpp's server drops idle keep-alive connections after 5 s: let ours go sooner.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+    # every request to an engine carries that engine's secret (helexa.engine.credentials), whoever sends it
+    async with aiohttp.ClientSession(
+        timeout=timeout,
+        connector=connector,
+        auto_decompress=False,
+        middlewares=(app[manager_key].credentials.middleware,),
+    ) as session:
         app[session_key] = session
         yield
 

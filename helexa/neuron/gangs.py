@@ -3,7 +3,8 @@
 A gang is one model over several neurons on the engine's own multi-node runtime (vLLM). The gateway names the
 gang, the ranks and the peers' addresses; a neuron admits a rank only when ``[neuron] multi_host`` is on, the
 harness declares ``multi_host``, every address is an IP literal (they become the engine's argv and
-environment) among ``gang_peers`` when that list is set, this neuron's own ``advertise_address`` is the rank's
+environment) among ``gang_peers`` (required: with none, no rank is admitted), this neuron's own
+``advertise_address`` is the rank's
 peer, and a follower's engine versions equal the head's exactly. The head's neuron reserves the master port on
 its advertise address and reports it with its versions; the rank ports' traffic is unauthenticated, so they
 are bound nowhere else.
@@ -96,7 +97,14 @@ def check_rank(spec: ModelSpec, *, harness: str, multi_host_harness: bool, setti
         raise PreflightError("invalid_rank", model, "a follower rank needs the head's master_addr and master_port")
     if not rank.head and rank.master_addr != rank.peers[0]:
         raise PreflightError("invalid_rank", model, "the master address must be the head's (rank 0's) address")
-    if settings.gang_peers and (strangers := [a for a in rank.peers if a not in settings.gang_peers]):
+    if not settings.gang_peers:
+        raise PreflightError(
+            "peer_not_allowed",
+            model,
+            "this neuron has no gang_peers: it joins no gang (the ranks' ports are unauthenticated)",
+            "list the IP addresses of the hosts it may share models with in [neuron] gang_peers",
+        )
+    if strangers := [a for a in rank.peers if a not in settings.gang_peers]:
         raise PreflightError(
             "peer_not_allowed",
             model,

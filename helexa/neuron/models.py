@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from helexa.config import Config
+from helexa.engine.credentials import EngineCredentials
 from helexa.engine.harness import GpuState, Harness, HarnessContext, HarnessState, Inventory, PlacementPlan
 from helexa.engine.ports import PortAllocator
 from helexa.engine.process import EngineFailed, EngineLoad, ProcessHarness
@@ -54,6 +55,8 @@ class ModelManager:
         hub_cache = cache_dir(neuron.hf_cache_dir)
         self.sources = Sources(hub_cache, model_dirs, downloads=neuron.downloads)
         first, last = neuron.port_range[0], neuron.port_range[1]
+        #: every engine's secret by origin: the neuron's session to its engines sends them (its middleware)
+        self.credentials = EngineCredentials()
         context = HarnessContext(
             port_range=(first, last),
             ports=PortAllocator(first, last),  # one for every harness: no port is handed out twice
@@ -64,6 +67,7 @@ class ModelManager:
             on_exit=self._engine_exited,
             advertise_address=neuron.advertise_address,
             rank_interface=neuron.rank_interface,
+            credentials=self.credentials,
         )
         self.gangs = Gangs(
             GangSettings(

@@ -18,7 +18,7 @@ from aiohttp import web
 from helexa.errors import ContextLengthExceeded, UpstreamError, openai_type_for_status
 from helexa.neuron.engine_errors import EngineRefusal, RefusalKind, classify
 from helexa.neuron.normaliser import ChatNormaliser, Markers, SSENormaliser
-from helexa.server.upstream import open_upstream, response_headers
+from helexa.server.upstream import open_upstream, read_capped, response_headers
 from helexa.sse import EventFramer
 
 __all__ = ["relay"]
@@ -37,10 +37,12 @@ async def relay(
     offered: frozenset[str] = frozenset(),
     fallback: bytes | None = None,
     on_fallback: Callable[[], None] | None = None,
+    max_answer: int = 64 * 1024 * 1024,
 ) -> web.StreamResponse:
     """POST ``body`` to ``url`` and relay the answer to the client.
 
     :param offered: tool names the request offered (the normaliser's bare-JSON tool calls).
+    :param max_answer: the most of an answer that is read whole (a larger one is a 502).
     :param fallback: a body to send instead when the engine's chat template refuses ``body`` (a system message
         after the first turn; then ``on_fallback()`` is called, before anything reached the client). Any other
         error is the answer, the fallback unused.
@@ -51,7 +53,7 @@ async def relay(
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
     upstream = await open_upstream(session, url, body, headers)
     if _refused(upstream):
-        answer, refusal = await _read_refusal(upstream)
+        answer, refusal = await _read_refusal(upstream, max_answer)
         if fallback is None or refusal.kind != RefusalKind.TEMPLATE_REFUSAL:
             return _error_answer(upstream, answer, refusal)
         logger.warning(
@@ -64,9 +66,11 @@ async def relay(
             on_fallback()
         upstream = await open_upstream(session, url, fallback, headers)
         if _refused(upstream):
-            return _error_answer(upstream, *await _read_refusal(upstream))
+            return _error_answer(upstream, *await _read_refusal(upstream, max_answer))
     async with upstream:
-        return await _forward(request, upstream, normalise=normalise, markers=markers, offered=offered)
+        return await _forward(
+            request, upstream, normalise=normalise, markers=markers, offered=offered, max_answer=max_answer
+        )
 
 
 def _refused(upstream: aiohttp.ClientResponse) -> bool:
@@ -74,10 +78,10 @@ def _refused(upstream: aiohttp.ClientResponse) -> bool:
     return upstream.status >= 400 and upstream.content_type != "text/event-stream"
 
 
-async def _read_refusal(upstream: aiohttp.ClientResponse) -> tuple[bytes, EngineRefusal]:
+async def _read_refusal(upstream: aiohttp.ClientResponse, limit: int) -> tuple[bytes, EngineRefusal]:
     async with upstream:
         try:
-            answer = await upstream.read()
+            answer = await read_capped(upstream, limit, "the engine")
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise UpstreamError(f"engine response broke off: {exc}") from None
     return answer, classify(upstream.status, answer)
@@ -105,14 +109,17 @@ async def _forward(
     normalise: bool,
     markers: Markers,
     offered: frozenset[str],
+    max_answer: int,
 ) -> web.StreamResponse:
     out_headers = response_headers(upstream, origin="engine")
     if upstream.content_type != "text/event-stream":
+        if upstream.content_type != "application/json":
+            raise UpstreamError(f"the engine answered with {upstream.content_type[:60]}, not JSON or a stream")
         try:
-            data = await upstream.read()
+            data = await read_capped(upstream, max_answer, "the engine")
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise UpstreamError(f"engine response broke off: {exc}") from None
-        if normalise and upstream.status == 200 and upstream.content_type == "application/json":
+        if normalise and upstream.status == 200:
             data = _normalise_body(data, markers, offered)
         return web.Response(status=upstream.status, body=data, headers=out_headers)
     response = web.StreamResponse(status=upstream.status, headers=out_headers)

@@ -20,6 +20,7 @@ from helexa.neuron.state import (
     load_on_demand_key,
     manager_key,
     markers_key,
+    max_answer_key,
     neuron_metrics_key,
     session_key,
     started_key,
@@ -178,6 +179,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
                 offered=shape.offered,
                 fallback=shape.fallback,
                 on_fallback=lambda: setattr(record, "merge_system", True),
+                max_answer=app[max_answer_key],
             )
             status = response.status
             return response

@@ -17,6 +17,7 @@ import msgspec
 
 from helexa.engine.harness import Harness, Inventory
 from helexa.errors import PreflightError
+from helexa.modelfiles.fit import fit_model
 from helexa.modelfiles.hub import (
     HfSource,
     Listing,
@@ -28,7 +29,6 @@ from helexa.modelfiles.hub import (
 )
 from helexa.modelfiles.preflight import (
     RemoteSelection,
-    choose_devices,
     classify_source,
     resolve_local_source,
     select_from_listing,
@@ -37,8 +37,6 @@ from helexa.modelfiles.pypi import is_pypi_source, resolve_pypi_source
 from helexa.modelfiles.shape import (
     Shape,
     gguf_shape_from_reader,
-    kv_cache_bytes,
-    needed_mb,
     read_head,
     shape_from_config,
 )
@@ -178,16 +176,23 @@ class Sources:
     async def _check_fit(
         self, spec: ModelSpec, harness: Harness, listing: Listing, selection: RemoteSelection, inventory: Inventory
     ) -> None:
-        """:raises PreflightError: the model (weights, buffers, KV cache) does not fit ``inventory``."""
+        """:raises PreflightError: the model (weights, buffers, KV cache; a gang member: its share) does not fit
+        ``inventory`` — the very check the harness's preflight makes once the files are here."""
         shape = None if spec.vram_mb else await self.remote_shape(listing, selection)
-        kv = kv_cache_bytes(shape, harness.kv_context(spec)) if shape else None
-        choose_devices(
+        context = harness.kv_context(spec)
+        fit_model(
             spec.model_id,
-            inventory.gpus,
-            needed_mb=needed_mb(selection.weight_bytes, spec.vram_mb, kv),
+            weight_bytes=selection.weight_bytes,
+            vram_mb=spec.vram_mb,
+            shape=shape,
+            context=context,
+            auto_context=harness.auto_context and not context,
+            kv_copies=harness.kv_copies(spec),
+            share=spec.rank.size if spec.rank is not None else 1,
+            gpus=inventory.gpus,
+            ram_available_mb=inventory.ram_available_mb,
             tensor_parallel=spec.tensor_parallel,
             requested=spec.devices,
-            ram_available_mb=inventory.ram_available_mb,
             cpu_ok=harness.cpu_ok,
         )
 

@@ -18,6 +18,7 @@ __all__ = [
     "load_on_demand_key",
     "manager_key",
     "markers_key",
+    "max_answer_key",
     "neuron_metrics_key",
     "session_key",
     "started_key",
@@ -30,3 +31,4 @@ neuron_metrics_key = web.AppKey("neuron_metrics_key", NeuronMetrics)
 markers_key = web.AppKey("markers_key", Markers)  # [neuron] reasoning_markers, tool_call_markers
 started_key = web.AppKey("started_key", float)  # monotonic time of the start (uptime)
 load_on_demand_key = web.AppKey("load_on_demand_key", bool)  # [neuron] load_on_demand
+max_answer_key = web.AppKey("max_answer_key", int)  # [server] max_answer_mb, in bytes: an engine's answer read whole

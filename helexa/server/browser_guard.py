@@ -12,7 +12,9 @@ with ``Content-Type: text/plain`` needs no preflight, and DNS rebinding points a
 - the ``Host`` header must name this daemon: an IP address, ``localhost``, this machine's host names, or a
   name in ``allowed_hosts`` → else 403 (DNS-rebinding protection);
 - a request with an ``Origin`` (browsers add it) from any other host, or ``Sec-Fetch-Site: cross-site``, is
-  refused → 403.
+  refused → 403. An origin passes when it is the host the request was sent to (the daemon's own page), or a
+  name in ``allowed_hosts`` (``localhost`` and this machine's names included) — never merely because it is an
+  IP address: a page served from any IP literal is as foreign as one served from a name.
 
 Programs (SDKs, curl with ``-H 'content-type: application/json'``, the gateway) pass untouched.
 """
@@ -66,8 +68,11 @@ class BrowserGuard:
         self.form_prefix = form_prefix
         self._good_hosts: set[str] = set()  # Host headers admitted before (a few): skips parsing on the hot path
 
+    def _named(self, name: str) -> bool:
+        return name.rstrip(".") in self.allowed or name.endswith(".localhost")
+
     def _known(self, name: str) -> bool:
-        return is_ip_address(name) or name.rstrip(".") in self.allowed or name.endswith(".localhost")
+        return is_ip_address(name) or self._named(name)
 
     def enter(self, request: web.Request) -> None:
         """Admit ``request`` or raise 403 / 415."""
@@ -82,8 +87,10 @@ class BrowserGuard:
             if len(self._good_hosts) < 64:
                 self._good_hosts.add(raw_host)
         origin = request.headers.get("Origin")
-        if origin is not None and not self._known(_host_name(urlsplit(origin).netloc or origin)):
-            raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
+        if origin is not None:
+            name = _host_name(urlsplit(origin).netloc or origin)
+            if name != _host_name(raw_host) and not self._named(name):
+                raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
         if request.headers.get("Sec-Fetch-Site") == "cross-site":
             raise PermissionDenied("cross-site requests from web pages are refused", code="cross_site_refused")
         if request.method in _WRITES and (request.can_read_body or _from_browser(request)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -27,9 +28,11 @@ import httptools
 
 from helexa.errors import UpstreamError
 
-__all__ = ["BURST_S", "MAX_HEAD_BYTES", "Sink", "Upstream", "UpstreamResponse"]
+__all__ = ["BURST_S", "MAX_BODY_BYTES", "MAX_HEAD_BYTES", "READ_AHEAD", "Sink", "Upstream", "UpstreamResponse"]
 
 MAX_HEAD_BYTES = 64 * 1024  # an answer's status line and headers, at most
+MAX_BODY_BYTES = 64 * 1024 * 1024  # an answer read whole (or left unread), at most: the default of Upstream's limit
+READ_AHEAD = 1024 * 1024  # read piece by piece, at most this much waits unread before reading the socket pauses
 _PATH = re.compile(r"/[!-~]*")  # printable ASCII, no spaces: what may follow POST in the request line
 _COALESCE = 16 * 1024  # head and body in one write below this; two (writelines) above
 # A relayed burst goes out at most once per BURST_S: pieces that come closer together than that after a write
@@ -42,8 +45,8 @@ BURST_S = 0.001
 Sink = Callable[[bytes], bool]
 
 
-class _Stale(Exception):
-    """A reused connection ended before any byte of the answer: the server never saw the request."""
+class _OutOfStep(Exception):
+    """Raised by a parser callback: the server answered what nobody asked (the connection cannot be reused)."""
 
 
 def _header_lines(headers: Mapping[str, str]) -> str:
@@ -57,6 +60,9 @@ def _header_lines(headers: Mapping[str, str]) -> str:
 class Upstream:
     """One upstream server: its address (``http(s)://host:port[/prefix]``, from config), the headers every
     request carries, and its idle keep-alive connections (reused newest first, closed after ``idle_seconds``).
+    ``max_body``: the most an answer read whole may hold (its ``Content-Length`` or what arrived unread); past
+    it the answer fails with :class:`UpstreamError` and its connection is closed, so a hostile or broken server
+    cannot grow this process's memory.
 
     :raises ValueError: (constructing) the endpoint is not an http(s) URL, or a header value spans lines.
     """
@@ -69,6 +75,7 @@ class Upstream:
         connect_timeout: float = 10.0,
         idle_seconds: float = 30.0,
         label: str = "",
+        max_body: int = MAX_BODY_BYTES,
     ) -> None:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -81,7 +88,7 @@ class Upstream:
         self._prefix = url.path.rstrip("/")
         host = url.netloc.rpartition("@")[2]  # never the userinfo
         self._fixed = _header_lines({"Host": host, **(headers or {})})
-        self.connect_timeout, self.idle_seconds = connect_timeout, idle_seconds
+        self.connect_timeout, self.idle_seconds, self.max_body = connect_timeout, idle_seconds, max_body
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
         # the loop it runs in, bound at the first request (asyncio.get_running_loop() costs a getpid() on 3.11)
@@ -92,8 +99,9 @@ class Upstream:
 
         Cancelling the call closes the connection (the server sees the request abandoned).
 
-        A kept-alive connection that the server had closed before the request reached it is not an error: the
-        request goes again on a fresh connection.
+        A request is sent once, never again: a kept-alive connection is reused only after a check (one ``poll``)
+        that the server has not closed it (nor sent anything unasked); one it closes after the request went out
+        is an error, since the server may have begun the work (a generation) the request asks for.
 
         :raises UpstreamError: the server cannot be reached, or closed the connection without answering.
         :raises ValueError: ``path`` or a header is not fit for a request line or header.
@@ -107,19 +115,16 @@ class Upstream:
         ).encode("ascii")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        conn = self._reuse()
-        if conn is not None:
-            try:
-                return await conn.request(head, body)
-            except _Stale:  # the server had closed it (a keep-alive timeout racing the request): sent again,
-                pass  # on a fresh connection, since the other idle ones are likely closed too
-        return await (await self._connect()).request(head, body)  # a fresh connection is never stale
+        conn = self._reuse() or await self._connect()
+        return await conn.request(head, body)
 
     def _reuse(self) -> _Connection | None:
+        """The newest idle connection that is open, recent and quiet (the server neither closed it nor sent
+        anything since its last answer: one ``poll`` of its socket, as the loop may not have read that yet)."""
         idle, now = self._idle, self.loop.time()  # type: ignore[union-attr]
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_seconds:
+            if not conn.closed and now - conn.idle_since < self.idle_seconds and conn.quiet():
                 return conn
             conn.close()
         return None
@@ -143,7 +148,6 @@ class Upstream:
 
     def _idle_again(self, conn: _Connection) -> None:
         conn.idle_since = conn.loop.time()
-        conn.reused = True
         self._idle.append(conn)
 
     def close(self) -> None:
@@ -155,12 +159,13 @@ class Upstream:
 
 class UpstreamResponse:
     """An answer whose head arrived: ``status``, ``headers`` (names lower-cased), ``content_type`` (no
-    parameters, lower-cased); its body is read whole (:meth:`read`), piece by piece (:meth:`readany`) or relayed
-    into a sink (:meth:`relay`), once. An ``async with`` block (or :meth:`release`) ends it: the connection is
-    closed unless the whole answer was read.
+    parameters, lower-cased), ``label`` (the upstream's name, for error messages); its body is read whole
+    (:meth:`read`), piece by piece (:meth:`readany`) or relayed into a sink (:meth:`relay`), once. An ``async with``
+    block (or :meth:`release`) ends it: the connection is closed unless the whole answer was read.
     """
 
     __slots__ = (
+        "_buffered",
         "_chunks",
         "_conn",
         "_done",
@@ -168,21 +173,25 @@ class UpstreamResponse:
         "_flushing",
         "_full",
         "_loop",
+        "_pieces",
         "_sink",
         "_waiter",
         "_whole",
         "content_type",
         "headers",
+        "label",
         "status",
     )
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
         self._loop = conn.loop
+        self.label = conn.upstream.label  # who answered, for error messages
         self.status = 0
         self.headers: dict[str, str] = {}
         self.content_type = "application/octet-stream"
         self._chunks: list[bytes] = []
+        self._buffered = 0  # bytes in _chunks
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -190,16 +199,24 @@ class UpstreamResponse:
         self._full = False
         self._flushing = False  # a hand-over to the sink is scheduled
         self._whole = False  # read() waits: only the end matters
+        self._pieces = False  # readany() reads it: at most READ_AHEAD waits unread
 
     async def read(self) -> bytes:
-        """The whole body. :raises UpstreamError: the answer broke off."""
+        """The whole body. :raises UpstreamError: the answer broke off, or is longer than the upstream's
+        ``max_body`` (then its connection is closed)."""
         self._whole = True  # woken at the end (or an error), not by every read of the socket
         while not self._done and self._error is None:
             await self._wait()
         if self._error is not None:
             raise self._error
-        data = b"".join(self._chunks)
-        self._chunks.clear()
+        return self._take()
+
+    def _take(self) -> bytes:
+        """What arrived and was not read yet (emptied)."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
         return data
 
     async def readany(self) -> bytes:
@@ -207,11 +224,15 @@ class UpstreamResponse:
 
         :raises UpstreamError: the answer broke off (after what arrived before was returned).
         """
+        self._pieces = True
         while not self._chunks and not self._done and self._error is None:
             await self._wait()
         if self._chunks:
-            data = b"".join(self._chunks)
-            self._chunks.clear()
+            data = self._take()
+            conn = self._conn
+            if conn is not None and conn.backlogged:  # it paused reading while this much waited: read on
+                conn.backlogged = False
+                conn.resume()
             return data
         if self._error is not None:
             raise self._error
@@ -227,8 +248,7 @@ class UpstreamResponse:
         self._sink = sink
         while True:
             if self._chunks and (self._done or self._error is not None or not self._flushing):
-                data = b"".join(self._chunks)  # what came before the relay began, or before the end
-                self._chunks.clear()
+                data = self._take()  # what came before the relay began, or before the end
                 if sink(data) and not self._done and self._conn is not None:
                     self._conn.full()
             if self._error is not None:
@@ -292,7 +312,6 @@ class _Connection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.head: asyncio.Future[UpstreamResponse] | None = None
         self.closed = False
-        self.reused = False
         self.idle_since = 0.0
         self._received = False
         self._head_bytes = 0
@@ -302,11 +321,13 @@ class _Connection(asyncio.Protocol):
         self._window: asyncio.TimerHandle | None = None
         self._delivered = 0.0  # when the sink last got something (loop time)
         self._until_close = False  # the answer's body ends when the connection does (no length, not chunked)
+        self.backlogged = False  # reading paused: READ_AHEAD waits unread by readany()
+        self._watermark = min(READ_AHEAD, upstream.max_body)  # past it, unread bytes are looked at
 
     async def request(self, head: bytes, body: bytes) -> UpstreamResponse:
         transport = self.transport
         if transport is None or self.closed:
-            raise _Stale("the connection was closed")
+            raise UpstreamError(f"the connection to {self.upstream.label} was closed")
         self.response = UpstreamResponse(self)
         self._received, self._head_bytes, self._until_close, self._delivered = False, 0, False, 0.0
         self.head = waiter = self.loop.create_future()
@@ -319,6 +340,15 @@ class _Connection(asyncio.Protocol):
         except BaseException:
             self.close()  # abandoned or failed: a connection with a request in flight is never reused
             raise
+
+    def quiet(self) -> bool:
+        """Nothing waits to be read on the idle socket: no end of file, no stray bytes (one ``poll``)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        return not poller.poll(0)
 
     def resume(self) -> None:
         """Read again: the sink's consumer drained, or the answer is complete."""
@@ -359,31 +389,67 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._received = True
-        try:
-            self.parser.feed_data(data)  # the callbacks below collect the body's pieces in response._chunks
-        except httptools.HttpParserError as exc:
-            error = str(exc) or type(exc).__name__
-        else:
-            error = ""
+        error = self._feed(data)  # the parser's callbacks collect the body's pieces in response._chunks
         if response._chunks:
-            if response._sink is None:
-                if not response._whole:
-                    response._wake()  # once per read, however many chunks it held
-            elif not response._flushing and not response._done:  # (at the end the relay takes them at once)
-                response._flushing = True
-                loop = self.loop
-                if loop.time() - self._delivered < BURST_S:  # a burst: the rest collects, then goes with this
-                    self._holding = True
-                    self._set_reading()
-                    self._window = loop.call_later(BURST_S, self._flush, response)
-                else:  # once per turn of the loop, however many reads it made
-                    loop.call_soon(self._deliver, response)
+            self._hand_over(response)
+        if response._buffered > self._watermark and response._sink is None and not error:
+            self._unread(response)
         if error:
             self._malformed(error)
         elif not response.status:  # still in the head: bounded, however the server splits it
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._malformed(f"its head is longer than {MAX_HEAD_BYTES} bytes")
+
+    def _feed(self, data: bytes) -> str:
+        """Parse ``data``; what is wrong with it ("" when nothing is)."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            return str(exc.__context__ or exc) or type(exc).__name__
+        except httptools.HttpParserUpgrade:  # a 101 answer: another protocol follows, which this client never asked
+            return "it switched protocols (101)"
+        return ""
+
+    def _hand_over(self, response: UpstreamResponse) -> None:
+        """Pieces of the body arrived: wake a reader, or schedule the relay's sink."""
+        if response._sink is None:
+            if not response._whole:
+                response._wake()  # once per read, however many chunks it held
+        elif not response._flushing and not response._done:  # (at the end the relay takes them at once)
+            response._flushing = True
+            loop = self.loop
+            if loop.time() - self._delivered < BURST_S:  # a burst: the rest collects, then goes with this
+                self._holding = True
+                self._set_reading()
+                self._window = loop.call_later(BURST_S, self._flush, response)
+            else:  # once per turn of the loop, however many reads it made
+                loop.call_soon(self._deliver, response)
+
+    def _unread(self, response: UpstreamResponse) -> None:
+        """More than :data:`READ_AHEAD` of the body waits unread: a piece-by-piece reader pauses the socket until
+        it read it; an answer read whole (or not read yet) fails past the upstream's ``max_body``."""
+        if response._pieces and not response._whole:
+            if not self.backlogged and not response._done:
+                self.backlogged = True
+                self.full_pause()
+        elif response._buffered > self.upstream.max_body:
+            self._too_large(f"more than {self.upstream.max_body} bytes")
+
+    def _too_large(self, size: str) -> None:
+        limit = self.upstream.max_body
+        self._end(
+            UpstreamError(
+                f"{self.upstream.label} sent an answer of {size}; an answer read whole may hold at most {limit} "
+                f"bytes ([server] max_answer_mb)"
+            )
+        )
+        self.close()
+
+    def full_pause(self) -> None:
+        """Pause reading until :meth:`resume` (the reader took what waited)."""
+        self._paused = True
+        self._set_reading()
 
     def _flush(self, response: UpstreamResponse) -> None:
         """A burst's window ended: read again, and hand over what collected."""
@@ -401,8 +467,7 @@ class _Connection(asyncio.Protocol):
         if self._paused:  # the consumer is full: the relay hands them over once it drained
             return
         self._delivered = self.loop.time()
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
+        data = response._take()
         try:
             full = response._sink(data)  # type: ignore[misc]
         except Exception as exc:  # the sink's consumer failed (a client gone): the answer is abandoned
@@ -436,10 +501,10 @@ class _Connection(asyncio.Protocol):
         if response is not None and self._until_close and response.status:
             self.on_message_complete()
             return
-        if not self._received and self.reused and self.head is not None:
-            self._end(_Stale("it closed a kept-alive connection"))
+        reason = f": {exc}" if exc else ""
+        if not self._received and self.head is not None:
+            self._end(UpstreamError(f"{self.upstream.label} closed the connection without answering{reason}"))
         else:
-            reason = f": {exc}" if exc else ""
             self._end(UpstreamError(f"the answer of {self.upstream.label} broke off{reason}"))
 
     def _end(self, error: BaseException) -> None:
@@ -447,11 +512,15 @@ class _Connection(asyncio.Protocol):
         head, response = self.head, self.response
         self.head = self.response = None
         if head is not None and not head.done():
-            head.set_exception(error)  # _Stale included: post() tries again
+            head.set_exception(error)
         if response is not None:
-            response._fail(UpstreamError(str(error)) if isinstance(error, _Stale) else error)
+            response._fail(error)
 
     # httptools callbacks (an exception here surfaces from feed_data as an HttpParserError)
+    def on_message_begin(self) -> None:
+        if self.response is None:  # a second answer behind the one asked for: the connection is out of step
+            raise _OutOfStep("it sent more than one answer to one request")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
         if response is not None:
@@ -479,11 +548,16 @@ class _Connection(asyncio.Protocol):
         self.head = None
         if head is not None and not head.done():
             head.set_result(response)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.upstream.max_body and response.content_type != "text/event-stream":
+            # nobody reads that much whole: its head is the answer, reading its body fails at once
+            self._too_large(f"{int(length)} bytes (its Content-Length)")
 
     def on_body(self, body: bytes) -> None:
         response = self.response
         if response is not None and response.status:
             response._chunks.append(body)
+            response._buffered += len(body)
 
     def on_message_complete(self) -> None:
         response = self.response

@@ -5,6 +5,10 @@ Every configured key becomes a :class:`Key`: a name (what logs and metrics show)
 presents and comparing with every key's digest in constant time. Scopes: ``inference`` for the APIs,
 ``admin`` for ``/admin`` routes (closed when no key has it). Limits, per key name: requests per minute (a token
 bucket), requests at once, and tokens per hour; past one, 429 with ``Retry-After``.
+
+Tokens per hour are reserved, then settled: a request reserves what it may use — its prompt (a token per 4
+bytes) and its ``max_tokens`` — before it waits or is sent, and is refused when that does not fit beside what
+the hour used and what requests in flight reserved; when it ends, its reservation is replaced by what it used.
 """
 
 from __future__ import annotations
@@ -50,9 +54,32 @@ class RateLimited(HelexaError):
 
 @dataclass
 class KeyUsage:
-    """What a request used, for the tokens-per-hour limit (set by the route that knows)."""
+    """What a request used (``tokens``, set by the route that knows) and reserved, for its key's tokens per hour."""
 
+    key: Key
+    refused: Callable[[str], None] = lambda reason: None  # counts a refusal by reason (the guard's metric)
     tokens: int = 0
+    reserved: int = 0
+
+    def reserve(self, prompt_bytes: int, max_tokens: int | None) -> None:
+        """Reserve what this request may use: a token per 4 bytes of prompt, plus ``max_tokens``.
+
+        :raises RateLimited: that does not fit in what is left of the key's hour (nothing is reserved then).
+        """
+        if not self.key.tokens_per_hour:
+            return
+        estimate = prompt_bytes // 4 + max(0, max_tokens or 0)
+        try:
+            self.key.reserve(estimate, time.monotonic())
+        except RateLimited as exc:
+            self.refused(exc.reason)
+            raise
+        self.reserved += estimate
+
+    @property
+    def estimate(self) -> int:
+        """What a request cut before its answer is charged: its reservation (at least a token)."""
+        return max(1, self.reserved)
 
 
 key_usage_key = web.RequestKey("key_usage_key", KeyUsage)
@@ -75,17 +102,40 @@ class Key:
     in_flight: int = 0
     hour_started: float = field(default_factory=time.monotonic)
     hour_tokens: int = 0
+    reserved_tokens: int = 0  # reserved by requests in flight
 
     @property
     def limited(self) -> bool:
         """Whether any limit applies (else admitting is free)."""
         return bool(self.requests_per_minute or self.max_concurrent or self.tokens_per_hour)
 
+    def _hour(self, now: float) -> None:
+        if now - self.hour_started >= 3600:
+            self.hour_started, self.hour_tokens = now, 0
+
+    def reserve(self, tokens: int, now: float) -> None:
+        """Reserve ``tokens`` of this hour for a request in flight. :raises RateLimited: they do not fit."""
+        self._hour(now)
+        left = self.tokens_per_hour - self.hour_tokens - self.reserved_tokens
+        if tokens > left:
+            wait = 3600 - (now - self.hour_started)
+            held = f", {self.reserved_tokens} of them reserved by requests in flight" if self.reserved_tokens else ""
+            message = (
+                f"key {self.name!r} has {max(0, left)} of its {self.tokens_per_hour} tokens left this hour{held}; this "
+                f"request may use up to {tokens} (its prompt and max_tokens): lower max_tokens, or retry later"
+            )
+            raise RateLimited(message, "tokens_per_hour", wait if tokens <= self.tokens_per_hour else 3600)
+        self.reserved_tokens += tokens
+
+    def settle(self, reserved: int, used: int) -> None:
+        """A request that reserved ``reserved`` tokens ended having used ``used``."""
+        self.reserved_tokens = max(0, self.reserved_tokens - reserved)
+        self.hour_tokens += used
+
     def admit(self, now: float) -> None:
         """Count one request against the limits. :raises RateLimited: past one, with ``Retry-After``."""
         if self.tokens_per_hour:
-            if now - self.hour_started >= 3600:
-                self.hour_started, self.hour_tokens = now, 0
+            self._hour(now)
             if self.hour_tokens >= self.tokens_per_hour:
                 wait = 3600 - (now - self.hour_started)
                 message = f"key {self.name!r} used its {self.tokens_per_hour} tokens this hour"
@@ -219,14 +269,15 @@ class KeyGuard:
                 raise
         requests, tokens = self._series[key.name]
         requests.inc()
-        usage = request[key_usage_key] = KeyUsage()
+        usage = request[key_usage_key] = KeyUsage(key, lambda reason: self._refused.labels(key.name, reason).inc())
         request[request_key_key] = key
         key.in_flight += 1
 
         def release() -> None:
             key.in_flight -= 1
+            if usage.tokens or usage.reserved:
+                key.settle(usage.reserved, usage.tokens)
             if usage.tokens:
-                key.hour_tokens += usage.tokens
                 tokens.inc(usage.tokens)
 
         return release

@@ -285,11 +285,14 @@ def response_marker(role: str) -> Callable[[web.Request, web.StreamResponse], Aw
     """The ``on_response_prepare`` signal of an app of ``role`` (its sub-applications' responses included)."""
 
     async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        """Mark every response with its origin and request id, and remember streams for late errors."""
-        response.headers.setdefault(ORIGIN_HEADER, role)
+        """Mark every response with its origin and request id (and ``nosniff``: no browser reads an answer as
+        another type than it says), and remember streams for late errors."""
+        headers = response.headers
+        headers.setdefault(ORIGIN_HEADER, role)
+        headers["X-Content-Type-Options"] = "nosniff"
         rid = request.get(request_id_key)
         if rid:
-            response.headers.setdefault(REQUEST_ID_HEADER, rid)
+            headers.setdefault(REQUEST_ID_HEADER, rid)
         if not isinstance(response, web.Response):
             request[_stream_key] = response
 

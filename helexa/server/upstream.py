@@ -11,14 +11,35 @@ import aiohttp
 from helexa.errors import UpstreamError
 from helexa.server.middlewares import ORIGIN_HEADER
 
-__all__ = ["STALE_RETRIES", "open_upstream", "response_headers"]
+__all__ = ["AnswerTooLarge", "open_upstream", "read_capped", "response_headers"]
 
 logger = logging.getLogger(__name__)
-STALE_RETRIES = 2
 # (the name sent, the name looked up: lower case, which both aiohttp's headers and the relay client's match)
 _RELAYED = tuple(
     (name, name.lower()) for name in ("Content-Type", "Cache-Control", "Retry-After", "WWW-Authenticate", ORIGIN_HEADER)
 )
+
+
+class AnswerTooLarge(UpstreamError):
+    """An upstream's answer is longer than the caller reads whole (502, ``upstream_error``)."""
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body of ``response``, at most ``limit`` bytes; ``what`` names the server in the error.
+
+    :raises AnswerTooLarge: it announces or sends more (the connection is then closed, never reused).
+    :raises aiohttp.ClientPayloadError: the body broke off.
+    """
+    if response.content_length is not None and response.content_length > limit:
+        response.close()
+        raise AnswerTooLarge(f"{what} sent an answer of {response.content_length} bytes; at most {limit} are read")
+    data = bytearray()
+    while chunk := await response.content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            response.close()
+            raise AnswerTooLarge(f"{what} sent an answer of more than {limit} bytes; at most {limit} are read")
+    return bytes(data)
 
 
 class _Answer(Protocol):
@@ -42,20 +63,11 @@ def response_headers(upstream: _Answer, *, origin: str) -> dict[str, str]:
 async def open_upstream(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
-    """POST and wait for the response head.
+    """POST and wait for the response head; sent once, never again (the engine may have begun the generation).
 
-    A pooled keep-alive connection the engine has already closed fails before any response; that is retried
-    (the engine never saw the request), up to :data:`STALE_RETRIES` times.
-
-    :raises UpstreamError: the engine cannot be reached.
+    :raises UpstreamError: the engine cannot be reached, or closed the connection without answering.
     """
-    for attempt in range(STALE_RETRIES + 1):
-        try:
-            return await session.post(url, data=body, headers=headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError) or attempt == STALE_RETRIES:
-                raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
-            logger.debug("stale connection to %s (%s); retrying", url, exc)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None
-    raise AssertionError("unreachable")
+    try:
+        return await session.post(url, data=body, headers=headers, allow_redirects=False)
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise UpstreamError(f"engine at {url} is not reachable: {exc}") from None

@@ -48,7 +48,13 @@ ModelId = Annotated[
 
 
 def is_ip_address(text: str) -> bool:
-    """``text`` is an IPv4 or IPv6 address literal (what may become a peer's address in argv or a Host check)."""
+    """``text`` is an IPv4 or IPv6 address literal (what may become a peer's address in argv or a Host check).
+
+    Without a scope id: Python accepts ``fe80::1%<anything>`` — spaces and flags included — as an IPv6
+    address, and that text would go on into argv and environment as it is.
+    """
+    if "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:

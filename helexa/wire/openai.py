@@ -29,7 +29,7 @@ class InferenceHead(WireStruct):
 
     model: str = ""  # checked by length here; an id that matches nothing is a 404 that quotes it cut short
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | msgspec.UnsetType | None = msgspec.UNSET  # UNSET: absent (null is present)
     user: str = ""  # with prompt_cache_key: names the conversation for prefix affinity
     prompt_cache_key: str = ""
     messages: list[msgspec.Raw] | None = None

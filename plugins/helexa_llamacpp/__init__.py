@@ -78,6 +78,7 @@ class LlamaCpp(ProcessHarness):
     cpu_ok = True
     auto_context = True  # ctx_size 0: the trained context, or what of it fits
     health_path = "/health"
+    secret_env = "LLAMA_ARG_API_KEY"  # llama-server's --api-key: every route but /health needs it
     metrics_path = "/metrics"
     metric_names = {
         "waiting": "llamacpp:requests_deferred",

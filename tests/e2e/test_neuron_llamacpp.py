@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -175,3 +177,58 @@ def test_a_neuron_stopped_with_sigterm_stops_its_engines(demo_models_dir, helexa
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert not any(alive(p) for p in pids)
+
+
+async def test_the_engine_answers_only_its_neuron(neuron_url):
+    """A web page (cross-site, or by DNS rebinding) or a local program that reaches the engine's loopback port
+    directly gets 401 on every route but /health; the neuron's own requests carry a secret made for this load,
+    which is in neither the engine's argv nor its output, and is a new one after a reload."""
+    url, app = neuron_url
+    manager = app[manager_key]
+    async with aiohttp.ClientSession() as session:
+        assert (await load(session, url))[0] == 200
+        harness = manager.harnesses["llamacpp"]
+        engine = harness.base_url(MODEL)
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+        page = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        async with session.post(f"{engine}/v1/chat/completions", data=json.dumps(chat), headers=page) as resp:
+            assert resp.status == 401, await resp.text()
+            assert "Say hi" not in await resp.text()
+        rebound = {"Host": "attacker.example:80"}
+        for path in ("/v1/models", "/props", "/slots", "/metrics", "/tokenize"):
+            async with session.get(engine + path, headers=rebound) as resp:
+                assert resp.status == 401, (path, resp.status)
+        async with session.post(f"{engine}/completion", json={"prompt": "Hi", "n_predict": 2}) as resp:
+            assert resp.status == 401
+        async with session.get(f"{engine}/health") as resp:
+            assert resp.status == 200  # liveness only, no model output
+
+        secret = harness.engine_secret(MODEL)
+        assert len(secret) >= 40
+        pid = harness.pid(MODEL)
+        cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes() for p in (pid, *descendants(pid))]  # noqa: ASYNC240
+        assert not any(secret.encode() in c for c in cmdlines), "the secret must not be in argv (world-readable)"
+        assert not any(secret in line for line in harness.logs(MODEL))
+        async with session.post(
+            f"{engine}/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {secret}"}
+        ) as resp:
+            assert resp.status == 200  # what the neuron sends
+
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = await client.chat.completions.create(**chat)  # through the neuron: relayed with the secret
+        assert reply.usage.completion_tokens > 0
+        async with session.post(f"{url}/tokenize", json={"model": MODEL, "messages": chat["messages"]}) as resp:
+            assert resp.status == 200 and (await resp.json())["count"] > 0  # the harness's own calls carry it too
+        async with session.get(f"{url}/models") as resp:
+            assert (await resp.json())["models"][0]["context_length"] > 0  # /props, read with the secret
+
+        async with session.post(f"{url}/models/unload", json={"model_id": MODEL}) as resp:
+            assert resp.status == 200
+        assert manager.credentials.headers(engine) == {}
+        assert (await load(session, url))[0] == 200
+        again = harness.base_url(MODEL)
+        assert harness.engine_secret(MODEL) != secret
+        async with session.post(
+            f"{again}/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {secret}"}
+        ) as resp:
+            assert resp.status == 401  # the old load's secret opens nothing

@@ -5,7 +5,10 @@
         [--agent-tool-call JSON] [--bare-json] [--record FILE] [--headless] [--workers N] [--detached-worker]
 
 Serves GET /health, GET /v1/models, GET /stats, POST /v1/chat/completions (streaming or not) and
-POST /v1/embeddings. /stats reports requests served and streams aborted by the client.
+POST /v1/embeddings. /stats reports requests served and streams aborted by the client. Like the real engines, it
+takes an API key from its environment (``FAKE_ENGINE_API_KEY``, or vLLM's ``VLLM_API_KEY`` or llama.cpp's
+``LLAMA_ARG_API_KEY`` when a harness of theirs runs it): then every route but /health answers 401 without
+``Authorization: Bearer <key>``.
 
 ``--agent-tool-call '{"name": …, "arguments": {…}}'`` scripts one agent turn: a request that offers tools and
 does not end with a tool result is answered with that call (as ``<tool_call>`` text, or as bare JSON with
@@ -236,7 +239,19 @@ def main() -> None:
             {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]}
         )
 
-    app = web.Application()
+    api_key = next(
+        (os.environ[v] for v in ("FAKE_ENGINE_API_KEY", "VLLM_API_KEY", "LLAMA_ARG_API_KEY") if os.environ.get(v)), ""
+    )
+
+    @web.middleware
+    async def require_key(request, handler):
+        if api_key and request.path != "/health" and request.headers.get("Authorization") != f"Bearer {api_key}":
+            stats["refused"] = stats.get("refused", 0) + 1
+            error = {"message": "Invalid API Key", "type": "authentication_error", "code": 401}
+            return web.json_response({"error": error}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[require_key])
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/stats", get_stats)

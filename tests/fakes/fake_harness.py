@@ -23,6 +23,7 @@ class FakeHarness(ProcessHarness):
     load_options = frozenset({"flags"})
     formats = frozenset({"gguf"})
     cpu_ok = True
+    secret_env = "FAKE_ENGINE_API_KEY"  # the fake refuses every route but /health without it, as llama.cpp does
 
     def command(self, spec: ModelSpec, plan: PlacementPlan, port: int, options: FakeOptions) -> list[str]:
         return [sys.executable, str(FAKE_ENGINE), "--port", str(port), "--model", spec.model_id, *options.flags]

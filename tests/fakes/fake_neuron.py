@@ -44,6 +44,8 @@ class FakeNeuron:
     hang_after_chunks: int = -1  # freeze (like SIGSTOP) after N chunks of a stream; 0 = before any answer
     frozen: bool = False  # every endpoint hangs: a neuron under SIGSTOP
     endless_event: int = 0  # a stream that sends this many MiB of one event that never ends (no blank line)
+    slow_marker: str = ""  # a chat request whose body holds this text waits slow_seconds before its answer begins
+    slow_seconds: float = 0.0
     models: dict[str, ModelInfo] = field(default_factory=dict)
     vram: dict[str, int] = field(default_factory=dict)  # model -> MiB used on device 0
     loads: list[str] = field(default_factory=list)
@@ -149,7 +151,10 @@ class FakeNeuron:
         if self.frozen or self.hang_after_chunks == 0:
             await self.freeze()
         self.auth_seen.append(request.headers.get("Authorization", ""))
-        body = await request.json()
+        raw = await request.read()
+        if self.slow_marker and self.slow_marker.encode() in raw:
+            await asyncio.sleep(self.slow_seconds)  # a long prefill: this request only, the neuron answers polls
+        body = json.loads(raw)
         model = body["model"]
         if model not in self.models:
             return web.json_response(

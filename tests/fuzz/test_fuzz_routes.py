@@ -127,6 +127,7 @@ def random_json(rng: random.Random, depth: int = 0):
 def random_text(rng: random.Random) -> str:
     pool = ["", "m", "x" * rng.randrange(1, 600), "\u0000", "../../etc/passwd", "é🙂", "\ud800"[:0], "a/b", " ", "\n"]
     pool += ["user", "assistant", "system", "developer", "tool", "auto", "any", "none", "enabled", "adaptive"]
+    pool += ["fe80::1%x --trust-remote-code", "127.0.0.1", "::1"]  # an IPv6 scope id carrying argv
     return rng.choice(pool)
 
 
@@ -171,6 +172,9 @@ def mutate(rng: random.Random, template: dict) -> bytes:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
     if shape == 4:
         return raw.replace(b"true", b"NaN", 1)
+    if shape == 5 and raw.startswith(b"{"):  # a key spelled with escapes decodes as the key it spells
+        options = rng.choice([b"null", b'{"include_usage": false}', b"[]", b'"x"'])
+        return b'{"stream_\\u006fptions": ' + options + b", " + raw[1:]
     return raw
 
 
@@ -214,6 +218,7 @@ async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch
         "hf_cache_dir": str(tmp_path / "hf"),
         "multi_host": True,
         "advertise_address": "127.0.0.2",
+        "gang_peers": ["127.0.0.1", "127.0.0.2"],
     }
     neuron_cfg = make_config(neuron=section, models=[])
     harnesses = {"fake": FakeHarness, "llamacpp": LlamaCpp, "vllm": Vllm}

@@ -62,9 +62,10 @@ async def stack(aiohttp_server, tmp_path, version):
 async def engine_last_request(neuron_app, model_id: str = "agent") -> dict:
     """The last chat request the fake engine serving ``model_id`` received."""
     record = neuron_app[manager_key].records[model_id]
+    url = record.endpoint.removesuffix("/v1") + "/last-request"
     async with (
         aiohttp.ClientSession() as session,
-        session.get(record.endpoint.removesuffix("/v1") + "/last-request") as r,
+        session.get(url, headers=neuron_app[manager_key].credentials.headers(url)) as r,
     ):
         return await r.json()
 

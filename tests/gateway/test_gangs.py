@@ -66,6 +66,7 @@ def gang_fleet(aiohttp_server, aiohttp_client, tmp_path, version, monkeypatch):
                 "demo": False,
                 "multi_host": True,
                 "advertise_address": "127.0.0.1",
+                "gang_peers": ["127.0.0.1"],
                 "allow_unauthenticated": True,
                 "state_dir": str(tmp_path / name),
                 **more,
@@ -247,7 +248,8 @@ async def test_unload_puts_the_gang_to_sleep_through_its_head_and_a_load_wakes_i
         info = next(m for m in server.app[manager_key].records.values())
         assert info.status == "sleeping", (name, info.status)
     base = harness(servers[head]).base_url(MODEL)
-    stats = await (await client.session.get(base + "/stats")).json()
+    secret = servers[head].app[manager_key].credentials.headers(base)  # the engine answers only its neuron
+    stats = await (await client.session.get(base + "/stats", headers=secret)).json()
     assert stats["sleeps"] == 1
     polled = {n: s.polls for n, s in lifecycle.registry.neurons.items()}
     await until(  # three more polls of each neuron: a sleeping gang is not a broken one
@@ -258,7 +260,7 @@ async def test_unload_puts_the_gang_to_sleep_through_its_head_and_a_load_wakes_i
     reply = await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "awake?"}])
     assert reply.choices[0].message.content
     assert all(harness(s).pid(MODEL) == pids[n] for n, s in servers.items())  # woken, not restarted
-    stats = await (await client.session.get(base + "/stats")).json()
+    stats = await (await client.session.get(base + "/stats", headers=secret)).json()
     assert stats["wakes"] == 1
     await sdk.close()
 

@@ -273,7 +273,8 @@ async def test_neuron_goes_down_and_comes_back(fleet, aiohttp_server):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     assert (await (await client.get("/v1/models")).json())["data"] == []
-    assert (await chat(client, "m")).status == 404
+    gone = await chat(client, "m")  # not a 404: the model is still the fleet's, on a neuron that is down
+    assert gone.status == 503 and "do not answer now" in (await gone.json())["error"]["message"]
     fleet_report = await (await client.get("/fleet")).json()
     assert fleet_report["neurons"][0]["healthy"] is False and fleet_report["neurons"][0]["last_error"]
     a.server = await aiohttp_server(a.app(), port=port)

@@ -11,6 +11,8 @@ import asyncio
 import json
 import time
 
+from helexa.gateway.state import lifecycle_key
+from tests.conftest import until
 from tests.fakes.fake_neuron import FakeNeuron
 
 FAST = {"poll_interval_seconds": 0.2, "neuron_timeout_seconds": 0.5}
@@ -61,9 +63,11 @@ async def test_a_stream_from_a_neuron_that_hangs_mid_way_ends_with_an_error_even
     assert "error" in json.loads(last.removeprefix("data: ")), text
     assert '"content": "one "' in text or '"content":"one "' in text  # what came before was relayed
 
-    # while it is down, a new request gets a plain answer at once (no replica: 404), not a hang
+    # while it is down, a new request gets a plain answer at once, not a hang — and not a 404: the model is
+    # there, on a neuron that does not answer now
     resp = await asyncio.wait_for(client.post("/v1/messages", json={**CHAT, "max_tokens": 8, "stream": True}), 5)
-    assert resp.status == 404 and (await resp.json())["type"] == "error"
+    assert resp.status == 503 and (await resp.json())["type"] == "error"
+    assert "do not answer now" in (await resp.json())["error"]["message"]
 
 
 async def test_a_first_byte_limit_fails_over_while_the_slow_neuron_stays_healthy(fleet):
@@ -82,3 +86,25 @@ async def test_a_first_byte_limit_fails_over_while_the_slow_neuron_stays_healthy
     resp = await asyncio.wait_for(only.post("/v1/chat/completions", json=CHAT), 5)
     assert resp.status == 502
     assert "did not begin to answer within 0.3s" in (await resp.json())["error"]["message"]
+
+
+async def test_one_slow_request_takes_no_replica_out_for_everyone(fleet):
+    """A request that no replica begins to answer within first_byte_timeout fails (502, after trying each) — but
+    on its word alone no neuron is marked down: the others' requests are served, the model stays listed, never
+    a 404; the poller checks each suspect neuron at once and finds it answering."""
+    a, b = FakeNeuron("a", slow_marker="ponder", slow_seconds=2), FakeNeuron("b", slow_marker="ponder", slow_seconds=2)
+    a.preload("m")
+    b.preload("m")
+    client, _ = await fleet([a, b], gateway={"poll_interval_seconds": 30, "first_byte_timeout_seconds": 0.3})
+    slow = {"model": "m", "messages": [{"role": "user", "content": "ponder deeply"}]}
+    resp = await asyncio.wait_for(client.post("/v1/chat/completions", json=slow), 5)
+    assert resp.status == 502 and "did not begin to answer within 0.3s" in (await resp.json())["error"]["message"]
+    registry = client.app[lifecycle_key].registry
+    assert all(n.healthy for n in registry.neurons.values())
+    await until(lambda: not any(n.suspect for n in registry.neurons.values()), 3, "the probes clear the suspicion")
+    for _ in range(4):
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 200, await resp.text()
+    models = await (await client.get("/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == ["m"]
+    assert len(a.served) + len(b.served) == 4

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 
 from prometheus_client import generate_latest
 
@@ -78,7 +80,7 @@ async def test_max_concurrent_and_tokens_per_hour(fleet):
     a.preload("m")
     keys = [
         {"name": "one-at-a-time", "key": "sk-1", "max_concurrent": 1},
-        {"name": "budget", "key": "sk-b", "tokens_per_hour": 5},
+        {"name": "budget", "key": "sk-b", "tokens_per_hour": 30},
     ]
     client, _ = await fleet([a], auth={"keys": keys})
     slow = asyncio.create_task(
@@ -89,9 +91,12 @@ async def test_max_concurrent_and_tokens_per_hour(fleet):
     assert second.status == 429 and second.headers["Retry-After"] == "1"
     await (await slow).read()
     assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-1"))).status == 200
-    assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))).status == 200  # 7+ tokens
+    # each reserves ~15 (63 bytes of prompt, no max_tokens) and uses 12 (the fake's usage): two fit in 30
+    for _ in range(2):
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))).status == 200
     over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
-    assert over.status == 429 and "5 tokens this hour" in (await over.json())["error"]["message"]
+    message = (await over.json())["error"]["message"]
+    assert over.status == 429 and "has 6 of its 30 tokens left this hour" in message, message
 
 
 async def tokens_counted(client, key: str) -> float:
@@ -102,10 +107,10 @@ async def test_a_stream_the_client_cuts_still_counts_against_tokens_per_hour(fle
     """The report's bypass: streams cut before their usage event were never counted, so the limit never hit."""
     a = FakeNeuron("a", chunk_delay=0.2, reply="one two three four five six seven eight nine ten")
     a.preload("m")
-    client, _ = await fleet([a], auth={"keys": [{"name": "budget", "key": "sk-b", "tokens_per_hour": 40}]})
+    client, _ = await fleet([a], auth={"keys": [{"name": "budget", "key": "sk-b", "tokens_per_hour": 100}]})
     for dialect, path, body in (
         ("openai", "/v1/chat/completions", {**CHAT, "stream": True}),
-        ("anthropic", "/v1/messages", {**CHAT, "max_tokens": 50, "stream": True}),
+        ("anthropic", "/v1/messages", {**CHAT, "max_tokens": 8, "stream": True}),
         ("openai", "/v1/chat/completions", {**CHAT, "stream": True}),
     ):
         before = await tokens_counted(client, "budget")
@@ -118,10 +123,15 @@ async def test_a_stream_the_client_cuts_still_counts_against_tokens_per_hour(fle
             assert asyncio.get_running_loop().time() < deadline, f"a cut {dialect} stream was never counted"
             await asyncio.sleep(0.02)
         assert await tokens_counted(client, "budget") - before >= 2  # the prompt's bytes and the streamed events
-        if await tokens_counted(client, "budget") >= 40:
+    cut = await tokens_counted(client, "budget")
+    assert cut >= 6
+    for _ in range(10):  # whole answers until the hour's tokens, the cut streams' included, run out
+        over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
+        if over.status == 429:
             break
-    over = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-b"))
-    assert over.status == 429 and "40 tokens this hour" in (await over.json())["error"]["message"]
+    message = (await over.json())["error"]["message"]
+    assert over.status == 429 and "of its 100 tokens left this hour" in message, message
+    assert await tokens_counted(client, "budget") <= 100  # reserved before sent: never past the limit
 
 
 async def test_wrong_keys_are_throttled_per_address(fleet):
@@ -148,3 +158,51 @@ async def test_wrong_keys_are_throttled_per_address(fleet):
     now[0] += 3600
     assert (await client.get("/v1/models", headers=bearer("sk-right"))).status == 200
     assert throttle._buckets == {}  # a refilled address is forgotten
+
+
+async def test_tokens_per_hour_holds_for_requests_at_once(fleet):
+    """The report: ten concurrent 1000-token requests on a small budget all passed (the limit was checked only
+    at admission). Each now reserves its prompt and max_tokens first: two fit in 3000, eight get 429."""
+    a = FakeNeuron("a", slow_marker="hold", slow_seconds=0.5)
+    a.preload("m")
+    client, _ = await fleet([a], auth={"keys": [{"name": "budget", "key": "sk-b", "tokens_per_hour": 3000}]})
+    body = {"model": "m", "max_tokens": 1000, "messages": [{"role": "user", "content": "hold on"}]}
+    answers = await asyncio.gather(
+        *(client.post("/v1/chat/completions", json=body, headers=bearer("sk-b")) for _ in range(10))
+    )
+    statuses = sorted(r.status for r in answers)
+    assert statuses == [200] * 2 + [429] * 8, statuses
+    refused = next(r for r in answers if r.status == 429)
+    message = (await refused.json())["error"]["message"]
+    assert "reserved by requests in flight" in message and "lower max_tokens" in message, message
+    assert len(a.served) == 2
+    exported = generate_latest(client.app[registry_key]).decode()
+    assert metric(exported, "helexa_gateway_key_rejections_total", key="budget", reason="tokens_per_hour") == 8
+    assert await tokens_counted(client, "budget") == 2 * 12  # settled at what they used (the fake's usage)
+    # settled: the reservations are gone, the next one fits again
+    assert (await client.post("/v1/chat/completions", json=body, headers=bearer("sk-b"))).status == 200
+
+
+async def test_a_whole_answer_the_client_cuts_before_its_head_is_charged(fleet):
+    """The report: a non-streamed answer's head comes after the whole generation, so hanging up before it cost
+    nothing (6 requests reached the neuron, counter 0). A request that was sent is charged what it reserved."""
+    a = FakeNeuron("a", slow_marker="ponder", slow_seconds=5)
+    a.preload("m")
+    client, _ = await fleet([a], auth={"keys": [{"name": "budget", "key": "sk-b", "tokens_per_hour": 100_000}]})
+    body = {"model": "m", "max_tokens": 200, "messages": [{"role": "user", "content": "ponder"}]}
+    estimate = len(json.dumps(body)) // 4 + 200
+    for n in range(1, 4):
+        task = asyncio.create_task(client.post("/v1/chat/completions", json=body, headers=bearer("sk-b")))
+        await until(lambda n=n: len(a.auth_seen) == n, 5, "the request reached the neuron")
+        task.cancel()  # the client hangs up while the engine generates
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await until(lambda: _in_flight(client) == 0, 5, "the gateway saw the hang-up")
+    counted = await tokens_counted(client, "budget")
+    assert counted == 3 * estimate, (counted, estimate)
+
+
+def _in_flight(client) -> int:
+    from helexa.gateway.state import lifecycle_key
+
+    return sum(sum(n.in_flight.values()) for n in client.app[lifecycle_key].registry.neurons.values())

@@ -49,6 +49,8 @@ async def test_text_plain_writes_are_refused_and_run_nothing(gateway):
     [
         {"Origin": "http://evil.example"},
         {"Origin": "null"},
+        {"Origin": "http://203.0.113.7"},  # a page served from an IP literal is as foreign as any
+        {"Origin": "http://[2001:db8::1]:8080"},
         {"Sec-Fetch-Site": "cross-site"},
         {"Host": "attacker.example"},  # DNS rebinding
         {"Host": "attacker.example:31313"},
@@ -73,7 +75,14 @@ async def test_programs_and_configured_names_pass(fleet):
     a = FakeNeuron("gpu1")
     a.preload("m")
     client, _ = await fleet([a], models=[entry("m")], gateway={"allowed_hosts": ["llm.example.org"]})
-    for headers in ({}, {"Host": "llm.example.org"}, {"Host": "localhost:31313"}, {"Origin": "http://localhost:5"}):
+    same_origin = {"Host": "127.0.0.1:31313", "Origin": "http://127.0.0.1:31313"}  # the daemon's own page
+    for headers in (
+        {},
+        {"Host": "llm.example.org"},
+        {"Host": "localhost:31313"},
+        {"Origin": "http://localhost:5"},
+        same_origin,
+    ):
         resp = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
         assert resp.status == 200, (headers, await resp.text())
     other = await client.get("/v1/models", headers={"Host": "other.example.org"})

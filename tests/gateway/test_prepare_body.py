@@ -8,6 +8,7 @@ import json
 import pytest
 
 from helexa.gateway.proxy import prepare_body
+from helexa.wire.openai import decode_head
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -46,7 +47,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 )
 def test_the_body_sent_upstream(body, head_model, stream, wants, sent, injected):
     raw = json.dumps(body, indent=rng_indent(body)).encode()
-    out, did = prepare_body(raw, head_model, "m", stream=stream, wants_usage=wants)
+    head = decode_head(raw)
+    out, did = prepare_body(raw, head_model, "m", stream=stream, wants_usage=wants, stream_options=head.stream_options)
     assert did is injected
     decoded = json.loads(out)
     assert decoded["model"] == "m"
@@ -64,3 +66,21 @@ def test_the_body_sent_upstream(body, head_model, stream, wants, sent, injected)
 def rng_indent(body: dict) -> int | None:
     """Some bodies pretty-printed, as clients send them: the key goes in front either way."""
     return 2 if "messages" in body else None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "stream": true, "stream_\\u006fptions": {"include_usage": false}}',
+        b'{"model": "m", "stream": true, "\\u0073tream_options": null}',
+    ],
+    ids=["escaped, false", "escaped, null"],
+)
+def test_stream_options_spelled_with_escapes_are_what_they_decode_to(raw):
+    """The key decides as the engine will read it: an escaped ``stream_options`` is the same key, so usage is
+    asked for by rewriting it — not by a second key in front that the engine would then read as overridden."""
+    head = decode_head(raw)
+    out, did = prepare_body(raw, "m", "m", stream=True, wants_usage=True, stream_options=head.stream_options)
+    assert did is True
+    assert json.loads(out)["stream_options"] == {"include_usage": True}
+    assert out.count(b"stream_") == 1

@@ -10,6 +10,7 @@ import socket
 import pytest
 from aiohttp import web
 
+from helexa.gateway.state import lifecycle_key
 from helexa.server import bodywriter
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import wait_healthy
@@ -117,8 +118,10 @@ class HostileNeuron(FakeNeuron):
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
         b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"cut',
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 29\r\n\r\n<script>alert('hi')</script>\n",
     ],
-    ids=["garbage", "two lengths", "bare CR", "chunk too big", "cut", "endless head"],
+    ids=["garbage", "two lengths", "bare CR", "chunk too big", "cut", "endless head", "upgrade", "html"],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_a_hostile_answer_is_a_clean_error_and_the_gateway_serves_on(fleet, answer, stream):
@@ -135,8 +138,9 @@ async def test_a_hostile_answer_is_a_clean_error_and_the_gateway_serves_on(fleet
         assert resp.status == 502, await resp.text()
         error = (await resp.json())["error"]
     assert error["code"] == "upstream_error" and "neuron a" in error["message"], error
-    assert "Injected" not in resp.headers
-    # the neuron was marked down for it; once polled healthy again, it serves
+    assert "Injected" not in resp.headers and resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.content_type in ("application/json", "text/event-stream")
+    # the neuron was suspected (or marked down) for it; once polled healthy again, it serves
     await wait_healthy(client, 1)
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     assert resp.status == 200 and "Hello" in (await resp.json())["choices"][0]["message"]["content"]
@@ -153,3 +157,99 @@ async def test_a_relayed_header_that_is_not_ascii_is_left_out(fleet):
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     assert resp.status == 200 and await resp.read() == b"{}"
     assert resp.headers["x-helexa-origin"] == "neuron" and resp.headers["Retry-After"] == "7"
+
+
+class FloodingNeuron(FakeNeuron):
+    """Polls answered properly; inference answered with ``head``, then a body of ``mib`` MiB in 1 MiB pieces (chunked
+    when the head says so) for as long as the gateway reads."""
+
+    head: bytes = b""
+    mib: int = 0
+    sent: int = 0
+
+    async def chat(self, request):
+        writer = request.transport
+        writer.write(self.head)
+        piece = b"x" * (1 << 20)
+        chunked = b"chunked" in self.head
+        try:
+            for _ in range(self.mib):
+                if writer.is_closing():
+                    break
+                writer.write(b"100000\r\n" + piece + b"\r\n" if chunked else piece)
+                self.sent += 1
+                await asyncio.sleep(0)
+                while writer.get_write_buffer_size() > 4 << 20 and not writer.is_closing():  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)  # the gateway reads no more: wait (it closes the connection)
+        finally:
+            writer.close()
+        return web.Response()
+
+
+def _peak_rss_reset() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:  # resets VmHWM, the peak resident size (Linux)
+        fh.write("5")
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize(
+    ("head", "stream"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 800000000\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+        (b"HTTP/1.1 500 Oops\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+    ],
+    ids=["800 MB announced", "300 MB chunked", "300 MB error to a stream"],
+)
+async def test_a_huge_answer_is_a_502_and_memory_stays_bounded(fleet, head, stream):
+    """The report: Content-Length 800000000 took the gateway from 53 MB to 1.6 GB; a 300 MB error answer to a
+    stream request likewise. Every answer read whole is capped ([server] max_answer_mb): 502 naming the neuron,
+    its connection closed, the gateway's peak memory growing by little more than the cap."""
+    a = FloodingNeuron("a")
+    a.preload("m")
+    a.head, a.mib = head, 300
+    client, _ = await fleet([a], server={"max_answer_mb": 8})
+    _peak_rss_reset()
+    before = _peak_rss_mib()
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+    if stream:
+        text = await resp.text()
+        error = json.loads(text.strip().split("\n\n")[-1].removeprefix("data: "))["error"]
+    else:
+        assert resp.status == 502, await resp.text()
+        error = (await resp.json())["error"]
+    grew = _peak_rss_mib() - before
+    assert grew < 60, f"the gateway's peak memory grew by {grew:.0f} MiB"
+    assert error["code"] == "upstream_error" and "neuron a" in error["message"], error
+    assert "8388608 bytes" in error["message"], error
+    assert a.sent < 40, f"the gateway read {a.sent} MiB of it"
+    a.head = b""
+    await wait_healthy(client, 1)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert resp.status == 502 or resp.status == 200  # (the flood again, or served: the gateway is alive)
+
+
+async def test_a_second_answer_behind_the_first_costs_nothing(fleet):
+    """The report: a partial extra answer left a pooled connection mid-parse, and the next request on it marked
+    the neuron down. The connection is closed instead; the next request is served, the neuron never suspected."""
+    a = HostileNeuron("a")
+    a.preload("m")
+    body = b'{"id": "x", "object": "chat.completion", "choices": []}'
+    a.answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+        + b"HTTP/1.1 200 OK\r\nContent-Le"
+    )
+    client, _ = await fleet([a])
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert resp.status == 200 and await resp.read() == body
+    for _ in range(3):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        assert resp.status == 200, await resp.text()
+    state = client.app[lifecycle_key].registry.neurons["a"]
+    assert state.healthy and not state.suspect

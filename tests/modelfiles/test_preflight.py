@@ -8,9 +8,9 @@ import pytest
 
 from helexa.engine.harness import GpuState
 from helexa.errors import PreflightError
+from helexa.modelfiles.fit import choose_devices
 from helexa.modelfiles.preflight import (
     check_format,
-    choose_devices,
     classify_source,
     match_quant,
     resolve_local_source,

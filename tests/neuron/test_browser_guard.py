@@ -43,6 +43,7 @@ async def test_a_text_plain_post_from_a_page_is_refused(neuron):
     [
         {"Origin": "http://evil.example"},
         {"Origin": "null"},
+        {"Origin": "http://198.51.100.4:8000"},
         {"Sec-Fetch-Site": "cross-site"},
         {"Host": "evil.example:13131"},  # DNS rebinding: a name the attacker controls, resolved to 127.0.0.1
     ],

@@ -10,7 +10,7 @@ from helexa import HarnessContext, ModelSpec, PlacementPlan, PreflightError, Ran
 from helexa.neuron.gangs import Gangs, GangSettings, check_rank, check_versions
 from helexa_vllm import Vllm, VllmOptions
 
-ON = GangSettings(multi_host=True, advertise_address="10.0.0.1")
+ON = GangSettings(multi_host=True, advertise_address="10.0.0.1", gang_peers=("10.0.0.1", "10.0.0.2"))
 PEERS = ["10.0.0.1", "10.0.0.2"]
 
 
@@ -39,7 +39,7 @@ def follower(**kw) -> RankSpec:
         (spec(head(peers=["10.0.0.1"])), ON, True, "invalid_rank", "1 peers"),
         (spec(head(peers=["10.0.0.1", "evil.example; rm -rf /"])), ON, True, "invalid_rank", "is not an IP address"),
         (spec(head(peers=["10.0.0.3", "10.0.0.2"])), ON, True, "invalid_rank", "this neuron advertises 10.0.0.1"),
-        (spec(follower(master_port=0), hosts=2), GangSettings(True, "10.0.0.1"), True, "invalid_rank", "master_port"),
+        (spec(follower(master_port=0), hosts=2), ON, True, "invalid_rank", "master_port"),
         (spec(follower(master_addr="10.0.0.9")), ON, True, "invalid_rank", "head's (rank 0's) address"),
         (spec(follower(master_addr="--help")), ON, True, "invalid_rank", "is not an IP address"),
         (
@@ -49,6 +49,8 @@ def follower(**kw) -> RankSpec:
             "peer_not_allowed",
             "10.0.0.2 is not among",
         ),
+        (spec(head()), GangSettings(True, "10.0.0.1"), True, "peer_not_allowed", "has no gang_peers"),
+        (spec(head(peers=["10.0.0.1", "fe80::1%x --trust-remote-code"])), ON, True, "invalid_rank", "not an IP"),
     ],
 )
 def test_ranks_a_neuron_refuses(model, settings, multi_host_harness, kind, says):
@@ -84,7 +86,7 @@ def test_followers_must_run_the_heads_versions_exactly():
 
 
 def test_the_head_gets_a_master_port_on_its_advertise_address_and_gives_it_back():
-    gangs = Gangs(GangSettings(True, "127.0.0.1", rank_port_range=(29700, 29701)))
+    gangs = Gangs(GangSettings(True, "127.0.0.1", gang_peers=("127.0.0.1",), rank_port_range=(29700, 29701)))
     versions = {"vllm": "vllm 1", "torch": "2"}
     peers = ["127.0.0.1", "127.0.0.1"]
     first = gangs.admit(spec(head(peers=peers)), harness="vllm", multi_host_harness=True, versions=versions)

@@ -390,3 +390,22 @@ async def test_a_local_model_that_could_never_fit_is_listed_unavailable(neuron, 
             break
         await asyncio.sleep(0.05)
     assert (card["availability"], card["unavailable_kind"]) == ("unavailable", "insufficient_memory")
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"), [(2, ("download", 5 * MiB, "")), (1, ("unavailable", 0, "insufficient_memory"))]
+)
+async def test_a_gang_member_of_a_hub_model_needs_only_its_share_before_downloading(hub, size, expected):
+    """A model larger than one host, served by a gang of two: each member's neuron checks its share before the
+    download, as the harness's preflight will once the files are here (both go through one fit function). It
+    was refused whole (insufficient_memory) before anything was fetched."""
+    from helexa import HarnessContext, Inventory, ModelSpec, RankSpec
+
+    sources = Sources(hub.cache, (), downloads=True)
+    harness = FakeHarness(HarnessContext())
+    rank = RankSpec(gang="abc123", rank=0, size=2, peers=["10.0.0.1", "10.0.0.2"]) if size == 2 else None
+    spec = ModelSpec(model_id="big", harness="fake", source="hf:acme/tiny-GGUF", quant="Q8_0", vram_mb=1500, rank=rank)
+    host = Inventory(ram_available_mb=1000)  # half the model fits, the whole does not
+    assert await sources.availability(spec, harness, host) == expected
+    assert hub.file_downloads == []
+    await sources.close()

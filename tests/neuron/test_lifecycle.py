@@ -242,7 +242,9 @@ async def test_client_disconnect_aborts_the_engine_stream(neuron):
     resp.close()  # the client goes away mid-stream
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
-            stats = await (await session.get(f"{engine_url}/stats")).json()
+            stats = await (
+                await session.get(f"{engine_url}/stats", headers=manager.credentials.headers(engine_url))
+            ).json()
             if stats["aborted"]:
                 break
             await asyncio.sleep(0.05)

@@ -47,7 +47,8 @@ def body(model_id="m", vram_mb=8000, **extra):
 
 async def engine_stats(manager: ModelManager, model_id: str) -> dict:
     base = manager.harnesses["vllm"].base_url(model_id)
-    async with aiohttp.ClientSession() as session, session.get(base + "/stats") as resp:
+    secret = manager.credentials.headers(base)  # the engine answers only its neuron
+    async with aiohttp.ClientSession() as session, session.get(base + "/stats", headers=secret) as resp:
         return await resp.json()
 
 

@@ -1,21 +1,26 @@
 """The relay's HTTP/1.1 client against a real aiohttp server and against scripted servers that misbehave.
 
 What it must do: reuse one keep-alive connection, parse lengths and chunks, relay a stream from the socket
-callback with backpressure, retry a request sent on a connection the server had already closed, and turn
-every broken or hostile answer into ``UpstreamError`` — never hang, never reuse a connection mid-answer.
+callback with backpressure, never reuse a kept-alive connection the server closed, never send a request twice,
+and turn every broken or hostile answer into ``UpstreamError`` — never hang, never reuse a connection
+mid-answer, never hold more of an answer than its limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import subprocess
+import threading
+import time
 
 import pytest
 from aiohttp import web
 
 from helexa.errors import UpstreamError
-from helexa.server.h1client import MAX_HEAD_BYTES, Upstream
+from helexa.server.h1client import MAX_HEAD_BYTES, READ_AHEAD, Upstream
 from tests.conftest import free_port
 from tests.tools import debian_tool
 
@@ -207,29 +212,73 @@ class Scripted:
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
-async def test_a_request_on_a_connection_the_server_had_closed_is_sent_again():
-    # the first connection answers once and closes when the next request comes (a keep-alive timeout racing
-    # the request); the request goes again on a fresh connection
-    server = Scripted(OK, None, per_connection=True)
-    upstream = Upstream(await server.start())
-    for _ in range(2):
-        async with await upstream.post("/v1/chat/completions", b"{}") as resp:
-            assert resp.status == 200 and await resp.read() == b"{}"
-    assert server.connections == 2 and len(server.requests) == 3
-    upstream.close()
-    server.close()
+class ThreadServer:
+    """A blocking server in a thread (its own clock, not the test's event loop): answers one request with ``OK``
+    on each connection, then closes that connection when ``close()`` is called."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", free_port()))
+        self.connections, self.requests = 0, 0
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.conns.append(conn)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            self.requests += 1
+            conn.sendall(OK)
+
+    def close_connections(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+    def stop(self) -> None:
+        self.close_connections()
+        self.sock.close()
 
 
-async def test_when_every_kept_alive_connection_was_closed_the_request_goes_on_a_fresh_one():
-    server = Scripted(OK, None, per_connection=True)  # each connection: one answer, then it drops the next request
-    upstream = Upstream(await server.start())
-    first = await asyncio.gather(*(upstream.post("/v1/chat/completions", b"{}") for _ in range(3)))
-    for resp in first:
-        assert await resp.read() == b"{}"
-    assert server.connections == 3  # three kept alive, each about to drop the next request
+async def test_a_kept_alive_connection_the_server_closed_is_not_used():
+    # the server closes its idle connection; the event loop has not read the end of file yet (the test does not
+    # yield to it): the reuse check sees it, and the request goes on a fresh connection, once
+    server = ThreadServer()
+    upstream = Upstream(server.url)
     async with await upstream.post("/v1/chat/completions", b"{}") as resp:
         assert await resp.read() == b"{}"
-    assert server.connections == 4  # one stale try, then a fresh connection
+    server.close_connections()
+    time.sleep(0.05)  # noqa: ASYNC251  (blocking on purpose: the FIN is in the kernel, the loop has not seen it)
+    assert not upstream._idle[0].closed
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert await resp.read() == b"{}"
+    assert server.connections == 2 and server.requests == 2
+    upstream.close()
+    server.stop()
+
+
+async def test_a_request_the_server_dropped_unanswered_is_not_sent_again():
+    # each connection: one answer, then the next request is read and dropped (a neuron that died mid-generation)
+    server = Scripted(OK, None, per_connection=True)
+    upstream = Upstream(await server.start(), label="neuron x")
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert await resp.read() == b"{}"
+    with pytest.raises(UpstreamError, match=r"neuron x \(http://127.0.0.1:\d+\) closed the connection without answ"):
+        await upstream.post("/v1/chat/completions", b'{"n": 2}')
+    assert server.connections == 1 and len(server.requests) == 2  # it reached the server once: never again
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:  # the next one: a fresh connection
+        assert await resp.read() == b"{}"
+    assert server.connections == 2
     upstream.close()
     server.close()
 
@@ -237,7 +286,7 @@ async def test_when_every_kept_alive_connection_was_closed_the_request_goes_on_a
 async def test_a_fresh_connection_dropped_without_an_answer_is_an_error_at_once():
     server = Scripted(None)  # the server may have seen the request: not sent again
     upstream = Upstream(await server.start(), label="neuron x")
-    with pytest.raises(UpstreamError, match=r"the answer of neuron x \(http://127.0.0.1:\d+\) broke off"):
+    with pytest.raises(UpstreamError, match=r"neuron x \(http://127.0.0.1:\d+\) closed the connection without"):
         await upstream.post("/v1/chat/completions", b"{}")
     assert server.connections == 1 and len(server.requests) == 1
     upstream.close()
@@ -259,8 +308,9 @@ async def test_nothing_listening_is_an_error_at_once():
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n", "malformed answer"),
         (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10), "head is longer than"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", "malformed answer"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nxx", "switched protocols"),
     ],
-    ids=["garbage", "cut body", "bad chunk", "endless head", "two lengths"],
+    ids=["garbage", "cut body", "bad chunk", "endless head", "two lengths", "upgrade"],
 )
 async def test_broken_answers_are_upstream_errors(answer, message):
     server = Scripted(answer, None, close_after=True)
@@ -274,6 +324,75 @@ async def test_broken_answers_are_upstream_errors(answer, message):
     assert server.connections == 2
     upstream.close()
     server.close()
+
+
+async def test_a_second_answer_behind_the_first_closes_the_connection():
+    # an answer, then the start of another nobody asked for, in one packet: the first is read; the connection,
+    # mid-parse now, is never reused (its next request would read the stray bytes as its answer)
+    server = Scripted(OK + b"HTTP/1.1 200 OK\r\nContent-Len", OK)
+    upstream = Upstream(await server.start())
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert await resp.read() == b"{}"
+    await server.lost.wait()  # closed by the client
+    async with await upstream.post("/v1/chat/completions", b"{}") as resp:
+        assert await resp.read() == b"{}"
+    assert server.connections == 2
+    upstream.close()
+    server.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 800000000\r\n\r\n{",
+        b"HTTP/1.1 500 Oops\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"1000\r\n"
+        + b"x" * 4096
+        + b"\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_an_answer_read_whole_is_capped(head):
+    """A neuron that announces (or sends) more than ``max_body`` fails the read at once — its status was the
+    head's — and the connection is closed; nothing past the cap is held."""
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            while True:  # keeps sending (a chunked body without end) until the client closes
+                writer.write(b"1000\r\n" + b"x" * 4096 + b"\r\n" if b"chunked" in head else b"x" * 4096)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", free_port())
+    port = server.sockets[0].getsockname()[1]
+    upstream = Upstream(f"http://127.0.0.1:{port}", label="neuron big", max_body=64 * 1024)
+    resp = await upstream.post("/v1/chat/completions", b"{}")
+    with pytest.raises(UpstreamError, match=r"neuron big .* an answer read whole may hold at most 65536 bytes"):
+        await asyncio.wait_for(resp.read(), 5)
+    assert resp._buffered <= 64 * 1024 + 512 * 1024  # the cap, and at most what one read of the socket brought
+    assert not upstream._open  # the connection is closed
+    server.close()
+
+
+async def test_a_stream_read_piece_by_piece_is_not_capped_and_pauses_the_socket(aiohttp_server):
+    """readany() may read far more than max_body in all, piece by piece; while its reader is slow, at most
+    READ_AHEAD waits unread (reading the socket pauses), and nothing is lost."""
+    peers: list = []
+    server = await aiohttp_server(_neuron_app(peers))
+    upstream = Upstream(str(server.make_url("/")), max_body=64 * 1024)
+    body = b'{"stream": true, "n": 20000}'
+    async with await upstream.post("/v1/chat/completions", body) as resp:
+        got, most = bytearray(), 0
+        while piece := await resp.readany():
+            got += piece
+            most = max(most, len(piece))
+            if len(got) < 50_000:
+                await asyncio.sleep(0.05)  # a slow reader at first: the neuron runs ahead
+    assert got.count(b"\n\n") == 20000 and len(got) > 64 * 1024
+    assert most <= READ_AHEAD + 64 * 1024, most
+    upstream.close()
 
 
 async def test_a_body_that_ends_with_the_connection():

@@ -1,4 +1,5 @@
-"""The neuron's upstream calls: stale keep-alive connections are retried, dead engines are 502."""
+"""The neuron's upstream calls: a request is sent to an engine once, dead engines are 502, answers read whole are
+capped."""
 
 from __future__ import annotations
 
@@ -7,41 +8,47 @@ import pytest
 from aiohttp import web
 
 from helexa.errors import UpstreamError
-from helexa.server.upstream import STALE_RETRIES, open_upstream
+from helexa.server.upstream import AnswerTooLarge, open_upstream, read_capped
 from tests.conftest import free_port
 
 
-async def test_connection_dropped_before_the_response_is_retried(aiohttp_server):
+async def test_a_request_dropped_after_it_reached_the_engine_is_not_sent_again(aiohttp_server):
     calls = {"n": 0}
 
     async def handler(request):
         calls["n"] += 1
-        if calls["n"] <= STALE_RETRIES:
-            request.transport.close()  # as a server does with a keep-alive connection it has timed out
-            return web.Response()
-        return web.json_response({"ok": True})
+        request.transport.close()  # an engine that died mid-generation: it had the request
+        return web.Response()
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as session:
-        resp = await open_upstream(session, str(server.make_url("/v1/chat/completions")), b"{}", {})
-        async with resp:
-            assert await resp.json() == {"ok": True}
-    assert calls["n"] == STALE_RETRIES + 1
+        with pytest.raises(UpstreamError, match="is not reachable") as info:
+            await open_upstream(session, str(server.make_url("/v1/chat/completions")), b"{}", {})
+    assert info.value.status == 502
+    assert calls["n"] == 1  # never a generation twice
 
 
-async def test_engine_that_keeps_dropping_is_a_502(aiohttp_server):
-    async def handler(request):
-        request.transport.close()
-        return web.Response()
+async def test_an_engine_redirect_is_not_followed(aiohttp_server):
+    hits = {"elsewhere": 0}
+
+    async def redirect(request):
+        raise web.HTTPTemporaryRedirect("/elsewhere")
+
+    async def elsewhere(request):
+        hits["elsewhere"] += 1
+        return web.json_response({})
 
     app = web.Application()
-    app.router.add_post("/x", handler)
+    app.router.add_post("/x", redirect)
+    app.router.add_post("/elsewhere", elsewhere)
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(UpstreamError, match="is not reachable"):
-            await open_upstream(session, str(server.make_url("/x")), b"{}", {})
+        resp = await open_upstream(session, str(server.make_url("/x")), b"{}", {})
+        async with resp:
+            assert resp.status == 307
+    assert hits["elsewhere"] == 0
 
 
 async def test_engine_not_listening_is_a_502_without_retries():
@@ -49,3 +56,26 @@ async def test_engine_not_listening_is_a_502_without_retries():
         with pytest.raises(UpstreamError) as info:
             await open_upstream(session, f"http://127.0.0.1:{free_port()}/x", b"{}", {})
     assert info.value.status == 502
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_answer_read_whole_is_capped(aiohttp_server, chunked):
+    async def big(request):
+        if not chunked:
+            return web.Response(body=b"x" * 300_000)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b"x" * 10_000)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/big")) as resp:
+            with pytest.raises(AnswerTooLarge, match="engine x sent an answer of .*at most 100000 are read"):
+                await read_capped(resp, 100_000, "engine x")
+        async with session.get(server.make_url("/big")) as resp:
+            assert len(await read_capped(resp, 1_000_000, "engine x")) == (1_000_000 if chunked else 300_000)

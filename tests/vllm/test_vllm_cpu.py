@@ -8,6 +8,7 @@ included; tokens counted with vLLM's tokenizer; engine load figures reported in 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -47,6 +48,7 @@ async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, ti
             body = await resp.json()
             assert resp.status == 200, (body, "\n".join(neuron_app[manager_key].harnesses["vllm"].logs(MODEL, 40)))
         assert body["status"] == "loaded"
+        await engine_refuses_strangers(session, neuron_app[manager_key], MODEL)
 
         gateway_cfg = make_config(
             neurons=[{"name": "cpu", "endpoint": neuron_url}],
@@ -103,6 +105,34 @@ async def test_vllm_on_cpu_through_the_neuron_and_the_gateway(aiohttp_server, ti
             await asyncio.sleep(0.1)
         assert not alive(pid)
         await client.close()
+
+
+async def engine_refuses_strangers(session: aiohttp.ClientSession, manager, model: str) -> None:
+    """A request straight to the engine's port without its secret — from a web page or a local program — gets
+    401 on every route but /health, vLLM's unguarded ones included (a whole generation through /invocations,
+    /tokenize, /metrics); with the secret (what the neuron sends) it is served."""
+    engine = manager.harnesses["vllm"].base_url(model)
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    page = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    for path, payload in (
+        ("/v1/chat/completions", chat),
+        ("/invocations", chat),
+        ("/tokenize", {"model": model, "prompt": "hi"}),
+        ("/pooling", {"model": model, "input": "hi"}),
+    ):
+        async with session.post(engine + path, data=json.dumps(payload), headers=page) as resp:
+            assert resp.status == 401, (path, resp.status, await resp.text())
+    for path in ("/metrics", "/v1/models", "/version", "/load"):
+        async with session.get(engine + path, headers={"Host": "attacker.example"}) as resp:
+            assert resp.status == 401, (path, resp.status)
+    async with session.get(engine + "/health") as resp:
+        assert resp.status == 200
+    secret = manager.harnesses["vllm"].engine_secret(model)
+    assert secret and not any(secret in line for line in manager.harnesses["vllm"].logs(model))
+    async with session.post(
+        engine + "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {secret}"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
 
 
 def test_environment_is_the_cpu_build():

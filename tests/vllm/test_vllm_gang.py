@@ -74,6 +74,7 @@ async def test_a_model_over_two_neurons_on_vllms_multi_node_runtime(
                         "demo": False,
                         "multi_host": True,
                         "advertise_address": "127.0.0.1",
+                        "gang_peers": ["127.0.0.1"],
                     },
                     "models": [
                         {"id": MODEL, "harness": "vllm", "source": tiny_llama.name, "hosts": 2, "options": OPTIONS},
