@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from helexa.errors import InvalidRequest, NotFound
-from helexa.gateway.state import lifecycle_key
+from helexa.gateway.queue import Client
+from helexa.gateway.scheduling import INTERACTIVE
+from helexa.gateway.state import lifecycle_key, router_key
 from helexa.server.app import json_response
 from helexa.server.middlewares import Guard, guard_middleware
 
-__all__ = ["make_admin_app"]
+__all__ = ["ADMIN", "load_model", "make_admin_app"]
+
+ADMIN = Client("admin", INTERACTIVE)  # how an operator's load waits in the queue
 
 
 def make_admin_app(guards: Sequence[Guard]) -> web.Application:
@@ -26,11 +30,23 @@ def make_admin_app(guards: Sequence[Guard]) -> web.Application:
 
 
 async def admin_load(request: web.Request) -> web.Response:
-    """``POST /admin/models/{id}/load``: load a catalogue model now."""
-    lifecycle = request.config_dict[lifecycle_key]
-    model_id = lifecycle.registry.resolve(request.match_info["model_id"])
-    neuron = await lifecycle.load(model_id)
+    """``POST /admin/models/{id}/load``: load a catalogue model now (placed, as every load, by the scheduler)."""
+    model_id, neuron = await load_model(request, request.match_info["model_id"])
     return json_response({"model": model_id, "status": "loaded", "neuron": neuron})
+
+
+async def load_model(request: web.Request, requested: str) -> tuple[str, str]:
+    """Have ``requested`` (an id or alias of the catalogue) served somewhere — through the scheduler's queue, at
+    the admin's priority, like any request that finds it unloaded; ``(model id, neuron)``.
+
+    :raises NotFound: not in the catalogue (nor loaded anywhere).
+    """
+    router = request.config_dict[router_key]
+    model_id = router.registry.resolve(requested)
+    if model_id not in router.registry.catalogue and not router.registry.replicas(model_id):
+        raise NotFound(f"model {model_id!r} is not in the catalogue", code="model_not_found")
+    model_id, state = await router.route(model_id, client=ADMIN)
+    return model_id, state.name
 
 
 async def admin_unload(request: web.Request) -> web.Response:

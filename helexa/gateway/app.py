@@ -119,7 +119,6 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 registry,
                 clients,
                 metrics,
-                strategy=cfg.eviction.strategy,
                 full_stop_after_unloads=cfg.eviction.full_stop_after_unloads,
                 load_timeout=cfg.gateway.load_timeout_seconds,
             )

@@ -1,13 +1,14 @@
 """Acting on gangs: one model over several neurons, loaded, stopped and failed as one unit.
 
-The engine's own multi-node runtime (vLLM) does the distributed work; the gateway only places the ranks
-(:func:`helexa.gateway.placement.place_gang`), starts them and watches them:
+The engine's own multi-node runtime (vLLM) does the distributed work; the gateway places the ranks (the one
+placer, :func:`helexa.gateway.scheduling.decide`, through :func:`helexa.gateway.placement.place_gang`), and this
+module starts them and watches them — on the members it is given, after the lifecycle evicted what the plan said:
 
-1. **Load** (all or nothing): unload what is left of earlier gangs of the model; evict on each member what
-   placement chose; start the head (rank 0) without waiting — its neuron reserves the torch.distributed port
-   and answers with it and its engine versions — then every follower with them (their neurons refuse a version
-   mismatch); wait for the head to serve, watching the followers meanwhile. Any refusal or failure stops every
-   member, and the error names the member and its reason.
+1. **Load** (all or nothing): wake the gang sleeping on exactly those members, if there is one; else unload what is
+   left of earlier gangs of the model; start the head (rank 0) without waiting — its neuron reserves the
+   torch.distributed port and answers with it and its engine versions — then every follower with them (their
+   neurons refuse a version mismatch); wait for the head to serve, watching the followers meanwhile. Any refusal
+   or failure stops every member, and the error names the member and its reason.
 2. **Unload**: through the head first. Where the head's engine can sleep (vLLM's sleep mode), the whole gang
    sleeps through it and the followers are marked asleep; a load wakes it. Otherwise every member stops.
 3. **Failure**: after each poll, a gang that is neither complete nor asleep nor being loaded or unloaded —
@@ -30,10 +31,8 @@ from helexa.config import ModelEntry
 from helexa.errors import HelexaError, PreflightError
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
-from helexa.gateway.placement import GangPlan, could_fit, place_gang
-from helexa.gateway.poller import poll_once
 from helexa.gateway.registry import Gang, NeuronState, Registry
-from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus, RankSpec
+from helexa.wire.neuron import LoadRequest, ModelStatus, RankSpec
 
 __all__ = ["GangKeeper"]
 
@@ -43,11 +42,8 @@ STOP_LIMIT_S = 120.0  # how long a member's neuron may take to stop its rank (an
 
 
 class GangKeeper:
-    """Loads, unloads and reaps the gangs of the catalogue's ``hosts > 1`` models.
-
-    ``evict(neuron, model_id)`` unloads a victim (through the lifecycle, so a victim that is itself a gang
-    member takes its gang with it); ``no_capacity(message, **kw)`` builds the lifecycle's 503.
-    """
+    """Loads (on members it is given), wakes, unloads and reaps the gangs of the catalogue's ``hosts > 1``
+    models. It decides nothing about placement and calls nothing of the lifecycle that drives it."""
 
     def __init__(
         self,
@@ -55,74 +51,36 @@ class GangKeeper:
         clients: dict[str, NeuronClient],
         metrics: GatewayMetrics,
         *,
-        strategy: str,
         load_timeout: float,
-        locks: dict[str, asyncio.Lock],
-        evict: Callable[[str, str], Awaitable[None]],
-        no_capacity: Callable[..., HelexaError],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry, self.clients, self.metrics = registry, clients, metrics
-        self.strategy, self.load_timeout, self.clock = strategy, load_timeout, clock
-        self._locks, self._evict, self._no_capacity = locks, evict, no_capacity
+        self.load_timeout, self.clock = load_timeout, clock
         self._busy: set[str] = set()  # models with a gang load or unload in progress (not reaped meanwhile)
         self._reaping = False
 
     # ------------------------------------------------------------------------------------------ load
 
-    async def load(self, entry: ModelEntry) -> str:
-        """Load ``entry`` as a gang (or wake its sleeping gang); return the head's neuron."""
+    async def load(self, entry: ModelEntry, members: tuple[str, ...]) -> None:
+        """Serve ``entry`` as a gang on ``members`` (rank order, the head first): wake its gang sleeping on exactly
+        them, else start a new one there (what is left of earlier gangs of the model is stopped first). The
+        caller holds the members' locks and has evicted what the plan said.
+
+        :raises HelexaError: a member refused or failed (every member is stopped; the error names it).
+        """
         self._busy.add(entry.id)
         try:
             for gang in self.registry.gangs(entry.id):
-                if gang.sleeping and await self._wake(gang):
-                    return gang.members[0].neuron.name
+                if gang.sleeping and tuple(m.neuron.name for m in gang.members) == members and await self._wake(gang):
+                    return
             await self._stop_all(entry.id, reason="a new gang replaces it")
-            plan = self._place(entry)
-            names = sorted(set(plan.members))
-            async with contextlib.AsyncExitStack() as stack:
-                for name in names:  # always in name order: two gang loads never wait on each other's locks
-                    await stack.enter_async_context(self._locks[name])
-                began = self.clock()
-                for name, victims in zip(plan.members, plan.victims, strict=True):
-                    for victim in victims:
-                        logger.info("evicting %s from %s to make room for gang %s", victim, name, entry.id)
-                        await self._evict(name, victim)
-                        self.metrics.evictions.labels(victim, name).inc()
-                await self._start(entry, plan)
-                head = plan.members[0]
-                self.metrics.cold_starts.labels(entry.id, head).inc()
-                self.metrics.load_seconds.labels(entry.id, head).observe(self.clock() - began)
-                await asyncio.gather(*(poll_once(self.registry.neurons[n], self.clients[n]) for n in names))
-                return head
+            await self._start(entry, members)
         finally:
             self._busy.discard(entry.id)
 
-    def _place(self, entry: ModelEntry) -> GangPlan:
-        need = self.registry.need(entry)
-        views = self.registry.views()
-        plan = place_gang(need, views, self.strategy)
-        if plan is not None:
-            return plan
-        joining = [v for v in views if v.multi_host]
-        holding = [v for v in joining if could_fit(need.rank(), v)]
-        if len(holding) < need.hosts:
-            raise self._no_capacity(
-                f"model {entry.id!r} spans {need.hosts} hosts, but of the healthy neurons "
-                f"{len(joining)} join gangs ([neuron] multi_host) and {len(holding)} of them could hold a rank "
-                f"({need.rank().vram_mb} MiB, harness {entry.harness})",
-                code="no_placement",
-            )
-        raise self._no_capacity(
-            f"model {entry.id!r} spans {need.hosts} hosts and fewer have room now: every model that could make room "
-            "is pinned or busy; retry when requests finish",
-            headers={"Retry-After": "10"},
-        )
-
-    async def _start(self, entry: ModelEntry, plan: GangPlan) -> None:
-        """Start every rank of ``plan``; on any refusal or failure stop them all and raise, naming the member."""
+    async def _start(self, entry: ModelEntry, names: tuple[str, ...]) -> None:
+        """Start a rank on each of ``names``; on any refusal or failure stop them all and raise, naming the member."""
         gang_id = secrets.token_hex(6)
-        names = plan.members
         peers = [self._address(name) for name in names]
         head_rank = RankSpec(gang=gang_id, rank=0, size=len(names), peers=peers)
         logger.info("loading %s as gang %s on %s (head %s)", entry.id, gang_id, ", ".join(names), names[0])
@@ -248,9 +206,7 @@ class GangKeeper:
                     for member in gang.members[1:]:
                         await self.clients[member.neuron.name].unload(model_id)
                     for member in gang.members:
-                        member.neuron.models[model_id] = msgspec.structs.replace(
-                            member.info, status=ModelStatus.SLEEPING
-                        )
+                        member.neuron.move(model_id, ModelStatus.SLEEPING)
                     logger.info("gang %s of %s sleeps (through its head on %s)", gang_id, model_id, head.neuron.name)
                     return
             await self._stop(model_id, names)
@@ -267,8 +223,7 @@ class GangKeeper:
                     await self.clients[name].unload(model_id, stop=True, limit_s=STOP_LIMIT_S)
                 except HelexaError as exc:
                     logger.warning("could not stop %s's rank on %s: %s", model_id, name, exc.message)
-            state.models.pop(model_id, None)
-            state.last_used.pop(model_id, None)
+            state.move(model_id, None)
 
         await asyncio.gather(*(one(name) for name in names))
 
@@ -316,9 +271,7 @@ class GangKeeper:
     def _mark(
         state: NeuronState, entry: ModelEntry, status: ModelStatus, rank: RankSpec, loaded_at: float = 0.0
     ) -> None:
-        state.models[entry.id] = ModelInfo(
-            id=entry.id, harness=entry.harness, status=status, rank=rank, loaded_at=loaded_at
-        )
+        state.move(entry.id, status, harness=entry.harness, rank=rank, loaded_at=loaded_at)
 
 
 def _request(entry: ModelEntry, rank: RankSpec, *, wait: bool = True) -> LoadRequest:

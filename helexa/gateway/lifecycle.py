@@ -1,35 +1,39 @@
-"""Acting on placement: cold-load (evicting if needed), one load per model at a time; unload.
+"""Acting on the placer's plans: loads (evicting what the plan says first), one per model at a time; unloads.
 
-A load runs as a task of its own, one per model; a caller that gives up does not cancel it. Requests wait for
-loads in the scheduler's queue (:mod:`helexa.gateway.queue`), which starts them as its policy planned; an
-admin load is placed here. A failed load reaches every waiter with the neuron's own reason (a preflight refusal
-stays a structured 422).
+The scheduler's policy (:func:`helexa.gateway.scheduling.decide`) is the one placer: it says which model goes on
+which neuron — for a gang, on which members — and what is evicted on each. This module carries a plan out and
+decides nothing: on fresh numbers it only checks that the plan still holds (the victims idle, the model fitting
+once they are gone) and raises :class:`PlanOutdated` when it does not, for the policy to plan again. Gangs'
+mechanics (all-or-nothing starts, waking, reaping) are :class:`~helexa.gateway.gangs.GangKeeper`'s, which this
+module drives and which never calls back.
 
-Loads on one neuron are serialised and the neuron is re-read right before deciding, so two cold loads never
-count the same free memory twice. Loads on different neurons run in parallel.
+A load runs as a task of its own, one per model; a caller that gives up does not cancel it. Loads on one neuron
+are serialised (a gang's take its members' locks in name order), so two loads never count the same free memory
+twice; loads on different neurons run in parallel. Every change to what a neuron holds goes through
+:meth:`helexa.gateway.registry.NeuronState.move`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
 
 import msgspec
 
 from helexa.config import ModelEntry
-from helexa.errors import HelexaError, NotFound, Overloaded
+from helexa.errors import HelexaError
 from helexa.gateway.gangs import GangKeeper
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
-from helexa.gateway.placement import EvictionPlan, could_fit, fits, place, plan_eviction
+from helexa.gateway.placement import fits_without
 from helexa.gateway.poller import poll_once
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.scheduling import Load
-from helexa.wire.neuron import LoadRequest, ModelInfo, ModelStatus
+from helexa.wire.neuron import LoadRequest, ModelStatus
 
 __all__ = ["Lifecycle", "NoCapacity", "PlanOutdated"]
 
@@ -52,8 +56,8 @@ class PlanOutdated(HelexaError):
 
 
 class Lifecycle:
-    """Loads models where placement says (evicting as needed), one load per model at a time; unloads them.
-    Which replica serves a request is :class:`helexa.gateway.routing.Router`'s."""
+    """Carries out planned loads (evicting as planned), one load per model at a time; unloads models — a gang
+    member's whole gang. Which replica serves a request, and what is loaded where, is decided elsewhere."""
 
     def __init__(
         self,
@@ -61,7 +65,6 @@ class Lifecycle:
         clients: dict[str, NeuronClient],
         metrics: GatewayMetrics,
         *,
-        strategy: str = "lru",
         full_stop_after_unloads: int = 0,
         load_timeout: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
@@ -69,47 +72,22 @@ class Lifecycle:
         self.registry = registry
         self.clients = clients
         self.metrics = metrics
-        self.strategy = strategy
         self.full_stop_after_unloads = full_stop_after_unloads
         self.load_timeout = load_timeout
         self.clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.gangs = GangKeeper(
-            registry,
-            clients,
-            metrics,
-            strategy=strategy,
-            load_timeout=load_timeout,
-            locks=self._neuron_locks,
-            evict=self.unload,
-            no_capacity=NoCapacity,
-            clock=clock,
-        )
+        self.gangs = GangKeeper(registry, clients, metrics, load_timeout=load_timeout, clock=clock)
 
-    def start(self, entry: ModelEntry, load: Load | None = None) -> asyncio.Task[str]:
-        """The task loading ``entry`` (started now unless one runs): as ``load`` plans it (victims and neuron, from
-        the scheduler), or where placement says (``None``; a gang always places its members itself). The task's
-        result is the neuron; a planned load whose plan went stale raises :class:`PlanOutdated`."""
+    def start(self, entry: ModelEntry, load: Load) -> asyncio.Task[str]:
+        """The task loading ``entry`` as ``load`` plans it (started now unless one runs). Its result is the neuron
+        that serves it (a gang's head); a plan that went stale raises :class:`PlanOutdated`."""
         task = self._loads.get(entry.id)
         if task is None:
-            task = asyncio.create_task(self._cold_load(entry, load), name=f"cold load {entry.id}")
+            task = asyncio.create_task(self._run(entry, load), name=f"cold load {entry.id}")
             self._loads[entry.id] = task
             task.add_done_callback(lambda t, model_id=entry.id: self._load_done(model_id, t))
         return task
-
-    async def ensure_loaded(self, entry: ModelEntry) -> str:
-        """Wait for ``entry`` to be loaded somewhere (starting the load if nobody has); return the neuron. A caller
-        that gives up does not cancel the load.
-
-        :raises Overloaded: it took longer than ``load_timeout``.
-        """
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.start(entry)), self.load_timeout)
-        except TimeoutError:
-            raise Overloaded(
-                f"model {entry.id!r} is still loading after {self.load_timeout:.0f}s; retry later", retry_after=30
-            ) from None
 
     def _load_done(self, model_id: str, task: asyncio.Task[str]) -> None:
         self._loads.pop(model_id, None)
@@ -122,115 +100,66 @@ class Lifecycle:
 
     # ------------------------------------------------------------------------------------------ loading
 
-    def _decide(self, entry: ModelEntry) -> EvictionPlan:
-        for state in self.registry.neurons.values():  # a sleeping engine wakes in seconds: prefer it
-            info = state.models.get(entry.id)
-            if state.healthy and info is not None and info.status == ModelStatus.SLEEPING:
-                return EvictionPlan(state.name, ())
-        need = self.registry.need(entry)
-        views = self.registry.views()
-        target = place(need, views)
-        if target is not None:
-            return EvictionPlan(target, ())
-        plan = plan_eviction(need, views, self.strategy)
-        if plan is not None:
-            return plan
-        if not any(could_fit(need, v) for v in views):
-            healthy = ", ".join(v.name for v in views) or "none"
-            raise NoCapacity(
-                f"no healthy neuron can hold model {entry.id!r} (harness {entry.harness}, {entry.vram_mb} MiB on "
-                f"{need.devices} device(s)); healthy neurons: {healthy}",
-                code="no_placement",
-            )
-        raise NoCapacity(
-            f"model {entry.id!r} does not fit now and every model that could make room is pinned or busy; "
-            "retry when requests finish",
-            headers={"Retry-After": "10"},
-        )
-
-    async def _cold_load(self, entry: ModelEntry, load: Load | None) -> str:
-        if entry.hosts > 1:
-            return await self.gangs.load(entry)
-        if load is not None:
-            return await self._planned(entry, load)
-        for _ in range(3):
-            plan = self._decide(entry)
-            async with self._neuron_locks[plan.neuron]:
-                state = self.registry.neurons[plan.neuron]
-                await poll_once(state, self.clients[plan.neuron])  # decide again on fresh numbers
-                if self.registry.replicas(entry.id):
-                    return self.registry.replicas(entry.id)[0].name
-                fresh = self._decide(entry)
-                if fresh.neuron != plan.neuron:
-                    continue
-                await self._swap(state, entry, fresh.victims)
-                return plan.neuron
-        raise NoCapacity(f"placement for model {entry.id!r} kept changing; retry", headers={"Retry-After": "5"})
-
-    async def _planned(self, entry: ModelEntry, load: Load) -> str:
-        """Load as the scheduler planned, on fresh numbers: only its victims may go, and only while idle.
-
-        :raises PlanOutdated: a victim is busy again, or the model does not fit there even without them.
-        """
-        async with self._neuron_locks[load.neuron]:
-            state = self.registry.neurons[load.neuron]
-            await poll_once(state, self.clients[load.neuron])
+    async def _run(self, entry: ModelEntry, load: Load) -> str:
+        """Carry ``load`` out: under its neurons' locks, on fresh numbers, check it still holds; unload its victims;
+        load (a gang: start or wake its members)."""
+        names = sorted({neuron for neuron, _ in load.places})
+        async with contextlib.AsyncExitStack() as stack:
+            for name in names:  # always in name order: two loads never wait on each other's locks
+                await stack.enter_async_context(self._neuron_locks[name])
+            await asyncio.gather(*(poll_once(self.registry.neurons[n], self.clients[n]) for n in names))
             if replicas := self.registry.replicas(entry.id):
                 return replicas[0].name
-            info = state.models.get(entry.id)
-            if not (state.healthy and info is not None and info.status == ModelStatus.SLEEPING):
-                view = next((v for v in self.registry.views() if v.name == load.neuron), None)
-                if view is None:
-                    raise PlanOutdated(f"neuron {load.neuron} is down")
-                allowed = set(load.victims)
-                view = replace(
-                    view, resident=tuple(replace(m, pinned=m.pinned or m.id not in allowed) for m in view.resident)
-                )
-                need = self.registry.need(entry)
-                fresh = EvictionPlan(view.name, ()) if fits(need, view) else plan_eviction(need, [view], self.strategy)
-                if fresh is None:
-                    raise PlanOutdated(f"{entry.id} no longer fits on {load.neuron} with what may be evicted there")
-                load = Load(entry.id, load.neuron, fresh.victims)
-            await self._swap(state, entry, load.victims)
-            return load.neuron
+            self._check(entry, load)
+            began = self.clock()
+            for neuron, victims in load.places:
+                for victim in victims:
+                    logger.info("evicting %s from %s to make room for %s", victim, neuron, entry.id)
+                    await self.unload(neuron, victim)
+                    self.metrics.evictions.labels(victim, neuron).inc()
+            if entry.hosts > 1:
+                await self.gangs.load(entry, load.members)
+            else:
+                await self._load_on(self.registry.neurons[load.neuron], entry)
+            head = load.neuron
+            self.metrics.cold_starts.labels(entry.id, head).inc()
+            if any(victims for _, victims in load.places):
+                self.metrics.swaps.labels(entry.id, head).inc()
+            self.metrics.load_seconds.labels(entry.id, head).observe(self.clock() - began)
+            await asyncio.gather(*(poll_once(self.registry.neurons[n], self.clients[n]) for n in names))
+            return head
 
-    async def _swap(self, state: NeuronState, entry: ModelEntry, victims: tuple[str, ...]) -> None:
-        """Unload ``victims`` from ``state``'s neuron, then load ``entry`` there (a swap when there were any)."""
-        began = self.clock()
-        for victim in victims:
-            logger.info("evicting %s from %s to make room for %s", victim, state.name, entry.id)
-            await self.unload(state.name, victim)
-            self.metrics.evictions.labels(victim, state.name).inc()
-        await self._load_on(state, entry)
-        self.metrics.cold_starts.labels(entry.id, state.name).inc()
-        if victims:
-            self.metrics.swaps.labels(entry.id, state.name).inc()
-        self.metrics.load_seconds.labels(entry.id, state.name).observe(self.clock() - began)
-        await poll_once(state, self.clients[state.name])
+    def _check(self, entry: ModelEntry, load: Load) -> None:
+        """:raises PlanOutdated: on fresh numbers the plan does not hold: a neuron is down, a victim is busy or gone
+        elsewhere, or the model (a gang: its share) does not fit once the victims are gone."""
+        need = self.registry.need(entry)
+        if entry.hosts > 1:
+            need = need.rank()
+        views = {v.name: v for v in self.registry.views()}
+        for neuron, victims in load.places:
+            view = views.get(neuron)
+            if view is None:
+                raise PlanOutdated(f"neuron {neuron} is down")
+            info = self.registry.neurons[neuron].models.get(entry.id)
+            if info is not None and info.status == ModelStatus.SLEEPING:
+                continue  # its own engine, asleep: waking it needs nothing more
+            if not fits_without(need, view, victims):
+                raise PlanOutdated(f"{entry.id} no longer fits on {neuron} with what the plan evicts there")
 
     async def _load_on(self, state: NeuronState, entry: ModelEntry) -> None:
         logger.info("loading %s on %s", entry.id, state.name)
-        state.models[entry.id] = ModelInfo(id=entry.id, harness=entry.harness, status=ModelStatus.LOADING)
+        state.move(entry.id, ModelStatus.LOADING, harness=entry.harness)
         request = LoadRequest(**msgspec.structs.asdict(entry.spec()))
         try:
             await self.clients[state.name].load(request, self.load_timeout)
         except BaseException:
-            state.models.pop(entry.id, None)
+            state.move(entry.id, None)
             raise
-        state.models[entry.id] = ModelInfo(
-            id=entry.id, harness=entry.harness, status=ModelStatus.LOADED, loaded_at=time.time()
-        )
+        state.move(entry.id, ModelStatus.LOADED, harness=entry.harness, loaded_at=time.time())
         state.last_used[entry.id] = self.clock()
         state.cycles += 1
 
-    async def load(self, model_id: str) -> str:
-        """Load a catalogue model now (admin); return the neuron. :raises NotFound: not in the catalogue."""
-        entry = self.registry.catalogue.get(model_id)
-        if entry is None:
-            raise NotFound(f"model {model_id!r} is not in the catalogue", code="model_not_found")
-        if replicas := self.registry.replicas(entry.id):
-            return replicas[0].name
-        return await self.ensure_loaded(entry)
+    # ------------------------------------------------------------------------------------------ unloading
 
     async def unload(self, neuron: str, model_id: str) -> None:
         """Unload ``model_id`` from ``neuron``; every ``full_stop_after_unloads`` cycles, a full engine stop. A
@@ -245,5 +174,4 @@ class Lifecycle:
             await self.gangs.unload(model_id, rank.gang, stop=stop)
             return
         await self.clients[neuron].unload(model_id, stop=stop)
-        state.models.pop(model_id, None)
-        state.last_used.pop(model_id, None)
+        state.move(model_id, None)  # gone, or asleep: the next poll says which

@@ -23,6 +23,7 @@ __all__ = [
     "ResidentModel",
     "could_fit",
     "fits",
+    "fits_without",
     "pick_replica",
     "place",
     "place_gang",
@@ -118,6 +119,31 @@ def fits(need: Need, neuron: NeuronView) -> bool:
     return _fits(need, neuron, free={}, ram_free=neuron.ram_free_mb, use_total=False)
 
 
+def fits_without(need: Need, neuron: NeuronView, victims: Iterable[str]) -> bool:
+    """``need`` fits on ``neuron`` once ``victims`` are unloaded — each of them resident there, idle and not pinned
+    (else False: a plan that counted on it no longer holds)."""
+    resident = {m.id: m for m in neuron.resident}
+    free = {d.index: d.free_mb for d in neuron.devices}
+    ram_free = neuron.ram_free_mb
+    for victim in victims:
+        model = resident.get(victim)
+        if model is None or model.in_flight or model.pinned:
+            return False
+        ram_free = _release(model, free, ram_free)
+    return _fits(need, neuron, free=free, ram_free=ram_free, use_total=False)
+
+
+def _release(model: ResidentModel, free: dict[int, int], ram_free: int) -> int:
+    """Count ``model``'s memory as free again: its share on each of its devices (``free``, updated), else its RAM;
+    returns the free RAM."""
+    if not model.devices:
+        return ram_free + model.vram_mb
+    share = model.vram_mb // len(model.devices)
+    for index in model.devices:
+        free[index] = free.get(index, 0) + share
+    return ram_free
+
+
 def could_fit(need: Need, neuron: NeuronView) -> bool:
     """``need`` would fit on ``neuron`` if everything there were unloaded (a valid placement at all)."""
     return _fits(need, neuron, free={}, ram_free=neuron.ram_free_mb, use_total=True)
@@ -167,12 +193,7 @@ def plan_eviction(need: Need, neurons: Iterable[NeuronView], strategy: str = "lr
             if _fits(need, neuron, free=free, ram_free=ram_free, use_total=False):
                 break
             victims.append(model.id)
-            if model.devices:
-                share = model.vram_mb // len(model.devices)
-                for index in model.devices:
-                    free[index] = free.get(index, 0) + share
-            else:
-                ram_free += model.vram_mb
+            ram_free = _release(model, free, ram_free)
         if not _fits(need, neuron, free=free, ram_free=ram_free, use_total=False):
             continue
         key = (neuron.name not in need.pinned_on, len(victims), neuron.name)

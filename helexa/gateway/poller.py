@@ -43,7 +43,7 @@ async def poll_once(state: NeuronState, client: NeuronClient) -> bool:
     if not state.healthy:
         logger.info("neuron %s is up (%d devices)", state.name, len(state.discovery.devices))
     state.health, state.healthy, state.failures, state.last_error, state.suspect = health, True, 0, "", ""
-    state.models = {m.id: m for m in models}
+    state.reported(models)
     return True
 
 

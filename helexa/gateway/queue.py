@@ -3,9 +3,10 @@
 A request whose model is served while nothing waits goes straight through (the router's fast path: no queue).
 Any other request takes a ticket and waits here until the policy admits it — its model loaded and not draining —
 or refuses it. The policy runs again whenever something it looks at changes: a request joins or leaves the queue,
-a request ends while others wait, a load ends, a neuron was polled, the oldest waiter becomes overdue. Loads are
-started through the :class:`~helexa.gateway.lifecycle.Lifecycle` exactly as planned (the victims it chose, on
-the neuron it chose); a plan that went stale before it ran is planned again at the next event.
+a request ends while others wait, a load ends, a neuron was polled, the oldest waiter becomes overdue. An admitted
+request goes to the replica the policy named. Loads are started through the
+:class:`~helexa.gateway.lifecycle.Lifecycle` exactly as planned (the victims it chose, on the neuron — or a gang's
+members — it chose); a plan that went stale before it ran is planned again at the next event.
 
 After every poll, models idle for their ``idle_unload_seconds`` are unloaded (put to sleep where the harness has
 a sleep tier) unless they are pinned there, busy or waited for. Time comes from ``clock`` (injectable).
@@ -28,7 +29,7 @@ from aiohttp import web
 from helexa.errors import HelexaError, NotFound, Overloaded
 from helexa.gateway.lifecycle import Lifecycle, NoCapacity, PlanOutdated
 from helexa.gateway.metrics import GatewayMetrics
-from helexa.gateway.placement import ResidentModel
+from helexa.gateway.placement import ResidentModel, could_fit
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.scheduling import (
     NORMAL,
@@ -71,8 +72,8 @@ def client_of(request: web.Request) -> Client:
 @dataclass(eq=False, slots=True)
 class _Ticket:
     waiter: Waiter
-    future: asyncio.Future[None]
-    admitted: bool = False
+    future: asyncio.Future[str]
+    admitted: str = ""  # the neuron it was admitted to
 
 
 def _bump(table: dict, key: object, n: int) -> None:
@@ -109,13 +110,13 @@ class Scheduler:
         self._tickets: dict[int, _Ticket] = {}
         self._numbers = itertools.count()
         self._queued: dict[tuple[str, str], int] = {}  # (model, key) -> requests waiting
-        self._admitted: dict[str, int] = {}  # model -> requests admitted and not yet sent
+        self._admitted: dict[tuple[str, str], int] = {}  # (neuron, model) -> requests admitted and not yet sent
         #: (neuron, model) replicas that take no new requests: drained for a swap, or being unloaded for idleness
         self.held: frozenset[tuple[str, str]] = frozenset()
         self._draining: frozenset[tuple[str, str]] = frozenset()
         self._unloading: set[tuple[str, str]] = set()
         self._evicting: dict[str, frozenset[tuple[str, str]]] = {}  # model loading -> its victims (neuron, model)
-        self._targets: dict[str, str] = {}  # model loading -> the neuron it loads on (as planned here)
+        self._targets: dict[str, tuple[str, ...]] = {}  # model loading -> the neurons it loads on (as planned here)
         self._run_soon: asyncio.Handle | None = None
         self._overdue: asyncio.TimerHandle | None = None
         self._sweep: asyncio.Task[None] | None = None
@@ -137,8 +138,9 @@ class Scheduler:
             gone.update(n for n, m in victims if m == model_id)
         return frozenset(gone)
 
-    async def wait(self, model_id: str, client: Client = ANONYMOUS) -> None:
-        """Wait until the policy admits a request of ``client`` for ``model_id`` (it is served and not draining).
+    async def wait(self, model_id: str, client: Client = ANONYMOUS, preferred: str = "") -> str:
+        """Wait until the policy admits a request of ``client`` for ``model_id`` (it is served and not draining);
+        return the neuron it admitted the request to (``preferred``: its conversation's replica, if any).
 
         :raises Overloaded: ``queue_limit`` requests of this key already wait for the model, or the wait took
             longer than ``load_timeout``.
@@ -153,7 +155,7 @@ class Scheduler:
             )
         number = next(self._numbers)
         ticket = _Ticket(
-            Waiter(number, model_id, self.clock(), client.priority, client.key),
+            Waiter(number, model_id, self.clock(), client.priority, client.key, preferred),
             asyncio.get_running_loop().create_future(),
         )
         self._tickets[number] = ticket
@@ -162,7 +164,7 @@ class Scheduler:
         gauge.inc()
         self._changed()
         try:
-            await asyncio.wait_for(ticket.future, self.load_timeout)
+            return await asyncio.wait_for(ticket.future, self.load_timeout)
         except TimeoutError:
             raise Overloaded(
                 f"model {model_id!r} could not be served within {self.load_timeout:.0f}s; retry later", retry_after=30
@@ -173,7 +175,7 @@ class Scheduler:
             del self._tickets[number]
             _bump(counts, (model_id, client.key), -1)
             if ticket.admitted:
-                _bump(self._admitted, model_id, -1)
+                _bump(self._admitted, (ticket.admitted, model_id), -1)
             gauge.dec()
             waited = self.clock() - ticket.waiter.arrived
             self.metrics.queue_wait.labels(model_id, PRIORITY_NAMES[client.priority]).observe(waited)
@@ -225,17 +227,17 @@ class Scheduler:
                 "%d waiting: admit %d, load %s, drain %s, refuse %s",
                 len(waiting),
                 len(decision.admit),
-                [(load.model, load.neuron, load.victims) for load in decision.loads],
+                [(load.model, load.places) for load in decision.loads],
                 sorted(decision.draining),
                 decision.refuse,
             )
         self._draining = decision.draining
         self._hold()
-        for number in decision.admit:
+        for number, neuron in decision.admit:
             ticket = self._tickets[number]
-            ticket.admitted = True
-            _bump(self._admitted, ticket.waiter.model, 1)
-            ticket.future.set_result(None)
+            ticket.admitted = neuron
+            _bump(self._admitted, (neuron, ticket.waiter.model), 1)
+            ticket.future.set_result(neuron)
         for number, reason in decision.refuse.items():
             self._tickets[number].future.set_exception(self._refusal(self._tickets[number].waiter.model, reason))
         for load in decision.loads:
@@ -252,15 +254,20 @@ class Scheduler:
         admitted = self._admitted
         views = registry.views()
         if admitted:  # admitted and not yet sent: busy all the same
-            views = [replace(v, resident=tuple(_plus(r, admitted.get(r.id, 0)) for r in v.resident)) for v in views]
+            views = [
+                replace(v, resident=tuple(_plus(r, admitted.get((v.name, r.id), 0)) for r in v.resident)) for v in views
+            ]
         serving: dict[str, frozenset[str]] = {}
-        sleeping: dict[str, str] = {}
+        busy: dict[tuple[str, str], int] = {}
         for model in models:  # replicas being unloaded (for a swap, or idle) serve no more
-            names = frozenset(n.name for n in registry.replicas(model)) - self.leaving(model)
-            if names:
-                serving[model] = names
+            replicas = [n for n in registry.replicas(model) if n.name not in self.leaving(model)]
+            if replicas:
+                serving[model] = frozenset(n.name for n in replicas)
+            for n in replicas:  # through this gateway, queued in the engine, admitted and not yet sent
+                queued = n.in_flight.get(model, 0) + n.models[model].waiting + admitted.get((n.name, model), 0)
+                busy[(n.name, model)] = queued
         loading = set(self.lifecycle.loading())
-        claimed = {self._targets[m] for m in loading if m in self._targets}
+        claimed = {n for m in loading for n in self._targets.get(m, ())}
         used: dict[tuple[str, str], dict[int, float]] = {}
         for state in registry.neurons.values():
             if not state.healthy:
@@ -269,17 +276,39 @@ class Scheduler:
                 if info.status in (ModelStatus.LOADING, ModelStatus.DOWNLOADING):
                     loading.add(model_id)
                     claimed.add(state.name)
-                elif info.status == ModelStatus.SLEEPING and model_id in models:
-                    sleeping.setdefault(model_id, state.name)
             for (model_id, priority), at in state.used_by.items():
                 used.setdefault((state.name, model_id), {})[priority] = at
         needs = {m: registry.need(registry.catalogue[m]) for m in models if m in registry.catalogue}
-        return Fleet(tuple(views), serving, frozenset(loading), frozenset(claimed), sleeping, needs, used)
+        sleeping = {m: found for m in models if (found := self._asleep(m))}
+        return Fleet(tuple(views), serving, frozenset(loading), frozenset(claimed), sleeping, needs, used, busy)
+
+    def _asleep(self, model_id: str) -> tuple[str, ...]:
+        """Where ``model_id`` sleeps on healthy neurons: one neuron, or a gang's members in rank order (the head
+        first); empty when it sleeps nowhere."""
+        for gang in self.registry.gangs(model_id):
+            if gang.sleeping:
+                return tuple(m.neuron.name for m in gang.members)
+        for state in self.registry.neurons.values():
+            info = state.models.get(model_id)
+            if state.healthy and info is not None and info.rank is None and info.status == ModelStatus.SLEEPING:
+                return (state.name,)
+        return ()
 
     def _refusal(self, model_id: str, reason: str) -> HelexaError:
         if reason == "not_found":
             return NotFound(f"model {model_id!r} is no longer loaded anywhere", param="model", code="model_not_found")
         if reason == "no_placement":
+            entry = self.registry.catalogue.get(model_id)
+            if entry is not None and entry.hosts > 1:
+                rank = self.registry.need(entry).rank()
+                joining = [v for v in self.registry.views() if v.multi_host]
+                holding = sum(could_fit(rank, v) for v in joining)
+                return NoCapacity(
+                    f"model {model_id!r} spans {entry.hosts} hosts, but of the healthy neurons {len(joining)} join "
+                    f"gangs ([neuron] multi_host) and {holding} of them could hold a rank ({rank.vram_mb} MiB, "
+                    f"harness {entry.harness})",
+                    code="no_placement",
+                )
             return NoCapacity(f"no healthy neuron can hold model {model_id!r}", code="no_placement")
         return NoCapacity(
             f"model {model_id!r} does not fit now and every model that could make room is pinned "
@@ -289,11 +318,11 @@ class Scheduler:
 
     def _start(self, load: Load) -> None:
         entry = self.registry.catalogue[load.model]
-        task = self.lifecycle.start(entry, load if load.neuron else None)
-        if load.neuron:
-            self._targets[load.model] = load.neuron
-        if load.victims:  # they take no new requests until the swap is over
-            self._evicting[load.model] = frozenset((load.neuron, v) for v in load.victims)
+        task = self.lifecycle.start(entry, load)
+        self._targets[load.model] = tuple(neuron for neuron, _ in load.places)
+        victims = frozenset((neuron, v) for neuron, those in load.places for v in those)
+        if victims:  # they take no new requests until the swap is over
+            self._evicting[load.model] = victims
             self._hold()
         task.add_done_callback(lambda t, model_id=load.model: self._loaded(model_id, t))
 
@@ -331,7 +360,7 @@ class Scheduler:
             for model_id, info in state.models.items():
                 if info.status == ModelStatus.LOADED:
                     state.last_used.setdefault(model_id, now)
-        busy = {t.waiter.model for t in self._tickets.values()} | set(self._admitted)
+        busy = {t.waiter.model for t in self._tickets.values()} | {m for _, m in self._admitted}
         busy |= set(self.lifecycle.loading()) | {m for _, m in self.held}
         views = [
             replace(
@@ -358,7 +387,7 @@ class Scheduler:
             self._unloading.add((neuron, model_id))
             self._hold()
             try:
-                if state.in_flight.get(model_id, 0) or self._admitted.get(model_id):
+                if state.in_flight.get(model_id, 0) or any(m == model_id for _, m in self._admitted):
                     continue  # used since the sweep looked
                 idle = self.clock() - state.last_used.get(model_id, self.clock())
                 logger.info("unloading %s from %s: idle for %.0fs", model_id, neuron, idle)

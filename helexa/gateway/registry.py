@@ -1,8 +1,11 @@
 """What the gateway knows of the fleet: neurons, what each has loaded, and the catalogue. State, no I/O.
 
-Neurons are the source of truth for what is loaded; the poller copies their ``/models`` here. The gateway
-adds only what neurons cannot know: requests in flight through this gateway and when each model was last
-used (for LRU), and load/unload cycles per neuron (for ``full_stop_after_unloads``).
+Neurons are the source of truth for what is loaded; the poller copies their ``/models`` here
+(:meth:`NeuronState.reported`). Between polls the gateway records what its own actions did — a load begun, ended,
+an unload — through one door, :meth:`NeuronState.move`, checked against :data:`MOVES` (the neuron's vocabulary:
+``loading``, ``loaded``, ``sleeping``; ``None`` = gone). The gateway adds only what neurons cannot know: requests
+in flight through this gateway and when each model was last used (for LRU), and load/unload cycles per neuron
+(for ``full_stop_after_unloads``).
 """
 
 from __future__ import annotations
@@ -11,11 +14,31 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from helexa.config import ModelEntry, NeuronRef
 from helexa.gateway.placement import DeviceView, Need, NeuronView, ResidentModel
 from helexa.wire.neuron import RESIDENT, Discovery, ModelInfo, ModelStatus, NeuronHealth, RankSpec
 
-__all__ = ["Gang", "Member", "NeuronState", "Registry"]
+__all__ = ["MOVES", "Gang", "InvalidMove", "Member", "NeuronState", "Registry"]
+
+_S = ModelStatus
+#: What the gateway's own actions may change a model's state to between polls, by its state now (``None``: the
+#: neuron does not list it). A load's answer may come before the gateway saw the load begin (``None -> loaded``);
+#: anything may go (an unload, a failed load).
+MOVES: dict[ModelStatus | None, frozenset[ModelStatus | None]] = {
+    None: frozenset({_S.LOADING, _S.LOADED, None}),
+    _S.UNLOADED: frozenset({_S.LOADING, _S.LOADED, None}),
+    _S.FAILED: frozenset({_S.LOADING, _S.LOADED, None}),
+    _S.DOWNLOADING: frozenset({_S.LOADING, _S.LOADED, None}),
+    _S.LOADING: frozenset({_S.LOADING, _S.LOADED, None}),
+    _S.LOADED: frozenset({_S.LOADED, _S.SLEEPING, None}),
+    _S.SLEEPING: frozenset({_S.LOADING, _S.LOADED, _S.SLEEPING, None}),
+}
+
+
+class InvalidMove(RuntimeError):
+    """A change of a model's state that :data:`MOVES` does not have (a bug in the caller)."""
 
 
 @dataclass
@@ -49,6 +72,30 @@ class NeuronState:
         checks it now — a poll without an answer marks it down, an answer clears the suspicion."""
         self.suspect = reason
         self.probe.set()
+
+    def move(self, model_id: str, to: ModelStatus | None, *, harness: str = "", **fields: object) -> None:
+        """The one door for the gateway's own changes to what this neuron holds (the poll replaces them all): set
+        ``model_id``'s status to ``to`` (``None``: gone, its last use forgotten), with ``fields`` of its
+        :class:`ModelInfo` (``rank``, ``loaded_at``, …).
+
+        :raises InvalidMove: :data:`MOVES` has no such change.
+        """
+        info = self.models.get(model_id)
+        now = info.status if info is not None else None
+        if to not in MOVES[now]:
+            raise InvalidMove(f"model {model_id!r} on neuron {self.name} cannot go from {now} to {to}")
+        if to is None:
+            self.models.pop(model_id, None)
+            self.last_used.pop(model_id, None)
+            return
+        if info is None:
+            self.models[model_id] = ModelInfo(id=model_id, harness=harness, status=to, **fields)  # type: ignore[arg-type]
+        else:
+            self.models[model_id] = msgspec.structs.replace(info, status=to, **fields)
+
+    def reported(self, models: Iterable[ModelInfo]) -> None:
+        """What the neuron itself says it holds (a poll's ``/models``): replaces everything the gateway noted."""
+        self.models = {m.id: m for m in models}
 
     def mark_down(self, reason: str) -> None:
         """The neuron stopped answering: unhealthy, and every request in flight through it is ended now —

@@ -125,10 +125,13 @@ class Router:
                 return model_id, state
         if model_id not in self.registry.catalogue and not self.registry.replicas(model_id):
             raise _not_found(self.registry, requested)
+        preferred = ""
+        if conversation is not None and self.affinity:
+            preferred = self._affinity.get((model_id, conversation.key), "")
         for _ in range(3):
-            await queue.wait(model_id, client)
-            state = self.choose(model_id, queue.leaving(model_id), conversation)
-            if state is not None:
+            neuron = await queue.wait(model_id, client, preferred)  # the replica the policy admitted it to
+            state = self.registry.neurons[neuron]
+            if state in self.registry.replicas(model_id) and neuron not in queue.leaving(model_id):
                 return model_id, state
         raise NoCapacity(
             f"model {model_id!r} kept moving while this request waited; retry", headers={"Retry-After": "5"}

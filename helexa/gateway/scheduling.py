@@ -1,6 +1,8 @@
-"""The scheduler's policy: of the requests waiting for capacity, which go now, which model is loaded where (and
-what is evicted for it), and which replicas take no new requests so that a swap can happen. Pure: snapshots in,
-a :class:`Decision` out; time is an argument. :mod:`helexa.gateway.queue` acts on the answers.
+"""The scheduler's policy — the gateway's one placer: of the requests waiting for capacity, which go now and to
+which replica, which model is loaded where (a gang: on which members, evicting what on each), and which replicas
+take no new requests so that a swap can happen. Pure: snapshots in, a :class:`Decision` out; time is an argument.
+:mod:`helexa.gateway.queue` acts on the answers, and nothing downstream decides again: the lifecycle only checks
+that a plan still holds on fresh numbers before it carries it out.
 
 Two modes (``[scheduler] policy``):
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from helexa.gateway.placement import Need, NeuronView, could_fit, fits, place, plan_eviction
+from helexa.gateway.placement import Need, NeuronView, could_fit, fits, pick_replica, place, place_gang, plan_eviction
 
 __all__ = [
     "BATCH",
@@ -52,13 +54,15 @@ PRIORITIES = {name: rank for rank, name in enumerate(PRIORITY_NAMES)}
 
 @dataclass(frozen=True, slots=True)
 class Waiter:
-    """A request waiting for capacity: ``ticket`` grows with arrival; ``key`` is its key's name ("" = none)."""
+    """A request waiting for capacity: ``ticket`` grows with arrival; ``key`` is its key's name ("" = none);
+    ``preferred``: the replica that served its conversation last (prefix affinity; "" = none)."""
 
     ticket: int
     model: str
     arrived: float
     priority: int = NORMAL
     key: str = ""
+    preferred: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,39 +70,52 @@ class Fleet:
     """What the policy sees of the fleet.
 
     ``neurons``: placement views (a resident model's ``in_flight`` includes requests admitted but not yet sent);
-    ``serving``: model -> neurons that serve it now; ``loading``: models with a load in progress; ``claimed``:
-    neurons a load is in progress on (nothing else is planned there until it ends); ``sleeping``:
-    model -> a neuron where it sleeps (waking it needs no eviction); ``needs``: the catalogue's needs of the models
-    waited for; ``used``: (neuron, model) -> priority -> when a request of that priority last used it (``now``
-    while one is in flight).
+    ``serving``: model -> neurons that serve it now (a gang: its head); ``loading``: models with a load in progress;
+    ``claimed``: neurons a load is in progress on (nothing else is planned there until it ends); ``sleeping``:
+    model -> the neurons where it sleeps (one; a gang's members, head first): waking it needs no eviction;
+    ``needs``: the catalogue's needs of the models waited for; ``used``: (neuron, model) -> priority -> when a
+    request of that priority last used it (``now`` while one is in flight); ``busy``: (neuron, model) -> requests
+    in flight there and queued in its engine (which replica an admitted request goes to).
     """
 
     neurons: tuple[NeuronView, ...] = ()
     serving: Mapping[str, frozenset[str]] = field(default_factory=dict)
     loading: frozenset[str] = frozenset()
     claimed: frozenset[str] = frozenset()
-    sleeping: Mapping[str, str] = field(default_factory=dict)
+    sleeping: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     needs: Mapping[str, Need] = field(default_factory=dict)
     used: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
+    busy: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """Load ``model`` on ``neuron`` after unloading ``victims`` there (in order). ``neuron`` is "" for a gang:
-    its members are placed when it loads."""
+    """Load ``model`` on ``neuron`` after unloading ``victims`` there (in order). A gang's load names its
+    ``members`` in rank order (the head, ``neuron``, first) and the victims on each (``member_victims``; the
+    head's are ``victims``); its sleeping gang on exactly those members is woken instead."""
 
     model: str
     neuron: str
     victims: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    member_victims: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def places(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``(neuron, victims there)`` for every neuron the load takes, the head (or the only one) first."""
+        if self.members:
+            return tuple(zip(self.members, self.member_victims or ((),) * len(self.members), strict=True))
+        return ((self.neuron, self.victims),)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do now: let ``admit`` (tickets) through, start ``loads``, keep the ``draining`` (neuron, model)
-    replicas from taking new requests (busy models to be evicted, and the victims of ``loads``), and refuse
-    ``refuse`` (ticket -> ``no_placement``, ``no_room`` or ``not_found``)."""
+    """What to do now: let ``admit`` through — ``(ticket, neuron)``: each request to the replica named —, start
+    ``loads``, keep the ``draining`` (neuron, model) replicas from taking new requests (busy models to be evicted,
+    and the victims of ``loads``), and refuse ``refuse`` (ticket -> ``no_placement``, ``no_room`` or
+    ``not_found``)."""
 
-    admit: tuple[int, ...] = ()
+    admit: tuple[tuple[int, str], ...] = ()
     loads: tuple[Load, ...] = ()
     draining: frozenset[tuple[str, str]] = frozenset()
     refuse: Mapping[int, str] = field(default_factory=dict)
@@ -165,13 +182,13 @@ class _Round:
 
     def __init__(self, waiters: Sequence[Waiter], fleet: Fleet, now: float, policy: Policy) -> None:
         self.fleet, self.now, self.policy = fleet, now, policy
-        self.admitted: list[int] = []
+        self.admitted: list[tuple[int, str]] = []
         self.loads: list[Load] = []
         self.refused: dict[int, str] = {}
         self.draining: set[tuple[str, str]] = set()
         self.claimed: set[str] = set(fleet.claimed)  # neurons a load runs on, or was planned or drained on now
         self.planned: set[str] = set(fleet.loading)  # models loading, planned to load, or waiting for a drain
-        self.busy: dict[str, int] = {}  # model -> requests admitted this round
+        self.busy: dict[tuple[str, str], int] = {}  # (neuron, model) -> requests admitted there this round
         self.wanted: dict[str, int] = {}  # model -> highest priority waiting for it
         for waiter in waiters:
             self.wanted[waiter.model] = max(self.wanted.get(waiter.model, -1), waiter.priority)
@@ -184,10 +201,19 @@ class _Round:
         return any((n, model) not in self.draining for n in self.fleet.serving.get(model, ()))
 
     def admit(self, waiter: Waiter) -> bool:
-        if waiter.ticket in self.refused or not self.serves(waiter.model):
+        """Admit ``waiter`` to the least busy replica of its model that takes requests (its conversation's, unless
+        that one is much busier); False when none does."""
+        model = waiter.model
+        if waiter.ticket in self.refused:
             return False
-        self.admitted.append(waiter.ticket)
-        self.busy[waiter.model] = self.busy.get(waiter.model, 0) + 1
+        replicas = [n for n in self.fleet.serving.get(model, ()) if (n, model) not in self.draining]
+        if not replicas:
+            return False
+        busy = self.fleet.busy
+        loads = [(n, busy.get((n, model), 0) + self.busy.get((n, model), 0)) for n in replicas]
+        neuron = pick_replica(loads, waiter.preferred or None)
+        self.admitted.append((waiter.ticket, neuron))
+        self.busy[(neuron, model)] = self.busy.get((neuron, model), 0) + 1
         return True
 
     def plan(self, waiter: Waiter, *, drain: bool, group: Iterable[Waiter] = ()) -> None:
@@ -204,11 +230,11 @@ class _Round:
             if load is not None:
                 self.loads.append(load)
                 self.planned.add(model)
-                if load.neuron:
-                    self.claimed.add(load.neuron)
-                    self.draining.update((load.neuron, victim) for victim in load.victims)
+                for neuron, victims in load.places:
+                    self.claimed.add(neuron)
+                    self.draining.update((neuron, victim) for victim in victims)
                 return
-            if drain and self._drain(need, waiter):
+            if drain and need.hosts == 1 and self._drain(need, waiter):
                 return
             reason = self._never(need)
         if reason:
@@ -216,14 +242,19 @@ class _Round:
                 self.refused[w.ticket] = reason
 
     def _now(self, need: Need, waiter: Waiter) -> Load | None:
-        """A load that can start now: a gang (it places its members itself), a sleeping replica to wake, a neuron
-        where it fits, or one where idle models make room."""
-        if need.hosts > 1:
-            return Load(need.model_id, "")
-        asleep = self.fleet.sleeping.get(need.model_id)
-        if asleep is not None and asleep not in self.claimed:
-            return Load(need.model_id, asleep)
+        """A load that can start now: a sleeping replica (or gang) to wake, a neuron (for a gang: as many neurons
+        as it spans) where it fits, or where idle models make room."""
+        asleep = self.fleet.sleeping.get(need.model_id, ())
+        if asleep and not self.claimed.intersection(asleep):
+            if need.hosts > 1:
+                return Load(need.model_id, asleep[0], members=asleep, member_victims=((),) * len(asleep))
+            return Load(need.model_id, asleep[0])
         views = [self._view(v, waiter) for v in self.fleet.neurons if v.name not in self.claimed]
+        if need.hosts > 1:
+            gang = place_gang(need, views, self.policy.strategy)
+            if gang is None:
+                return None
+            return Load(need.model_id, gang.members[0], gang.victims[0], gang.members, gang.victims)
         target = place(need, views)
         if target is not None:
             return Load(need.model_id, target)
@@ -255,28 +286,39 @@ class _Round:
         resident = []
         for model in view.resident:
             keep = model.id in self.planned or self._protected(view.name, model.id, waiter.priority)
-            in_flight = 0 if drained else model.in_flight + self.busy.get(model.id, 0)
-            if drained and self.busy.get(model.id, 0) and self.policy.mode != "fifo":
+            admitted = self.busy.get((view.name, model.id), 0)
+            in_flight = 0 if drained else model.in_flight + admitted
+            if drained and admitted and self.policy.mode != "fifo":
                 keep = True  # swap-aware: what was just admitted is served before it drains
             resident.append(replace(model, pinned=model.pinned or keep, in_flight=in_flight))
         return replace(view, resident=tuple(resident))
 
     def _never(self, need: Need) -> str:
         """Why ``need`` could never be placed as the fleet stands ("" when it might, once models drain, loads end
-        and protections lapse): ``no_placement`` (no neuron could hold it at all) or ``no_room`` (every neuron that
-        could is loading nothing and holds only models that may never go for it: pinned there, or of a higher
-        catalogue priority under the ``priority`` strategy)."""
+        and protections lapse): ``no_placement`` (no neuron could hold it at all; a gang: fewer neurons that join
+        gangs could hold a rank than it spans) or ``no_room`` (every neuron that could is loading nothing and holds
+        only models that may never go for it: pinned there, or of a higher catalogue priority under the
+        ``priority`` strategy)."""
+        if need.hosts > 1:
+            members = [v for v in self.fleet.neurons if v.multi_host and could_fit(need.rank(), v)]
+            if len(members) < need.hosts:
+                return "no_placement"
+            return "" if sum(self._hopeful(need.rank(), v) for v in members) >= need.hosts else "no_room"
         hosts = [v for v in self.fleet.neurons if could_fit(need, v)]
         if not hosts:
             return "no_placement"
-        for view in hosts:
-            if view.name in self.fleet.claimed or fits(need, view):
-                return ""
-            for model in view.resident:
-                lesser = self.policy.strategy != "priority" or model.priority <= need.priority
-                if not model.pinned and lesser:
-                    return ""
-        return "no_room"
+        return "" if any(self._hopeful(need, v) for v in hosts) else "no_room"
+
+    def _hopeful(self, need: Need, view: NeuronView) -> bool:
+        """``need`` may be placed on ``view`` some day: a load there ends, it fits, or something there may go for
+        it (not pinned; under the ``priority`` strategy, not of a higher catalogue priority)."""
+        if view.name in self.fleet.claimed or fits(need, view):
+            return True
+        for model in view.resident:
+            lesser = self.policy.strategy != "priority" or model.priority <= need.priority
+            if not model.pinned and lesser:
+                return True
+        return False
 
 
 def idle_unloads(

@@ -21,6 +21,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import HelexaError, NotFound, PermissionDenied
+from helexa.gateway.admin import load_model
 from helexa.gateway.benchview import REFRESH_S, BenchView
 from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.metrics import GatewayMetrics
@@ -165,7 +166,7 @@ async def act(request: web.Request) -> web.Response:
     model_id = lifecycle.registry.resolve(request.match_info["model_id"])
     try:
         if request.match_info["action"] == "load":
-            neuron = await lifecycle.load(model_id)
+            model_id, neuron = await load_model(request, model_id)
             note = f"loaded {model_id} on {neuron}"
         else:
             holders = [n.name for n in lifecycle.registry.neurons.values() if model_id in n.models]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from helexa.gateway.placement import DeviceView, Need, NeuronView, ResidentModel
@@ -48,8 +50,15 @@ def fleet(*neurons: NeuronView, needs=("a", "b", "c"), **kw) -> Fleet:
     )
 
 
-def w(ticket: int, model: str, arrived: float = 0.0, priority: int = NORMAL, key: str = "") -> Waiter:
-    return Waiter(ticket, model, arrived, priority, key)
+def w(
+    ticket: int, model: str, arrived: float = 0.0, priority: int = NORMAL, key: str = "", preferred: str = ""
+) -> Waiter:
+    return Waiter(ticket, model, arrived, priority, key, preferred)
+
+
+def gang_neuron(name: str, *resident: ResidentModel, total: int = 10000) -> NeuronView:
+    """A neuron that joins gangs ([neuron] multi_host)."""
+    return replace(neuron(name, *resident, total=total), multi_host=True)
 
 
 # (name, waiters, fleet, now, policy, expected decision)
@@ -60,7 +69,7 @@ TABLE = [
         fleet(neuron("n1", res("a", in_flight=2))),
         10.0,
         SWAP,
-        Decision(admit=(1,)),
+        Decision(admit=((1, "n1"),)),
     ),
     (
         "fifo: the first waiter claims the capacity: 'a' drains and the later 'a' waiter stays behind it",
@@ -100,7 +109,7 @@ TABLE = [
         fleet(neuron("n1", res("a", in_flight=1))),
         29.9,
         SWAP,
-        Decision(admit=(1,)),
+        Decision(admit=((1, "n1"),)),
     ),
     (
         "an overdue waiter's victim that has drained is swapped out; it takes no new requests meanwhile",
@@ -116,7 +125,7 @@ TABLE = [
         fleet(neuron("n1", res("a", in_flight=1)), neuron("n2", res("a", in_flight=1))),
         40.0,
         SWAP,
-        Decision(admit=(1,), draining=frozenset({("n1", "a")})),
+        Decision(admit=((1, "n2"),), draining=frozenset({("n1", "a")})),
     ),
     (
         "pinned models are never evicted: with nothing else there, the waiter is refused at once",
@@ -137,7 +146,7 @@ TABLE = [
     (
         "a sleeping model is woken where it sleeps, nothing evicted",
         [w(0, "b")],
-        fleet(neuron("n1", res("a")), neuron("n2"), sleeping={"b": "n2"}),
+        fleet(neuron("n1", res("a")), neuron("n2"), sleeping={"b": ("n2",)}),
         1.0,
         SWAP,
         Decision(loads=(Load("b", "n2"),)),
@@ -159,12 +168,53 @@ TABLE = [
         Decision(refuse={0: "not_found"}),
     ),
     (
-        "a gang places its members itself: its load starts with no neuron named",
+        "a gang is placed here too: its members in rank order (the most room first), the victims on each",
         [w(0, "g")],
-        Fleet((neuron("n1"),), needs={"g": need("g", hosts=2)}),
+        Fleet(
+            (gang_neuron("n1", res("x", vram=6000)), gang_neuron("n2"), gang_neuron("n3", res("y", vram=9000))),
+            needs={"g": need("g", 16000, hosts=2)},
+        ),
         1.0,
         SWAP,
-        Decision(loads=(Load("g", ""),)),
+        Decision(
+            loads=(Load("g", "n2", (), ("n2", "n1"), ((), ("x",))),),
+            draining=frozenset({("n1", "x")}),
+        ),
+    ),
+    (
+        "a sleeping gang is woken on its members, nothing evicted",
+        [w(0, "g")],
+        Fleet((gang_neuron("n1"), gang_neuron("n2")), sleeping={"g": ("n2", "n1")}, needs={"g": need("g", hosts=2)}),
+        1.0,
+        SWAP,
+        Decision(loads=(Load("g", "n2", (), ("n2", "n1"), ((), ())),)),
+    ),
+    (
+        "a gang that fewer neurons than it spans could ever hold is refused as no_placement",
+        [w(0, "g")],
+        Fleet((gang_neuron("n1"), neuron("n2")), needs={"g": need("g", hosts=2)}),
+        1.0,
+        SWAP,
+        Decision(refuse={0: "no_placement"}),
+    ),
+    (
+        "a gang whose only possible members hold pinned models is refused as no_room, not left to wait",
+        [w(0, "g")],
+        Fleet(
+            (gang_neuron("n1", res("p", vram=9000, pinned=True)), gang_neuron("n2", res("q", vram=9000, pinned=True))),
+            needs={"g": need("g", 16000, hosts=2)},
+        ),
+        1.0,
+        SWAP,
+        Decision(refuse={0: "no_room"}),
+    ),
+    (
+        "a request goes to the least busy replica, or to its conversation's unless that one is much busier",
+        [w(0, "a"), w(1, "a", preferred="n2"), w(2, "a", preferred="n1")],
+        fleet(neuron("n1", res("a")), neuron("n2", res("a")), busy={("n1", "a"): 6, ("n2", "a"): 1}),
+        1.0,
+        SWAP,
+        Decision(admit=((0, "n2"), (1, "n2"), (2, "n2"))),
     ),
 ]
 
@@ -201,7 +251,7 @@ def test_batch_waiting_for_a_model_protects_nothing_but_interactive_waiting_does
     f = fleet(neuron("n1", res("a", in_flight=1)))
     # an interactive request waits for 'a' (admitted); an overdue batch request for 'b' must not drain 'a'
     got = decide([w(0, "b", arrived=0.0, priority=BATCH), w(1, "a", arrived=50, priority=INTERACTIVE)], f, 60.0, SWAP)
-    assert got == Decision(admit=(1,))
+    assert got == Decision(admit=((1, "n1"),))
     # the same with a normal waiter for 'b': it drains 'a' (same priority as nothing that uses 'a' above it)
     got = decide([w(0, "b", arrived=0.0), w(1, "a", arrived=50, priority=BATCH)], f, 60.0, SWAP)
     assert got == Decision(draining=frozenset({("n1", "a")}))
@@ -265,7 +315,7 @@ def simulate(policy: Policy, trace: list[tuple[float, str]], service: float = 1.
             needs={m: need(m) for m in "abc"},
         )
         decision = decide(waiting, f, now, policy)
-        admitted = set(decision.admit)
+        admitted = {ticket for ticket, _ in decision.admit}
         busy_until += [now + service for _ in admitted]
         waiting = [x for x in waiting if x.ticket not in admitted]
         for planned in decision.loads:
