@@ -18,9 +18,20 @@ from helexa.config import Config
 __all__ = ["ROLE_SECTIONS", "render_example"]
 
 ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "gateway": ("server", "gateway", "auth", "eviction", "scheduler", "neurons", "models"),
+    "gateway": ("server", "gateway", "auth", "eviction", "scheduler", "cluster", "neurons", "models"),
     "neuron": ("server", "neuron", "plugins"),
-    "both": ("server", "gateway", "auth", "eviction", "scheduler", "neurons", "models", "neuron", "plugins"),
+    "both": (
+        "server",
+        "gateway",
+        "auth",
+        "eviction",
+        "scheduler",
+        "cluster",
+        "neurons",
+        "models",
+        "neuron",
+        "plugins",
+    ),
 }
 
 # Values shown for fields that have no default, in the commented [[…]] examples.

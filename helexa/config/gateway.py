@@ -9,7 +9,15 @@ import msgspec
 
 from helexa.config.base import ConfigStruct, doc
 
-__all__ = ["AuthSection", "EvictionSection", "GatewaySection", "KeyEntry", "NeuronRef", "SchedulerSection"]
+__all__ = [
+    "AuthSection",
+    "ClusterSection",
+    "EvictionSection",
+    "GatewaySection",
+    "KeyEntry",
+    "NeuronRef",
+    "SchedulerSection",
+]
 
 
 class GatewaySection(ConfigStruct):
@@ -61,6 +69,16 @@ class GatewaySection(ConfigStruct):
             ge=0,
         ),
     ] = 0.0
+    workers: Annotated[
+        int,
+        doc(
+            "Gateway processes serving the same listen port (SO_REUSEPORT: the kernel spreads connections over "
+            "them), one core each; more than 1 needs [cluster] store, through which they share limits, loads and "
+            "sessions. Worker i serves its metrics on metrics_listen's port + i.",
+            ge=1,
+            le=64,
+        ),
+    ] = 1
     prefix_affinity: Annotated[
         bool,
         doc(
@@ -193,3 +211,34 @@ class NeuronRef(ConfigStruct):
             "([[models]] hosts > 1) is placed within one group when it can be."
         ),
     ] = ""
+
+
+class ClusterSection(ConfigStruct):
+    """Several gateways in front of the same neurons, sharing state through a Valkey or Redis server (docs/ha.md):
+    per-key limits, one leader that places every load and eviction, models' last use, the fleet page's sessions.
+    Unset, a gateway keeps all of it in its own process."""
+
+    store: Annotated[
+        str,
+        doc(
+            "The shared store: redis://[:password@]host:6379/0 (rediss:// with TLS, unix:///path.sock); Valkey "
+            "and Redis both speak it. Empty = this gateway alone, nothing shared."
+        ),
+    ] = ""
+    prefix: Annotated[
+        str,
+        doc("What every key this fleet keeps in the store starts with (several fleets can share one store)."),
+    ] = "helexa"
+    name: Annotated[
+        str,
+        doc("This gateway's name among its peers (logs, /fleet, the leader's name); empty = host:pid."),
+    ] = ""
+    lease_seconds: Annotated[
+        float,
+        doc(
+            "How long the leader's lease lasts without renewal (it renews three times within it): a leader that "
+            "dies is replaced within about this long; one cut off from the store stops placing loads by then.",
+            ge=1,
+            le=60,
+        ),
+    ] = 3.0

@@ -18,7 +18,14 @@ import tomli_w
 
 from helexa.config.base import ConfigStruct, PluginsSection, ServerSection
 from helexa.config.catalogue import Catalogue, ModelEntry
-from helexa.config.gateway import AuthSection, EvictionSection, GatewaySection, NeuronRef, SchedulerSection
+from helexa.config.gateway import (
+    AuthSection,
+    ClusterSection,
+    EvictionSection,
+    GatewaySection,
+    NeuronRef,
+    SchedulerSection,
+)
 from helexa.config.neuron import NeuronSection
 from helexa.errors import ConfigError
 from helexa.wire import explain_validation_error, is_ip_address
@@ -38,6 +45,7 @@ class Config(ConfigStruct):
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
+    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     neurons: list[NeuronRef] = []
     models: list[ModelEntry] = []
     neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)
@@ -220,6 +228,26 @@ def _check_multi_host(cfg: Config, label: str) -> None:
         raise ConfigError(f"{label}: $.neuron.rank_interface: expected an interface name such as eth0")
 
 
+def _check_cluster(cfg: Config, label: str) -> None:
+    """The store is a URL the redis client takes; several workers share state only through one."""
+    store = cfg.cluster.store
+    url = urlsplit(store)
+    if store and (url.scheme not in ("redis", "rediss", "unix") or not (url.netloc or url.path)):
+        raise ConfigError(  # never the address itself: it may hold the store's password
+            f"{label}: $.cluster.store: expected redis://host:6379/0, rediss://… or unix:///path, got a "
+            f"{url.scheme or 'scheme-less'} address"
+        )
+    if cfg.gateway.workers > 1 and not store:
+        raise ConfigError(
+            f"{label}: $.gateway.workers: {cfg.gateway.workers} workers share limits, loads and sessions through "
+            "[cluster] store: set it (a Valkey or Redis server), or keep workers = 1"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", cfg.cluster.prefix):
+        raise ConfigError(f"{label}: $.cluster.prefix: letters, digits and . _ - : only (1 to 64)")
+    if cfg.cluster.name and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", cfg.cluster.name):
+        raise ConfigError(f"{label}: $.cluster.name: letters, digits and . _ - : only (1 to 64)")
+
+
 def _check(cfg: Config, label: str) -> None:
     """Cross-field rules msgspec cannot express; each error names its key path."""
     for path, value in (
@@ -236,6 +264,7 @@ def _check(cfg: Config, label: str) -> None:
         if len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1] <= 65535:
             raise ConfigError(f"{label}: $.neuron.{key}: expected [first, last] with 1 <= first <= last <= 65535")
     _check_multi_host(cfg, label)
+    _check_cluster(cfg, label)
     for key in ("reasoning_markers", "tool_call_markers"):
         markers = getattr(cfg.neuron, key)
         if len(markers) != 2 or not all(markers):

@@ -41,7 +41,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
     raw = await read_body(request)
     req = decode_request(raw)
-    reserve_tokens(request, len(raw), req.max_tokens)
+    await reserve_tokens(request, len(raw), req.max_tokens)
     dropped = offered_tools(req.tools)[1]
     session = anthropic_session(req.metadata.user_id) if req.metadata is not None else ""
     return await serve_translated(

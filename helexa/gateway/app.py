@@ -1,13 +1,15 @@
 """``make_gateway_app()``: the gateway's API application and everything it owns.
 
 Owned for the app's lifetime (``cleanup_ctx``): one client session to the neurons (polls, loads), the relay's
-keep-alive connections to each neuron (inference) and one poller task per neuron. The Prometheus registry
-(``registry_key``) is served on the metrics port by ``metrics_app``.
+keep-alive connections to each neuron (inference), one poller task per neuron, and — with ``[cluster] store`` —
+the store's client and this gateway's part in the cluster (its beat, the lease, the exchange). The Prometheus
+registry (``registry_key``) is served on the metrics port by ``metrics_app``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,14 +17,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
+from helexa.cluster.lease import Leadership
+from helexa.cluster.limits import SharedLimits
+from helexa.cluster.sessions import SharedSessions
+from helexa.cluster.store import ClusterStore, gateway_name
 from helexa.config import Config, parse_listen
 from helexa.errors import ConfigError
 from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
-from helexa.gateway.metrics import GangMembers, GatewayMetrics
+from helexa.gateway.metrics import ClusterGauges, GangMembers, GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
+from helexa.gateway.peers import Peers
 from helexa.gateway.poller import poll_forever
 from helexa.gateway.queue import Scheduler
 from helexa.gateway.registry import NeuronState, Registry
@@ -30,11 +37,13 @@ from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import setup_routes
 from helexa.gateway.routing import Router
 from helexa.gateway.scheduling import Policy
+from helexa.gateway.signins import SignIns
 from helexa.gateway.state import (
     first_byte_timeout_key,
     gateway_metrics_key,
     keepalives_key,
     lifecycle_key,
+    peers_key,
     router_key,
     ui_app_key,
     upstreams_key,
@@ -67,8 +76,11 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         BrowserGuard(known_host_names([listen_host, *cfg.gateway.allowed_hosts]), form_prefix="/ui/")
     ]
     admin_guards: list[Guard] = []
+    store = None
+    if cfg.cluster.store:
+        store = ClusterStore(cfg.cluster.store, prefix=cfg.cluster.prefix, name=gateway_name(cfg.cluster.name))
     if (ring := KeyRing.from_config(cfg.auth)).keys:
-        keys = KeyGuard(ring, prometheus, scope_of=_scope)
+        keys = KeyGuard(ring, prometheus, scope_of=_scope, shared=SharedLimits(store) if store else None)
         guards.append(keys)
         admin_guards.append(keys.scoped("admin"))
     app = base_app(
@@ -79,7 +91,8 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         serve_metrics=False,
         guards=guards,
     )
-    app[ui_app_key] = ui = make_ui_app(ring, bench_db=cfg.gateway.bench_db)
+    sessions = SignIns(SharedSessions(store) if store else None)
+    app[ui_app_key] = ui = make_ui_app(ring, bench_db=cfg.gateway.bench_db, sessions=sessions)
     app.add_subapp("/ui", ui)
     app.add_subapp("/admin", make_admin_app(admin_guards))
     metrics = GatewayMetrics(app[registry_key])
@@ -89,6 +102,10 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     app[first_byte_timeout_key] = cfg.gateway.first_byte_timeout_seconds
     registry = Registry(cfg.neurons, cfg.models)
     app[registry_key].register(GangMembers(registry))  # gangs and their members, read at each scrape
+    if store is not None:
+        app[peers_key] = peers = Peers(store, Leadership(store, cfg.cluster.lease_seconds), registry)
+        app[registry_key].register(ClusterGauges(peers.report))
+        app.cleanup_ctx.append(_cluster(peers))
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     setup_routes(app)
     setup_anthropic_routes(app)
@@ -115,12 +132,14 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 name: NeuronClient(session, state.ref, cfg.gateway.neuron_timeout_seconds, max_answer=max_answer)
                 for name, state in registry.neurons.items()
             }
+            peers = app.get(peers_key)
             app[lifecycle_key] = Lifecycle(
                 registry,
                 clients,
                 metrics,
                 full_stop_after_unloads=cfg.eviction.full_stop_after_unloads,
                 load_timeout=cfg.gateway.load_timeout_seconds,
+                drain_grace=DRAIN_GRACE_S if peers is not None else 0.0,
             )
             lifecycle = app[lifecycle_key]
             queue = Scheduler(
@@ -136,6 +155,7 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 queue_limit=cfg.gateway.load_queue_limit,
                 load_timeout=cfg.gateway.load_timeout_seconds,
                 idle_seconds=cfg.eviction.idle_unload_seconds,
+                peers=peers,
             )
             app[router_key] = Router(registry, lifecycle, queue, affinity=cfg.gateway.prefix_affinity)
 
@@ -157,6 +177,21 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
             await cancel_all(tasks)
             for upstream in upstreams.values():
                 upstream.close()
+
+    return ctx
+
+
+DRAIN_GRACE_S = 0.25  # in a cluster, how long an eviction waits for the other gateways to hear of it
+
+
+def _cluster(peers: Peers):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(peers.run(), name="cluster")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await peers.store.close()
 
     return ctx
 

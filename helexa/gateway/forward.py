@@ -24,7 +24,7 @@ from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 __all__ = ["Forward", "observe", "reserve_tokens"]
 
 
-def reserve_tokens(request: web.Request, prompt_bytes: int, max_tokens: int | None) -> None:
+async def reserve_tokens(request: web.Request, prompt_bytes: int, max_tokens: int | None) -> None:
     """Reserve what the request may use of its key's tokens per hour (no-op without a limited key); settled when
     it ends. Called before the request waits or is sent.
 
@@ -32,7 +32,7 @@ def reserve_tokens(request: web.Request, prompt_bytes: int, max_tokens: int | No
     """
     usage = request.get(key_usage_key)
     if usage is not None:
-        usage.reserve(prompt_bytes, max_tokens)
+        await usage.reserve(prompt_bytes, max_tokens)
 
 
 class Forward:

@@ -67,9 +67,13 @@ class Lifecycle:
         *,
         full_stop_after_unloads: int = 0,
         load_timeout: float = 900.0,
+        drain_grace: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        #: how long an eviction waits for the gateways that route to its victims to hear they are held back (a
+        #: cluster's followers; 0 alone)
+        self.drain_grace = drain_grace
         self.clients = clients
         self.metrics = metrics
         self.full_stop_after_unloads = full_stop_after_unloads
@@ -107,7 +111,11 @@ class Lifecycle:
         async with contextlib.AsyncExitStack() as stack:
             for name in names:  # always in name order: two loads never wait on each other's locks
                 await stack.enter_async_context(self._neuron_locks[name])
-            await asyncio.gather(*(poll_once(self.registry.neurons[n], self.clients[n]) for n in names))
+            if self.drain_grace and any(victims for _, victims in load.places):
+                await asyncio.sleep(self.drain_grace)
+            # every healthy neuron, fresh: a load another placer began (a leader before this one) is seen
+            healthy = [s for s in self.registry.neurons.values() if s.healthy or s.name in names]
+            await asyncio.gather(*(poll_once(s, self.clients[s.name]) for s in healthy))
             if replicas := self.registry.replicas(entry.id):
                 return replicas[0].name
             self._check(entry, load)
@@ -131,7 +139,12 @@ class Lifecycle:
 
     def _check(self, entry: ModelEntry, load: Load) -> None:
         """:raises PlanOutdated: on fresh numbers the plan does not hold: a neuron is down, a victim is busy or gone
-        elsewhere, or the model (a gang: its share) does not fit once the victims are gone."""
+        elsewhere, or the model (a gang: its share) does not fit once the victims are gone; or it is being loaded
+        somewhere already."""
+        for state in self.registry.neurons.values():
+            info = state.models.get(entry.id)
+            if state.healthy and info is not None and info.status in (ModelStatus.LOADING, ModelStatus.DOWNLOADING):
+                raise PlanOutdated(f"{entry.id} is being loaded on {state.name} already")
         need = self.registry.need(entry)
         if entry.hosts > 1:
             need = need.rank()

@@ -5,8 +5,9 @@ registry. What every request updates uses the lock-free families of :mod:`helexa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -183,3 +184,22 @@ class GangMembers(Collector):
                     labels = (entry.id, gang.gang, member.neuron.name, str(member.rank.rank), str(member.info.status))
                     family.add_metric(labels, share)
         yield family
+
+
+class ClusterGauges(Collector):
+    """``helexa_gateway_cluster_store_up``, ``…_leader`` (1 on the gateway that places loads) and ``…_gateways``
+    (how many this one sees alive), read at each scrape from ``report()`` (see
+    :meth:`helexa.gateway.peers.Peers.report`)."""
+
+    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+        self.report = report
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Three gauges."""
+        report = self.report()
+        for name, text, value in (
+            ("store_up", "Whether the cluster store answers (1) or not (0).", report["store_up"]),
+            ("leader", "Whether this gateway leads the cluster (places loads and evictions).", report["leading"]),
+            ("gateways", "Gateways of the cluster alive, as this one last saw them.", len(report["gateways"])),
+        ):
+            yield GaugeMetricFamily(f"helexa_gateway_cluster_{name}", text, value=float(value))

@@ -8,8 +8,13 @@ request goes to the replica the policy named. Loads are started through the
 :class:`~helexa.gateway.lifecycle.Lifecycle` exactly as planned (the victims it chose, on the neuron — or a gang's
 members — it chose); a plan that went stale before it ran is planned again at the next event.
 
-After every poll, models idle for their ``idle_unload_seconds`` are unloaded (put to sleep where the harness has
-a sleep tier) unless they are pinned there, busy or waited for. Time comes from ``clock`` (injectable).
+After every poll, models idle for their ``idle_unload_seconds`` are unloaded (:mod:`helexa.gateway.idle`). Time
+comes from ``clock`` (injectable).
+
+In a cluster (``peers``) only the leader plans — with every gateway's waiting requests — and each gateway admits
+its own requests to replicas the leader does not hold back; a follower's requests for a model nobody serves wait
+for the leader's load (or get its verdict). While the store does not answer, nobody plans: a request for a model
+that is not served now gets a 503 at once.
 
 Bounds: at most ``queue_limit`` requests of one key wait for one model (past it, 503 with ``Retry-After``), so
 one key cannot fill the queue for the others; a request waits at most ``load_timeout`` in all (503).
@@ -26,10 +31,13 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from helexa.errors import HelexaError, NotFound, Overloaded
-from helexa.gateway.lifecycle import Lifecycle, NoCapacity, PlanOutdated
+from helexa.cluster.store import StoreUnavailable
+from helexa.errors import HelexaError, Overloaded
+from helexa.gateway.fleetview import fleet_view, refusal
+from helexa.gateway.idle import IdleUnloads
+from helexa.gateway.lifecycle import Lifecycle, PlanOutdated
 from helexa.gateway.metrics import GatewayMetrics
-from helexa.gateway.placement import ResidentModel, could_fit
+from helexa.gateway.peers import Peers
 from helexa.gateway.registry import NeuronState, Registry
 from helexa.gateway.scheduling import (
     NORMAL,
@@ -40,10 +48,8 @@ from helexa.gateway.scheduling import (
     Policy,
     Waiter,
     decide,
-    idle_unloads,
 )
 from helexa.server.keys import request_key_key
-from helexa.wire.neuron import ModelStatus
 
 __all__ = ["Client", "Scheduler", "client_of"]
 
@@ -98,15 +104,16 @@ class Scheduler:
         queue_limit: int = 64,
         load_timeout: float = 900.0,
         idle_seconds: float = 0.0,
+        peers: Peers | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry, self.lifecycle, self.metrics, self.policy = registry, lifecycle, metrics, policy
         self.queue_limit, self.load_timeout, self.clock = queue_limit, load_timeout, clock
         metrics.load_queue_limit.set(queue_limit)
-        #: model -> seconds idle before it is unloaded (0: never), from the catalogue and ``[eviction]``
-        self.idle_seconds = {
-            e.id: idle_seconds if e.idle_unload_seconds is None else e.idle_unload_seconds for e in registry.entries
-        }
+        self.idle = IdleUnloads(registry, lifecycle, metrics, idle_seconds=idle_seconds, clock=self._now)
+        self.peers = peers
+        if peers is not None:
+            peers.on_change = self._peers_changed
         self._tickets: dict[int, _Ticket] = {}
         self._numbers = itertools.count()
         self._queued: dict[tuple[str, str], int] = {}  # (model, key) -> requests waiting
@@ -130,7 +137,10 @@ class Scheduler:
 
     def leaving(self, model_id: str) -> frozenset[str]:
         """Neurons whose replica of ``model_id`` is being unloaded (for a swap, or idle): an admitted request must
-        not go there. (A replica that only drains still serves what was admitted before the drain.)"""
+        not go there. (A replica that only drains still serves what was admitted before the drain.) A follower
+        counts every replica the leader holds back as leaving."""
+        if self.peers is not None and not self.planning:
+            return frozenset(n for n, m in self.peers.held if m == model_id)
         if not self._unloading and not self._evicting:
             return frozenset()
         gone = {n for n, m in self._unloading if m == model_id}
@@ -192,13 +202,24 @@ class Scheduler:
             self._changed()
 
     def polled(self) -> None:
-        """A neuron was polled: run the policy if anyone waits, and unload idle models."""
+        """A neuron was polled: run the policy if anyone waits, and unload idle models (the leader, in a cluster)."""
         if self.active:
             self._changed()
-        if self._sweep is None or self._sweep.done():
-            pairs = self._idle()
-            if pairs:
-                self._sweep = asyncio.create_task(self._unload_idle(pairs), name="idle unloads")
+        if (self._sweep is None or self._sweep.done()) and self.planning:
+            self._sweep_idle()
+
+    def _now(self) -> float:
+        return self.clock()  # (read each time: tests replace the clock)
+
+    @property
+    def planning(self) -> bool:
+        """This gateway places loads: alone, or as the cluster's leader (while the store answers)."""
+        return self.peers is None or self.peers.placing
+
+    def _peers_changed(self) -> None:
+        """The leader's plan, the others' waiting requests, a verdict, leadership or the store changed."""
+        self._hold()
+        self._changed()
 
     def close(self) -> None:
         """Stop the timers and idle unloads in progress (the app is shutting down)."""
@@ -209,18 +230,27 @@ class Scheduler:
     # ------------------------------------------------------------------------------------------ the policy
 
     def _changed(self) -> None:
-        if not self._tickets and self._draining:  # nobody waits any more: nothing needs to drain
+        peers = self.peers
+        others = peers is not None and peers.placing and peers.others_waiting
+        if peers is not None and not peers.placing:  # the leader hears of what waits here (and of what no longer)
+            peers.waiting(t.waiter for t in self._tickets.values() if not t.future.done())
+        if not self._tickets and not others and self._draining:  # nobody waits any more: nothing needs to drain
             self._draining = frozenset()
             self._hold()
         self.active = bool(self._tickets) or bool(self.held)
-        if self._run_soon is None and self._tickets:
+        if self._run_soon is None and (self._tickets or others):
             self._run_soon = asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
         self._run_soon = None
         waiting = [t for t in self._tickets.values() if not t.future.done()]
         now = self.clock()
-        decision = decide([t.waiter for t in waiting], self._fleet(waiting, now), now, self.policy)
+        if not self.planning:
+            self._follow(waiting, now)
+            return
+        remote = self.peers.others_waiting if self.peers is not None else ()
+        waiters = [t.waiter for t in waiting] + list(remote)
+        decision = decide(waiters, self._fleet(waiters), now, self.policy)
         changed = decision.admit or decision.loads or decision.refuse or decision.draining != self._draining
         if changed and logger.isEnabledFor(logging.DEBUG):  # its arguments are built only when it is written
             logger.debug(
@@ -234,87 +264,76 @@ class Scheduler:
         self._draining = decision.draining
         self._hold()
         for number, neuron in decision.admit:
-            ticket = self._tickets[number]
-            ticket.admitted = neuron
-            _bump(self._admitted, (neuron, ticket.waiter.model), 1)
-            ticket.future.set_result(neuron)
+            if number in self._tickets:  # (another gateway's request is admitted there)
+                self._admit(self._tickets[number], neuron)
+        refused_elsewhere: dict[str, str] = {}
         for number, reason in decision.refuse.items():
-            self._tickets[number].future.set_exception(self._refusal(self._tickets[number].waiter.model, reason))
+            if number in self._tickets:
+                self._tickets[number].future.set_exception(self._refusal(self._tickets[number].waiter.model, reason))
+            else:
+                refused_elsewhere[next(w.model for w in remote if w.ticket == number)] = reason
+        for model, reason in refused_elsewhere.items():
+            assert self.peers is not None
+            self.peers.verdict(model, self._refusal(model, reason))
         for load in decision.loads:
             self._start(load)
         self._arm_overdue(now)
 
+    def _admit(self, ticket: _Ticket, neuron: str) -> None:
+        ticket.admitted = neuron
+        _bump(self._admitted, (neuron, ticket.waiter.model), 1)
+        ticket.future.set_result(neuron)
+
+    def _follow(self, waiting: list[_Ticket], now: float) -> None:
+        """A follower's turn: publish what waits here, admit what a replica the leader does not hold back serves,
+        pass on the leader's verdicts; without the store, refuse what no replica serves now."""
+        peers = self.peers
+        assert peers is not None
+        peers.waiting(t.waiter for t in waiting)
+        models = {t.waiter.model for t in waiting}
+        fleet = replace(self._fleet([t.waiter for t in waiting]), loading=frozenset(models))  # plans nothing
+        for number, neuron in decide([t.waiter for t in waiting], fleet, now, self.policy).admit:
+            self._admit(self._tickets[number], neuron)
+        for ticket in waiting:
+            if ticket.future.done():
+                continue
+            verdict = peers.verdicts.get(ticket.waiter.model)
+            if verdict is not None and verdict[1] >= ticket.waiter.arrived:
+                ticket.future.set_exception(verdict[2])
+            elif not peers.up:
+                ticket.future.set_exception(
+                    StoreUnavailable(
+                        f"model {ticket.waiter.model!r} is not loaded, and loading it needs the cluster's leader: the "
+                        f"cluster store does not answer ({peers.store.error}); loaded models are served meanwhile",
+                        headers={"Retry-After": "5"},
+                    )
+                )
+
     def _hold(self) -> None:
-        self.held = self._draining.union(self._unloading, *self._evicting.values())
+        held = self._draining.union(self._unloading, *self._evicting.values())
+        peers = self.peers
+        if peers is not None:
+            if self.planning:
+                peers.plan(held, self.lifecycle.loading())
+            else:
+                held |= peers.held
+        self.held = held
         self.active = bool(self._tickets) or bool(self.held)
 
-    def _fleet(self, waiting: list[_Ticket], now: float) -> Fleet:
-        registry = self.registry
-        models = {t.waiter.model for t in waiting}
-        admitted = self._admitted
-        views = registry.views()
-        if admitted:  # admitted and not yet sent: busy all the same
-            views = [
-                replace(v, resident=tuple(_plus(r, admitted.get((v.name, r.id), 0)) for r in v.resident)) for v in views
-            ]
-        serving: dict[str, frozenset[str]] = {}
-        busy: dict[tuple[str, str], int] = {}
-        for model in models:  # replicas being unloaded (for a swap, or idle) serve no more
-            replicas = [n for n in registry.replicas(model) if n.name not in self.leaving(model)]
-            if replicas:
-                serving[model] = frozenset(n.name for n in replicas)
-            for n in replicas:  # through this gateway, queued in the engine, admitted and not yet sent
-                queued = n.in_flight.get(model, 0) + n.models[model].waiting + admitted.get((n.name, model), 0)
-                busy[(n.name, model)] = queued
-        loading = set(self.lifecycle.loading())
-        claimed = {n for m in loading for n in self._targets.get(m, ())}
-        used: dict[tuple[str, str], dict[int, float]] = {}
-        for state in registry.neurons.values():
-            if not state.healthy:
-                continue
-            for model_id, info in state.models.items():
-                if info.status in (ModelStatus.LOADING, ModelStatus.DOWNLOADING):
-                    loading.add(model_id)
-                    claimed.add(state.name)
-            for (model_id, priority), at in state.used_by.items():
-                used.setdefault((state.name, model_id), {})[priority] = at
-        needs = {m: registry.need(registry.catalogue[m]) for m in models if m in registry.catalogue}
-        sleeping = {m: found for m in models if (found := self._asleep(m))}
-        return Fleet(tuple(views), serving, frozenset(loading), frozenset(claimed), sleeping, needs, used, busy)
-
-    def _asleep(self, model_id: str) -> tuple[str, ...]:
-        """Where ``model_id`` sleeps on healthy neurons: one neuron, or a gang's members in rank order (the head
-        first); empty when it sleeps nowhere."""
-        for gang in self.registry.gangs(model_id):
-            if gang.sleeping:
-                return tuple(m.neuron.name for m in gang.members)
-        for state in self.registry.neurons.values():
-            info = state.models.get(model_id)
-            if state.healthy and info is not None and info.rank is None and info.status == ModelStatus.SLEEPING:
-                return (state.name,)
-        return ()
+    def _fleet(self, waiting: list[Waiter]) -> Fleet:
+        leaving = {w.model: self.leaving(w.model) for w in waiting}
+        targets = {n for m in self.lifecycle.loading() for n in self._targets.get(m, ())}
+        return fleet_view(
+            self.registry,
+            waiting,
+            admitted=self._admitted,
+            leaving=leaving,
+            loading=self.lifecycle.loading(),
+            claimed=targets,
+        )
 
     def _refusal(self, model_id: str, reason: str) -> HelexaError:
-        if reason == "not_found":
-            return NotFound(f"model {model_id!r} is no longer loaded anywhere", param="model", code="model_not_found")
-        if reason == "no_placement":
-            entry = self.registry.catalogue.get(model_id)
-            if entry is not None and entry.hosts > 1:
-                rank = self.registry.need(entry).rank()
-                joining = [v for v in self.registry.views() if v.multi_host]
-                holding = sum(could_fit(rank, v) for v in joining)
-                return NoCapacity(
-                    f"model {model_id!r} spans {entry.hosts} hosts, but of the healthy neurons {len(joining)} join "
-                    f"gangs ([neuron] multi_host) and {holding} of them could hold a rank ({rank.vram_mb} MiB, "
-                    f"harness {entry.harness})",
-                    code="no_placement",
-                )
-            return NoCapacity(f"no healthy neuron can hold model {model_id!r}", code="no_placement")
-        return NoCapacity(
-            f"model {model_id!r} does not fit now and every model that could make room is pinned "
-            "(or of a higher priority); retry later",
-            headers={"Retry-After": "10"},
-        )
+        return refusal(self.registry, model_id, reason)
 
     def _start(self, load: Load) -> None:
         entry = self.registry.catalogue[load.model]
@@ -338,6 +357,10 @@ class Scheduler:
             for ticket in self._tickets.values():
                 if ticket.waiter.model == model_id and not ticket.future.done():
                     ticket.future.set_exception(error)
+            if self.peers is not None and isinstance(error, HelexaError):
+                self.peers.verdict(model_id, error)  # every gateway's waiters for it get the same
+        elif self.peers is not None and not task.cancelled():
+            self.peers.loaded()
         self._changed()
 
     def _arm_overdue(self, now: float) -> None:
@@ -352,55 +375,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------ idle unloads
 
-    def _idle(self) -> list[tuple[str, str]]:
-        if not any(self.idle_seconds.values()):
-            return []
-        now = self.clock()
-        for state in self.registry.neurons.values():  # the gateway counts idleness from when it first saw a model
-            for model_id, info in state.models.items():
-                if info.status == ModelStatus.LOADED:
-                    state.last_used.setdefault(model_id, now)
+    def _sweep_idle(self) -> None:
         busy = {t.waiter.model for t in self._tickets.values()} | {m for _, m in self._admitted}
         busy |= set(self.lifecycle.loading()) | {m for _, m in self.held}
-        views = [
-            replace(
-                v,
-                resident=tuple(
-                    r for r in v.resident if self.registry.neurons[v.name].models[r.id].status == ModelStatus.LOADED
-                ),
-            )
-            for v in self.registry.views()
-        ]
-        pairs, gangs = [], set()
-        for neuron, model_id in idle_unloads(views, self.idle_seconds, now, skip=frozenset(busy)):
-            rank = self.registry.neurons[neuron].rank(model_id)
-            if rank is not None:  # a gang goes as one unit, through any member
-                if (model_id, rank.gang) in gangs:
-                    continue
-                gangs.add((model_id, rank.gang))
-            pairs.append((neuron, model_id))
-        return pairs
+        pairs = self.idle.candidates(busy)
+        if pairs:
+            self._sweep = asyncio.create_task(self.idle.unload(pairs, self._unloading_one), name="idle unloads")
 
-    async def _unload_idle(self, pairs: list[tuple[str, str]]) -> None:
-        for neuron, model_id in pairs:
-            state = self.registry.neurons[neuron]
-            self._unloading.add((neuron, model_id))
-            self._hold()
-            try:
-                if state.in_flight.get(model_id, 0) or any(m == model_id for _, m in self._admitted):
-                    continue  # used since the sweep looked
-                idle = self.clock() - state.last_used.get(model_id, self.clock())
-                logger.info("unloading %s from %s: idle for %.0fs", model_id, neuron, idle)
-                await self.lifecycle.unload(neuron, model_id)
-                self.metrics.idle_unloads.labels(model_id, neuron).inc()
-            except HelexaError as exc:
-                logger.warning("idle unload of %s from %s failed: %s", model_id, neuron, exc.message)
-            finally:
-                self._unloading.discard((neuron, model_id))
-                self._hold()
-                self._changed()
-
-
-def _plus(model: ResidentModel, requests: int) -> ResidentModel:
-    """``model`` with ``requests`` more in flight."""
-    return replace(model, in_flight=model.in_flight + requests) if requests else model
+    def _unloading_one(self, pair: tuple[str, str], started: bool) -> bool:
+        """An idle unload of ``pair`` begins (``started``: hold it back; False: it may not, it was used since the
+        sweep looked) or ended."""
+        if started:
+            neuron, model_id = pair
+            if self.registry.neurons[neuron].in_flight.get(model_id, 0) or any(
+                m == model_id for _, m in self._admitted
+            ):
+                return False
+            self._unloading.add(pair)
+        else:
+            self._unloading.discard(pair)
+        self._hold()
+        self._changed()
+        return True

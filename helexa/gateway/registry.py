@@ -51,6 +51,8 @@ class NeuronState:
     health: NeuronHealth | None = None
     models: dict[str, ModelInfo] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)
+    #: model -> requests other gateways of the cluster have in flight here (the leader's, from their reports)
+    peer_in_flight: dict[str, int] = field(default_factory=dict)
     last_used: dict[str, float] = field(default_factory=dict)
     #: (model, priority rank) -> when a request of that priority last began or ended here (the scheduler's clock)
     used_by: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -265,7 +267,9 @@ class Registry:
                     id=model_id,
                     vram_mb=-(-(entry.vram_mb if entry else 0) // share) or info.vram_used_mb,
                     devices=tuple(info.devices),
-                    in_flight=max(state.in_flight.get(model_id, 0), info.in_flight),
+                    in_flight=max(
+                        state.in_flight.get(model_id, 0) + state.peer_in_flight.get(model_id, 0), info.in_flight
+                    ),
                     last_used=state.last_used.get(model_id, info.loaded_at),
                     priority=entry.priority if entry else 0,
                     pinned=entry is not None and state.name in entry.pinned_on,

@@ -29,7 +29,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses``: translate to chat, route, translate the answer back (whole or streamed)."""
     raw = await read_body(request)
     req = decode_responses_request(raw)
-    reserve_tokens(request, len(raw), req.max_output_tokens)
+    await reserve_tokens(request, len(raw), req.max_output_tokens)
     tools = ToolSet(req.tools)
     return await serve_translated(
         request,

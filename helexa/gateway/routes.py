@@ -14,7 +14,7 @@ from helexa.gateway.keepalive import OPENAI_KEEPALIVE, open_event_stream
 from helexa.gateway.proxy import Exchange, prepare_body, relay, relay_stream
 from helexa.gateway.queue import client_of
 from helexa.gateway.routing import first_round
-from helexa.gateway.state import keepalives_key, lifecycle_key, router_key
+from helexa.gateway.state import keepalives_key, lifecycle_key, peers_key, router_key
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire.openai import decode_head
@@ -34,7 +34,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     exchange = Exchange(started=time.perf_counter())
     body = await read_body(request)
     head = decode_head(body, request.path)
-    reserve_tokens(request, len(body), head.max_completion_tokens or head.max_tokens)
+    await reserve_tokens(request, len(body), head.max_completion_tokens or head.max_tokens)
     router = request.app[router_key]
     conversation = Conversation(body, head.prompt_cache_key or head.user)
     if not head.stream:
@@ -87,7 +87,10 @@ async def get_model(request: web.Request) -> web.Response:
 async def fleet(request: web.Request) -> web.Response:
     """``GET /fleet``: neurons, devices and models as JSON."""
     lifecycle = request.app[lifecycle_key]
-    return json_response(fleet_report(lifecycle.registry, lifecycle.loading()))
+    report = fleet_report(lifecycle.registry, lifecycle.loading())
+    if (peers := request.app.get(peers_key)) is not None:
+        report["cluster"] = peers.report()
+    return json_response(report)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -11,6 +11,7 @@ from aiohttp import web
 from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.metrics import GatewayMetrics
+from helexa.gateway.peers import Peers
 from helexa.gateway.routing import Router
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "gateway_metrics_key",
     "keepalives_key",
     "lifecycle_key",
+    "peers_key",
     "router_key",
     "ui_app_key",
     "upstreams_key",
@@ -30,4 +32,5 @@ upstreams_key = web.AppKey("upstreams_key", dict)
 gateway_metrics_key = web.AppKey("gateway_metrics_key", GatewayMetrics)
 first_byte_timeout_key = web.AppKey("first_byte_timeout_key", float)  # [gateway] first_byte_timeout_seconds
 keepalives_key = web.AppKey("keepalives_key", KeepAlives)  # one keep-alive timer, [gateway] keepalive_seconds
+peers_key = web.AppKey("peers_key", Peers)  # this gateway's part in a cluster ([cluster] store; absent alone)
 ui_app_key = web.AppKey("ui_app_key", web.Application)  # the fleet page's sub-application (its own state)

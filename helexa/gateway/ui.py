@@ -27,6 +27,7 @@ from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.metrics import GatewayMetrics
 from helexa.gateway.routing import first_round
 from helexa.gateway.schedview import scheduling_section
+from helexa.gateway.signins import SESSION_S, SignIns
 from helexa.gateway.state import gateway_metrics_key, lifecycle_key, router_key
 from helexa.server.auth import TooManyFailures, presented_token
 from helexa.server.body import read_body
@@ -36,10 +37,9 @@ from helexa.wire.progress import describe_progress
 __all__ = ["keyring_key", "make_ui_app", "rates_key"]
 
 COOKIE = "helexa_ui"
-SESSION_S = 8 * 3600
 keyring_key = web.AppKey("ui_keyring_key", KeyRing)
 rates_key = web.AppKey("ui_rates_key", "RateWindow")
-_sessions_key = web.AppKey("ui_sessions_key", dict)
+_sessions_key = web.AppKey("ui_sessions_key", SignIns)
 _bench_key = web.AppKey("ui_bench_key", BenchView)
 _notes_key = web.AppKey("ui_notes_key", dict)  # id -> what the last actions did (bounded)
 
@@ -60,13 +60,13 @@ class Viewer:
     admin: bool
 
 
-def make_ui_app(ring: KeyRing, *, bench_db: str = "") -> web.Application:
+def make_ui_app(ring: KeyRing, *, bench_db: str = "", sessions: SignIns | None = None) -> web.Application:
     """The ``/ui`` sub-application, with its own state (sessions, notes, rate samples, bench view); ``ring``
     decides who may see it (empty: everyone). It signs its visitors in itself (the API's key guard does not
     run on it) and reads the gateway's lifecycle and metrics from the application it is mounted on."""
     app = web.Application()
     app[keyring_key] = ring
-    app[_sessions_key] = {}
+    app[_sessions_key] = sessions if sessions is not None else SignIns()
     app[rates_key] = RateWindow()
     app[_bench_key] = BenchView(bench_db)
     app[_notes_key] = {}
@@ -82,7 +82,7 @@ def make_ui_app(ring: KeyRing, *, bench_db: str = "") -> web.Application:
 # ------------------------------------------------------------------------------------------------- who is it
 
 
-def _viewer(request: web.Request) -> Viewer | None:
+async def _viewer(request: web.Request) -> Viewer | None:
     ring = request.app[keyring_key]
     if not ring.keys:
         return Viewer("", True)
@@ -91,10 +91,8 @@ def _viewer(request: web.Request) -> Viewer | None:
         key = _find(request, ring, presented)
         return Viewer(key.name, "admin" in key.scopes) if key is not None else None
     sid = request.cookies.get(COOKIE, "")
-    session = request.app[_sessions_key].get(sid) if sid else None
-    if session is not None and session[2] > time.time():
-        return Viewer(session[0], session[1])
-    return None
+    session = await request.app[_sessions_key].find(sid) if sid else None
+    return Viewer(*session) if session is not None else None
 
 
 def _find(request: web.Request, ring: KeyRing, presented: str) -> Key | None:
@@ -124,12 +122,7 @@ async def login(request: web.Request) -> web.Response:
         return _sign_in(request, exc.message, status=429)
     if key is None or not _same_origin(request):
         return _sign_in(request, "That key is not valid here.")
-    sid = secrets.token_urlsafe(32)
-    sessions = request.app[_sessions_key]
-    now = time.time()
-    for old in [s for s, v in sessions.items() if v[2] <= now]:
-        del sessions[old]
-    sessions[sid] = (key.name, "admin" in key.scopes, now + SESSION_S)
+    sid = await request.app[_sessions_key].open(key.name, "admin" in key.scopes)
     response = web.HTTPSeeOther("/ui")
     secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
     response.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/ui", max_age=SESSION_S, secure=secure)
@@ -138,7 +131,7 @@ async def login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     """``POST /ui/logout``: forget the session."""
-    request.app[_sessions_key].pop(request.cookies.get(COOKIE, ""), None)
+    await request.app[_sessions_key].close(request.cookies.get(COOKIE, ""))
     response = web.HTTPSeeOther("/ui")
     response.del_cookie(COOKIE, path="/ui")
     raise response
@@ -157,7 +150,7 @@ def _sign_in(request: web.Request, note: str = "", *, status: int = 401) -> web.
 
 async def act(request: web.Request) -> web.Response:
     """``POST /ui/models/{id}/load|unload`` from the page's buttons (admin only, same origin only)."""
-    viewer = _viewer(request)
+    viewer = await _viewer(request)
     if viewer is None:
         return _sign_in(request)
     if not viewer.admin or not _same_origin(request):
@@ -185,7 +178,7 @@ async def act(request: web.Request) -> web.Response:
 
 async def engine_logs(request: web.Request) -> web.Response:
     """``GET /ui/models/{id}/logs``: the engine's output, for admins signed in to the page."""
-    viewer = _viewer(request)
+    viewer = await _viewer(request)
     if viewer is None:
         return _sign_in(request)
     if not viewer.admin:
@@ -207,7 +200,7 @@ async def engine_logs(request: web.Request) -> web.Response:
 
 async def page(request: web.Request) -> web.Response:
     """``GET /ui``: the fleet, refreshed every few seconds."""
-    viewer = _viewer(request)
+    viewer = await _viewer(request)
     if viewer is None:
         return _sign_in(request)
     lifecycle = request.config_dict[lifecycle_key]

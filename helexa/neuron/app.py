@@ -109,8 +109,9 @@ def _discovery(harnesses: list[str], version: str):  # noqa: ANN202
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     # Engines stream for minutes: no total timeout, but a connect timeout so a dead engine is noticed.
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
-    # llama.cpp's server drops idle keep-alive connections after 5 s: let ours go sooner.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
+    # llama.cpp's and vLLM's servers drop idle keep-alive connections after 5 s: ours go well before (a request is
+    # sent once: one written on a connection the engine closed meanwhile would be an error)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     # every request to an engine carries that engine's secret (helexa.engine.credentials), whoever sends it
     async with aiohttp.ClientSession(
         timeout=timeout,

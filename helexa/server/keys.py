@@ -1,33 +1,28 @@
-"""API keys with scopes and limits, as one middleware (the gateway's clients).
+"""API keys with scopes, as one guard (the gateway's clients); their limits are :mod:`helexa.server.limits`'.
 
 Every configured key becomes a :class:`Key`: a name (what logs and metrics show), the SHA-256 of the key
-(configs may hold only the digest), its scopes and its limits. A request's key is found by hashing what it
-presents and comparing with every key's digest in constant time. Scopes: ``inference`` for the APIs,
-``admin`` for ``/admin`` routes (closed when no key has it). Limits, per key name: requests per minute (a token
-bucket), requests at once, and tokens per hour; past one, 429 with ``Retry-After``.
-
-Tokens per hour are reserved, then settled: a request reserves what it may use — its prompt (a token per 4
-bytes) and its ``max_tokens`` — before it waits or is sent, and is refused when that does not fit beside what
-the hour used and what requests in flight reserved; when it ends, its reservation is replaced by what it used.
+(configs may hold only the digest), its scopes, its limits and its scheduling priority. A request's key is found
+by hashing what it presents and comparing with every key's digest in constant time. Scopes: ``inference`` for the
+APIs, ``admin`` for ``/admin`` routes (closed when no key has it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from helexa.cluster.limits import SharedLimits
 from helexa.config import AuthSection
-from helexa.errors import AuthenticationError, HelexaError, PermissionDenied
+from helexa.errors import AuthenticationError, PermissionDenied
 from helexa.server.auth import FailureThrottle, presented_token
 from helexa.server.hotmetrics import HotCounter
-from helexa.server.middlewares import Guard
+from helexa.server.limits import KeyLimits, KeyUsage, Limits, RateLimited
+from helexa.server.middlewares import Guard, Release
 
 __all__ = [
     "Key",
@@ -40,117 +35,23 @@ __all__ = [
     "request_key_key",
 ]
 
-
-class RateLimited(HelexaError):
-    """A key went past one of its limits (429 with Retry-After); ``reason`` names the limit."""
-
-    status = 429
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, reason: str, retry_after: float) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
-        self.reason = reason
-
-
-@dataclass
-class KeyUsage:
-    """What a request used (``tokens``, set by the route that knows) and reserved, for its key's tokens per hour."""
-
-    key: Key
-    refused: Callable[[str], None] = lambda reason: None  # counts a refusal by reason (the guard's metric)
-    tokens: int = 0
-    reserved: int = 0
-
-    def reserve(self, prompt_bytes: int, max_tokens: int | None) -> None:
-        """Reserve what this request may use: a token per 4 bytes of prompt, plus ``max_tokens``.
-
-        :raises RateLimited: that does not fit in what is left of the key's hour (nothing is reserved then).
-        """
-        if not self.key.tokens_per_hour:
-            return
-        estimate = prompt_bytes // 4 + max(0, max_tokens or 0)
-        try:
-            self.key.reserve(estimate, time.monotonic())
-        except RateLimited as exc:
-            self.refused(exc.reason)
-            raise
-        self.reserved += estimate
-
-    @property
-    def estimate(self) -> int:
-        """What a request cut before its answer is charged: its reservation (at least a token)."""
-        return max(1, self.reserved)
-
-
 key_usage_key = web.RequestKey("key_usage_key", KeyUsage)
 
 
 @dataclass
 class Key:
-    """One client key: ``digest`` is the SHA-256 of the key; limits of 0 mean none."""
+    """One client key: ``digest`` is the SHA-256 of the key."""
 
     name: str
     digest: bytes
     scopes: frozenset[str]
-    requests_per_minute: int = 0
-    max_concurrent: int = 0
-    tokens_per_hour: int = 0
+    limits: KeyLimits = field(default_factory=KeyLimits)
     priority: str = "normal"  # the scheduler's: interactive, normal or batch
-    # state, per key
-    bucket: float = 0.0
-    refilled: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
-    hour_started: float = field(default_factory=time.monotonic)
-    hour_tokens: int = 0
-    reserved_tokens: int = 0  # reserved by requests in flight
 
     @property
     def limited(self) -> bool:
         """Whether any limit applies (else admitting is free)."""
-        return bool(self.requests_per_minute or self.max_concurrent or self.tokens_per_hour)
-
-    def _hour(self, now: float) -> None:
-        if now - self.hour_started >= 3600:
-            self.hour_started, self.hour_tokens = now, 0
-
-    def reserve(self, tokens: int, now: float) -> None:
-        """Reserve ``tokens`` of this hour for a request in flight. :raises RateLimited: they do not fit."""
-        self._hour(now)
-        left = self.tokens_per_hour - self.hour_tokens - self.reserved_tokens
-        if tokens > left:
-            wait = 3600 - (now - self.hour_started)
-            held = f", {self.reserved_tokens} of them reserved by requests in flight" if self.reserved_tokens else ""
-            message = (
-                f"key {self.name!r} has {max(0, left)} of its {self.tokens_per_hour} tokens left this hour{held}; this "
-                f"request may use up to {tokens} (its prompt and max_tokens): lower max_tokens, or retry later"
-            )
-            raise RateLimited(message, "tokens_per_hour", wait if tokens <= self.tokens_per_hour else 3600)
-        self.reserved_tokens += tokens
-
-    def settle(self, reserved: int, used: int) -> None:
-        """A request that reserved ``reserved`` tokens ended having used ``used``."""
-        self.reserved_tokens = max(0, self.reserved_tokens - reserved)
-        self.hour_tokens += used
-
-    def admit(self, now: float) -> None:
-        """Count one request against the limits. :raises RateLimited: past one, with ``Retry-After``."""
-        if self.tokens_per_hour:
-            self._hour(now)
-            if self.hour_tokens >= self.tokens_per_hour:
-                wait = 3600 - (now - self.hour_started)
-                message = f"key {self.name!r} used its {self.tokens_per_hour} tokens this hour"
-                raise RateLimited(message, "tokens_per_hour", wait)
-        if self.max_concurrent and self.in_flight >= self.max_concurrent:
-            message = f"key {self.name!r} already has {self.in_flight} requests in flight"
-            raise RateLimited(message, "max_concurrent", 1)
-        if self.requests_per_minute:
-            rate = self.requests_per_minute / 60
-            self.bucket = min(self.requests_per_minute, self.bucket + (now - self.refilled) * rate)
-            self.refilled = now
-            if self.bucket < 1:
-                message = f"key {self.name!r} is limited to {self.requests_per_minute} requests a minute"
-                raise RateLimited(message, "requests_per_minute", (1 - self.bucket) / rate)
-            self.bucket -= 1
+        return self.limits.any
 
 
 request_key_key = web.RequestKey("request_key_key", Key)  # the key a request was admitted with
@@ -174,18 +75,8 @@ class KeyRing:
         keys += [Key(f"admin-{i}", digest_of(k), frozenset({"admin"})) for i, k in enumerate(auth.admin_keys, 1)]
         for entry in auth.keys:
             digest = bytes.fromhex(entry.sha256) if entry.sha256 else digest_of(entry.key)
-            keys.append(
-                Key(
-                    entry.name,
-                    digest,
-                    frozenset(entry.scopes),
-                    requests_per_minute=entry.requests_per_minute,
-                    max_concurrent=entry.max_concurrent,
-                    tokens_per_hour=entry.tokens_per_hour,
-                    priority=entry.priority,
-                    bucket=float(entry.requests_per_minute),
-                )
-            )
+            limits = KeyLimits(entry.requests_per_minute, entry.max_concurrent, entry.tokens_per_hour)
+            keys.append(Key(entry.name, digest, frozenset(entry.scopes), limits, entry.priority))
         return cls(keys)
 
     def __init__(self, keys: list[Key]) -> None:
@@ -216,10 +107,16 @@ class KeyRing:
 
 class KeyGuard:
     """Keys, scopes and limits as a :class:`helexa.server.middlewares.Guard`. ``scope_of(request)``: the scope a
-    route needs (``inference``, ``admin``, ``any``), or ``None`` when it is open. Off when no key is configured."""
+    route needs (``inference``, ``admin``, ``any``), or ``None`` when it is open. Off when no key is configured.
+    ``shared``: the cluster's limits (in the store), when several gateways share them."""
 
     def __init__(
-        self, ring: KeyRing, registry: CollectorRegistry, *, scope_of: Callable[[web.Request], str | None]
+        self,
+        ring: KeyRing,
+        registry: CollectorRegistry,
+        *,
+        scope_of: Callable[[web.Request], str | None],
+        shared: SharedLimits | None = None,
     ) -> None:
         self.ring, self.scope_of = ring, scope_of
         self._requests = HotCounter(
@@ -229,9 +126,10 @@ class KeyGuard:
         self._refused = Counter(
             "helexa_gateway_key_rejections", "Requests refused by a key's limits.", ("key", "reason"), registry=registry
         )
+        self.limits = Limits(shared, refused=lambda name, reason: self._refused.labels(name, reason).inc())
         self._series = {k.name: (self._requests.labels(k.name), self._tokens.labels(k.name)) for k in ring.keys}
 
-    def enter(self, request: web.Request) -> Callable[[], None] | None:
+    def enter(self, request: web.Request) -> Release | Awaitable[Release] | None:
         """Admit ``request`` for the scope ``scope_of`` gives it (401, 403 or 429 otherwise); the returned
         callable releases it."""
         return self.admit(request, self.scope_of(request))
@@ -240,8 +138,9 @@ class KeyGuard:
         """This guard for every request of a sub-application that needs ``scope`` (``/admin``: ``admin``)."""
         return _Scoped(self, scope)
 
-    def admit(self, request: web.Request, scope: str | None) -> Callable[[], None] | None:
-        """Admit ``request`` for ``scope`` (``None``: open); the returned callable releases it."""
+    def admit(self, request: web.Request, scope: str | None) -> Release | Awaitable[Release] | None:
+        """Admit ``request`` for ``scope`` (``None``: open); the returned callable releases it — or, when the key's
+        limits are counted in the cluster's store, an awaitable of it."""
         if not self.ring.keys or scope is None:
             return None
         presented = presented_token(request, allow_x_api_key=True)
@@ -261,22 +160,28 @@ class KeyGuard:
             raise PermissionDenied(f"this route needs a key with the admin scope{closed}")
         if scope == "inference" and "inference" not in key.scopes:
             raise PermissionDenied(f"key {key.name!r} has no inference scope")
-        if key.limited:
-            try:
-                key.admit(time.monotonic())
-            except RateLimited as exc:
-                self._refused.labels(key.name, exc.reason).inc()
-                raise
+        usage = KeyUsage(key.name, key.limits, self.limits)
+        pending = self.limits.admit(usage) if key.limited else None
+        if pending is not None:
+            return self._admitted_later(request, key, usage, pending)
+        return self._admitted(request, key, usage)
+
+    async def _admitted_later(
+        self, request: web.Request, key: Key, usage: KeyUsage, pending: Awaitable[None]
+    ) -> Release:
+        await pending
+        return self._admitted(request, key, usage)
+
+    def _admitted(self, request: web.Request, key: Key, usage: KeyUsage) -> Release:
         requests, tokens = self._series[key.name]
         requests.inc()
-        usage = request[key_usage_key] = KeyUsage(key, lambda reason: self._refused.labels(key.name, reason).inc())
+        request[key_usage_key] = usage
         request[request_key_key] = key
-        key.in_flight += 1
+        limits = self.limits
 
         def release() -> None:
-            key.in_flight -= 1
-            if usage.tokens or usage.reserved:
-                key.settle(usage.reserved, usage.tokens)
+            if key.limited:
+                limits.release(usage)
             if usage.tokens:
                 tokens.inc(usage.tokens)
 
@@ -289,6 +194,6 @@ class _Scoped:
     def __init__(self, guard: KeyGuard, scope: str) -> None:
         self.guard, self.scope = guard, scope
 
-    def enter(self, request: web.Request) -> Callable[[], None] | None:
+    def enter(self, request: web.Request) -> Release | Awaitable[Release] | None:
         """Admit ``request`` for the fixed scope."""
         return self.guard.admit(request, self.scope)

@@ -176,23 +176,45 @@ async def end_requests(app: web.Application, err: HelexaError) -> int:
 Observer = Callable[[str, str, int, float, str], None]  # (route pattern, method, status, seconds, error code)
 
 
+Release = Callable[[], None]
+
+
 class Guard(Protocol):
     """A check every request passes before its handler (browser checks, credentials, limits).
 
     ``enter`` raises a :class:`HelexaError` to refuse the request, or returns a callable to run when the
-    request is done (releasing a concurrency slot, counting usage), or ``None``.
+    request is done (releasing a concurrency slot, counting usage), or ``None`` — or, when it must ask someone
+    first (a shared store), an awaitable of one of those, which the middleware awaits before the next guard.
     """
 
-    def enter(self, request: web.Request) -> Callable[[], None] | None:
+    def enter(self, request: web.Request) -> Release | Awaitable[Release | None] | None:
         """Admit ``request`` or raise."""
         ...
 
 
-def _admit(guards: tuple[Guard, ...], request: web.Request, done: list[Callable[[], None]]) -> None:
-    for guard in guards:
+def _admit(guards: tuple[Guard, ...], request: web.Request, done: list[Release]) -> Awaitable[None] | None:
+    """Run ``guards`` in order; the callables they return go to ``done``. Synchronous while every guard is (the
+    hot path: no coroutine); from the first that returns an awaitable on, the rest run in the returned one."""
+    for i, guard in enumerate(guards):
         release = guard.enter(request)
-        if release is not None:
+        if release is None:
+            continue
+        if callable(release):
             done.append(release)
+            continue
+        return _admit_later(release, guards[i + 1 :], request, done)
+    return None
+
+
+async def _admit_later(
+    pending: Awaitable[Release | None], rest: tuple[Guard, ...], request: web.Request, done: list[Release]
+) -> None:
+    release = await pending
+    if release is not None:
+        done.append(release)
+    more = _admit(rest, request, done)
+    if more is not None:
+        await more
 
 
 def guard_middleware(guards: Sequence[Guard]) -> Callable[..., object]:
@@ -202,9 +224,10 @@ def guard_middleware(guards: Sequence[Guard]) -> Callable[..., object]:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        done: list[Callable[[], None]] = []
+        done: list[Release] = []
         try:
-            _admit(guards, request, done)
+            if (pending := _admit(guards, request, done)) is not None:
+                await pending
             return await handler(request)
         finally:
             for release in done:
@@ -237,13 +260,12 @@ def request_middleware(
         rid = request.headers.get(REQUEST_ID_HEADER, "")
         request[request_id_key] = rid if rid and _CLIENT_REQUEST_ID.match(rid) else f"{_ID_PREFIX}{next(_ids):010x}"
         status, response = 500, None
-        done: list[Callable[[], None]] = []
+        done: list[Release] = []
         active[id(request)] = request
         try:
-            length = request.content_length
-            if length is not None and length > max_body_bytes:
-                raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=length)
-            _admit(guards, request, done)
+            _check_length(request, max_body_bytes)
+            if (pending := _admit(guards, request, done)) is not None:
+                await pending
             response = await handler(request)
         except HelexaError as err:
             if err.status >= 500:
@@ -271,14 +293,25 @@ def request_middleware(
             for release in done:
                 release()
             if observe is not None:
-                resource = request.match_info.route.resource
-                route = resource.canonical if resource is not None else "unmatched"
-                final = response.status if response is not None else status
-                code = request.get(error_code_key, "")
-                observe(route, request.method, final, time.perf_counter() - started, code)
+                _report(observe, request, response.status if response is not None else status, started)
         return response
 
     return middleware
+
+
+def _check_length(request: web.Request, max_body_bytes: int) -> None:
+    """:raises HTTPRequestEntityTooLarge: the body's declared length is over the limit (chunked bodies are
+    limited while read)."""
+    length = request.content_length
+    if length is not None and length > max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=length)
+
+
+def _report(observe: Observer, request: web.Request, status: int, started: float) -> None:
+    """Tell ``observe`` how ``request`` went: its route's pattern, method, status, seconds and error code."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    observe(route, request.method, status, time.perf_counter() - started, request.get(error_code_key, ""))
 
 
 def response_marker(role: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:

@@ -197,13 +197,15 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
 
 
 async def _post_json(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> Any:
-    """POST an idempotent request; a pooled connection llama.cpp already closed is retried (twice at most)."""
+    """POST an idempotent request (templates, tokens: nothing is generated); a pooled connection llama.cpp
+    already closed — found closed when the request was written, or closed before the answer — is retried (twice
+    at most)."""
     for attempt in range(3):
         try:
             async with session.post(url, json=payload) as resp:
                 resp.raise_for_status()
                 return await resp.json()
-        except aiohttp.ServerDisconnectedError:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
