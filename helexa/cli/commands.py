@@ -21,6 +21,7 @@ from helexa.cli.config_template import render_example
 from helexa.cli.daemon import ROLES, Role, check_harnesses, connect_host, prepare, run_daemon
 from helexa.cli.logformat import setup_logging
 from helexa.cli.status import fetch, fetch_text, models_table, status_table
+from helexa.cluster.store import redact
 from helexa.config import Config, load_config, parse_listen
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
 from helexa.errors import ConfigError, HelexaError, PluginError
@@ -51,6 +52,7 @@ def _redacted(cfg: Config) -> dict[str, object]:
         for secret in ("token", "key"):
             if section.get(secret):
                 section[secret] = "***"
+    data["cluster"]["store"] = redact(data["cluster"]["store"])  # its password
     return data
 
 
@@ -81,14 +83,28 @@ def cli() -> None:
     default=None,
     help="text or json lines (default: [server] log_format).",
 )
-def run(role: Role, config_path: str | None, log_format: str | None) -> None:
+@click.option("--worker", type=click.IntRange(0, 63), default=None, hidden=True, help="Gateway worker index.")
+def run(role: Role, config_path: str | None, log_format: str | None, worker: int | None) -> None:
     """Run the gateway, a neuron, or both in one process, until SIGTERM or Ctrl-C."""
     from helexa.server.runner import run as run_loop  # noqa: PLC0415  (keeps `helexa --help` light)
 
     cfg = _load(config_path)
     setup_logging(cfg.server.log_level, log_format or cfg.server.log_format, role)
+    if cfg.gateway.workers > 1 and worker is None:
+        if role != "gateway":
+            raise UsageFailure(
+                f"[gateway] workers = {cfg.gateway.workers} runs the gateway role only (--role gateway); run the "
+                "neuron as a process of its own"
+            )
+        from helexa.cli.workers import run_workers  # noqa: PLC0415
+
+        args = [
+            *(["--config", config_path] if config_path else []),
+            *(["--log-format", log_format] if log_format else []),
+        ]
+        sys.exit(run_workers(cfg.gateway.workers, args))
     try:
-        run_loop(lambda: run_daemon(cfg, role))
+        run_loop(lambda: run_daemon(cfg, role, worker=worker))
     except (ConfigError, PluginError) as exc:
         raise UsageFailure(exc.message) from None
     except OSError as exc:  # typically: address already in use

@@ -144,7 +144,7 @@ def check_harnesses(cfg: Config, role: Role, harnesses: dict[str, type[Harness]]
         harness.parse_options(model.options, model_id=model.id)
 
 
-def _listeners(cfg: Config, role: Role) -> list[Listener]:
+def _listeners(cfg: Config, role: Role, worker: int | None = None) -> list[Listener]:
     pm = get_plugin_manager(blocked=cfg.plugins.disabled)
     listeners: list[Listener] = []
     if role in ("neuron", "both"):
@@ -158,10 +158,11 @@ def _listeners(cfg: Config, role: Role) -> list[Listener]:
         version = version_info("gateway", pm)
         app = make_gateway_app(cfg, version)
         host, port = parse_listen(cfg.gateway.listen)
-        listeners.append(Listener("gateway", app, host, port))
+        # a worker of several shares the port (SO_REUSEPORT) and serves its metrics on the metrics port + its index
+        listeners.append(Listener("gateway", app, host, port, reuse_port=worker is not None))
         metrics = metrics_app(role="gateway", registry=app[registry_key])
         host, port = parse_listen(cfg.gateway.metrics_listen)
-        listeners.append(Listener("gateway metrics", metrics, host, port))
+        listeners.append(Listener("gateway metrics", metrics, host, port + (worker or 0) if port else 0))
     return listeners
 
 
@@ -171,14 +172,16 @@ async def run_daemon(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[dict[str, int]], None] | None = None,
+    worker: int | None = None,
 ) -> None:
-    """Serve ``role`` until SIGTERM/SIGINT (or ``stop``), then drain within ``server.shutdown_grace_seconds``.
+    """Serve ``role`` until SIGTERM/SIGINT (or ``stop``), then drain within ``server.shutdown_grace_seconds``;
+    ``worker``: this process's index among a gateway's workers (``[gateway] workers``), else ``None``.
 
     :raises ConfigError: see :func:`prepare`; :class:`helexa.errors.PluginError` for plugin problems.
     """
     generated = role != "gateway" and not cfg.neuron.token and not cfg.neuron.allow_unauthenticated
     cfg = prepare(cfg, role)
-    listeners = _listeners(cfg, role)
+    listeners = _listeners(cfg, role, worker)
     if generated:
         logger.info("the neuron's token is in %s; give it to the gateway's [[neurons]] token", token_path(cfg))
     if role == "gateway" and not cfg.neurons:

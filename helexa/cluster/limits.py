@@ -101,9 +101,13 @@ redis.call('PEXPIRE', KEYS[1], 7200000)
 return {1, left - tokens, reserved + tokens, 0}
 """
 )
-# KEYS: state, reservations; ARGV: member, tokens used
-_SETTLE = (
+# KEYS: state, reservations, in flight; ARGV: member, tokens used, whether it reserved (1/0), whether it held a slot
+_FINISH = (
     _NOW
+    + """
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+if ARGV[3] ~= '1' then return 0 end
+"""
     + _HOUR
     + """
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -144,7 +148,7 @@ class SharedLimits:
         self.store = store
         self._admit = store.redis.register_script(_ADMIT)
         self._reserve = store.redis.register_script(_RESERVE)
-        self._settle = store.redis.register_script(_SETTLE)
+        self._finish = store.redis.register_script(_FINISH)
 
     def member(self, request_id: str) -> str:
         """How a request of this gateway is named in the store (its gateway first: a dead one's are dropped)."""
@@ -161,9 +165,6 @@ class SharedLimits:
         )
         return Refusal(reason.decode(), int(retry_ms) / 1000) if reason else None
 
-    async def release(self, name: str, member: str) -> None:
-        """``member`` ended: its slot is free."""
-        await self.store.call(self.store.redis.zrem, self.store.key("limit", "flight", name), member)
 
     async def reserve(self, name: str, *, per_hour: int, member: str, tokens: int) -> Reservation:
         """Reserve ``tokens`` of key ``name``'s hour for ``member`` (nothing when they do not fit)."""
@@ -172,7 +173,8 @@ class SharedLimits:
         )
         return Reservation(bool(ok), int(left), int(reserved), int(retry_ms) / 1000)
 
-    async def settle(self, name: str, member: str, used: int) -> int:
-        """``member`` ended having used ``used`` tokens: its reservation goes, its use counts; the hour's use."""
-        keys = self._keys("reserved", name)[:2]
-        return int(await self.store.call(self._settle, keys=keys, args=[member, used]))
+    async def finish(self, name: str, member: str, *, used: int, reserved: bool, slot: bool) -> int:
+        """``member`` ended (one round trip): its slot is free (``slot``), its reservation goes and the ``used``
+        tokens count (``reserved``); the hour's use (0 when it reserved nothing)."""
+        keys = [*self._keys("reserved", name)[:2], self.store.key("limit", "flight", name)]
+        return int(await self.store.call(self._finish, keys=keys, args=[member, used, int(reserved), int(slot)]))

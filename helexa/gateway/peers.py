@@ -308,6 +308,16 @@ class Peers:
                 state.probe.set()  # a load ended somewhere: look at the neurons now
         self._refresh_soon.trigger()
 
+    async def _beat(self) -> None:
+        """Say this gateway is alive, publish its use, read the others, keep its records from expiring."""
+        await self.store.beat()
+        await self._put_use()
+        await self.refresh()
+        if self.placing:
+            self._publish_plan.trigger()  # kept alive (it expires), and a new leader's is written
+        elif self._mine:
+            self._publish_needs.trigger()  # kept alive: it expires with a gateway that stopped
+
     async def run(self) -> None:
         """Beat, lead or follow, exchange, until cancelled (the app's lifetime)."""
         self._refresh_soon = _Coalesced(self.refresh)
@@ -315,14 +325,12 @@ class Peers:
         leading = asyncio.create_task(self.leadership.run(), name="cluster lease")
         try:
             while True:
-                with contextlib.suppress(StoreUnavailable):
-                    await self.store.beat()
-                    await self._put_use()
-                    await self.refresh()
-                    if self.placing:
-                        self._publish_plan.trigger()  # kept alive (it expires), and a new leader's is written
-                    elif self._mine:
-                        self._publish_needs.trigger()  # kept alive: it expires with a gateway that stopped
+                try:
+                    await self._beat()
+                except StoreUnavailable:
+                    pass
+                except Exception:  # a bug must not end the beat: the gateway would drop out of its cluster
+                    logger.exception("the cluster beat failed")
                 await asyncio.sleep(BEAT_S)
         finally:
             for task in (listening, leading):

@@ -268,12 +268,10 @@ class Limits:
         shared = self.shared
         assert shared is not None
         try:
-            if usage.slot:
-                await shared.release(usage.name, usage.member)
-                usage.slot = False
-            if usage.reserved_shared:
-                await shared.settle(usage.name, usage.member, usage.tokens)
-                usage.reserved_shared = False
+            await shared.finish(
+                usage.name, usage.member, used=usage.tokens, reserved=usage.reserved_shared, slot=usage.slot
+            )
+            usage.slot = usage.reserved_shared = False
         except StoreUnavailable:
             shared.store.when_up(lambda: self._release_shared(usage))
 

@@ -32,12 +32,14 @@ CLEANUP_S = 1.5  # what cleanup (engines stopped, sessions closed) may take afte
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """One app on one address. ``name`` is for log lines (``gateway``, ``gateway metrics``, ``neuron``)."""
+    """One app on one address. ``name`` is for log lines (``gateway``, ``gateway metrics``, ``neuron``);
+    ``reuse_port``: other processes listen on the same port (``SO_REUSEPORT``: the kernel spreads connections)."""
 
     name: str
     app: web.Application
     host: str
     port: int
+    reuse_port: bool = False
 
 
 async def serve(
@@ -79,7 +81,7 @@ async def serve(
             )
             await runner.setup()
             runners.append(runner)
-            site = web.TCPSite(runner, lst.host, lst.port, reuse_address=True)
+            site = web.TCPSite(runner, lst.host, lst.port, reuse_address=True, reuse_port=lst.reuse_port or None)
             await site.start()
             sockets = [s for s in (runner.addresses or [])]
             ports[lst.name] = sockets[0][1] if sockets else lst.port

@@ -97,14 +97,15 @@ async def test_limits_hold_across_gateways(stores):
     assert await limits[1].admit("c", per_minute=0, at_once=2, per_hour=0, member=two) is None
     refused = await limits[2].admit("c", per_minute=0, at_once=2, per_hour=0, member=limits[2].member("c"))
     assert refused is not None and refused.reason == "max_concurrent"
-    await limits[0].release("c", one)
+    await limits[0].finish("c", one, used=0, reserved=False, slot=True)
     assert await limits[2].admit("c", per_minute=0, at_once=2, per_hour=0, member=limits[2].member("c")) is None
 
     first = await limits[0].reserve("t", per_hour=100, member=limits[0].member("1"), tokens=60)
     second = await limits[1].reserve("t", per_hour=100, member=limits[1].member("2"), tokens=60)
     assert first.ok and first.left == 40
     assert not second.ok and second.left == 40 and second.reserved == 60
-    assert await limits[0].settle("t", limits[0].member("1"), 10) == 10  # used 10 of the 60 it reserved
+    # used 10 of the 60 it reserved
+    assert await limits[0].finish("t", limits[0].member("1"), used=10, reserved=True, slot=False) == 10
     assert (await limits[1].reserve("t", per_hour=100, member=limits[1].member("2"), tokens=60)).ok
     refused = await limits[2].admit("t", per_minute=0, at_once=0, per_hour=10, member=limits[2].member("z"))
     assert refused is not None and refused.reason == "tokens_per_hour"
