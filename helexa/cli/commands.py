@@ -102,7 +102,7 @@ def run(role: Role, config_path: str | None, log_format: str | None, worker: int
             *(["--config", config_path] if config_path else []),
             *(["--log-format", log_format] if log_format else []),
         ]
-        sys.exit(run_workers(cfg.gateway.workers, args))
+        sys.exit(run_workers(cfg.gateway.workers, args, parse_listen(cfg.gateway.listen)))
     try:
         run_loop(lambda: run_daemon(cfg, role, worker=worker))
     except (ConfigError, PluginError) as exc:

@@ -5,7 +5,8 @@ gateway's port with ``SO_REUSEPORT`` and serving its metrics on the metrics port
 sessions through ``[cluster] store`` like gateways on separate hosts. This process only supervises: it starts
 them, passes SIGTERM or SIGINT on (they drain), starts again one that died on its own (after a pause that grows
 while they keep dying), and exits once they all stopped. Should it die itself, even by SIGKILL, the kernel sends
-each worker SIGTERM (``PR_SET_PDEATHSIG``): none outlives it.
+each worker SIGTERM (``PR_SET_PDEATHSIG``): none outlives it. Under systemd (``Type=notify``) it is this process
+that says ``READY=1`` — once the port answers — and ``STOPPING=1``, so the unit keeps ``NotifyAccess=main``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+
+from helexa.server.sdnotify import notify
 
 __all__ = ["run_workers"]
 
@@ -39,20 +43,39 @@ def _ends_with(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def run_workers(count: int, args: list[str]) -> int:
+def _tell_when_serving(listen: tuple[str, int], count: int, timeout: float = 120.0) -> None:
+    """``READY=1`` to systemd once the port accepts connections (a worker serves)."""
+    host, port = listen
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        notify(ready=1, status=f"serving with {count} workers on :{port}")
+        return
+
+
+def run_workers(count: int, args: list[str], listen: tuple[str, int]) -> int:
     """Run ``count`` workers of ``helexa run --role gateway`` (with ``args``: the config option, the log format)
-    until a signal stops them; the exit code (0 when they stopped on a signal)."""
+    on ``listen`` until a signal stops them; the exit code (0 when they stopped on a signal)."""
     command = [sys.executable, "-m", "helexa", "run", "--role", "gateway", *args]
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # systemd hears from this process only
     procs: dict[int, subprocess.Popen[bytes]] = {}
     pauses: dict[int, float] = {}
     stopping: list[int] = []
 
     def start(index: int) -> None:
-        # (preexec_fn: this process runs no threads)
-        procs[index] = subprocess.Popen([*command, "--worker", str(index)], preexec_fn=_ends_with(os.getpid()))  # noqa: PLW1509
+        argv = [*command, "--worker", str(index)]
+        # preexec_fn is safe here: this process runs no threads
+        procs[index] = subprocess.Popen(argv, env=env, preexec_fn=_ends_with(os.getpid()))  # noqa: PLW1509
         logger.info("gateway worker %d started (pid %d)", index, procs[index].pid)
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        if not stopping:
+            notify(stopping=1, status="draining")
         stopping.append(signum)
         for proc in procs.values():
             if proc.poll() is None:
@@ -62,6 +85,7 @@ def run_workers(count: int, args: list[str]) -> int:
         signal.signal(signum, forward)
     for index in range(count):
         start(index)
+    _tell_when_serving(listen, count)
     code = 0
     while procs:
         pid, status = os.wait()

@@ -165,7 +165,6 @@ class SharedLimits:
         )
         return Refusal(reason.decode(), int(retry_ms) / 1000) if reason else None
 
-
     async def reserve(self, name: str, *, per_hour: int, member: str, tokens: int) -> Reservation:
         """Reserve ``tokens`` of key ``name``'s hour for ``member`` (nothing when they do not fit)."""
         ok, left, reserved, retry_ms = await self.store.call(

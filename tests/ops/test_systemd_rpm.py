@@ -218,3 +218,40 @@ def test_services_start_as_their_units_start_them_and_tell_systemd(tmp_path):
                 proc.kill()
                 proc.wait(timeout=10)
     shutil.rmtree(tmp_path / "var", ignore_errors=True)
+
+
+def test_the_gateway_unit_serves_with_a_store_and_workers(tmp_path):
+    """The shipped gateway.toml with its [cluster] lines enabled and two workers: the unit's main process says
+    READY=1 once a worker serves (NotifyAccess=main), both workers share the store, SIGTERM drains them all."""
+    from tests.cluster.conftest import RedisServer
+
+    redis = RedisServer(debian_tool("redis-server", "redis-server"), tmp_path)
+    redis.start()
+    ports = {"neuron": free_port(), "gateway": free_port(), "metrics": free_port()}
+    etc = _as_installed(tmp_path, ports)
+    config = etc / "gateway.toml"
+    text = config.read_text().replace("# [cluster]\n", "[cluster]\n")
+    text = text.replace('# store = "redis://valkey.internal:6379/0"', f'store = "{redis.url}"')
+    config.write_text(text.replace("[gateway]\n", "[gateway]\nworkers = 2\n", 1))
+    notify = Notifications()
+    proc = _start("helexa-gateway.service", tmp_path, etc, notify)
+    try:
+        assert "STATUS=serving with 2 workers" in notify.wait_for("READY", 60)
+        import json
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            fleet = json.loads(_get(f"http://127.0.0.1:{ports['gateway']}/fleet"))
+            if len(fleet["cluster"]["gateways"]) == 2:
+                break
+            time.sleep(0.2)
+        assert len(fleet["cluster"]["gateways"]) == 2 and fleet["cluster"]["store_up"], fleet["cluster"]
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING", 10)
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        redis.stop()
+    shutil.rmtree(tmp_path / "var", ignore_errors=True)
