@@ -125,13 +125,6 @@ class ClusterStore:
         self.peers = tuple(sorted(n.decode() for n in names))
         return self.peers
 
-    async def run(self) -> None:
-        """Beat every :data:`BEAT_S` until cancelled (the app's lifetime)."""
-        while True:
-            with contextlib.suppress(StoreUnavailable):
-                await self.beat()
-            await asyncio.sleep(BEAT_S)
-
     async def leave(self) -> None:
         """Say this gateway is gone (shutdown): its peers count it out at once."""
         with contextlib.suppress(StoreUnavailable):

@@ -142,6 +142,8 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
                 drain_grace=DRAIN_GRACE_S if peers is not None else 0.0,
             )
             lifecycle = app[lifecycle_key]
+            if peers is not None:
+                lifecycle.on_change.append(peers.fleet_changed)
             queue = Scheduler(
                 registry,
                 lifecycle,

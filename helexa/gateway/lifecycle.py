@@ -80,6 +80,8 @@ class Lifecycle:
         self.load_timeout = load_timeout
         self.clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
+        #: called after every load and unload this gateway made (a cluster's peers look at the neurons at once)
+        self.on_change: list[Callable[[], None]] = []
         self._neuron_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.gangs = GangKeeper(registry, clients, metrics, load_timeout=load_timeout, clock=clock)
 
@@ -95,6 +97,7 @@ class Lifecycle:
 
     def _load_done(self, model_id: str, task: asyncio.Task[str]) -> None:
         self._loads.pop(model_id, None)
+        self._changed()
         if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), PlanOutdated):
             logger.warning("cold load of %s failed: %s", model_id, task.exception())
 
@@ -184,7 +187,17 @@ class Lifecycle:
             state.cycles = 0
         rank = state.rank(model_id)
         if rank is not None:  # a gang member: the gang goes as one unit
-            await self.gangs.unload(model_id, rank.gang, stop=stop)
+            try:
+                await self.gangs.unload(model_id, rank.gang, stop=stop)
+            finally:
+                self._changed()
             return
-        await self.clients[neuron].unload(model_id, stop=stop)
+        try:
+            await self.clients[neuron].unload(model_id, stop=stop)
+        finally:
+            self._changed()
         state.move(model_id, None)  # gone, or asleep: the next poll says which
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()

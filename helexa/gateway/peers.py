@@ -122,6 +122,7 @@ class Peers:
         self.held: frozenset[tuple[str, str]] = frozenset()  # a follower's: replicas the leader holds back
         self.loading: frozenset[str] = frozenset()  # a follower's: models the leader is loading
         self.verdicts: dict[str, tuple[int, float, HelexaError]] = {}  # model -> (seq, seen at, error)
+        self._primed = False  # verdicts found at the first read are older than this gateway's waiters
         self._mine: tuple[Waiter, ...] = ()
         self._plan: tuple[frozenset[tuple[str, str]], frozenset[str]] = (frozenset(), frozenset())
         self._numbers: dict[tuple[str, int], int] = {}  # (gateway, its ticket) -> the number it has here
@@ -217,9 +218,10 @@ class Peers:
             await self.exchange.note("verdicts", model, verdict, VERDICT_TTL_S)
             await self.exchange.send("verdict")
 
-    def loaded(self) -> None:
-        """A load ended: the followers look at their neurons at once rather than at their next poll."""
-        asyncio.get_running_loop().create_task(self.exchange.send("loaded"))
+    def fleet_changed(self) -> None:
+        """A model was loaded or unloaded through this gateway: the others look at their neurons at once rather
+        than at their next poll (a stale view would route to a replica that is gone)."""
+        asyncio.get_running_loop().create_task(self.exchange.send("changed"))
 
     # -------------------------------------------------------------------------------------- what the others say
 
@@ -280,7 +282,8 @@ class Peers:
         self.loading = frozenset(plan.loading)
 
     async def _read_verdicts(self) -> None:
-        now = self.clock()
+        now = self.clock() if self._primed else float("-inf")  # (one found at the first read applies to nobody)
+        self._primed = True
         for model, raw in (await self.exchange.notes("verdicts")).items():
             try:
                 verdict = msgspec.json.decode(raw, type=_Verdict)
@@ -303,9 +306,9 @@ class Peers:
     def _heard(self, topic: str, sender: str) -> None:
         if sender == self.store.name:
             return
-        if topic == "loaded":
+        if topic == "changed":
             for state in self.registry.neurons.values():
-                state.probe.set()  # a load ended somewhere: look at the neurons now
+                state.probe.set()  # a load or an unload ended somewhere: look at the neurons now
         self._refresh_soon.trigger()
 
     async def _beat(self) -> None:

@@ -359,8 +359,6 @@ class Scheduler:
                     ticket.future.set_exception(error)
             if self.peers is not None and isinstance(error, HelexaError):
                 self.peers.verdict(model_id, error)  # every gateway's waiters for it get the same
-        elif self.peers is not None and not task.cancelled():
-            self.peers.loaded()
         self._changed()
 
     def _arm_overdue(self, now: float) -> None:

@@ -155,3 +155,16 @@ async def test_a_page_sign_in_is_known_to_every_gateway(cluster):
     await clients[1].post("/ui/logout", cookies={"helexa_ui": cookie}, allow_redirects=False)
     again = await clients[0].get("/ui", cookies={"helexa_ui": cookie})
     assert again.status == 401
+
+
+async def test_an_unload_through_one_gateway_is_seen_by_the_others_at_once(cluster):
+    """No gateway routes for a poll interval to a replica another one unloaded: it tells them, and they look."""
+    a = FakeNeuron("a")
+    a.preload("m")
+    clients, _ = await cluster([a], gateways=2, gateway={"poll_interval_seconds": 30}, auth={"admin_keys": ["sk-a"]})
+    other = clients[1].app[peers_key].registry.neurons["a"]
+    assert other.loaded("m")
+    resp = await clients[0].post("/admin/models/m/unload", headers={"Authorization": "Bearer sk-a"})
+    assert resp.status == 200
+    seen = await until(lambda: not other.loaded("m"), 3, "the other gateway saw the unload")
+    assert seen < 2  # not its 30 s poll
