@@ -62,6 +62,14 @@ class ModelEntry(ConfigStruct):
             "unset = [eviction] idle_unload_seconds."
         ),
     ] = None
+    task: Annotated[
+        Literal["chat", "embed", "rerank"],
+        doc(
+            "What the model is started for: chat (chat and text completions), embed (embeddings: llama.cpp "
+            "--embedding, vLLM's pooling runner) or rerank (/v1/rerank, /v2/rerank, /v1/score: llama.cpp "
+            "--reranking, vLLM's pooling runner — a cross-encoder, or an embedding model scored by cosine)."
+        ),
+    ] = "chat"
     aliases: Annotated[list[ModelId], doc("Other names clients may use for this model.")] = []
     options: Annotated[
         dict[str, Any], doc("Harness-specific options, checked against the harness's own option schema.")
@@ -99,6 +107,7 @@ class ModelEntry(ConfigStruct):
             json_tool_calls=self.json_tool_calls,
             system_messages=self.system_messages,
             hosts=self.hosts,
+            task=self.task,
         )
 
 

@@ -21,7 +21,7 @@ import msgspec
 
 from helexa.engine.credentials import EngineCredentials
 from helexa.engine.ports import PortAllocator
-from helexa.errors import ConfigError
+from helexa.errors import ConfigError, PreflightError
 from helexa.wire.neuron import ModelSpec
 
 __all__ = ["GpuState", "Harness", "HarnessContext", "HarnessState", "Inventory", "NoOptions", "PlacementPlan"]
@@ -134,6 +134,8 @@ class Harness(abc.ABC):
     multi_host: ClassVar[bool] = False
     #: The engine can run a model without a GPU (in RAM).
     cpu_ok: ClassVar[bool] = False
+    #: What a model may be started for with this engine (``ModelSpec.task``): ``chat``, ``embed``, ``rerank``.
+    tasks: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: With no context configured (``kv_context`` 0), preflight picks one for the plan (``plan.context``): the
     #: model's trained context, or the largest of its halvings (down to ``MIN_AUTO_CONTEXT``) that fits.
     auto_context: ClassVar[bool] = False
@@ -174,6 +176,17 @@ class Harness(abc.ABC):
     @abc.abstractmethod
     async def state(self, model_id: str) -> HarnessState:
         """The current state of ``model_id`` (``stopped`` when unknown). Cheap; polled often."""
+
+    def check_task(self, spec: ModelSpec) -> None:
+        """:raises PreflightError: ``task_unsupported``: this engine cannot serve ``spec.task``."""
+        if spec.task not in self.tasks:
+            raise PreflightError(
+                "task_unsupported",
+                spec.model_id,
+                f"harness {self.name!r} cannot start a model for {spec.task!r} "
+                f"(it serves: {', '.join(sorted(self.tasks))})",
+                "use a harness that serves it, or change the model's task",
+            )
 
     async def sleep(self, model_id: str) -> bool:
         """Put a ready model to sleep, freeing accelerator memory but keeping the process. Return whether it

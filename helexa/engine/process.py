@@ -116,7 +116,9 @@ class ProcessHarness(Harness):
             raise PreflightError("invalid_options", spec.model_id, exc.message, "fix the model's options") from None
 
     async def preflight(self, spec: ModelSpec, inventory: Inventory) -> PlacementPlan:
-        """Options, source, format, quant, devices and memory; see :mod:`helexa.modelfiles.preflight` for the kinds."""
+        """Task, options, source, format, quant, devices and memory; see :mod:`helexa.modelfiles.preflight` for
+        the kinds."""
+        self.check_task(spec)
         self.options_for(spec)
         source = await self.resolve_source(spec)
         check_format(spec.model_id, source, self.name, self.formats)

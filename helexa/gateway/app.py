@@ -33,6 +33,7 @@ from helexa.gateway.peers import Peers
 from helexa.gateway.poller import poll_forever
 from helexa.gateway.queue import Scheduler
 from helexa.gateway.registry import NeuronState, Registry
+from helexa.gateway.rerank_routes import setup_rerank_routes
 from helexa.gateway.responses_routes import setup_responses_routes
 from helexa.gateway.routes import setup_routes
 from helexa.gateway.routing import Router
@@ -63,7 +64,7 @@ def _scope(request: web.Request) -> str | None:
     """The key scope a route of the API needs (``None``: open). ``/admin`` and ``/ui`` are sub-applications
     with guards of their own."""
     path = request.path
-    if path.startswith("/v1/"):
+    if path.startswith(("/v1/", "/v2/")) or path == "/rerank":
         return "inference"
     return "any" if path.startswith("/fleet") else None
 
@@ -110,6 +111,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     setup_routes(app)
     setup_anthropic_routes(app)
     setup_responses_routes(app)
+    setup_rerank_routes(app)
     return app
 
 

@@ -17,7 +17,7 @@ from helexa.wire.neuron import ModelInfo, ModelSpec, ModelStatus
 
 __all__ = ["TRANSITIONS", "InvalidTransition", "ModelRecord", "Observer", "differences", "other_member"]
 
-_WHAT_RUNS = ("harness", "source", "quant", "tensor_parallel", "devices", "options")
+_WHAT_RUNS = ("harness", "source", "quant", "tensor_parallel", "devices", "options", "task")
 _RUNNING = (ModelStatus.LOADED, ModelStatus.LOADING, ModelStatus.DOWNLOADING, ModelStatus.SLEEPING)
 
 

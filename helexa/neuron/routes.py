@@ -133,7 +133,7 @@ async def openai_models(request: web.Request) -> web.Response:
 
 
 async def inference(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/chat/completions|completions|embeddings``: relay to the model's engine.
+    """``POST /v1/chat/completions|completions|embeddings|rerank|score``: relay to the model's engine.
 
     An unloaded catalogue model is loaded first when ``load_on_demand`` is on; otherwise 404.
     """
@@ -227,5 +227,5 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/models/{model_id:.+}/logs", logs)
     r.add_post("/tokenize", tokenize)
     r.add_get("/v1/models", openai_models)
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score"):
         r.add_post(path, inference)

@@ -2,9 +2,10 @@
 
 aiohttp answers framing, header and content-encoding errors itself, before any middleware runs, from
 ``RequestHandler.handle_error``; aiohttp 3 offers no hook for that answer. :func:`install` wraps that method
-once per process so those answers carry the OpenAI envelope (the request's path is not known yet, so not
-Anthropic's) with the same status and ``x-helexa-origin``. The wrapper only rewrites the body of aiohttp's own
-error responses; everything else is aiohttp's behaviour unchanged.
+once per process so those answers carry the JSON envelope — Anthropic's when the request's path was read and is
+``/v1/messages…``, else OpenAI's (a body whose encoding breaks in the very packet of its head fails before
+aiohttp made the request: the path is not known then) — with the same status and ``x-helexa-origin``. The
+wrapper only rewrites the body of aiohttp's own error responses; everything else is aiohttp's behaviour unchanged.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import msgspec
 from aiohttp import web, web_protocol
 
-from helexa.errors import openai_type_for_status
-from helexa.server.middlewares import ORIGIN_HEADER
+from helexa.errors import HelexaError
+from helexa.server.middlewares import ORIGIN_HEADER, error_body
 
 __all__ = ["install"]
 
@@ -24,13 +25,16 @@ _encoder = msgspec.json.Encoder()
 _MARK = "_helexa_json_errors"
 
 
-def _json_error(status: int, text: str) -> web.Response:
+def _json_error(status: int, text: str, *, anthropic: bool) -> web.Response:
     message = text.strip().splitlines()[0] if text.strip() else f"HTTP {status}"
-    body = {"message": f"the request could not be read: {message}"[:1000], "type": openai_type_for_status(status)}
-    body.update(param=None, code="bad_http_request" if status < 500 else "internal_error")
+    error = HelexaError(
+        f"the request could not be read: {message}"[:1000],
+        code="bad_http_request" if status < 500 else "internal_error",
+        status_override=status,
+    )
     response = web.Response(
         status=status,
-        body=_encoder.encode({"error": body}),
+        body=error_body(error, anthropic=anthropic),
         content_type="application/json",
         headers={ORIGIN_HEADER: "helexa"},
     )
@@ -49,7 +53,8 @@ def install() -> None:
     def handle_error(self: Any, request: Any, status: int = 500, exc: Any = None, message: Any = None) -> Any:
         response = original(self, request, status, exc, message)
         if isinstance(response, web.Response) and response.content_type in ("text/plain", "text/html"):
-            return _json_error(response.status, response.text or "")
+            path = getattr(request, "path", "") if request is not None else ""
+            return _json_error(response.status, response.text or "", anthropic=path.startswith("/v1/messages"))
         return response
 
     setattr(handle_error, _MARK, True)

@@ -180,6 +180,8 @@ class ModelSpec(WireStruct):
     means "let preflight choose"; ``options`` are harness-specific and validated against the harness's
     ``Options``; ``vram_mb`` is what the catalogue says the model needs (0 = unknown) — in all: a gang member
     needs its share. ``hosts`` > 1: the model spans that many neurons, and a load must carry its ``rank``.
+    ``task``: ``chat``, ``embed`` or ``rerank`` — what the engine is started for (a harness refuses one it
+    cannot serve: 422 ``task_unsupported``).
     """
 
     model_id: ModelId
@@ -195,6 +197,7 @@ class ModelSpec(WireStruct):
     system_messages: Literal["auto", "keep", "merge"] = "auto"
     hosts: int = 1
     rank: RankSpec | None = None
+    task: Literal["chat", "embed", "rerank"] = "chat"  # what the engine is started for (its runner, its flags)
 
 
 class PullRequest(WireStruct):

@@ -4,8 +4,8 @@ What helexa reads it type-checks before anything else happens — before a strea
 byte goes to a neuron — so a wrong type is a 400 naming the field, never a stream that fails later: ``model``,
 ``stream``, ``stream_options``, ``user``, ``prompt_cache_key``, and the shape of the fields each endpoint is
 made of (``messages`` and ``tools`` as lists of objects, ``tool_choice`` a string or an object, ``prompt`` /
-``input`` text or a list, the token limits integers). Lists are checked without being decoded
-(``msgspec.Raw`` per item): a long conversation costs a scan, not a parse.
+``input`` text or a list, a rerank's ``query`` text and ``documents`` a list, the token limits integers). Lists
+are checked without being decoded (``msgspec.Raw`` per item): a long conversation costs a scan, not a parse.
 """
 
 from __future__ import annotations
@@ -38,14 +38,21 @@ class InferenceHead(WireStruct):
     tool_choice: msgspec.Raw = msgspec.Raw()
     prompt: msgspec.Raw = msgspec.Raw()
     input: msgspec.Raw = msgspec.Raw()
+    query: msgspec.Raw = msgspec.Raw()  # rerank
+    documents: msgspec.Raw = msgspec.Raw()  # rerank
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     n: int | None = None
 
 
 _head_decoder = msgspec.json.Decoder(InferenceHead)
-# the field each endpoint cannot do without
-_REQUIRED = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input"}
+# the fields each endpoint cannot do without
+_REQUIRED = {
+    "/v1/chat/completions": ("messages",),
+    "/v1/completions": ("prompt",),
+    "/v1/embeddings": ("input",),
+    "/v1/rerank": ("query", "documents"),
+}
 
 
 def decode_head(body: bytes, path: str = "") -> InferenceHead:
@@ -66,9 +73,11 @@ def decode_head(body: bytes, path: str = "") -> InferenceHead:
     _one_of("tool_choice", head.tool_choice, b'"{', "a string or an object")
     _one_of("prompt", head.prompt, b'"[', "text or a list")
     _one_of("input", head.input, b'"[', "text or a list")
-    required = _REQUIRED.get(path)
-    if required is not None and _absent(getattr(head, required)):
-        raise InvalidRequest(f"'{required}' is required", param=required)
+    _one_of("query", head.query, b'"{', "text or an object")
+    _one_of("documents", head.documents, b"[", "a list")
+    for required in _REQUIRED.get(path, ()):
+        if _absent(getattr(head, required)):
+            raise InvalidRequest(f"'{required}' is required", param=required)
     return head
 
 

@@ -31,6 +31,7 @@ class External(Harness):
     name = "external"
     Options = ExternalOptions
     request_source = False  # a URL: only the neuron's own [[models]] may name one
+    tasks = frozenset({"chat", "embed", "rerank"})  # whatever the server serves
 
     def __init__(self, context: object = None) -> None:
         super().__init__(context)  # type: ignore[arg-type]

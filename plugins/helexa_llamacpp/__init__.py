@@ -76,6 +76,7 @@ class LlamaCpp(ProcessHarness):
     )
     formats = frozenset({"gguf"})
     cpu_ok = True
+    tasks = frozenset({"chat", "embed", "rerank"})  # --embedding, --reranking
     auto_context = True  # ctx_size 0: the trained context, or what of it fits
     health_path = "/health"
     secret_env = "LLAMA_ARG_API_KEY"  # llama-server's --api-key: every route but /health needs it
@@ -119,6 +120,7 @@ class LlamaCpp(ProcessHarness):
             argv += ["--chat-template", options.chat_template]
         if options.chat_template_file:
             argv += ["--chat-template-file", options.chat_template_file]
+        argv += _TASK_FLAGS[spec.task]
         return argv + list(options.extra_args)
 
     def kv_context(self, spec: ModelSpec) -> int:
@@ -184,6 +186,10 @@ class LlamaCpp(ProcessHarness):
     def environment(self, spec: ModelSpec, plan: PlacementPlan, options: LlamaCppOptions) -> dict[str, str]:
         """Only the planned GPUs are visible (none for a CPU plan)."""
         return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in plan.devices)}
+
+
+# llama-server's flags per task: embeddings pool the model's output; --reranking is --embedding --pooling rank
+_TASK_FLAGS = {"chat": [], "embed": ["--embedding"], "rerank": ["--reranking"]}
 
 
 def _copies(options: LlamaCppOptions) -> int:

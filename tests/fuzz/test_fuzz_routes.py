@@ -56,6 +56,10 @@ GATEWAY_POSTS = {
         "reasoning": {"summary": "auto"},
         "stream": True,
     },
+    "/v1/rerank": {"model": "m", "query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": True},
+    "/rerank": {"model": "m", "query": "q", "documents": ["a"]},
+    "/v2/rerank": {"model": "m", "query": "q", "documents": ["a", "b"], "top_n": 2},
+    "/v1/score": {"model": "m", "text_1": "q", "text_2": ["a", "b"]},
     "/admin/models/m/load": {},
     "/admin/models/m/unload": {},
     "/ui/login": {"key": "x"},
@@ -98,6 +102,8 @@ NEURON_POSTS = {
     "/v1/chat/completions": {"model": "m", "messages": MESSAGES},
     "/v1/completions": {"model": "m", "prompt": "x"},
     "/v1/embeddings": {"model": "m", "input": "x"},
+    "/v1/rerank": {"model": "m", "query": "q", "documents": ["a", "b"]},
+    "/v1/score": {"model": "m", "text_1": "q", "text_2": "a"},
 }
 GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}", "/ui"]
 GATEWAY_GETS += ["/ui?note={id}", "/ui/models/{id}/logs?neuron={id}", "/admin/models/{id}/logs?lines={id}"]
@@ -186,7 +192,12 @@ def check_answer(path: str, status: int, content_type: str, text: str) -> None:
     if status >= 400:
         assert content_type == "application/json", f"{path}: {status} {content_type} {text[:200]}"
         body = json.loads(text)
-        if path.startswith("/v1/messages"):
+        # a body aiohttp cannot decode as it reads the request (a broken Content-Encoding in the first packet) is
+        # refused before the request, and its path, exist: OpenAI's envelope then, on any path
+        unread = (
+            body.get("error", {}).get("code") == "bad_http_request" if isinstance(body.get("error"), dict) else False
+        )
+        if path.startswith("/v1/messages") and not unread:
             assert body["type"] == "error" and body["error"]["type"] and body["error"]["message"], body
         else:
             assert body["error"]["message"] and body["error"]["type"], body

@@ -138,3 +138,13 @@ def test_server_side_sampling_defaults_are_typed_load_options():
     assert {"temperature", "top_p", "repeat_penalty"} <= LlamaCpp.load_options  # no executable, safe over HTTP
     start = len(argv) - 1 - argv[::-1].index("-m")
     parse_args(argv[start:])  # the bundled server takes them
+
+
+@pytest.mark.parametrize(("task", "flags"), [("chat", []), ("embed", ["--embedding"]), ("rerank", ["--reranking"])])
+def test_a_model_is_started_for_its_task(task, flags):
+    spec = ModelSpec(model_id="m", task=task)
+    argv = LlamaCpp(HarnessContext()).command(spec, PlacementPlan(files=("/m/q.gguf",)), 5, LlamaCppOptions())
+    assert [a for a in argv if a in ("--embedding", "--reranking")] == flags
+    start = len(argv) - 1 - argv[::-1].index("-m")
+    args = parse_args(argv[start:])  # the bundled server takes them too
+    assert (args.embedding, args.reranking) == ("--embedding" in flags, "--reranking" in flags)

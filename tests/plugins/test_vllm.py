@@ -171,3 +171,24 @@ def test_dtype_is_a_fixed_list(dtype):
         Vllm.parse_options({"dtype": dtype}, model_id="m")
     assert "dtype" in caught.value.message and "bfloat16" in caught.value.message
     assert Vllm.parse_options({"dtype": "bfloat16"}, model_id="m").dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("task", ["embed", "rerank"])
+def test_a_pooling_model_runs_on_the_pooling_runner(task):
+    argv = Vllm(HarnessContext()).command(ModelSpec(model_id="m", task=task), GPU_PLAN, 1, VllmOptions())
+    assert argv[argv.index("--runner") + 1] == "pooling"
+    assert "--runner" not in Vllm(HarnessContext()).command(SPEC, GPU_PLAN, 1, VllmOptions())
+
+
+async def test_a_task_the_harness_cannot_serve_is_refused_before_anything_starts():
+    from helexa import PreflightError, ProcessHarness
+
+    class ChatOnly(ProcessHarness):
+        name = "chat-only"
+
+        def command(self, spec, plan, port, options):
+            raise AssertionError("never started")
+
+    with pytest.raises(PreflightError) as refused:
+        await ChatOnly(HarnessContext()).preflight(ModelSpec(model_id="m", task="rerank"), Inventory())
+    assert refused.value.kind == "task_unsupported" and "'rerank'" in refused.value.message
