@@ -219,13 +219,14 @@ def helexa_process(tmp_path_factory) -> Iterator:
     state_dir = Path(os.environ["HELEXA_NEURON__STATE_DIR"])  # the test's own (see _state_dir)
     logs = tmp_path_factory.mktemp("logs")
 
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(*args: str, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()) -> subprocess.Popen:
+        """``wrap``: a command that execs the rest in place (``ip netns exec NAME``): the PID stays helexa's."""
         env = {**(env if env is not None else os.environ)}
         env.setdefault("HELEXA_NEURON__STATE_DIR", str(state_dir))
         log_path = logs / f"helexa-{len(started)}.log"  # a file, not a pipe: a chatty process never blocks
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "helexa", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+                [*wrap, sys.executable, "-m", "helexa", *args], stdout=log, stderr=subprocess.STDOUT, env=env
             )
         proc.log_path = log_path  # type: ignore[attr-defined]
         started.append(proc)

@@ -87,6 +87,7 @@ class ClusterStore:
         self._waiting: list[Callable[[], Awaitable[None]]] = []
         self._beat = self.redis.register_script(_BEAT)
         self._down_since = time.monotonic()
+        self._said_down = False
 
     def key(self, *parts: str) -> str:
         """A key of this fleet: ``prefix:part:part``."""
@@ -136,10 +137,11 @@ class ClusterStore:
             await self.redis.aclose()
 
     def _mark(self, up: bool, error: str) -> None:
-        changed = up != self.up
+        changed = up != self.up or (not up and not self._said_down)  # a store never reached is said once too
         self.up, self.error = up, error
         if not changed:
             return
+        self._said_down = not up
         if up:
             logger.info("the cluster store %s answers again", redact(self.url))
             asyncio.get_running_loop().create_task(self._flush())

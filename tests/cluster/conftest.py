@@ -1,8 +1,10 @@
 """A real Redis server per test (Debian's redis-server, installed by the test command when missing), on a port of
-this run's block, its data under the test's directory; stopped (and restartable) by PID."""
+this run's block, its data under the test's directory; stopped (and restartable) by PID. And a second "host": a
+network namespace with links of its own to this one, to cut a gateway off with ``ip link set down``."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -17,16 +19,24 @@ from tests.tools import debian_tool
 class RedisServer:
     """One ``redis-server`` process on loopback; :meth:`stop` and :meth:`start` again keep its port."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
-        self.binary, self.directory, self.port = binary, directory, free_port()
+    def __init__(
+        self, binary: str, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",), password: str = ""
+    ) -> None:
+        self.binary, self.directory, self.port, self.binds = binary, directory, free_port(), binds
+        self.password = password  # required of clients when set (Redis refuses other hosts without one)
         self.proc: subprocess.Popen | None = None
+
+    def url_at(self, address: str) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{address}:{self.port}/0"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_at("127.0.0.1")
 
     def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [self.binary, "--port", str(self.port), "--bind", *self.binds, "--save", "", "--appendonly", "no"]
+        argv += ["--requirepass", self.password] if self.password else []
         argv += ["--dir", str(self.directory), "--daemonize", "no", "--logfile", str(self.directory / "redis.log")]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -35,7 +45,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.02)
@@ -58,3 +68,66 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+class OtherHost:
+    """A network namespace with two links to this one, each a veth pair with a /30 of its own: ``data`` (for
+    neurons and clients) and ``store`` (for the cluster store), so one can be cut and not the other. Addresses:
+    ``here[link]`` on this side, ``there[link]`` in the namespace; ``wrap`` runs a command inside it."""
+
+    def __init__(self, ip: str) -> None:
+        n = os.getpid() % 12500  # one namespace, and one 10.x.y.0/24, per test process
+        self.ip, self.name = ip, f"helexa-{os.getpid()}"
+        net = f"10.{200 + n // 250}.{n % 250}"
+        self.here = {"data": f"{net}.1", "store": f"{net}.5"}
+        self.there = {"data": f"{net}.2", "store": f"{net}.6"}
+        self.links = {link: (f"hx{link[0]}{os.getpid()}h", f"hx{link[0]}{os.getpid()}n") for link in self.here}
+
+    @property
+    def wrap(self) -> tuple[str, ...]:
+        return (self.ip, "netns", "exec", self.name)
+
+    def _run(self, *argv: str) -> None:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr.strip()}"
+
+    def create(self) -> None:
+        self._run(self.ip, "netns", "add", self.name)
+        self._run(*self.wrap, self.ip, "link", "set", "lo", "up")
+        for link, (outside, inside) in self.links.items():
+            self._run(self.ip, "link", "add", outside, "type", "veth", "peer", "name", inside)
+            self._run(self.ip, "link", "set", inside, "netns", self.name)
+            self._run(self.ip, "addr", "add", f"{self.here[link]}/30", "dev", outside)
+            self._run(self.ip, "link", "set", outside, "up")
+            self._run(*self.wrap, self.ip, "addr", "add", f"{self.there[link]}/30", "dev", inside)
+            self._run(*self.wrap, self.ip, "link", "set", inside, "up")
+
+    def cut(self, link: str) -> None:
+        """``ip link set down`` on the namespace's side of ``link``: nothing passes either way, no reset sent."""
+        self._run(*self.wrap, self.ip, "link", "set", self.links[link][1], "down")
+
+    def mend(self, link: str) -> None:
+        self._run(*self.wrap, self.ip, "link", "set", self.links[link][1], "up")
+
+    def delete(self) -> None:
+        """The namespace and its links (deleting the namespace deletes its ends, and so both ends of each pair)."""
+        subprocess.run([self.ip, "netns", "del", self.name], capture_output=True, timeout=30, check=False)
+        for outside, _ in self.links.values():
+            subprocess.run([self.ip, "link", "del", outside], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture
+def other_host():
+    """An :class:`OtherHost`, deleted at the end. Needs root (CAP_NET_ADMIN) and iproute2: skipped with the
+    reason where they cannot be had — under ``CI=true`` (root) a failure, never a skip."""
+    ip = debian_tool("ip", "iproute2")
+    if os.geteuid() != 0:
+        why = "network namespaces need root (CAP_NET_ADMIN)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs {why}")
+        pytest.skip(why)
+    host = OtherHost(ip)
+    host.delete()  # what a killed run of this PID might have left
+    host.create()
+    yield host
+    host.delete()

@@ -12,7 +12,7 @@ from helexa.cluster.exchange import Exchange
 from helexa.cluster.lease import Leadership
 from helexa.cluster.limits import SharedLimits
 from helexa.cluster.store import ClusterStore, StoreUnavailable, redact
-from tests.conftest import until
+from tests.conftest import free_port, until
 
 
 @pytest.fixture
@@ -168,3 +168,16 @@ def test_the_password_never_shows():
     assert redact("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
     assert redact("redis://user:s3cret@db:6379/0") == "redis://user:***@db:6379/0"
     assert redact("redis://db:6379/0") == "redis://db:6379/0"
+
+
+async def test_a_store_never_reached_is_said_in_the_log_once(caplog):
+    store = ClusterStore(f"redis://:nope@127.0.0.1:{free_port()}/0", prefix="t", name="g0")  # nothing listens
+    try:
+        with caplog.at_level("WARNING", logger="helexa.cluster.store"):
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable):
+                    await store.beat()
+        said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+        assert len(said) == 1 and ":***@" in said[0] and "nope" not in said[0], said
+    finally:
+        await store.close()
