@@ -148,8 +148,9 @@ class UnsupportedMediaType(HelexaError):
 
 
 class Conflict(HelexaError):
-    """The request clashes with another one in progress (409): an unload cancelled this load, or a load of
-    the same model with another spec is under way."""
+    """The request clashes with another one in progress, or with the state of what it names (409): an unload
+    cancelled this load, a load of the same model with another spec is under way, a batch that ended cannot be
+    cancelled."""
 
     status = 409
     code = "conflict"

@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path, monkeypatch):
-    """A neuron a test starts (in process or not) keeps its token under the test's own directory, removed
-    with it — never in the real home, never left in the system's temp folder."""
+    """A neuron a test starts (in process or not) keeps its token, and a gateway its batches, under the test's
+    own directory, removed with it — never in the real home, never left in the system's temp folder."""
     monkeypatch.setenv("HELEXA_NEURON__STATE_DIR", str(tmp_path / "helexa-state"))
+    monkeypatch.setenv("HELEXA_BATCHES__DIRECTORY", str(tmp_path / "helexa-batches"))
 
 
 @pytest.fixture
@@ -223,6 +224,7 @@ def helexa_process(tmp_path_factory) -> Iterator:
         """``wrap``: a command that execs the rest in place (``ip netns exec NAME``): the PID stays helexa's."""
         env = {**(env if env is not None else os.environ)}
         env.setdefault("HELEXA_NEURON__STATE_DIR", str(state_dir))
+        env.setdefault("HELEXA_BATCHES__DIRECTORY", os.environ["HELEXA_BATCHES__DIRECTORY"])
         log_path = logs / f"helexa-{len(started)}.log"  # a file, not a pipe: a chatty process never blocks
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -238,6 +240,7 @@ def helexa_process(tmp_path_factory) -> Iterator:
 
     start.output = output
     start.state_dir = state_dir
+    start.started = started  # every process started, in order
     yield start
     for proc in started:
         if proc.poll() is None:

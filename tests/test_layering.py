@@ -34,10 +34,18 @@ def test_plugins_import_only_the_public_api():
 SHARED = ("helexa.errors", "helexa.__about__", "helexa.sse", "helexa.config", "helexa.wire")
 ROOMS = {
     "cli": None,  # the top: anything
-    "gateway": ("helexa.gateway", "helexa.server", "helexa.cluster", "helexa.translate", "helexa.bench"),
+    "gateway": (
+        "helexa.gateway",
+        "helexa.server",
+        "helexa.cluster",
+        "helexa.batches",
+        "helexa.translate",
+        "helexa.bench",
+    ),
     "neuron": ("helexa.neuron", "helexa.server", "helexa.engine", "helexa.modelfiles", "helexa.translate"),
     "server": ("helexa.server", "helexa.engine.plugins", "helexa.cluster"),
     "cluster": ("helexa.cluster",),  # the store and what gateways share through it: plain data, no roles
+    "batches": ("helexa.batches",),  # the Batch API's formats and its SQLite store: plain data, no roles
     "engine": ("helexa.engine", "helexa.modelfiles"),
     "modelfiles": ("helexa.modelfiles",),
     "translate": ("helexa.translate",),

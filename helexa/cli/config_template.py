@@ -18,7 +18,7 @@ from helexa.config import Config
 __all__ = ["ROLE_SECTIONS", "render_example"]
 
 ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "gateway": ("server", "gateway", "auth", "eviction", "scheduler", "cluster", "neurons", "models"),
+    "gateway": ("server", "gateway", "auth", "eviction", "scheduler", "cluster", "batches", "neurons", "models"),
     "neuron": ("server", "neuron", "plugins"),
     "both": (
         "server",
@@ -27,6 +27,7 @@ ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
         "eviction",
         "scheduler",
         "cluster",
+        "batches",
         "neurons",
         "models",
         "neuron",

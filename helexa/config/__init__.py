@@ -1,6 +1,6 @@
 """Configuration: strict msgspec structs, loaded from one TOML file with environment overrides.
 
-One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [scheduler] [cluster] [[neurons]]
+One file serves every role: the gateway reads ``[gateway] [auth] [eviction] [scheduler] [cluster] [batches] [[neurons]]
 [[models]]``, the
 neuron reads ``[neuron]``, both read ``[server]`` and ``[plugins]``. The model catalogue may also live in its own
 file named by ``gateway.catalogue``. Defaults let ``helexa run --role both`` start with no file at all.
@@ -18,6 +18,7 @@ from helexa.config.base import ConfigStruct, PluginsSection, ServerSection
 from helexa.config.catalogue import Catalogue, ModelEntry
 from helexa.config.gateway import (
     AuthSection,
+    BatchesSection,
     ClusterSection,
     EvictionSection,
     GatewaySection,
@@ -31,6 +32,7 @@ from helexa.config.neuron import NeuronSection
 __all__ = [
     "RENAMED",
     "AuthSection",
+    "BatchesSection",
     "Catalogue",
     "ClusterSection",
     "Config",

@@ -1,5 +1,5 @@
-"""The gateway's sections: ``[gateway]``, ``[auth]`` (with ``[[auth.keys]]``), ``[eviction]``, ``[scheduler]`` and
-``[[neurons]]``."""
+"""The gateway's sections: ``[gateway]``, ``[auth]`` (with ``[[auth.keys]]``), ``[eviction]``, ``[scheduler]``,
+``[cluster]``, ``[batches]`` and ``[[neurons]]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from helexa.config.base import ConfigStruct, doc
 
 __all__ = [
     "AuthSection",
+    "BatchesSection",
     "ClusterSection",
     "EvictionSection",
     "GatewaySection",
@@ -242,3 +243,31 @@ class ClusterSection(ConfigStruct):
             le=60,
         ),
     ] = 3.0
+
+
+class BatchesSection(ConfigStruct):
+    """The OpenAI Batch API (``/v1/files``, ``/v1/batches``, docs/batches.md): files and batches kept in SQLite in
+    ``directory``, their lines run at batch priority on the fleet's idle capacity, resumed after a restart."""
+
+    directory: Annotated[
+        str,
+        doc(
+            "Where uploaded files, batch outputs and their SQLite database live (created at the first upload). "
+            "Several gateway processes of one host may share it (one of them runs the batches); not on a network "
+            "file system."
+        ),
+    ] = "~/.local/state/helexa/batches"
+    max_file_mb: Annotated[int, doc("Largest file one upload may be, in MiB (OpenAI's limit is 200).", ge=1)] = 200
+    max_lines: Annotated[int, doc("Most requests one batch may hold (OpenAI's limit is 50,000).", ge=1)] = 50_000
+    lines_per_replica: Annotated[
+        int,
+        doc(
+            "Batch requests sent at once to each replica of a batch's model. A line starts only while the "
+            "replica serves no other request, so interactive traffic waits for at most this many lines.",
+            ge=1,
+            le=64,
+        ),
+    ] = 1
+    max_completion_hours: Annotated[
+        int, doc("Longest completion_window a batch may ask for, in hours (OpenAI accepts 24h only).", ge=1)
+    ] = 168

@@ -20,6 +20,7 @@ from helexa.config.base import ConfigStruct, PluginsSection, ServerSection
 from helexa.config.catalogue import Catalogue, ModelEntry
 from helexa.config.gateway import (
     AuthSection,
+    BatchesSection,
     ClusterSection,
     EvictionSection,
     GatewaySection,
@@ -46,6 +47,7 @@ class Config(ConfigStruct):
     eviction: EvictionSection = msgspec.field(default_factory=EvictionSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
+    batches: BatchesSection = msgspec.field(default_factory=BatchesSection)
     neurons: list[NeuronRef] = []
     models: list[ModelEntry] = []
     neuron: NeuronSection = msgspec.field(default_factory=NeuronSection)

@@ -1,5 +1,5 @@
-"""``/admin``: loading, unloading and engine logs, as a sub-application that owns its guard (an admin key,
-when keys are configured)."""
+"""``/admin``: loading, unloading, engine logs and everyone's batches, as a sub-application that owns its guard
+(an admin key, when keys are configured)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from helexa.errors import InvalidRequest, NotFound
+from helexa.gateway.batch_routes import admin_cancel_batch, admin_list_batches
 from helexa.gateway.queue import Client
 from helexa.gateway.scheduling import INTERACTIVE
 from helexa.gateway.state import lifecycle_key, router_key
@@ -26,6 +27,8 @@ def make_admin_app(guards: Sequence[Guard]) -> web.Application:
     r.add_post("/models/{model_id:.+}/load", admin_load)
     r.add_post("/models/{model_id:.+}/unload", admin_unload)
     r.add_get("/models/{model_id:.+}/logs", admin_logs)
+    r.add_get("/batches", admin_list_batches)
+    r.add_post("/batches/{batch_id}/cancel", admin_cancel_batch)
     return app
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
+from helexa.batches.store import BatchStore
 from helexa.cluster.lease import Leadership
 from helexa.cluster.limits import SharedLimits
 from helexa.cluster.sessions import SharedSessions
@@ -25,9 +26,11 @@ from helexa.config import Config, parse_listen
 from helexa.errors import ConfigError
 from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
+from helexa.gateway.batch_routes import batch_runner_key, batch_store_key, batches_config_key, setup_batch_routes
+from helexa.gateway.batch_runner import BatchRunner
 from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
-from helexa.gateway.metrics import ClusterGauges, GangMembers, GatewayMetrics
+from helexa.gateway.metrics import BatchMetrics, ClusterGauges, GangMembers, GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.peers import Peers
 from helexa.gateway.poller import poll_forever
@@ -74,12 +77,17 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     prometheus = CollectorRegistry()
     listen_host, _ = parse_listen(cfg.gateway.listen)
     guards: list[Guard] = [
-        BrowserGuard(known_host_names([listen_host, *cfg.gateway.allowed_hosts]), form_prefix="/ui/")
+        BrowserGuard(
+            known_host_names([listen_host, *cfg.gateway.allowed_hosts]),
+            form_prefix="/ui/",
+            upload_paths=(UPLOAD_PATH,),
+        )
     ]
     admin_guards: list[Guard] = []
     store = None
     if cfg.cluster.store:
         store = ClusterStore(cfg.cluster.store, prefix=cfg.cluster.prefix, name=gateway_name(cfg.cluster.name))
+    keys = None
     if (ring := KeyRing.from_config(cfg.auth)).keys:
         keys = KeyGuard(ring, prometheus, scope_of=_scope, shared=SharedLimits(store) if store else None)
         guards.append(keys)
@@ -91,6 +99,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         registry=prometheus,
         serve_metrics=False,
         guards=guards,
+        body_limits={UPLOAD_PATH: cfg.batches.max_file_mb * 1024 * 1024 + FORM_OVERHEAD},
     )
     sessions = SignIns(SharedSessions(store) if store else None)
     app[ui_app_key] = ui = make_ui_app(ring, bench_db=cfg.gateway.bench_db, sessions=sessions)
@@ -108,11 +117,39 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         app[registry_key].register(ClusterGauges(peers.report))
         app.cleanup_ctx.append(_cluster(peers))
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
+    app[batch_store_key] = batches = BatchStore(cfg.batches.directory)
+    app[batches_config_key] = cfg.batches
+    runner = BatchRunner(
+        app,
+        batches,
+        BatchMetrics(app[registry_key]),
+        lines_per_replica=cfg.batches.lines_per_replica,
+        keys=keys,
+    )
+    app.cleanup_ctx.append(_batches(runner))  # after the pollers' context: the router exists when it runs
     setup_routes(app)
     setup_anthropic_routes(app)
     setup_responses_routes(app)
     setup_rerank_routes(app)
+    setup_batch_routes(app)
     return app
+
+
+UPLOAD_PATH = "/v1/files"  # the one route that takes multipart/form-data (and a larger body)
+FORM_OVERHEAD = 64 * 1024  # what a multipart form adds to the file it carries, at most
+
+
+def _batches(runner: BatchRunner):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[batch_runner_key] = runner
+        task = asyncio.create_task(runner.run(), name="batches")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await runner.store.close()
+
+    return ctx
 
 
 async def _close(keepalives: KeepAlives) -> None:

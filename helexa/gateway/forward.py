@@ -1,13 +1,15 @@
 """Opening a request to a model's neuron: failover before any byte, in-flight accounting, request metrics.
 
 Every route that sends inference to a neuron — plain OpenAI relays and translated dialects alike — goes
-through :class:`Forward`, so routing, retries and metrics behave the same for all of them.
+through :class:`Forward`, so routing, retries and metrics behave the same for all of them. So does a batch's
+line (:mod:`helexa.gateway.batch_runner`): what Forward needs of a request is a :class:`Caller`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -21,10 +23,26 @@ from helexa.server.h1client import Upstream, UpstreamResponse
 from helexa.server.keys import key_usage_key
 from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
 
-__all__ = ["Forward", "observe", "reserve_tokens"]
+__all__ = ["Caller", "Forward", "observe", "reserve_tokens"]
 
 
-async def reserve_tokens(request: web.Request, prompt_bytes: int, max_tokens: int | None) -> None:
+class Caller(Protocol):
+    """What sends inference through :class:`Forward`: a ``web.Request``, or a batch's line. Its app; the task it
+    runs in; and, by key, its request id (``request_id_key``), its key (``request_key_key``: the client's name
+    and priority) and that key's usage (``key_usage_key``), the last two absent without keys."""
+
+    @property
+    def app(self) -> web.Application: ...
+
+    @property
+    def task(self) -> asyncio.Task[Any] | None: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+
+async def reserve_tokens(request: Caller, prompt_bytes: int, max_tokens: int | None) -> None:
     """Reserve what the request may use of its key's tokens per hour (no-op without a limited key); settled when
     it ends. Called before the request waits or is sent.
 
@@ -62,7 +80,7 @@ class Forward:
 
     def __init__(
         self,
-        request: web.Request,
+        request: Caller,
         model_id: str,
         state: NeuronState,
         *,
@@ -188,7 +206,7 @@ async def _open_watched(
             timer.cancel()
 
 
-def observe(request: web.Request, model: str, neuron: str, exchange: Exchange) -> None:
+def observe(request: Caller, model: str, neuron: str, exchange: Exchange) -> None:
     """Record a finished request's latency, first-token time and tokens (a key's tokens are counted by
     :class:`Forward` when its block exits, whichever way it exits)."""
     series = request.app[gateway_metrics_key].series(model, neuron)

@@ -17,10 +17,34 @@ from helexa.gateway.registry import Registry
 from helexa.server.hotmetrics import CounterChild, GaugeChild, HistogramChild, HotCounter, HotGauge, HotHistogram
 from helexa.server.httpmetrics import LATENCY_BUCKETS
 
-__all__ = ["GangMembers", "GatewayMetrics", "RequestSeries"]
+__all__ = ["BatchMetrics", "GangMembers", "GatewayMetrics", "RequestSeries"]
 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+
+
+class BatchMetrics:
+    """The Batch API's: lines run (by model and result), batches ended (by status), lines running and waiting."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lines = Counter(
+            "helexa_gateway_batch_lines",
+            "Batch requests ended: completed (a 2xx answer), failed (another answer), retried (a 429/5xx tried "
+            "again), expired (never run before the completion window ended).",
+            ("model", "result"),
+            registry=registry,
+        )
+        self.batches = Counter(
+            "helexa_gateway_batches", "Batches ended, by final status.", ("status",), registry=registry
+        )
+        self.running = Gauge(
+            "helexa_gateway_batch_lines_running", "Batch requests being run by this gateway.", registry=registry
+        )
+        self.pending = Gauge(
+            "helexa_gateway_batch_lines_pending",
+            "Batch requests not run yet in batches in progress, as of the runner's last look.",
+            registry=registry,
+        )
 
 
 class GatewayMetrics:

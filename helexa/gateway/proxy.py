@@ -28,7 +28,7 @@ from helexa.server.upstream import response_headers
 from helexa.sse import EventFramer, event_data
 from helexa.wire.openai import StreamOptions
 
-__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay", "relay_stream", "stream_breaks"]
+__all__ = ["Exchange", "StreamScanner", "Usage", "prepare_body", "relay", "relay_stream", "stream_breaks", "usage_of"]
 
 logger = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -57,6 +57,16 @@ class _UsageOnly(msgspec.Struct):
 
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
 _usage_only = msgspec.json.Decoder(_UsageOnly)  # a whole answer: its choices are skipped, never built
+
+
+def usage_of(answer: bytes) -> Usage | None:
+    """The ``usage`` of a whole JSON answer (``None``: it has none, or is not JSON)."""
+    if b'"usage"' not in answer:
+        return None
+    try:
+        return _usage_only.decode(answer).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def prepare_body(
@@ -192,9 +202,8 @@ async def relay(
         if upstream.status >= 400:
             raise error_from_response(upstream.label, upstream.status, data)
         raise UpstreamError(f"{upstream.label} answered with {upstream.content_type[:60]!r}, not JSON or a stream")
-    if upstream.status == 200 and b'"usage"' in data:
-        with contextlib.suppress(msgspec.DecodeError):
-            exchange.usage = _usage_only.decode(data).usage
+    if upstream.status == 200:
+        exchange.usage = usage_of(data)
     exchange.bytes_sent = len(data)
     return web.Response(status=upstream.status, body=data, headers=out_headers)
 

@@ -26,10 +26,9 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-
-from aiohttp import web
+from typing import Any
 
 from helexa.cluster.store import StoreUnavailable
 from helexa.errors import HelexaError, Overloaded
@@ -67,8 +66,9 @@ class Client:
 ANONYMOUS = Client()
 
 
-def client_of(request: web.Request) -> Client:
-    """The :class:`Client` of ``request`` (its key's name and priority; anonymous without keys)."""
+def client_of(request: Mapping[Any, Any]) -> Client:
+    """The :class:`Client` of ``request`` (a ``web.Request`` or a batch's line: its key's name and priority;
+    anonymous without keys)."""
     key = request.get(request_key_key)
     if key is None:
         return ANONYMOUS

@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.errors import InvalidRequest, UpstreamError
-from helexa.gateway.forward import Forward, observe, reserve_tokens
+from helexa.gateway.forward import Caller, Forward, observe, reserve_tokens
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, Usage, prepare_body, relay
 from helexa.gateway.queue import client_of
@@ -30,7 +30,7 @@ from helexa.server.body import read_body
 from helexa.wire import WireStruct, decode_request_body
 from helexa.wire.openai import decode_head
 
-__all__ = ["setup_rerank_routes"]
+__all__ = ["rank", "setup_rerank_routes"]
 
 MAX_DOCUMENTS = 10_000  # documents in one request, at most (Cohere's limit is 1,000 per request; engines batch them)
 _encoder = msgspec.json.Encoder()
@@ -79,8 +79,12 @@ def _check_task(registry: Registry, requested: str) -> None:
         )
 
 
-async def _rerank(request: web.Request, *, version: str, documents_by_default: bool) -> web.Response:
-    raw = await read_body(request)
+async def rank(request: Caller, raw: bytes, *, version: str = "1", documents_by_default: bool = True) -> dict:
+    """Rank the documents of the rerank request ``raw`` for ``request`` (an HTTP request, or a batch's line): the
+    answer every rerank route gives.
+
+    :raises HelexaError: the request is invalid, the model cannot rerank, or its engine failed.
+    """
     req = decode_request_body(_request_decoder, raw)
     if not req.documents:
         raise InvalidRequest("documents: give at least one document to rank", param="documents")
@@ -111,25 +115,23 @@ async def _rerank(request: web.Request, *, version: str, documents_by_default: b
         for r in ranked
     ]
     usage = answer.usage or Usage()
-    return json_response(
-        {
-            "id": f"rerank-{secrets.token_hex(12)}",
-            "model": req.model,
-            "results": results,
-            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
-            "meta": {"api_version": {"version": version}, "billed_units": {"search_units": 1}},
-        }
-    )
+    return {
+        "id": f"rerank-{secrets.token_hex(12)}",
+        "model": req.model,
+        "results": results,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        "meta": {"api_version": {"version": version}, "billed_units": {"search_units": 1}},
+    }
 
 
 async def rerank_v1(request: web.Request) -> web.Response:
     """``POST /v1/rerank`` and ``/rerank`` (Jina, Cohere v1, vLLM): documents returned unless told not to."""
-    return await _rerank(request, version="1", documents_by_default=True)
+    return json_response(await rank(request, await read_body(request), version="1", documents_by_default=True))
 
 
 async def rerank_v2(request: web.Request) -> web.Response:
     """``POST /v2/rerank`` (Cohere v2): documents returned only when asked."""
-    return await _rerank(request, version="2", documents_by_default=False)
+    return json_response(await rank(request, await read_body(request), version="2", documents_by_default=False))
 
 
 async def score(request: web.Request) -> web.StreamResponse:

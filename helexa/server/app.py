@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -66,6 +66,7 @@ def base_app(
     registry: CollectorRegistry | None = None,
     serve_metrics: bool = True,
     guards: Sequence[Guard] = (),
+    body_limits: Mapping[str, int] | None = None,
 ) -> web.Application:
     """A new Application for ``role`` with the shared middlewares and routes.
 
@@ -74,6 +75,8 @@ def base_app(
     :param registry: the app's own Prometheus registry (a fresh one when ``None``).
     :param serve_metrics: ``False`` when metrics are served by a separate :func:`metrics_app`.
     :param guards: checks every request passes first, in order (see :class:`Guard`).
+    :param body_limits: another limit than ``max_body_bytes`` for a path (an upload route, which reads its body
+        as a stream: ``client_max_size`` does not apply to it).
     """
     parse_errors.install()
     metrics = HttpMetrics(registry if registry is not None else CollectorRegistry(), role, version)
@@ -81,7 +84,13 @@ def base_app(
     app = web.Application(
         client_max_size=max_body_bytes,
         middlewares=[
-            request_middleware(max_body_bytes=max_body_bytes, observe=metrics.observe, guards=guards, active=active)
+            request_middleware(
+                max_body_bytes=max_body_bytes,
+                body_limits=body_limits,
+                observe=metrics.observe,
+                guards=guards,
+                active=active,
+            )
         ],
     )
     app[role_key] = role

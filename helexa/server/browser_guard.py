@@ -8,7 +8,8 @@ with ``Content-Type: text/plain`` needs no preflight, and DNS rebinding points a
 
 - a POST/PUT/PATCH/DELETE must carry a JSON content type (``application/json`` or ``…+json``), which a
   browser can only send cross-site after a CORS preflight that is never granted → else 415 (a write without
-  a body is exempt only when it bears no browser's marks: no ``Origin``, no ``Sec-Fetch-*``);
+  a body is exempt only when it bears no browser's marks: no ``Origin``, no ``Sec-Fetch-*``; so is a
+  ``multipart/form-data`` upload to one of ``upload_paths`` — ``/v1/files`` — without those marks);
 - the ``Host`` header must name this daemon: an IP address, ``localhost``, this machine's host names, or a
   name in ``allowed_hosts`` → else 403 (DNS-rebinding protection);
 - a request with an ``Origin`` (browsers add it) from any other host, or ``Sec-Fetch-Site: cross-site``, is
@@ -63,9 +64,12 @@ class BrowserGuard:
     rule: the Host, Origin and ``Sec-Fetch-Site`` checks hold for them too, and the page checks the origin of
     its forms itself."""
 
-    def __init__(self, allowed_hosts: Collection[str], *, form_prefix: str = "") -> None:
+    def __init__(
+        self, allowed_hosts: Collection[str], *, form_prefix: str = "", upload_paths: Collection[str] = ()
+    ) -> None:
         self.allowed = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         self.form_prefix = form_prefix
+        self.upload_paths = frozenset(upload_paths)
         self._good_hosts: set[str] = set()  # Host headers admitted before (a few): skips parsing on the hot path
 
     def _named(self, name: str) -> bool:
@@ -97,6 +101,8 @@ class BrowserGuard:
             if self.form_prefix and request.path.startswith(self.form_prefix):
                 return
             kind = request.content_type
+            if kind == "multipart/form-data" and request.path in self.upload_paths and not _from_browser(request):
+                return
             if kind != "application/json" and not kind.endswith("+json"):
                 raise UnsupportedMediaType(
                     f"send the body as JSON with 'Content-Type: application/json' (got {kind[:80]!r})",

@@ -173,10 +173,13 @@ class KeyGuard:
         return self._admitted(request, key, usage)
 
     def _admitted(self, request: web.Request, key: Key, usage: KeyUsage) -> Release:
-        requests, tokens = self._series[key.name]
-        requests.inc()
         request[key_usage_key] = usage
         request[request_key_key] = key
+        return self._counted(key, usage)
+
+    def _counted(self, key: Key, usage: KeyUsage) -> Release:
+        requests, tokens = self._series[key.name]
+        requests.inc()
         limits = self.limits
 
         def release() -> None:
@@ -186,6 +189,21 @@ class KeyGuard:
                 tokens.inc(usage.tokens)
 
         return release
+
+    def key_named(self, name: str) -> Key | None:
+        """The configured key called ``name`` (``None``: there is none now)."""
+        return next((k for k in self.ring.keys if k.name == name), None)
+
+    async def admit_on_behalf(self, key: Key) -> tuple[KeyUsage, Release]:
+        """Admit a request the gateway sends itself for ``key`` (a batch's line): counted, limited and charged as
+        one that came with the key; the returned callable releases it.
+
+        :raises RateLimited: past one of the key's limits (the caller may wait ``Retry-After`` and ask again).
+        """
+        usage = KeyUsage(key.name, key.limits, self.limits)
+        if key.limited and (pending := self.limits.admit(usage)) is not None:
+            await pending
+        return usage, self._counted(key, usage)
 
 
 class _Scoped:

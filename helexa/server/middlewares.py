@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -239,6 +239,7 @@ def guard_middleware(guards: Sequence[Guard]) -> Callable[..., object]:
 def request_middleware(
     *,
     max_body_bytes: int,
+    body_limits: Mapping[str, int] | None = None,
     observe: Observer | None = None,
     guards: Sequence[Guard] = (),
     active: dict[int, web.Request] | None = None,
@@ -246,13 +247,15 @@ def request_middleware(
     """The one middleware every helexa app runs first.
 
     It assigns the request id, refuses bodies over ``max_body_bytes`` by their Content-Length (chunked
-    bodies are limited while read), runs the app's ``guards`` in order, turns every exception into the right
-    error envelope, and reports each request to ``observe`` (route pattern, method, status, seconds). One
-    layer instead of one per concern keeps the proxy's per-request cost down. ``active``: the app's requests
-    being handled (its ``active_key``), sub-applications' requests included.
+    bodies are limited while read; ``body_limits``: another limit for a path, an upload's), runs the app's
+    ``guards`` in order, turns every exception into the right error envelope, and reports each request to
+    ``observe`` (route pattern, method, status, seconds). One layer instead of one per concern keeps the
+    proxy's per-request cost down. ``active``: the app's requests being handled (its ``active_key``),
+    sub-applications' requests included.
     """
     guards = tuple(guards)
     active = active if active is not None else {}
+    limits = dict(body_limits or {})
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -263,7 +266,7 @@ def request_middleware(
         done: list[Release] = []
         active[id(request)] = request
         try:
-            _check_length(request, max_body_bytes)
+            _check_length(request, limits.get(request.path, max_body_bytes) if limits else max_body_bytes)
             if (pending := _admit(guards, request, done)) is not None:
                 await pending
             response = await handler(request)

@@ -95,6 +95,9 @@ def explain_validation_error(message: str) -> str:
     return message
 
 
+_MISSING = re.compile(r"Object missing required field `(\w{1,64})`")
+
+
 def decode_request_body(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
     """Decode a request body with ``decoder``.
 
@@ -107,7 +110,8 @@ def decode_request_body(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         text = explain_validation_error(str(exc))
         message, sep, path = text.rpartition(" - at `")
         if not sep:
-            raise InvalidRequest(f"invalid request: {text}") from None
+            missing = _MISSING.fullmatch(text)  # a required field of the top level: msgspec gives no path
+            raise InvalidRequest(f"invalid request: {text}", param=missing[1] if missing else None) from None
         field = path.rstrip("`").removeprefix("$.")
         raise InvalidRequest(f"{field}: {message}", param=field) from None
     except msgspec.DecodeError as exc:

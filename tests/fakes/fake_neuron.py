@@ -51,6 +51,7 @@ class FakeNeuron:
     loads: list[str] = field(default_factory=list)
     unloads: list[tuple[str, bool]] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
+    chat_starts: list[tuple[float, bytes]] = field(default_factory=list)  # (monotonic time, body) per chat request
     auth_seen: list[str] = field(default_factory=list)
     rerank_bodies: list[dict] = field(default_factory=list)
     rerank_answer: dict | None = None
@@ -178,6 +179,7 @@ class FakeNeuron:
             await self.freeze()
         self.auth_seen.append(request.headers.get("Authorization", ""))
         raw = await request.read()
+        self.chat_starts.append((time.monotonic(), raw))
         if self.slow_marker and self.slow_marker.encode() in raw:
             await asyncio.sleep(self.slow_seconds)  # a long prefill: this request only, the neuron answers polls
         body = json.loads(raw)

@@ -60,6 +60,16 @@ GATEWAY_POSTS = {
     "/rerank": {"model": "m", "query": "q", "documents": ["a"]},
     "/v2/rerank": {"model": "m", "query": "q", "documents": ["a", "b"], "top_n": 2},
     "/v1/score": {"model": "m", "text_1": "q", "text_2": ["a", "b"]},
+    "/v1/batches": {
+        "input_file_id": "file-000000000000000000000000",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"k": "v"},
+    },
+    "/v1/batches/batch_000000000000000000000000/cancel": {},
+    "/admin/batches/m/cancel": {},
+    # a multipart upload (the loop wraps the mutated bytes in a form with a random file name)
+    "/v1/files": {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}},
     "/admin/models/m/load": {},
     "/admin/models/m/unload": {},
     "/ui/login": {"key": "x"},
@@ -108,6 +118,9 @@ NEURON_POSTS = {
 GATEWAY_GETS = ["/v1/models", "/v1/models/{id}", "/fleet", "/healthz", "/version", "/", "/nope/{id}", "/ui"]
 GATEWAY_GETS += ["/ui?note={id}", "/ui/models/{id}/logs?neuron={id}", "/admin/models/{id}/logs?lines={id}"]
 GATEWAY_GETS += ["/admin/models/{id}/logs?rank={id}", "/admin/models/m/logs?rank=1&lines=5"]
+GATEWAY_GETS += ["/v1/files", "/v1/files/{id}", "/v1/files/{id}/content", "/v1/batches", "/v1/batches/{id}"]
+GATEWAY_GETS += ["/v1/files?limit={id}&after={id}&order={id}&purpose={id}", "/v1/batches?limit={id}&after={id}"]
+GATEWAY_GETS += ["/admin/batches?limit={id}&after={id}"]
 NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models", "/pulls"]
 
 
@@ -184,6 +197,23 @@ def mutate(rng: random.Random, template: dict) -> bytes:
     return raw
 
 
+def upload_form(rng: random.Random, content: bytes) -> tuple[bytes, str]:
+    """A multipart form as the SDKs send it (purpose, then file), its parts sometimes odd, cut or missing."""
+    name = random_text(rng).encode("utf-8", "replace").replace(b'"', b"")
+    purpose = rng.choice([b"batch", b"batch", b"fine-tune", b"", b"x" * 100])
+    parts = [
+        b'Content-Disposition: form-data; name="purpose"\r\n\r\n' + purpose,
+        b'Content-Disposition: form-data; name="file"; filename="' + name + b'"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + content,
+    ]
+    if rng.random() < 0.2:
+        parts.pop(rng.randrange(2))
+    body = b"".join(b"--xb\r\n" + p + b"\r\n" for p in parts) + b"--xb--\r\n"
+    if rng.random() < 0.2:
+        body = body[: rng.randrange(len(body) + 1)]
+    return body, "multipart/form-data; boundary=" + rng.choice(["xb", "xb", "", "other"])
+
+
 def check_answer(path: str, status: int, content_type: str, text: str) -> None:
     assert status < 500, f"{path}: {status} {text[:300]}"
     if status == 401 and path.startswith("/ui") and content_type == "text/html":
@@ -237,6 +267,7 @@ async def daemons(aiohttp_client, aiohttp_server, tmp_path, version, monkeypatch
     gateway_cfg = make_config(
         neurons=[{"name": "n", "endpoint": str(neuron.make_url("")).rstrip("/")}],
         gateway={"poll_interval_seconds": 0.2},
+        batches={"directory": str(tmp_path / "batches"), "max_file_mb": 1},
     )
     gateway = await aiohttp_client(make_gateway_app(gateway_cfg, version))
     gateway.tmp_path = tmp_path  # type: ignore[attr-defined]
@@ -260,6 +291,9 @@ async def test_no_input_makes_a_5xx_on_any_route(daemons):
             headers["Connection"] = "close"
         if method == "GET":
             resp = await client.get(url)
+        elif path == "/v1/files" and rng.random() < 0.8:
+            body, headers["Content-Type"] = upload_form(rng, mutate(rng, template))
+            resp = await client.post(url, data=body, headers=headers)
         else:
             resp = await client.post(url, data=mutate(rng, template), headers=headers)
         text = await resp.text(errors="replace")

@@ -14,8 +14,9 @@ from tests.fakes.fake_neuron import FakeNeuron
 
 
 @pytest.fixture
-def fleet(aiohttp_server, aiohttp_client, version):
-    """``await fleet([FakeNeuron(...), ...], models=[...], **sections)`` -> (gateway client, {name: fake})."""
+def fleet(aiohttp_server, aiohttp_client, version, tmp_path):
+    """``await fleet([FakeNeuron(...), ...], models=[...], **sections)`` -> (gateway client, {name: fake}). Its
+    batches (files, SQLite) live under the test's directory unless ``batches`` says otherwise."""
 
     async def make(fakes: list[FakeNeuron], *, models: list | None = None, **sections):
         neurons = []
@@ -26,6 +27,7 @@ def fleet(aiohttp_server, aiohttp_client, version):
                 {"name": fake.name, "endpoint": str(server.make_url("")).rstrip("/"), "token": f"tok-{fake.name}"}
             )
         gateway = {"poll_interval_seconds": 0.05, **sections.pop("gateway", {})}
+        sections["batches"] = {"directory": str(tmp_path / "batches"), **sections.get("batches", {})}
         cfg = make_config(neurons=neurons, models=models or [], gateway=gateway, **sections)
         client = await aiohttp_client(make_gateway_app(cfg, version))
         await wait_healthy(client, len(fakes))

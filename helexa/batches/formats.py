@@ -1,0 +1,278 @@
+"""The OpenAI Batch API's formats: ids, the input file's lines and their checks, the output and error files'
+lines, and the ``file`` and ``batch`` objects as the API answers them. Pure functions: no I/O, no event loop.
+
+An input file is JSONL, one request per line: ``{"custom_id": …, "method": "POST", "url": "/v1/chat/completions",
+"body": {…}}``. A batch is checked whole before it runs (OpenAI checks it in its ``validating`` state): every line
+is JSON with a unique ``custom_id``, ``method`` POST, ``url`` the batch's endpoint, a ``body`` object naming one
+model — the same on every line, as OpenAI requires — and no ``stream``. Each line's ``body`` is kept as the bytes
+it came as and sent as they are. An output line is ``{"id", "custom_id", "response": {"status_code",
+"request_id", "body"}, "error"}``; lines that never ran (the batch expired) have ``"response": null`` and an
+``error``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "ENDPOINTS",
+    "MAX_ERRORS",
+    "STATUSES",
+    "BatchLine",
+    "LineError",
+    "Parsed",
+    "batch_id",
+    "batch_object",
+    "completion_window_seconds",
+    "error_line",
+    "file_id",
+    "file_object",
+    "output_line",
+    "parse_input",
+    "result_file_id",
+    "valid_id",
+]
+
+# the endpoints a batch may target, and the catalogue task each needs
+ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "chat",
+    "/v1/embeddings": "embed",
+    "/v1/rerank": "rerank",
+}
+STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled")
+MAX_ERRORS = 100  # a failed validation reports this many lines' errors, at most
+CUSTOM_ID_MAX = 512
+_ID = re.compile(r"(file-|batch_)[0-9a-f]{24}")
+
+
+def file_id() -> str:
+    """A new file's id (``file-`` and 24 hex digits)."""
+    return f"file-{secrets.token_hex(12)}"
+
+
+def batch_id() -> str:
+    """A new batch's id (``batch_`` and 24 hex digits)."""
+    return f"batch_{secrets.token_hex(12)}"
+
+
+def result_file_id(batch: str, kind: str) -> str:
+    """The id of a batch's ``output`` or ``errors`` file: derived from the batch's, so writing it again (a
+    restart while finalizing) replaces it rather than adding another."""
+    return f"file-{hashlib.sha256(f'{batch}:{kind}'.encode()).hexdigest()[:24]}"
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` has the form of an id helexa hands out (anything else is never looked up)."""
+    return _ID.fullmatch(value) is not None
+
+
+def completion_window_seconds(window: str, max_hours: int) -> int:
+    """Seconds of a ``completion_window`` (``"24h"``; any ``<N>h`` from 1 to ``max_hours``).
+
+    :raises ValueError: another form, or out of range (the message says what is accepted).
+    """
+    found = re.fullmatch(r"([1-9][0-9]{0,3})h", window)
+    if found is None or int(found.group(1)) > max_hours:
+        raise ValueError(f"completion_window: give hours as '24h' (1h to {max_hours}h), got {window[:40]!r}")
+    return int(found.group(1)) * 3600
+
+
+class _Line(msgspec.Struct):
+    custom_id: Annotated[str, msgspec.Meta(min_length=1, max_length=CUSTOM_ID_MAX)]
+    method: str
+    url: str
+    body: msgspec.Raw
+
+
+class _Body(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    stream: bool | None = None
+
+
+_line_decoder = msgspec.json.Decoder(_Line)
+_body_decoder = msgspec.json.Decoder(_Body)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One request of a batch: its place in the file (0-based), ``custom_id`` and ``body`` (the line's bytes)."""
+
+    index: int
+    custom_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """Why a line of an input file cannot run (OpenAI's ``errors.data[]``; ``line`` is 1-based)."""
+
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
+
+
+@dataclass
+class Parsed:
+    """An input file read for a batch: its lines and model, or its errors (then nothing runs)."""
+
+    lines: list[BatchLine] = field(default_factory=list)
+    model: str = ""
+    errors: list[LineError] = field(default_factory=list)
+
+    def fail(self, code: str, message: str, line: int | None = None, param: str | None = None) -> None:
+        """Note an error (up to :data:`MAX_ERRORS`)."""
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(LineError(code, message, line, param))
+
+
+def parse_input(data: bytes, endpoint: str, max_lines: int, max_line_bytes: int) -> Parsed:
+    """Check every line of an input file for a batch to ``endpoint``; see the module's docstring.
+
+    Blank lines are skipped; errors past :data:`MAX_ERRORS` are not reported.
+    """
+    parsed, seen = Parsed(), set[str]()
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        if len(raw) > max_line_bytes:
+            parsed.fail("line_too_large", f"a line may be {max_line_bytes} bytes at most", number)
+            continue
+        _check_line(parsed, seen, raw, number, endpoint)
+    if not parsed.lines and not parsed.errors:
+        parsed.fail("empty_file", "the input file holds no request")
+    if len(parsed.lines) > max_lines:
+        parsed.fail("too_many_requests", f"a batch may hold {max_lines} requests; this file holds {len(parsed.lines)}")
+    if parsed.errors:
+        parsed.lines = []
+    return parsed
+
+
+def _check_line(parsed: Parsed, seen: set[str], raw: bytes, number: int, endpoint: str) -> None:
+    try:
+        line = _line_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        parsed.fail("invalid_request", f"not a batch request line: {str(exc)[:200]}", number)
+        return
+    except msgspec.DecodeError:
+        parsed.fail("invalid_json_line", "this line is not JSON (one request per line, UTF-8)", number)
+        return
+    if line.custom_id in seen:
+        parsed.fail(
+            "duplicate_custom_id", f"custom_id {line.custom_id[:64]!r} is on an earlier line", number, "custom_id"
+        )
+        return
+    seen.add(line.custom_id)
+    if line.method != "POST":
+        parsed.fail("invalid_method", f"method must be POST, got {line.method[:20]!r}", number, "method")
+    if line.url != endpoint:
+        parsed.fail(
+            "mismatched_url", f"url must be the batch's endpoint {endpoint}, got {line.url[:80]!r}", number, "url"
+        )
+    try:
+        body = _body_decoder.decode(line.body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        parsed.fail("invalid_body", f"body: a request object with a model ({str(exc)[:160]})", number, "body")
+        return
+    if body.stream:
+        parsed.fail("stream_unsupported", "a batch's requests cannot stream: remove 'stream'", number, "body.stream")
+    if not parsed.model:
+        parsed.model = body.model
+    elif body.model != parsed.model:
+        parsed.fail("mismatched_model", f"every line must use model {parsed.model!r}", number, "body.model")
+    parsed.lines.append(BatchLine(len(parsed.lines), line.custom_id, bytes(line.body)))
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class _Response(msgspec.Struct):
+    status_code: int
+    request_id: str
+    body: msgspec.Raw
+
+
+class _OutputLine(msgspec.Struct):
+    id: str
+    custom_id: str
+    response: _Response | None
+    error: dict[str, str] | None
+
+
+def output_line(custom_id: str, status: int, request_id: str, body: bytes) -> bytes:
+    """A line of the output (2xx) or error file: the request's answer as the engine (or helexa) gave it;
+    ``body`` must be JSON (it is embedded as it is)."""
+    response = _Response(status, request_id, msgspec.Raw(body))
+    return _encoder.encode(_OutputLine(f"batch_req_{secrets.token_hex(12)}", custom_id, response, None)) + b"\n"
+
+
+def error_line(custom_id: str, code: str, message: str) -> bytes:
+    """A line of the error file for a request that never ran (``batch_expired``, ``batch_cancelled``)."""
+    error = {"code": code, "message": message}
+    return _encoder.encode(_OutputLine(f"batch_req_{secrets.token_hex(12)}", custom_id, None, error)) + b"\n"
+
+
+def file_object(record: dict[str, Any]) -> dict[str, Any]:
+    """The API's ``file`` object for a stored file record."""
+    return {
+        "id": record["id"],
+        "object": "file",
+        "bytes": record["bytes"],
+        "created_at": record["created_at"],
+        "filename": record["filename"],
+        "purpose": record["purpose"],
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+
+
+_BATCH_TIMES = (
+    "expires_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+def batch_object(record: dict[str, Any]) -> dict[str, Any]:
+    """The API's ``batch`` object for a stored batch record (counts and token use as they are now)."""
+    batch = {
+        "id": record["id"],
+        "object": "batch",
+        "endpoint": record["endpoint"],
+        "model": record["model"],
+        "errors": json.loads(record["errors"]) if record["errors"] else None,
+        "input_file_id": record["input_file_id"],
+        "completion_window": record["completion_window"],
+        "status": record["status"],
+        "output_file_id": record["output_file_id"],
+        "error_file_id": record["error_file_id"],
+        "created_at": record["created_at"],
+        **{name: record[name] for name in _BATCH_TIMES},
+        "request_counts": {"total": record["total"], "completed": record["completed"], "failed": record["failed"]},
+        "usage": {
+            "input_tokens": record["input_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": record["output_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": record["input_tokens"] + record["output_tokens"],
+        },
+        "metadata": json.loads(record["metadata"]) if record["metadata"] else None,
+    }
+    return batch

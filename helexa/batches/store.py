@@ -1,0 +1,461 @@
+"""Where files and batches live: a SQLite database and a ``files/`` folder in one directory.
+
+Durable against a killed process: every change is one transaction (WAL, ``synchronous=FULL``). A line's result
+is written once — the update that stores it only matches a line not yet done, and the batch's counts move in the
+same transaction — so a line run again after a restart (it was in flight when the gateway died) is never counted
+or written twice. Output and error files get ids derived from their batch's, so finishing a batch again replaces
+them. Nothing is created on disk before the first upload: a gateway that never sees a batch leaves no trace.
+
+Calls are blocking (``sqlite3``); :class:`BatchStore` runs them on one thread of its own, so the event loop never
+waits on the disk and the connection is only ever used by that thread. Several processes may open one directory
+(a gateway's workers): SQLite's locks keep them consistent, ``busy_timeout`` makes them wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from helexa.batches.formats import (
+    BatchLine,
+    Parsed,
+    batch_id,
+    error_line,
+    file_id,
+    output_line,
+    result_file_id,
+)
+
+__all__ = ["ACTIVE", "FINAL", "BatchStore"]
+
+_T = TypeVar("_T")
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner has work to do on these
+FINAL = ("failed", "completed", "expired", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+  id TEXT PRIMARY KEY, owner TEXT NOT NULL, purpose TEXT NOT NULL, filename TEXT NOT NULL,
+  bytes INTEGER NOT NULL, created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_owner ON files (owner, created_at);
+CREATE TABLE IF NOT EXISTS batches (
+  id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL,
+  endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, model TEXT,
+  metadata TEXT, errors TEXT, output_file_id TEXT, error_file_id TEXT,
+  total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+  input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+  expires_at INTEGER, in_progress_at INTEGER, finalizing_at INTEGER, completed_at INTEGER, failed_at INTEGER,
+  expired_at INTEGER, cancelling_at INTEGER, cancelled_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS batches_owner ON batches (owner, created_at);
+CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
+CREATE TABLE IF NOT EXISTS lines (
+  batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, body BLOB NOT NULL,
+  done INTEGER NOT NULL DEFAULT 0, status INTEGER, request_id TEXT, result BLOB,
+  PRIMARY KEY (batch_id, idx)
+) WITHOUT ROWID;
+"""
+_TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _discard(handle: BinaryIO, path: Path) -> None:
+    handle.close()
+    path.unlink(missing_ok=True)
+
+
+def _seal(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+class BatchStore:
+    """Files and batches kept in ``directory`` (created at the first write)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+
+    @property
+    def files_dir(self) -> Path:
+        return self.directory / "files"
+
+    def file_path(self, file: str) -> Path:
+        """Where the content of file ``file`` (an id checked by the caller) is."""
+        return self.files_dir / file
+
+    async def _run(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(call, *args, **kwargs))
+
+    def _db(self, create: bool) -> sqlite3.Connection | None:
+        if self._conn is None:
+            path = self.directory / "batches.sqlite"
+            if not create and not path.exists():
+                return None
+            self.files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._db(create=True)
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        """Close the database (pending calls finish first)."""
+
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(close)
+        self._thread.shutdown(wait=False)
+
+    # ------------------------------------------------------------------------------------------------- files
+
+    async def add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]:
+        """Keep the upload at ``staged`` (from :meth:`stage`; moved) as a new file of ``owner``."""
+        return await self._run(self._add_file, owner, purpose, filename, staged, size)
+
+    async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None:
+        """Write an upload's ``chunks`` to a new file in the files folder (for :meth:`add_file`, which moves it);
+        ``(path, size)``, or ``None`` — and nothing kept — when it grew past ``limit`` bytes. A failure or a
+        cancellation removes what was written."""
+        path = await self._run(self._staging)
+        handle = await self._run(path.open, "wb")
+        size = 0
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    break
+                await self._run(handle.write, chunk)
+        except BaseException:
+            await self._run(_discard, handle, path)
+            raise
+        if size > limit:
+            await self._run(_discard, handle, path)
+            return None
+        await self._run(_seal, handle)
+        return path, size
+
+    def _staging(self) -> Path:
+        self.files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.files_dir / f".upload-{file_id()}"
+
+    def _add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]:
+        record = {"id": file_id(), "owner": owner, "purpose": purpose, "filename": filename, "bytes": size}
+        record["created_at"] = _now()
+        os.replace(staged, self.file_path(record["id"]))
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO files (id, owner, purpose, filename, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                tuple(record[k] for k in ("id", "owner", "purpose", "filename", "bytes", "created_at")),
+            )
+        return record
+
+    async def get_file(self, file: str) -> dict[str, Any] | None:
+        return await self._run(self._get, "files", file)
+
+    def _get(self, table: str, key: str) -> dict[str, Any] | None:
+        conn = self._db(create=False)
+        if conn is None:
+            return None
+        row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (key,)).fetchone()
+        return dict(row) if row is not None else None
+
+    async def list_files(
+        self, owner: str, purpose: str, after: str, limit: int, ascending: bool
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """``owner``'s files (of ``purpose``, when given) after the one called ``after``, at most ``limit``; and
+        whether more follow."""
+        where, args = "owner = ?", [owner]
+        if purpose:
+            where, args = where + " AND purpose = ?", [*args, purpose]
+        return await self._run(self._page, "files", where, args, after=after, limit=limit, ascending=ascending)
+
+    def _page(
+        self, table: str, where: str, args: list[Any], *, after: str, limit: int, ascending: bool
+    ) -> tuple[list[dict[str, Any]], bool]:
+        conn = self._db(create=False)
+        if conn is None:
+            return [], False
+        order = "ASC" if ascending else "DESC"
+        if after:
+            mark = conn.execute(f"SELECT created_at, id FROM {table} WHERE id = ?", (after,)).fetchone()
+            if mark is not None:
+                compare = ">" if ascending else "<"
+                where += f" AND (created_at, id) {compare} (?, ?)"
+                args = [*args, mark["created_at"], mark["id"]]
+        rows = conn.execute(
+            f"SELECT * FROM {table} WHERE {where} ORDER BY created_at {order}, id {order} LIMIT ?",
+            (*args, limit + 1),
+        ).fetchall()
+        return [dict(r) for r in rows[:limit]], len(rows) > limit
+
+    async def delete_file(self, file: str) -> bool:
+        """Delete file ``file`` (its content too); whether it was there."""
+        return await self._run(self._delete_file, file)
+
+    def _delete_file(self, file: str) -> bool:
+        if self._db(create=False) is None:
+            return False
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM files WHERE id = ?", (file,)).rowcount == 1
+        with contextlib.suppress(FileNotFoundError):
+            self.file_path(file).unlink()
+        return gone
+
+    async def read_file(self, file: str, limit: int) -> bytes:
+        """The content of file ``file``, at most ``limit`` bytes (an input file is read whole to be checked)."""
+
+        def read() -> bytes:
+            with self.file_path(file).open("rb") as fh:
+                return fh.read(limit)
+
+        return await self._run(read)
+
+    # ----------------------------------------------------------------------------------------------- batches
+
+    async def create_batch(
+        self,
+        owner: str,
+        *,
+        endpoint: str,
+        input_file_id: str,
+        window: str,
+        window_seconds: int,
+        metadata: dict[str, str] | None,
+        parsed: Parsed,
+    ) -> dict[str, Any]:
+        """A new batch of ``owner`` with the lines of ``parsed``; ``failed`` at once when it holds errors."""
+        return await self._run(
+            self._create_batch,
+            owner,
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            window=window,
+            window_seconds=window_seconds,
+            metadata=metadata,
+            parsed=parsed,
+        )
+
+    def _create_batch(
+        self,
+        owner: str,
+        *,
+        endpoint: str,
+        input_file_id: str,
+        window: str,
+        window_seconds: int,
+        metadata: dict[str, str] | None,
+        parsed: Parsed,
+    ) -> dict[str, Any]:
+        now, new = _now(), batch_id()
+        failed = bool(parsed.errors)
+        errors = json.dumps({"object": "list", "data": [e.as_dict() for e in parsed.errors]}) if failed else None
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO batches (id, owner, created_at, status, endpoint, input_file_id, completion_window,"
+                " model, metadata, errors, total, expires_at, in_progress_at, failed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new,
+                    owner,
+                    now,
+                    "failed" if failed else "in_progress",
+                    endpoint,
+                    input_file_id,
+                    window,
+                    parsed.model or None,
+                    json.dumps(metadata) if metadata is not None else None,
+                    errors,
+                    len(parsed.lines),
+                    now + window_seconds,
+                    None if failed else now,
+                    now if failed else None,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?, ?, ?, ?)",
+                ((new, line.index, line.custom_id, line.body) for line in parsed.lines),
+            )
+        batch = self._get("batches", new)
+        assert batch is not None
+        return batch
+
+    async def get_batch(self, batch: str) -> dict[str, Any] | None:
+        return await self._run(self._get, "batches", batch)
+
+    async def list_batches(self, owner: str | None, after: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; and whether more follow."""
+        where, args = ("owner = ?", [owner]) if owner is not None else ("1 = 1", [])
+        return await self._run(self._page, "batches", where, args, after=after, limit=limit, ascending=False)
+
+    async def active(self) -> list[dict[str, Any]]:
+        """Every batch a runner has work on, oldest first."""
+
+        def active() -> list[dict[str, Any]]:
+            conn = self._db(create=False)
+            if conn is None:
+                return []
+            marks = ", ".join("?" * len(ACTIVE))
+            query = f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY created_at, id"
+            return [dict(r) for r in conn.execute(query, ACTIVE)]
+
+        return await self._run(active)
+
+    async def pending(self, batch: str, after: int, limit: int) -> list[BatchLine]:
+        """Lines of ``batch`` not done yet, after index ``after``, in file order, at most ``limit``."""
+
+        def pending() -> list[BatchLine]:
+            conn = self._db(create=False)
+            assert conn is not None
+            rows = conn.execute(
+                "SELECT idx, custom_id, body FROM lines WHERE batch_id = ? AND idx > ? AND done = 0"
+                " ORDER BY idx LIMIT ?",
+                (batch, after, limit),
+            )
+            return [BatchLine(r["idx"], r["custom_id"], r["body"]) for r in rows]
+
+        return await self._run(pending)
+
+    async def record(
+        self, batch: str, index: int, *, status: int, request_id: str, result: bytes, tokens: tuple[int, int]
+    ) -> bool:
+        """Store line ``index``'s answer (``status``, the engine's or helexa's JSON ``result``) and count it,
+        once: ``False`` when it was done already."""
+        return await self._run(
+            self._record, batch, index, status=status, request_id=request_id, result=result, tokens=tokens
+        )
+
+    def _record(
+        self, batch: str, index: int, *, status: int, request_id: str, result: bytes, tokens: tuple[int, int]
+    ) -> bool:
+        with self._write() as conn:
+            stored = conn.execute(
+                "UPDATE lines SET done = 1, status = ?, request_id = ?, result = ?"
+                " WHERE batch_id = ? AND idx = ? AND done = 0",
+                (status, request_id, result, batch, index),
+            ).rowcount
+            if not stored:
+                return False
+            column = "completed" if 200 <= status < 300 else "failed"
+            conn.execute(
+                f"UPDATE batches SET {column} = {column} + 1, input_tokens = input_tokens + ?,"
+                " output_tokens = output_tokens + ? WHERE id = ?",
+                (*tokens, batch),
+            )
+        return True
+
+    async def move(self, batch: str, to: str, when: tuple[str, ...]) -> dict[str, Any] | None:
+        """Set ``batch``'s status to ``to`` (stamping ``<to>_at``) if it is one of ``when`` now; the batch as it
+        is then, or ``None`` when there is no such batch."""
+        return await self._run(self._move, batch, to, when)
+
+    def _move(self, batch: str, to: str, when: tuple[str, ...]) -> dict[str, Any] | None:
+        if self._db(create=False) is None:
+            return None
+        stamp = f"{to}_at"
+        assert stamp in _TIMES
+        marks = ", ".join("?" * len(when))
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE batches SET status = ?, {stamp} = ? WHERE id = ? AND status IN ({marks})",
+                (to, _now(), batch, *when),
+            )
+        return self._get("batches", batch)
+
+    async def finish(self, batch: str, final: str) -> dict[str, Any]:
+        """Write ``batch``'s output and error files from its lines' results, then set it ``final`` (completed,
+        expired or cancelled). Lines never run are in the error file as ``batch_expired`` when it expired, and
+        left out when it was cancelled. Safe to repeat: the files are replaced."""
+        return await self._run(self._finish, batch, final)
+
+    def _finish(self, batch: str, final: str) -> dict[str, Any]:
+        assert final in ("completed", "expired", "cancelled")
+        conn = self._db(create=True)
+        assert conn is not None
+        record = self._get("batches", batch)
+        assert record is not None
+        owner, written = record["owner"], {}
+        for kind in ("output", "errors"):
+            file = result_file_id(batch, kind)
+            written[kind] = (file, self.files_dir / f".{file}.part", 0)
+        with (
+            written["output"][1].open("wb") as output,
+            written["errors"][1].open("wb") as errors,
+        ):
+            sizes = {"output": 0, "errors": 0}
+            rows = conn.execute(
+                "SELECT custom_id, done, status, request_id, result FROM lines WHERE batch_id = ? ORDER BY idx",
+                (batch,),
+            )
+            for row in rows:
+                if row["done"]:
+                    data = output_line(row["custom_id"], row["status"], row["request_id"], row["result"])
+                    kind = "output" if 200 <= row["status"] < 300 else "errors"
+                elif final == "expired":
+                    data = error_line(
+                        row["custom_id"],
+                        "batch_expired",
+                        "This request could not be executed before the completion window expired.",
+                    )
+                    kind = "errors"
+                else:
+                    continue
+                (output if kind == "output" else errors).write(data)
+                sizes[kind] += len(data)
+            output.flush()
+            os.fsync(output.fileno())
+            errors.flush()
+            os.fsync(errors.fileno())
+        now = _now()
+        ids: dict[str, str | None] = {}
+        with self._write() as conn:
+            for kind, (file, part, _) in written.items():
+                if kind == "errors" and not sizes[kind]:
+                    ids[kind] = None
+                    part.unlink()
+                    continue
+                os.replace(part, self.file_path(file))
+                conn.execute(
+                    "INSERT OR REPLACE INTO files (id, owner, purpose, filename, bytes, created_at)"
+                    " VALUES (?, ?, 'batch_output', ?, ?, ?)",
+                    (file, owner, f"{batch}_{'output' if kind == 'output' else 'error'}.jsonl", sizes[kind], now),
+                )
+                ids[kind] = file
+            conn.execute(
+                f"UPDATE batches SET status = ?, {final}_at = ?, output_file_id = ?, error_file_id = ? WHERE id = ?",
+                (final, now, ids["output"], ids["errors"], batch),
+            )
+        done = self._get("batches", batch)
+        assert done is not None
+        return done

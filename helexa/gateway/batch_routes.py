@@ -1,0 +1,369 @@
+"""The OpenAI Files and Batch APIs: ``/v1/files`` (upload, list, get, content, delete) and ``/v1/batches``
+(create, get, list, cancel), as the official SDKs call them; the batches are run by
+:mod:`helexa.gateway.batch_runner`.
+
+Files and batches belong to the key that created them (its name; one owner for all without keys): another key
+gets a 404 for them, as for an id that does not exist. An upload is ``multipart/form-data`` (the SDKs' form),
+streamed to disk up to ``[batches] max_file_mb``; a batch's input file is checked whole when the batch is created
+(a batch with bad lines is ``failed`` at once, its ``errors`` naming each line, as OpenAI reports them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import BodyPartReader, web
+
+from helexa.batches.formats import (
+    ENDPOINTS,
+    LineError,
+    Parsed,
+    batch_object,
+    completion_window_seconds,
+    file_object,
+    parse_input,
+    valid_id,
+)
+from helexa.batches.store import BatchStore
+from helexa.config import BatchesSection
+from helexa.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from helexa.gateway.batch_runner import BatchRunner
+from helexa.gateway.state import router_key
+from helexa.server.app import json_response, max_body_key
+from helexa.server.body import read_body
+from helexa.server.keys import request_key_key
+from helexa.wire import WireStruct, decode_request_body
+
+__all__ = [
+    "admin_cancel_batch",
+    "admin_list_batches",
+    "batch_runner_key",
+    "batch_store_key",
+    "batches_config_key",
+    "setup_batch_routes",
+]
+
+batch_store_key = web.AppKey("batch_store_key", BatchStore)
+batch_runner_key = web.AppKey("batch_runner_key", BatchRunner)
+batches_config_key = web.AppKey("batches_config_key", BatchesSection)
+
+PURPOSES = ("batch",)  # what helexa keeps files for
+_FILENAME_MAX = 255
+_FIELD_MAX = 64  # bytes of a form field other than the file
+
+
+def owner_of(request: web.Request) -> str:
+    """Who owns what ``request`` creates: its key's name ("" without keys)."""
+    key = request.get(request_key_key)
+    return key.name if key is not None else ""
+
+
+def _limit(request: web.Request, default: int, most: int) -> int:
+    raw = request.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise InvalidRequest(f"limit: a whole number from 1 to {most}", param="limit")
+    return int(raw)
+
+
+def _after(request: web.Request) -> str:
+    after = request.query.get("after", "")
+    if after and not valid_id(after):
+        raise InvalidRequest("after: the id of an object of an earlier page", param="after")
+    return after
+
+
+def _page(objects: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": objects,
+        "first_id": objects[0]["id"] if objects else None,
+        "last_id": objects[-1]["id"] if objects else None,
+        "has_more": more,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+
+
+async def _owned_file(request: web.Request) -> dict[str, Any]:
+    """The file the path names, when the request's key owns it. :raises NotFound: otherwise."""
+    file = request.match_info["file_id"]
+    record = await request.app[batch_store_key].get_file(file) if valid_id(file) else None
+    if record is None or record["owner"] != owner_of(request):
+        raise NotFound(f"no such file: {file[:80]!r}", param="file_id", code="file_not_found")
+    return record
+
+
+def _clean_filename(name: str | None) -> str:
+    """A client's file name as data: its last path part, printable, at most 255 characters."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:_FILENAME_MAX] or "upload.jsonl"
+
+
+async def _field(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_FIELD_MAX + 1):
+        data += chunk
+        if len(data) > _FIELD_MAX:
+            raise InvalidRequest(f"form field {part.name!r}: at most {_FIELD_MAX} bytes", param=part.name)
+    return data.decode("utf-8", errors="replace").strip()
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(256 * 1024):
+        yield chunk
+
+
+async def _read_form(request: web.Request, store: BatchStore, max_mb: int) -> tuple[str, str, tuple | None]:
+    """``(purpose, file name, staged upload or None)`` of the upload form; the file part goes to disk as it
+    comes. The caller removes the staged file when it does not keep it.
+
+    :raises InvalidRequest: the form cannot be read. :raises PayloadTooLarge: the file is over ``max_mb``.
+    """
+    purpose, filename, staged = "", "", None
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart bodies are not accepted")
+            if part.name == "purpose":
+                purpose = await _field(part)
+            elif part.name == "file" and staged is None:
+                filename = _clean_filename(part.filename)
+                staged = await store.stage(_chunks(part), max_mb * 1024 * 1024)
+                if staged is None:
+                    raise PayloadTooLarge(
+                        f"the file is larger than {max_mb} MiB ([batches] max_file_mb): split it into several "
+                        "batches",
+                        param="file",
+                    )
+            else:
+                await part.release()  # other fields (expires_after, …) are not kept
+    except (ValueError, RuntimeError, AssertionError, KeyError) as exc:  # aiohttp's multipart parser
+        if staged is not None:
+            staged[0].unlink(missing_ok=True)
+        raise InvalidRequest(f"the multipart form cannot be read: {str(exc)[:120]}") from None
+    except BaseException:
+        if staged is not None:
+            staged[0].unlink(missing_ok=True)
+        raise
+    return purpose, filename, staged
+
+
+async def upload(request: web.Request) -> web.Response:
+    """``POST /v1/files`` (multipart: ``purpose``, ``file``): keep a file for a batch."""
+    if request.content_type != "multipart/form-data":
+        raise InvalidRequest("upload the file as multipart/form-data with the fields 'purpose' and 'file'")
+    store = request.app[batch_store_key]
+    purpose, filename, staged = await _read_form(request, store, request.app[batches_config_key].max_file_mb)
+    try:
+        if purpose not in PURPOSES:
+            raise InvalidRequest(
+                f"purpose: helexa keeps files for the Batch API: purpose must be 'batch' (got {purpose[:40]!r})",
+                param="purpose",
+            )
+        if staged is None:
+            raise InvalidRequest("the form has no 'file' field", param="file")
+        if not staged[1]:
+            raise InvalidRequest("the file is empty", param="file")
+        record = await store.add_file(owner_of(request), purpose, filename, *staged)
+    except BaseException:
+        if staged is not None:
+            staged[0].unlink(missing_ok=True)
+        raise
+    return json_response(file_object(record))
+
+
+async def list_files(request: web.Request) -> web.Response:
+    """``GET /v1/files[?purpose=&limit=&after=&order=]``: the key's files."""
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order: asc or desc", param="order")
+    purpose = request.query.get("purpose", "")[:40]
+    records, more = await request.app[batch_store_key].list_files(
+        owner_of(request), purpose, _after(request), _limit(request, 10_000, 10_000), order == "asc"
+    )
+    return json_response(_page([file_object(r) for r in records], more))
+
+
+async def get_file(request: web.Request) -> web.Response:
+    """``GET /v1/files/{id}``."""
+    return json_response(file_object(await _owned_file(request)))
+
+
+async def file_content(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/files/{id}/content``: the file as it is (sent from disk, never read whole)."""
+    record = await _owned_file(request)
+    path = request.app[batch_store_key].file_path(record["id"])
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": f'attachment; filename="{record["id"]}.jsonl"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    return web.FileResponse(path, headers=headers)
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    """``DELETE /v1/files/{id}``."""
+    record = await _owned_file(request)
+    await request.app[batch_store_key].delete_file(record["id"])
+    return json_response({"id": record["id"], "object": "file", "deleted": True})
+
+
+# -------------------------------------------------------------------------------------------------------- batches
+
+
+class CreateBatch(WireStruct):
+    """What ``POST /v1/batches`` reads."""
+
+    input_file_id: Annotated[str, msgspec.Meta(max_length=64)]
+    endpoint: Annotated[str, msgspec.Meta(max_length=64)]
+    completion_window: Annotated[str, msgspec.Meta(max_length=16)] = "24h"
+    metadata: (
+        Annotated[
+            dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+            msgspec.Meta(max_length=16),
+        ]
+        | None
+    ) = None
+
+
+_create_decoder = msgspec.json.Decoder(CreateBatch)
+
+
+def _task_errors(request: web.Request, endpoint: str, parsed: Parsed) -> None:
+    """Fail ``parsed`` when its model is unknown, or started for another task than ``endpoint`` needs."""
+    registry = request.app[router_key].registry
+    model = registry.resolve(parsed.model)
+    entry = registry.catalogue.get(model)
+    if entry is None and not registry.replicas(model):
+        parsed.errors.append(
+            LineError(
+                "model_not_found",
+                f"model {parsed.model[:80]!r} is not in the catalogue and not loaded; GET /v1/models lists them",
+                1,
+                "body.model",
+            )
+        )
+    elif entry is not None and entry.task != ENDPOINTS[endpoint]:
+        parsed.errors.append(
+            LineError(
+                "model_cannot_serve_endpoint",
+                f"model {parsed.model[:80]!r} is started for {entry.task!r}; {endpoint} needs a model with "
+                f"task = {ENDPOINTS[endpoint]!r}",
+                1,
+                "body.model",
+            )
+        )
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    """``POST /v1/batches``: a batch of the requests in an uploaded file."""
+    req = decode_request_body(_create_decoder, await read_body(request))
+    store, config = request.app[batch_store_key], request.app[batches_config_key]
+    if req.endpoint not in ENDPOINTS:
+        raise InvalidRequest(
+            f"endpoint: helexa runs batches for {', '.join(ENDPOINTS)} (got {req.endpoint[:64]!r})", param="endpoint"
+        )
+    try:
+        window = completion_window_seconds(req.completion_window, config.max_completion_hours)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="completion_window") from None
+    record = await store.get_file(req.input_file_id) if valid_id(req.input_file_id) else None
+    if record is None or record["owner"] != owner_of(request):
+        raise NotFound(f"no such file: {req.input_file_id[:80]!r}", param="input_file_id", code="file_not_found")
+    if record["purpose"] != "batch":
+        raise InvalidRequest(f"file {record['id']} is not a batch input (purpose {record['purpose']!r})")
+    data = await store.read_file(record["id"], config.max_file_mb * 1024 * 1024)
+    parsed = parse_input(data, req.endpoint, config.max_lines, request.app[max_body_key])
+    if not parsed.errors:
+        _task_errors(request, req.endpoint, parsed)
+        if parsed.errors:
+            parsed.lines = []
+    batch = await store.create_batch(
+        owner_of(request),
+        endpoint=req.endpoint,
+        input_file_id=record["id"],
+        window=req.completion_window,
+        window_seconds=window,
+        metadata=req.metadata,
+        parsed=parsed,
+    )
+    if (runner := request.app.get(batch_runner_key)) is not None:
+        runner.wake.set()
+    return json_response(batch_object(batch))
+
+
+async def _owned_batch(request: web.Request, *, anyone: bool = False) -> dict[str, Any]:
+    """The batch the path names, when the request's key owns it (``anyone``: an operator's view)."""
+    wanted = request.match_info["batch_id"]
+    record = await request.config_dict[batch_store_key].get_batch(wanted) if valid_id(wanted) else None
+    if record is None or (not anyone and record["owner"] != owner_of(request)):
+        raise NotFound(f"no such batch: {wanted[:80]!r}", param="batch_id", code="batch_not_found")
+    return record
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    """``GET /v1/batches/{id}``."""
+    return json_response(batch_object(await _owned_batch(request)))
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    """``GET /v1/batches[?limit=&after=]``: the key's batches, newest first."""
+    records, more = await request.app[batch_store_key].list_batches(
+        owner_of(request), _after(request), _limit(request, 20, 100)
+    )
+    return json_response(_page([batch_object(r) for r in records], more))
+
+
+async def cancel(request: web.Request, *, anyone: bool = False) -> web.Response:
+    """Cancel the batch the path names: no line starts any more; the ones running end, then it is ``cancelled``
+    with their answers in its output file.
+
+    :raises Conflict: it ended already.
+    """
+    record = await _owned_batch(request, anyone=anyone)
+    moved = await request.config_dict[batch_store_key].move(record["id"], "cancelling", ("validating", "in_progress"))
+    assert moved is not None
+    if moved["status"] != "cancelling":
+        raise Conflict(f"batch {record['id']} is {moved['status']}: only a batch in progress can be cancelled")
+    if (runner := request.config_dict.get(batch_runner_key)) is not None:
+        runner.wake.set()
+    return json_response(batch_object(moved))
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    """``POST /v1/batches/{id}/cancel``."""
+    return await cancel(request)
+
+
+async def admin_list_batches(request: web.Request) -> web.Response:
+    """``GET /admin/batches[?limit=&after=]``: every key's batches, newest first, each with its ``owner`` (what
+    ``helexa batches list`` shows)."""
+    records, more = await request.config_dict[batch_store_key].list_batches(
+        None, _after(request), _limit(request, 20, 100)
+    )
+    return json_response(_page([batch_object(r) | {"owner": r["owner"]} for r in records], more))
+
+
+async def admin_cancel_batch(request: web.Request) -> web.Response:
+    """``POST /admin/batches/{id}/cancel``: an operator cancels anyone's batch (``helexa batches cancel``)."""
+    return await cancel(request, anyone=True)
+
+
+def setup_batch_routes(app: web.Application) -> None:
+    """Attach ``/v1/files`` and ``/v1/batches`` to ``app`` (its ``batch_store_key`` and ``batches_config_key``
+    set); the operator's routes (:func:`admin_list_batches`, :func:`admin_cancel_batch`) are ``/admin``'s."""
+    r = app.router
+    r.add_post("/v1/files", upload)
+    r.add_get("/v1/files", list_files)
+    r.add_get("/v1/files/{file_id}", get_file)
+    r.add_get("/v1/files/{file_id}/content", file_content)
+    r.add_delete("/v1/files/{file_id}", delete_file)
+    r.add_post("/v1/batches", create_batch)
+    r.add_get("/v1/batches", list_batches)
+    r.add_get("/v1/batches/{batch_id}", get_batch)
+    r.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)

@@ -1,0 +1,303 @@
+"""Running batches on the fleet's idle capacity, at ``batch`` priority, resumed after a restart.
+
+One runner per batch directory: the gateway process that holds ``runner.lock`` in it (a gateway's workers share
+the directory; the others only serve the API). It looks at the store every :data:`TICK_S` (and at once when a batch
+is created, cancelled or a line ends) and, for each batch in progress, starts lines while
+
+- fewer than ``lines_per_replica`` times the replicas of the batch's model run, and
+- some replica of that model serves no other request now — so an interactive request waits behind at most
+  ``lines_per_replica`` lines (a line already running is one request's worth), never behind a queue of them.
+
+Batches whose model is loaded go first; a batch for a model nobody serves sends one line, which waits in the
+scheduler's queue at ``batch`` priority (a load that never evicts a model a higher priority uses).
+
+A line goes through the same path as an HTTP request — routing, :class:`~helexa.gateway.forward.Forward`, metrics —
+as a :class:`LineCall`, with its owner's key (limits, counters; ``priority = batch``). An answer is stored once
+(:meth:`BatchStore.record`); a 429 or 5xx is tried again (:data:`ATTEMPTS` times, backing off) before it is
+stored as the line's answer. A line running when the gateway stops is not stored, so the next runner runs it
+again: each line is in the output exactly once, though its engine may have generated it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from helexa.batches.formats import BatchLine
+from helexa.batches.store import BatchStore
+from helexa.errors import HelexaError, PermissionDenied, UpstreamError
+from helexa.gateway.forward import Forward, observe, reserve_tokens
+from helexa.gateway.metrics import BatchMetrics
+from helexa.gateway.neuron_client import error_from_response
+from helexa.gateway.proxy import Exchange, Usage, prepare_body, usage_of
+from helexa.gateway.queue import client_of
+from helexa.gateway.registry import Registry
+from helexa.gateway.rerank_routes import rank
+from helexa.gateway.state import router_key
+from helexa.server.keys import Key, KeyGuard, key_usage_key, request_key_key
+from helexa.server.limits import RateLimited
+from helexa.server.middlewares import error_body, request_id_key
+from helexa.wire.openai import decode_head
+
+__all__ = ["ATTEMPTS", "TICK_S", "BatchRunner", "LineCall"]
+
+logger = logging.getLogger(__name__)
+TICK_S = 0.25  # how often the runner looks at the store and the fleet
+ATTEMPTS = 4  # a line answered 429 or 5xx is sent this many times in all before that answer is kept
+_AGAIN = frozenset({429, 500, 502, 503, 504})
+_encoder = msgspec.json.Encoder()
+
+
+class LineCall(dict):
+    """A batch's line as :class:`~helexa.gateway.forward.Forward` sees a request: the app, the task it runs in,
+    its request id, its owner's key at ``batch`` priority and that key's usage. ``neuron``: where it was routed."""
+
+    __slots__ = ("app", "neuron", "task")
+
+    def __init__(self, app: web.Application, request_id: str, key: Key | None, usage: Any) -> None:
+        super().__init__()
+        self.app, self.task, self.neuron = app, asyncio.current_task(), ""
+        self[request_id_key] = request_id
+        if key is not None:
+            self[request_key_key] = dataclasses.replace(key, priority="batch")
+            self[key_usage_key] = usage
+
+
+async def execute(call: LineCall, endpoint: str, raw: bytes) -> tuple[int, bytes, Usage | None]:
+    """Send one line's ``raw`` body to ``endpoint`` as ``call``: ``(status, JSON answer, usage)``. Every failure
+    is an answer too (helexa's error envelope with its status), as the HTTP route would have given it."""
+    try:
+        if endpoint == "/v1/rerank":
+            answer = await rank(call, raw)
+            usage = answer["usage"]
+            return 200, _encoder.encode(answer), Usage(prompt_tokens=usage["prompt_tokens"])
+        head = decode_head(raw, endpoint)
+        await reserve_tokens(call, len(raw), head.max_completion_tokens or head.max_tokens)
+        router = call.app[router_key]
+        model_id, state = await router.route(head.model, None, client_of(call))
+        call.neuron = state.name
+        body, _ = prepare_body(raw, head.model, model_id, stream=False, wants_usage=False)
+        exchange = Exchange(started=time.perf_counter())
+        async with Forward(call, model_id, state, path=endpoint, body=body, exchange=exchange) as (up, state):
+            data = await up.read()
+            if up.content_type != "application/json":
+                if up.status >= 400:
+                    raise error_from_response(up.label, up.status, data)
+                raise UpstreamError(f"{up.label} answered with {up.content_type[:60]!r}, not JSON")
+            if up.status == 200:
+                exchange.usage = usage_of(data)
+        observe(call, model_id, state.name, exchange)
+        return up.status, data, exchange.usage
+    except HelexaError as err:
+        return err.status, error_body(err), None
+
+
+@dataclasses.dataclass
+class _Running:
+    """What the runner holds of one batch: the last line it started (lines after it are fetched next) and the
+    lines running now."""
+
+    model: str
+    cursor: int = -1
+    lines: dict[int, LineCall] = dataclasses.field(default_factory=dict)
+
+
+class BatchRunner:
+    """Runs the batches of ``store`` for ``app`` (see the module's docstring)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        store: BatchStore,
+        metrics: BatchMetrics,
+        *,
+        lines_per_replica: int = 1,
+        keys: KeyGuard | None = None,
+    ) -> None:
+        self.app, self.store, self.metrics, self.keys = app, store, metrics, keys
+        self.lines_per_replica = lines_per_replica
+        self.wake = asyncio.Event()
+        self._batches: dict[str, _Running] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock_fd: int | None = None
+
+    @property
+    def running(self) -> int:
+        """Lines this runner runs now."""
+        return sum(len(b.lines) for b in self._batches.values())
+
+    async def run(self) -> None:
+        """Until cancelled: run what the store holds (when this process holds the directory's lock); at the end,
+        stop every line (not stored: the next runner runs them again)."""
+        try:
+            while True:
+                if self._locked():
+                    try:
+                        await self._tick()
+                    except Exception:  # a bad batch must not stop every other one
+                        logger.exception("the batch runner failed a round; trying again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), TICK_S)
+                self.wake.clear()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    def _locked(self) -> bool:
+        """Whether this process runs the directory's batches (takes the lock when it is free)."""
+        if self._lock_fd is not None:
+            return True
+        if not self.store.directory.is_dir():
+            return False  # nothing was ever uploaded
+        fd = os.open(self.store.directory / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    async def _tick(self) -> None:
+        batches = await self.store.active()
+        active = {b["id"] for b in batches}
+        for gone in set(self._batches) - active:
+            if not self._batches[gone].lines:
+                del self._batches[gone]
+        registry = self.app[router_key].registry
+        batches.sort(key=lambda b: not registry.replicas(registry.resolve(b["model"] or "")))  # loaded ones first
+        now, pending = time.time(), 0
+        for batch in batches:
+            running = self._batches.get(batch["id"])
+            if running is None:
+                running = self._batches[batch["id"]] = _Running(registry.resolve(batch["model"] or ""))
+            status = batch["status"]
+            if status == "in_progress" and now >= batch["expires_at"]:
+                logger.info("batch %s expired with %d lines not run", batch["id"], _left(batch))
+                status = "expiring"
+            if status in ("cancelling", "expiring"):
+                if not running.lines:
+                    await self._end(batch, "cancelled" if status == "cancelling" else "expired")
+                continue
+            if status == "finalizing":  # a runner stopped while it wrote the files
+                await self._end(batch, "completed")
+                continue
+            if status != "in_progress":
+                continue
+            pending += _left(batch) - len(running.lines)
+            await self._start_lines(batch, running, registry)
+        self.metrics.pending.set(max(0, pending))
+
+    async def _start_lines(self, batch: dict[str, Any], running: _Running, registry: Registry) -> None:
+        if not _left(batch):
+            if not running.lines and await self.store.move(batch["id"], "finalizing", ("in_progress",)):
+                await self._end(batch, "completed")
+            return
+        replicas = registry.replicas(running.model)
+        on = Counter(call.neuron for b in self._batches.values() for call in b.lines.values())
+        mine = sum(len(b.lines) for b in self._batches.values() if b.model == running.model)
+        free = max(1, len(replicas)) * self.lines_per_replica - mine
+        # a replica serving nothing but this runner's lines (a model nobody serves: its one line waits its turn)
+        idle = not replicas or any(sum(r.in_flight.values()) - on[r.name] <= 0 for r in replicas)
+        if free <= 0 or not idle:
+            return
+        lines = await self.store.pending(batch["id"], running.cursor, free)
+        if not lines and not running.lines:
+            running.cursor = -1  # lines before the cursor without an answer (none, but for a stopped task): again
+        key = self._key(batch)
+        for line in lines:
+            running.cursor = line.index
+            running.lines[line.index] = LineCall(self.app, "", None, None)  # counted from now; routed soon
+            task = asyncio.create_task(self._line(batch, line, key, running), name=f"batch line {line.index}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.metrics.running.set(self.running)
+
+    def _key(self, batch: dict[str, Any]) -> Key | None:
+        """The key the batch's lines go with: its owner's (``None`` without keys)."""
+        if self.keys is None or not batch["owner"]:
+            return None
+        return self.keys.key_named(batch["owner"])
+
+    async def _line(self, batch: dict[str, Any], line: BatchLine, key: Key | None, running: _Running) -> None:
+        request_id = f"{batch['id']}-{line.index}"
+        try:
+            if self.keys is not None and batch["owner"] and key is None:
+                status, answer, usage = 403, _revoked(batch["owner"]), None
+            else:
+                status, answer, usage = await self._attempts(batch, line, key, request_id, running)
+            tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+            stored = await self.store.record(
+                batch["id"], line.index, status=status, request_id=request_id, result=answer, tokens=tokens
+            )
+            if stored:
+                result = "completed" if 200 <= status < 300 else "failed"
+                self.metrics.lines.labels(batch["model"] or "", result).inc()
+        finally:
+            running.lines.pop(line.index, None)
+            self.metrics.running.set(self.running)
+            self.wake.set()
+
+    async def _attempts(
+        self, batch: dict[str, Any], line: BatchLine, key: Key | None, request_id: str, running: _Running
+    ) -> tuple[int, bytes, Usage | None]:
+        """The line's answer, asked up to :data:`ATTEMPTS` times while it is a 429 or 5xx (a key's own limit is
+        waited out, not counted)."""
+        attempt = 0
+        while True:
+            usage, release = None, None
+            if key is not None and self.keys is not None:
+                try:
+                    usage, release = await self.keys.admit_on_behalf(key)
+                except RateLimited as err:
+                    await asyncio.sleep(float(err.headers.get("Retry-After", "1")))
+                    continue
+            call = LineCall(self.app, request_id, key, usage)
+            running.lines[line.index] = call
+            try:
+                status, answer, used = await execute(call, batch["endpoint"], line.body)
+            finally:
+                if release is not None:
+                    release()
+            attempt += 1
+            if status not in _AGAIN or attempt >= ATTEMPTS:
+                return status, answer, used
+            self.metrics.lines.labels(batch["model"] or "", "retried").inc()
+            await asyncio.sleep(min(30.0, 2.0**attempt))
+
+    async def _end(self, batch: dict[str, Any], final: str) -> None:
+        done = await self.store.finish(batch["id"], final)
+        self._batches.pop(batch["id"], None)
+        self.metrics.batches.labels(final).inc()
+        if final == "expired":
+            self.metrics.lines.labels(batch["model"] or "", "expired").inc(_left(done))
+        logger.info(
+            "batch %s %s: %d completed, %d failed of %d",
+            batch["id"],
+            final,
+            done["completed"],
+            done["failed"],
+            done["total"],
+        )
+
+
+def _left(batch: dict[str, Any]) -> int:
+    """Lines of ``batch`` with no answer stored."""
+    return batch["total"] - batch["completed"] - batch["failed"]
+
+
+def _revoked(owner: str) -> bytes:
+    return error_body(PermissionDenied(f"the key {owner!r} that created this batch is no longer configured"))
