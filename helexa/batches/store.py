@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -35,7 +36,7 @@ from helexa.batches.formats import (
     result_file_id,
 )
 
-__all__ = ["ACTIVE", "FINAL", "BatchStore"]
+__all__ = ["ACTIVE", "FINAL", "BatchStore", "NewBatch"]
 
 _T = TypeVar("_T")
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner has work to do on these
@@ -65,6 +66,20 @@ CREATE TABLE IF NOT EXISTS lines (
 ) WITHOUT ROWID;
 """
 _TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    """What a new batch is made of: its owner (a key's name), the endpoint its lines go to, the input file, the
+    completion window (as asked, and in seconds), metadata, and the file's lines as checked."""
+
+    owner: str
+    endpoint: str
+    input_file_id: str
+    window: str
+    window_seconds: int
+    metadata: dict[str, str] | None
+    parsed: Parsed
 
 
 def _now() -> int:
@@ -244,41 +259,14 @@ class BatchStore:
 
     # ----------------------------------------------------------------------------------------------- batches
 
-    async def create_batch(
-        self,
-        owner: str,
-        *,
-        endpoint: str,
-        input_file_id: str,
-        window: str,
-        window_seconds: int,
-        metadata: dict[str, str] | None,
-        parsed: Parsed,
-    ) -> dict[str, Any]:
-        """A new batch of ``owner`` with the lines of ``parsed``; ``failed`` at once when it holds errors."""
-        return await self._run(
-            self._create_batch,
-            owner,
-            endpoint=endpoint,
-            input_file_id=input_file_id,
-            window=window,
-            window_seconds=window_seconds,
-            metadata=metadata,
-            parsed=parsed,
-        )
+    async def create_batch(self, new: NewBatch) -> dict[str, Any]:
+        """A batch as ``new`` describes it, with the lines of its ``parsed`` file; ``failed`` at once when that
+        holds errors."""
+        return await self._run(self._create_batch, new)
 
-    def _create_batch(
-        self,
-        owner: str,
-        *,
-        endpoint: str,
-        input_file_id: str,
-        window: str,
-        window_seconds: int,
-        metadata: dict[str, str] | None,
-        parsed: Parsed,
-    ) -> dict[str, Any]:
-        now, new = _now(), batch_id()
+    def _create_batch(self, new: NewBatch) -> dict[str, Any]:
+        parsed = new.parsed
+        now, made = _now(), batch_id()
         failed = bool(parsed.errors)
         errors = json.dumps({"object": "list", "data": [e.as_dict() for e in parsed.errors]}) if failed else None
         with self._write() as conn:
@@ -287,27 +275,27 @@ class BatchStore:
                 " model, metadata, errors, total, expires_at, in_progress_at, failed_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    new,
-                    owner,
+                    made,
+                    new.owner,
                     now,
                     "failed" if failed else "in_progress",
-                    endpoint,
-                    input_file_id,
-                    window,
+                    new.endpoint,
+                    new.input_file_id,
+                    new.window,
                     parsed.model or None,
-                    json.dumps(metadata) if metadata is not None else None,
+                    json.dumps(new.metadata) if new.metadata is not None else None,
                     errors,
                     len(parsed.lines),
-                    now + window_seconds,
+                    now + new.window_seconds,
                     None if failed else now,
                     now if failed else None,
                 ),
             )
             conn.executemany(
                 "INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?, ?, ?, ?)",
-                ((new, line.index, line.custom_id, line.body) for line in parsed.lines),
+                ((made, line.index, line.custom_id, line.body) for line in parsed.lines),
             )
-        batch = self._get("batches", new)
+        batch = self._get("batches", made)
         assert batch is not None
         return batch
 

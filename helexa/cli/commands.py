@@ -20,7 +20,7 @@ from helexa.__about__ import __version__
 from helexa.cli.config_template import render_example
 from helexa.cli.daemon import ROLES, Role, check_harnesses, connect_host, prepare, run_daemon
 from helexa.cli.logformat import setup_logging
-from helexa.cli.status import fetch, fetch_text, models_table, status_table
+from helexa.cli.status import batches_table, call, fetch, fetch_text, models_table, status_table
 from helexa.cluster.store import redact
 from helexa.config import Config, load_config, parse_listen
 from helexa.engine.plugins import get_harnesses, get_plugin_manager
@@ -316,6 +316,47 @@ DEFAULT_BENCH_DB = "~/.local/share/helexa/bench.sqlite"
 db_option = click.option(
     "--db", default=DEFAULT_BENCH_DB, show_default=True, envvar="HELEXA_BENCH_DB", help="The SQLite database."
 )
+
+
+@cli.group()
+def batches() -> None:
+    """Batches of a running gateway (/v1/batches), every key's: list them, cancel one (an admin key)."""
+
+
+@batches.command("list")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many, newest first.")
+@click.option("--after", default="", help="The last batch id of the previous page.")
+@gateway_option
+@api_key_option
+@json_option
+@config_option
+def batches_list(*, limit: int, after: str, url: str, api_key: str, as_json: bool, config_path: str | None) -> None:
+    """Every key's batches, newest first: status and how many lines ran."""
+    from urllib.parse import urlencode  # noqa: PLC0415
+
+    query = urlencode({"limit": limit, **({"after": after} if after else {})})
+    data = _fetch(*_gateway(url, api_key, config_path, "admin"), f"/admin/batches?{query}")
+    click.echo(json.dumps(data, indent=2) if as_json else batches_table(data))
+
+
+@batches.command("cancel")
+@click.argument("batch_id")
+@gateway_option
+@api_key_option
+@config_option
+def batches_cancel(batch_id: str, url: str, api_key: str, config_path: str | None) -> None:
+    """Cancel a batch: no line starts any more; those running end, then it is cancelled with their answers."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    base, key = _gateway(url, api_key, config_path, "admin")
+    try:
+        batch = json.loads(call("POST", base, f"/admin/batches/{quote(batch_id, safe='')}/cancel", key, body={}))
+    except HelexaError as exc:
+        raise click.ClickException(exc.message) from None
+    counts = batch["request_counts"]
+    click.echo(
+        f"{batch['id']}: {batch['status']} ({counts['completed']} done, {counts['failed']} failed of {counts['total']})"
+    )
 
 
 @cli.group()

@@ -10,7 +10,7 @@ from typing import Any
 from helexa.errors import UpstreamError
 from helexa.wire.progress import describe_progress, size_text
 
-__all__ = ["call", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
+__all__ = ["batches_table", "call", "describe_status", "fetch", "fetch_text", "models_table", "status_table"]
 
 
 def fetch(url: str, path: str, api_key: str = "", timeout: float = 10.0) -> Any:
@@ -117,3 +117,27 @@ def models_table(models: dict[str, Any]) -> str:
             [m["id"], describe_status(m), ",".join(m.get("loaded_on", [])) or "-", ",".join(m.get("aliases", []))]
         )
     return _table(rows)
+
+
+def batches_table(batches: dict[str, Any]) -> str:
+    """Batches, newest first: id, owner (key), model, status, lines done/failed/total, created (UTC)."""
+    import time  # noqa: PLC0415
+
+    rows = [["BATCH", "KEY", "MODEL", "STATUS", "DONE", "FAILED", "TOTAL", "CREATED (UTC)"]]
+    for b in batches["data"]:
+        counts = b.get("request_counts") or {}
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b["created_at"]))
+        rows.append(
+            [
+                b["id"],
+                b.get("owner") or "-",
+                b.get("model") or "-",
+                b["status"],
+                str(counts.get("completed", 0)),
+                str(counts.get("failed", 0)),
+                str(counts.get("total", 0)),
+                created,
+            ]
+        )
+    more = "\n(more: --after " + batches["last_id"] + ")" if batches.get("has_more") else ""
+    return _table(rows) + more

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -115,7 +115,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     if store is not None:
         app[peers_key] = peers = Peers(store, Leadership(store, cfg.cluster.lease_seconds), registry)
         app[registry_key].register(ClusterGauges(peers.report))
-        app.cleanup_ctx.append(_cluster(peers))
+        app.cleanup_ctx.append(_in_background("cluster", peers.run, peers.store.close))
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
     app[batch_store_key] = batches = BatchStore(cfg.batches.directory)
     app[batches_config_key] = cfg.batches
@@ -126,7 +126,9 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         lines_per_replica=cfg.batches.lines_per_replica,
         keys=keys,
     )
-    app.cleanup_ctx.append(_batches(runner))  # after the pollers' context: the router exists when it runs
+    app[batch_runner_key] = runner
+    # after the pollers' context: the router exists when the runner runs
+    app.cleanup_ctx.append(_in_background("batches", runner.run, batches.close))
     setup_routes(app)
     setup_anthropic_routes(app)
     setup_responses_routes(app)
@@ -139,15 +141,17 @@ UPLOAD_PATH = "/v1/files"  # the one route that takes multipart/form-data (and a
 FORM_OVERHEAD = 64 * 1024  # what a multipart form adds to the file it carries, at most
 
 
-def _batches(runner: BatchRunner):  # noqa: ANN202
+def _in_background(name: str, run: Callable[[], Awaitable[None]], close: Callable[[], Awaitable[None]]):  # noqa: ANN202
+    """A cleanup context: ``run()`` as a task for the app's lifetime; at the end, the task cancelled, then
+    ``close()``."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[batch_runner_key] = runner
-        task = asyncio.create_task(runner.run(), name="batches")
+        task = asyncio.create_task(run(), name=name)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await runner.store.close()
+        await close()
 
     return ctx
 
@@ -223,18 +227,6 @@ def _session_and_pollers(cfg: Config, registry: Registry, metrics: GatewayMetric
 
 
 DRAIN_GRACE_S = 0.25  # in a cluster, how long an eviction waits for the other gateways to hear of it
-
-
-def _cluster(peers: Peers):  # noqa: ANN202
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(peers.run(), name="cluster")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await peers.store.close()
-
-    return ctx
 
 
 def _relay_clients(registry: Registry, agent: dict[str, str], max_answer: int) -> dict[str, Upstream]:

@@ -27,7 +27,7 @@ from helexa.batches.formats import (
     parse_input,
     valid_id,
 )
-from helexa.batches.store import BatchStore
+from helexa.batches.store import BatchStore, NewBatch
 from helexa.config import BatchesSection
 from helexa.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from helexa.gateway.batch_runner import BatchRunner
@@ -136,8 +136,7 @@ async def _read_form(request: web.Request, store: BatchStore, max_mb: int) -> tu
                 staged = await store.stage(_chunks(part), max_mb * 1024 * 1024)
                 if staged is None:
                     raise PayloadTooLarge(
-                        f"the file is larger than {max_mb} MiB ([batches] max_file_mb): split it into several "
-                        "batches",
+                        f"the file is larger than {max_mb} MiB ([batches] max_file_mb): split it into several batches",
                         param="file",
                     )
             else:
@@ -284,13 +283,7 @@ async def create_batch(request: web.Request) -> web.Response:
         if parsed.errors:
             parsed.lines = []
     batch = await store.create_batch(
-        owner_of(request),
-        endpoint=req.endpoint,
-        input_file_id=record["id"],
-        window=req.completion_window,
-        window_seconds=window,
-        metadata=req.metadata,
-        parsed=parsed,
+        NewBatch(owner_of(request), req.endpoint, record["id"], req.completion_window, window, req.metadata, parsed)
     )
     if (runner := request.app.get(batch_runner_key)) is not None:
         runner.wake.set()

@@ -1,10 +1,11 @@
-"""``GET /ui``: the fleet on one server-rendered page — neurons, devices, models, live figures, bench results.
+"""``GET /ui``: the fleet on one server-rendered page — neurons, devices, models, live figures, scheduling,
+batches, bench results.
 
 No JavaScript framework and nothing from a CDN (fleet hosts are often offline): HTML and CSS, refreshed by the
 browser every few seconds, and plain forms for the admin buttons. With authentication on, a browser signs in
 once with a key (``POST /ui/login``); the page keeps a random session id in an HttpOnly, SameSite=Strict cookie
 — never the key, which the page never shows either (only its name). Load and unload need a key with the admin
-scope; their forms are refused from any other origin.
+scope (so does cancelling a batch); their forms are refused from any other origin.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, quote
 
 import msgspec
@@ -22,6 +23,8 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, NotFound, PermissionDenied
 from helexa.gateway.admin import load_model
+from helexa.gateway.batch_routes import batch_store_key, cancel
+from helexa.gateway.batchview import batches_section
 from helexa.gateway.benchview import REFRESH_S, BenchView
 from helexa.gateway.catalogue import fleet_report
 from helexa.gateway.metrics import GatewayMetrics
@@ -76,6 +79,7 @@ def make_ui_app(ring: KeyRing, *, bench_db: str = "", sessions: SignIns | None =
     r.add_post("/logout", logout)
     r.add_post("/models/{model_id:.+}/{action:load|unload}", act)
     r.add_get("/models/{model_id:.+}/logs", engine_logs)
+    r.add_post("/batches/{batch_id}/cancel", cancel_batch)
     return app
 
 
@@ -168,12 +172,34 @@ async def act(request: web.Request) -> web.Response:
             note = f"unloaded {model_id}" if holders else f"{model_id} was not loaded"
     except HelexaError as exc:
         note = f"{request.match_info['action']} {model_id} failed: {exc.message}"
+    _back_with(request, note)
+
+
+def _back_with(request: web.Request, note: str) -> NoReturn:
+    """Back to the page, showing ``note`` (what the action did).
+
+    :raises web.HTTPSeeOther: always."""
     notes: dict[str, str] = request.app[_notes_key]
     token = secrets.token_urlsafe(8)  # the page shows notes the server wrote, never text from a URL
     notes[token] = note[:300]
     while len(notes) > 100:
         notes.pop(next(iter(notes)))
     raise web.HTTPSeeOther("/ui?note=" + token)
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    """``POST /ui/batches/{id}/cancel`` from the page's button (admin only, same origin only)."""
+    viewer = await _viewer(request)
+    if viewer is None:
+        return _sign_in(request)
+    if not viewer.admin or not _same_origin(request):
+        raise PermissionDenied("cancelling a batch from the page needs a key with the admin scope")
+    try:
+        await cancel(request, anyone=True)
+        note = f"cancelling {request.match_info['batch_id']}: the lines running end, no other starts"
+    except HelexaError as exc:
+        note = f"cancel failed: {exc.message}"
+    _back_with(request, note)
 
 
 async def engine_logs(request: web.Request) -> web.Response:
@@ -220,6 +246,7 @@ async def page(request: web.Request) -> web.Response:
         + _neurons(fleet)
         + _models(fleet, figures, viewer)
         + scheduling_section(request.config_dict[gateway_metrics_key], request.config_dict[router_key].queue)
+        + await batches_section(request.config_dict[batch_store_key], viewer.name, viewer.admin)
         + await request.app[_bench_key].section()
     )
     return _html(_document("helexa fleet", body))

@@ -14,8 +14,10 @@ import time
 import aiohttp
 import openai
 import pytest
+from click.testing import CliRunner
 from prometheus_client import generate_latest
 
+from helexa.cli.commands import cli
 from helexa.gateway.app import make_gateway_app
 from helexa.gateway.batch_routes import batch_store_key
 from helexa.server.app import registry_key
@@ -400,3 +402,27 @@ async def test_bad_requests_get_clear_errors(fleet):
         await api.batches.cancel("batch_nope")
     # the gateway still serves
     assert (await api.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])).choices
+
+
+async def test_the_cli_lists_and_cancels_every_keys_batches(fleet):
+    client, neuron = await chat_fleet(fleet)
+    neuron.slow_marker, neuron.slow_seconds = "question", 0.2
+    api = sdk(client)
+    upload = await api.files.create(file=("in.jsonl", lines(20)), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    base = str(client.make_url("")).rstrip("/")
+
+    def run(*args: str, key: str = OPS):
+        return CliRunner().invoke(cli, ["batches", *args, "--url", base, "--api-key", key], catch_exceptions=False)
+
+    listed = await asyncio.to_thread(run, "list")
+    assert listed.exit_code == 0, listed.output
+    assert batch.id in listed.output and "alice" in listed.output and "in_progress" in listed.output
+    as_json = await asyncio.to_thread(run, "list", "--json")
+    assert json.loads(as_json.output)["data"][0]["owner"] == "alice"
+    refused = await asyncio.to_thread(run, "list", key=KEY)
+    assert refused.exit_code == 1 and "admin scope" in refused.output
+    cancelled = await asyncio.to_thread(run, "cancel", batch.id)
+    assert cancelled.exit_code == 0 and f"{batch.id}: cancelling" in cancelled.output, cancelled.output
+    missing = await asyncio.to_thread(run, "cancel", "batch_nope")
+    assert missing.exit_code == 1 and "no such batch" in missing.output

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+
+import openai
 
 from helexa.gateway.state import ui_app_key
 from helexa.gateway.ui import rates_key as ui_rates_key
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
+from tests.gateway.test_batches import until_status
 
 AUTH = {"api_keys": ["sk-user-secret"], "admin_keys": ["sk-admin-secret"]}
 
@@ -159,3 +163,43 @@ async def test_a_locked_bench_database_stalls_neither_the_page_nor_the_api(fleet
             break
         await asyncio.sleep(0.05)
     assert "<svg" in page and "0.1.0" in page
+
+
+async def test_the_page_lists_batches_and_an_admin_cancels_one(fleet):
+    a = FakeNeuron("gpu1")
+    a.preload("chat")
+    a.slow_marker, a.slow_seconds = "question", 0.3
+    keys = {"keys": [{"name": "alice", "key": "sk-alice"}, {"name": "ops", "key": "sk-ops", "scopes": ["admin"]}]}
+    client, _ = await fleet([a], models=[entry("chat", 600)], auth=keys)
+    api = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="sk-alice", max_retries=0)
+    rows = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "chat", "messages": [{"role": "user", "content": "question"}]},
+        }
+        for i in range(20)
+    ]
+    upload = await api.files.create(file=("in.jsonl", "\n".join(json.dumps(r) for r in rows).encode()), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    await sign_in(client, "sk-alice")
+    page = await (await client.get("/ui")).text()
+    assert f'data-batch="{batch.id}"' in page and "alice" in page and "in_progress" in page
+    assert f"/ui/batches/{batch.id}/cancel" not in page  # no button for an inference key
+    refused = await client.post(f"/ui/batches/{batch.id}/cancel", allow_redirects=False)
+    assert refused.status == 403
+    await client.post("/ui/logout", allow_redirects=False)
+    await sign_in(client, "sk-ops")
+    page = await (await client.get("/ui")).text()
+    assert f"/ui/batches/{batch.id}/cancel" in page
+    cross = await client.post(
+        f"/ui/batches/{batch.id}/cancel", headers={"Origin": "http://evil.example"}, allow_redirects=False
+    )
+    assert cross.status == 403
+    done = await client.post(f"/ui/batches/{batch.id}/cancel", allow_redirects=False)
+    assert done.status == 303
+    assert f"cancelling {batch.id}" in await (await client.get(done.headers["Location"])).text()
+    await until_status(api, batch.id, ("cancelled",))  # the line running ends first
+    again = await client.post(f"/ui/batches/{batch.id}/cancel", allow_redirects=False)
+    assert "cancel failed" in await (await client.get(again.headers["Location"])).text()
