@@ -47,7 +47,10 @@ def version() -> VersionInfo:
 
 
 def make_config(**sections: dict) -> Config:
-    """A Config from plain dicts per section, validated like a file would be."""
+    """A Config from plain dicts per section, validated like a file would be; a gateway's batches under the
+    test's directory unless ``batches`` says otherwise (see ``_state_dir``)."""
+    if "HELEXA_BATCHES__DIRECTORY" in os.environ:
+        sections["batches"] = {"directory": os.environ["HELEXA_BATCHES__DIRECTORY"], **sections.get("batches", {})}
     return msgspec.convert(sections, Config)
 
 

@@ -45,7 +45,7 @@ ROOMS = {
     "neuron": ("helexa.neuron", "helexa.server", "helexa.engine", "helexa.modelfiles", "helexa.translate"),
     "server": ("helexa.server", "helexa.engine.plugins", "helexa.cluster"),
     "cluster": ("helexa.cluster",),  # the store and what gateways share through it: plain data, no roles
-    "batches": ("helexa.batches",),  # the Batch API's formats and its SQLite store: plain data, no roles
+    "batches": ("helexa.batches", "helexa.cluster"),  # the Batch API's data: SQLite, or the cluster's store
     "engine": ("helexa.engine", "helexa.modelfiles"),
     "modelfiles": ("helexa.modelfiles",),
     "translate": ("helexa.translate",),

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from helexa.batches.formats import (
     BatchLine,
@@ -36,9 +37,10 @@ from helexa.batches.formats import (
     result_file_id,
 )
 
-__all__ = ["ACTIVE", "FINAL", "BatchStore", "NewBatch"]
+__all__ = ["ACTIVE", "BATCH_NUMBERS", "BATCH_TEXT", "FINAL", "PIECE", "BatchStore", "Batches", "NewBatch", "spool"]
 
 _T = TypeVar("_T")
+PIECE = 256 * 1024  # a file's content is read and sent in pieces this large
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner has work to do on these
 FINAL = ("failed", "completed", "expired", "cancelled")
 
@@ -66,6 +68,10 @@ CREATE TABLE IF NOT EXISTS lines (
 ) WITHOUT ROWID;
 """
 _TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
+# a batch record's fields (the columns of ``batches``): text, and whole numbers (counts, Unix times)
+BATCH_TEXT = ("id", "owner", "status", "endpoint", "input_file_id", "completion_window", "model", "metadata")
+BATCH_TEXT += ("errors", "output_file_id", "error_file_id")
+BATCH_NUMBERS = ("created_at", "total", "completed", "failed", "input_tokens", "output_tokens", "expires_at", *_TIMES)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,83 @@ def _now() -> int:
     return int(time.time())
 
 
+class Batches(Protocol):
+    """Where files and batches are kept, as the API and the runner use it: :class:`BatchStore` (SQLite beside a
+    gateway) or :class:`helexa.batches.shared.SharedBatchStore` (the cluster's store). Records are plain dicts
+    with the columns of this module's schema (``None`` for what is not set)."""
+
+    def may_run(self) -> bool:
+        """Whether this gateway process runs the batches now (one does)."""
+        ...
+
+    async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None: ...
+
+    async def add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]: ...
+
+    async def get_file(self, file: str) -> dict[str, Any] | None: ...
+
+    async def list_files(
+        self, owner: str, purpose: str, after: str, limit: int, ascending: bool
+    ) -> tuple[list[dict[str, Any]], bool]: ...
+
+    async def delete_file(self, file: str) -> bool: ...
+
+    def content(self, file: str) -> AsyncIterator[bytes]: ...
+
+    async def read_file(self, file: str, limit: int) -> bytes: ...
+
+    async def create_batch(self, new: NewBatch) -> dict[str, Any]: ...
+
+    async def get_batch(self, batch: str) -> dict[str, Any] | None: ...
+
+    async def list_batches(self, owner: str | None, after: str, limit: int) -> tuple[list[dict[str, Any]], bool]: ...
+
+    async def active(self) -> list[dict[str, Any]]: ...
+
+    async def pending(self, batch: str, after: int, limit: int) -> list[BatchLine]: ...
+
+    async def record(
+        self, batch: str, index: int, *, status: int, request_id: str, result: bytes, tokens: tuple[int, int]
+    ) -> bool: ...
+
+    async def move(self, batch: str, to: str, when: tuple[str, ...]) -> dict[str, Any] | None: ...
+
+    async def finish(self, batch: str, final: str) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+Run = Callable[..., Awaitable[Any]]  # runs a blocking call off the event loop: run(call, *args)
+
+
+async def spool(run: Run, directory: Path, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None:
+    """Write ``chunks`` to a new file in ``directory`` (created if need be) through ``run``: ``(path, size)``, or
+    ``None`` — and nothing kept — when they grew past ``limit`` bytes. A failure or a cancellation removes what
+    was written."""
+
+    def create() -> Path:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory / f".upload-{file_id()}"
+
+    path = await run(create)
+    handle = await run(path.open, "wb")
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                break
+            await run(handle.write, chunk)
+    except BaseException:
+        await run(_discard, handle, path)
+        raise
+    if size > limit:
+        await run(_discard, handle, path)
+        return None
+    await run(_seal, handle)
+    return path, size
+
+
 def _discard(handle: BinaryIO, path: Path) -> None:
     handle.close()
     path.unlink(missing_ok=True)
@@ -104,6 +187,7 @@ class BatchStore:
         self.directory = Path(directory).expanduser()
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self._lock_fd: int | None = None
 
     @property
     def files_dir(self) -> Path:
@@ -152,6 +236,9 @@ class BatchStore:
 
         await self._run(close)
         self._thread.shutdown(wait=False)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ------------------------------------------------------------------------------------------------- files
 
@@ -160,30 +247,9 @@ class BatchStore:
         return await self._run(self._add_file, owner, purpose, filename, staged, size)
 
     async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None:
-        """Write an upload's ``chunks`` to a new file in the files folder (for :meth:`add_file`, which moves it);
-        ``(path, size)``, or ``None`` — and nothing kept — when it grew past ``limit`` bytes. A failure or a
-        cancellation removes what was written."""
-        path = await self._run(self._staging)
-        handle = await self._run(path.open, "wb")
-        size = 0
-        try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    break
-                await self._run(handle.write, chunk)
-        except BaseException:
-            await self._run(_discard, handle, path)
-            raise
-        if size > limit:
-            await self._run(_discard, handle, path)
-            return None
-        await self._run(_seal, handle)
-        return path, size
-
-    def _staging(self) -> Path:
-        self.files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self.files_dir / f".upload-{file_id()}"
+        """Write an upload's ``chunks`` to a new file in the files folder (for :meth:`add_file`, which moves it):
+        see :func:`spool`."""
+        return await spool(self._run, self.files_dir, chunks, limit)
 
     def _add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]:
         record = {"id": file_id(), "owner": owner, "purpose": purpose, "filename": filename, "bytes": size}
@@ -247,6 +313,31 @@ class BatchStore:
         with contextlib.suppress(FileNotFoundError):
             self.file_path(file).unlink()
         return gone
+
+    async def content(self, file: str) -> AsyncIterator[bytes]:
+        """The content of file ``file``, in pieces of :data:`PIECE` bytes (read off the event loop)."""
+        handle = await self._run(self.file_path(file).open, "rb")
+        try:
+            while piece := await self._run(handle.read, PIECE):
+                yield piece
+        finally:
+            await self._run(handle.close)
+
+    def may_run(self) -> bool:
+        """Whether this process runs the directory's batches: the one holding ``runner.lock`` in it (taken here
+        when it is free; a gateway's workers share the directory, one of them runs)."""
+        if self._lock_fd is not None:
+            return True
+        if not self.directory.is_dir():
+            return False  # nothing was ever uploaded
+        fd = os.open(self.directory / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
 
     async def read_file(self, file: str, limit: int) -> bytes:
         """The content of file ``file``, at most ``limit`` bytes (an input file is read whole to be checked)."""

@@ -247,14 +247,16 @@ class ClusterSection(ConfigStruct):
 
 class BatchesSection(ConfigStruct):
     """The OpenAI Batch API (``/v1/files``, ``/v1/batches``, docs/batches.md): files and batches kept in SQLite in
-    ``directory``, their lines run at batch priority on the fleet's idle capacity, resumed after a restart."""
+    ``directory`` (in the cluster's store with ``[cluster] store``), their lines run at batch priority on the
+    fleet's idle capacity, resumed after a restart."""
 
     directory: Annotated[
         str,
         doc(
             "Where uploaded files, batch outputs and their SQLite database live (created at the first upload). "
             "Several gateway processes of one host may share it (one of them runs the batches); not on a network "
-            "file system."
+            "file system. With [cluster] store, files and batches live in the store and only uploads pass through "
+            "here (spool/)."
         ),
     ] = "~/.local/state/helexa/batches"
     max_file_mb: Annotated[int, doc("Largest file one upload may be, in MiB (OpenAI's limit is 200).", ge=1)] = 200

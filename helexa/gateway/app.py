@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
-from helexa.batches.store import BatchStore
+from helexa.batches.shared import SharedBatchStore
+from helexa.batches.store import Batches, BatchStore
 from helexa.cluster.lease import Leadership
 from helexa.cluster.limits import SharedLimits
 from helexa.cluster.sessions import SharedSessions
@@ -117,7 +119,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         app[registry_key].register(ClusterGauges(peers.report))
         app.cleanup_ctx.append(_in_background("cluster", peers.run, peers.store.close))
     app.cleanup_ctx.append(_session_and_pollers(cfg, registry, metrics))
-    app[batch_store_key] = batches = BatchStore(cfg.batches.directory)
+    app[batch_store_key] = batches = _batch_store(cfg, app.get(peers_key))
     app[batches_config_key] = cfg.batches
     runner = BatchRunner(
         app,
@@ -135,6 +137,15 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     setup_rerank_routes(app)
     setup_batch_routes(app)
     return app
+
+
+def _batch_store(cfg: Config, peers: Peers | None) -> Batches:
+    """Where files and batches live: the cluster's store when there is one (every gateway serves the same ones;
+    the leader runs them), else SQLite in ``[batches] directory`` (its workers share it; one runs them)."""
+    if peers is None:
+        return BatchStore(cfg.batches.directory)
+    spool = Path(cfg.batches.directory).expanduser() / "spool"  # uploads, until they are in the store
+    return SharedBatchStore(peers.store, spool, lambda: peers.placing)
 
 
 UPLOAD_PATH = "/v1/files"  # the one route that takes multipart/form-data (and a larger body)

@@ -1,12 +1,14 @@
 """Running batches on the fleet's idle capacity, at ``batch`` priority, resumed after a restart.
 
-One runner per batch directory: the gateway process that holds ``runner.lock`` in it (a gateway's workers share
-the directory; the others only serve the API). It looks at the store every :data:`TICK_S` (and at once when a batch
-is created, cancelled or a line ends) and, for each batch in progress, starts lines while
+One runner: the gateway process the store says may run (``may_run``) — the one holding ``runner.lock`` in the
+batch directory (a gateway's workers share it), or, in a cluster, the leader. The others only serve the API.
+It looks at the store every :data:`TICK_S` (and at once when a batch is created, cancelled or a line ends) and,
+for each batch in progress, starts lines while
 
 - fewer than ``lines_per_replica`` times the replicas of the batch's model run, and
-- some replica of that model serves no other request now — so an interactive request waits behind at most
-  ``lines_per_replica`` lines (a line already running is one request's worth), never behind a queue of them.
+- some replica of that model serves no other request now (other gateways' too, in a cluster) — so an
+  interactive request waits behind at most ``lines_per_replica`` lines (a line already running is one
+  request's worth), never behind a queue of them.
 
 Batches whose model is loaded go first; a batch for a model nobody serves sends one line, which waits in the
 scheduler's queue at ``batch`` priority (a load that never evicts a model a higher priority uses).
@@ -23,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -34,7 +34,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.batches.formats import BatchLine
-from helexa.batches.store import BatchStore
+from helexa.batches.store import Batches
 from helexa.errors import HelexaError, PermissionDenied, UpstreamError
 from helexa.gateway.forward import Forward, observe, reserve_tokens
 from helexa.gateway.metrics import BatchMetrics
@@ -118,7 +118,7 @@ class BatchRunner:
     def __init__(
         self,
         app: web.Application,
-        store: BatchStore,
+        store: Batches,
         metrics: BatchMetrics,
         *,
         lines_per_replica: int = 1,
@@ -129,7 +129,6 @@ class BatchRunner:
         self.wake = asyncio.Event()
         self._batches: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lock_fd: int | None = None
 
     @property
     def running(self) -> int:
@@ -141,7 +140,7 @@ class BatchRunner:
         stop every line (not stored: the next runner runs them again)."""
         try:
             while True:
-                if self._locked():
+                if self.store.may_run():
                     try:
                         await self._tick()
                     except Exception:  # a bad batch must not stop every other one
@@ -153,23 +152,6 @@ class BatchRunner:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-
-    def _locked(self) -> bool:
-        """Whether this process runs the directory's batches (takes the lock when it is free)."""
-        if self._lock_fd is not None:
-            return True
-        if not self.store.directory.is_dir():
-            return False  # nothing was ever uploaded
-        fd = os.open(self.store.directory / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
 
     async def _tick(self) -> None:
         batches = await self.store.active()
@@ -211,7 +193,10 @@ class BatchRunner:
         mine = sum(len(b.lines) for b in self._batches.values() if b.model == running.model)
         free = max(1, len(replicas)) * self.lines_per_replica - mine
         # a replica serving nothing but this runner's lines (a model nobody serves: its one line waits its turn)
-        idle = not replicas or any(sum(r.in_flight.values()) - on[r.name] <= 0 for r in replicas)
+        # (other gateways' requests too, as they publish them in a cluster)
+        idle = not replicas or any(
+            sum(r.in_flight.values()) + sum(r.peer_in_flight.values()) - on[r.name] <= 0 for r in replicas
+        )
         if free <= 0 or not idle:
             return
         lines = await self.store.pending(batch["id"], running.cursor, free)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from helexa.batches.store import ACTIVE, BatchStore
+from helexa.batches.store import ACTIVE, Batches
 
 __all__ = ["SHOWN", "batches_section"]
 
@@ -44,7 +44,7 @@ def _row(batch: dict[str, Any], admin: bool) -> str:
     )
 
 
-async def batches_section(store: BatchStore, viewer: str, admin: bool) -> str:
+async def batches_section(store: Batches, viewer: str, admin: bool) -> str:
     """The page's Batches section as HTML: every key's latest batches for an admin (or with no keys), the
     viewer's own otherwise."""
     records, more = await store.list_batches(None if admin else viewer, "", SHOWN)

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from helexa.gateway.app import make_gateway_app
+from helexa.gateway.state import peers_key
+from tests.conftest import free_port, make_config, until
+from tests.fakes.fake_neuron import FakeNeuron
+from tests.gateway.conftest import wait_healthy
 from tests.tools import debian_tool
 
 
 class RedisServer:
-    """One ``redis-server`` process on loopback; :meth:`stop` and :meth:`start` again keep its port."""
+    """One ``redis-server`` process on loopback; :meth:`stop` and :meth:`start` again keep its port and its data
+    (an append-only file under ``directory``, written at the stop)."""
 
     def __init__(
         self, binary: str, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",), password: str = ""
@@ -35,7 +40,7 @@ class RedisServer:
         return self.url_at("127.0.0.1")
 
     def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", *self.binds, "--save", "", "--appendonly", "no"]
+        argv = [self.binary, "--port", str(self.port), "--bind", *self.binds, "--save", "", "--appendonly", "yes"]
         argv += ["--requirepass", self.password] if self.password else []
         argv += ["--dir", str(self.directory), "--daemonize", "no", "--logfile", str(self.directory / "redis.log")]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -131,3 +136,32 @@ def other_host():
     host.create()
     yield host
     host.delete()
+
+
+@pytest.fixture
+def cluster(aiohttp_server, aiohttp_client, version, redis_server):
+    """``await cluster(fakes, gateways=3, models=[...], **sections)`` -> (gateway clients, {name: fake})."""
+
+    async def make(fakes: list[FakeNeuron], *, gateways: int = 3, models: list | None = None, **sections):
+        neurons = []
+        for fake in fakes:
+            server = await aiohttp_server(fake.app())
+            fake.server = server
+            neurons.append({"name": fake.name, "endpoint": str(server.make_url("")).rstrip("/")})
+        clients = []
+        for i in range(gateways):
+            cfg = make_config(
+                neurons=neurons,
+                models=models or [],
+                gateway={"poll_interval_seconds": 0.2, **sections.get("gateway", {})},
+                cluster={"store": redis_server.url, "name": f"gw{i}", "lease_seconds": 1.0},
+                **{k: v for k, v in sections.items() if k != "gateway"},
+            )
+            client = await aiohttp_client(make_gateway_app(cfg, version))
+            await wait_healthy(client, len(fakes))
+            clients.append(client)
+        await until(lambda: sum(c.app[peers_key].leading for c in clients) == 1, 5, "a leader")
+        await until(lambda: all(len(c.app[peers_key].store.peers) == gateways for c in clients), 5, "peers")
+        return clients, {f.name: f for f in fakes}
+
+    return make

@@ -7,47 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from prometheus_client import generate_latest
 
-from helexa.gateway.app import make_gateway_app
 from helexa.gateway.state import peers_key
 from helexa.server.app import registry_key
-from tests.conftest import make_config, until
+from tests.conftest import until
 from tests.fakes.fake_neuron import FakeNeuron
-from tests.gateway.conftest import entry, wait_healthy
+from tests.gateway.conftest import entry
 from tests.gateway.test_gateway import metric
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def cluster(aiohttp_server, aiohttp_client, version, redis_server):
-    """``await cluster(fakes, gateways=3, models=[...], **sections)`` -> (gateway clients, {name: fake})."""
-
-    async def make(fakes: list[FakeNeuron], *, gateways: int = 3, models: list | None = None, **sections):
-        neurons = []
-        for fake in fakes:
-            server = await aiohttp_server(fake.app())
-            fake.server = server
-            neurons.append({"name": fake.name, "endpoint": str(server.make_url("")).rstrip("/")})
-        clients = []
-        for i in range(gateways):
-            cfg = make_config(
-                neurons=neurons,
-                models=models or [],
-                gateway={"poll_interval_seconds": 0.2, **sections.get("gateway", {})},
-                cluster={"store": redis_server.url, "name": f"gw{i}", "lease_seconds": 1.0},
-                **{k: v for k, v in sections.items() if k != "gateway"},
-            )
-            client = await aiohttp_client(make_gateway_app(cfg, version))
-            await wait_healthy(client, len(fakes))
-            clients.append(client)
-        await until(lambda: sum(c.app[peers_key].leading for c in clients) == 1, 5, "a leader")
-        await until(lambda: all(len(c.app[peers_key].store.peers) == gateways for c in clients), 5, "peers")
-        return clients, {f.name: f for f in fakes}
-
-    return make
 
 
 def leader_of(clients):

@@ -9,11 +9,13 @@ loaded models keep answering, a cold load is a 503 at once; the store back — c
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
 
 import aiohttp
+import openai
 import pytest
 
 from tests.cluster.fleet import (
@@ -121,3 +123,42 @@ async def test_three_gateways_two_neurons_one_store(ha_fleet, helexa_process, re
         assert loads(neurons, GEMMA) - before[GEMMA] == 2  # the one load after the store came back
     log = helexa_process.output(gateways[new_leader][1])
     assert re.search(r"leads the cluster now", log), log[-2000:]
+
+
+async def test_a_batch_survives_its_leader(ha_fleet):
+    """A batch uploaded through one gateway and created through another runs on the leader; the leader SIGKILLed
+    in the middle, the next leader finishes it: every line in the output once, read through any gateway."""
+    gateways, neurons = ha_fleet
+    urls = {name: url for name, (url, _) in gateways.items()}
+    async with aiohttp.ClientSession() as session:
+        leader = (await fleet_report(session, urls["gw0"]))["cluster"]["leader"]
+    followers = [n for n in urls if n != leader]
+    rows = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": SMOL, "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 12},
+        }
+        for i in range(16)
+    ]
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    first, second = (openai.AsyncOpenAI(base_url=f"{urls[f]}/v1", api_key=OPEN, max_retries=0) for f in followers)
+    upload = await first.files.create(file=("in.jsonl", data), purpose="batch")
+    batch = await second.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 240
+    while (await first.batches.retrieve(batch.id)).request_counts.completed < 3:  # the model loads first
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    gateways[leader][1].send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 240
+    while (done := await second.batches.retrieve(batch.id)).status != "completed":
+        assert time.monotonic() < deadline and done.status == "in_progress", done
+        await asyncio.sleep(0.2)
+    assert (done.request_counts.completed, done.request_counts.failed) == (16, 0)
+    output = [json.loads(o) for o in (await first.files.content(done.output_file_id)).read().splitlines()]
+    assert sorted(o["custom_id"] for o in output) == sorted(f"q{i}" for i in range(16))  # each exactly once
+    assert all(o["response"]["body"]["choices"][0]["message"]["content"] for o in output)
+    assert loads(neurons, SMOL) == 1  # the model was loaded once, for the whole batch

@@ -1,0 +1,151 @@
+"""Batches on a cluster: kept in the store, so a file uploaded through one gateway, its batch created through a
+second and read through the third is one batch; the leader runs it; the leader gone in the middle, the new one
+finishes it with each line in the output once; the store gone, the API says so (503) and nothing is lost. The
+official ``openai`` SDK against in-process gateways on a real Redis, in front of a fake neuron."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import openai
+import pytest
+from prometheus_client import generate_latest
+
+from helexa.gateway.batch_routes import batch_store_key
+from helexa.gateway.state import peers_key
+from helexa.server.app import registry_key
+from tests.cluster.test_gateways import leader_of
+from tests.conftest import until
+from tests.fakes.fake_neuron import FakeNeuron
+from tests.gateway.conftest import entry
+
+KEYS = {"keys": [{"name": "alice", "key": "sk-alice"}, {"name": "bob", "key": "sk-bob"}]}
+
+
+def sdk(client, key: str = "sk-alice") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key, max_retries=0)
+
+
+def batch_file(n: int) -> bytes:
+    rows = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "chat", "messages": [{"role": "user", "content": f"question {i}"}]},
+        }
+        for i in range(n)
+    ]
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+async def until_batch(api: openai.AsyncOpenAI, batch_id: str, done, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = await api.batches.retrieve(batch_id)
+        if done(batch):
+            return batch
+        assert time.monotonic() < deadline, batch
+        await asyncio.sleep(0.05)
+
+
+def lines_run(client) -> float:
+    text = generate_latest(client.app[registry_key]).decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("helexa_gateway_batch_lines_total{") and 'result="completed"' in line
+    )
+
+
+@pytest.fixture
+async def chat_cluster(cluster):
+    neuron = FakeNeuron("a")
+    neuron.preload("chat")
+    clients, _ = await cluster([neuron], models=[entry("chat", 600)], auth=KEYS)
+    return clients, neuron
+
+
+async def test_one_batch_through_three_gateways(chat_cluster):
+    clients, neuron = chat_cluster
+    upload = await sdk(clients[0]).files.create(file=("in.jsonl", batch_file(6)), purpose="batch")
+    batch = await sdk(clients[1]).batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = await until_batch(sdk(clients[2]), batch.id, lambda b: b.status == "completed")
+    assert (done.request_counts.completed, done.request_counts.failed, done.request_counts.total) == (6, 0, 6)
+    for client in clients:  # every gateway serves the same files and batches
+        api = sdk(client)
+        output = (await api.files.content(done.output_file_id)).read().splitlines()
+        assert [json.loads(o)["custom_id"] for o in output] == [f"q{i}" for i in range(6)]
+        assert [b.id for b in (await api.batches.list()).data] == [batch.id]
+        assert {f.id for f in (await api.files.list()).data} == {upload.id, done.output_file_id}
+        assert (await sdk(client, "sk-bob").batches.list()).data == []  # still the key's own
+    assert len(neuron.served) == 6
+    leader = leader_of(clients)
+    assert lines_run(leader) == 6 and all(lines_run(c) == 0 for c in clients if c is not leader)  # one runner
+
+
+async def test_the_leader_gone_mid_batch_the_next_one_finishes_it(chat_cluster):
+    clients, neuron = chat_cluster
+    neuron.slow_marker, neuron.slow_seconds = "question", 0.1
+    leader = leader_of(clients)
+    others = [c for c in clients if c is not leader]
+    api = sdk(others[0])
+    upload = await api.files.create(file=("in.jsonl", batch_file(24)), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    await until_batch(api, batch.id, lambda b: b.request_counts.completed >= 3)
+    await leader.close()  # a line in flight is not stored; the lease expires
+    await until(lambda: any(c.app[peers_key].leading for c in others), 10, "a new leader")
+    done = await until_batch(api, batch.id, lambda b: b.status == "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (24, 0)
+    output = [json.loads(o) for o in (await api.files.content(done.output_file_id)).read().splitlines()]
+    assert sorted(o["custom_id"] for o in output) == sorted(f"q{i}" for i in range(24))  # each exactly once
+
+
+async def test_cancel_through_another_gateway_and_bad_input(chat_cluster):
+    clients, neuron = chat_cluster
+    neuron.slow_marker, neuron.slow_seconds = "question", 0.2
+    upload = await sdk(clients[0]).files.create(file=("in.jsonl", batch_file(30)), purpose="batch")
+    batch = await sdk(clients[0]).batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await until_batch(sdk(clients[1]), batch.id, lambda b: b.request_counts.completed >= 1)
+    assert (await sdk(clients[2]).batches.cancel(batch.id)).status == "cancelling"
+    done = await until_batch(sdk(clients[1]), batch.id, lambda b: b.status == "cancelled")
+    assert 1 <= done.request_counts.completed < 30
+    with pytest.raises(openai.ConflictError):
+        await sdk(clients[1]).batches.cancel(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        await sdk(clients[2], "sk-bob").files.content(upload.id)
+    bad = await sdk(clients[1]).files.create(file=("bad.jsonl", b"{nope\n"), purpose="batch")
+    failed = await sdk(clients[2]).batches.create(
+        input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert failed.status == "failed" and failed.errors.data[0].code == "invalid_json_line"
+    assert (await sdk(clients[0]).files.delete(bad.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await sdk(clients[1]).files.retrieve(bad.id)
+
+
+async def test_the_store_gone_the_api_says_so_and_loses_nothing(chat_cluster, redis_server):
+    clients, _ = chat_cluster
+    api = sdk(clients[1])
+    upload = await api.files.create(file=("in.jsonl", batch_file(3)), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    await until_batch(api, batch.id, lambda b: b.status == "completed")
+    redis_server.stop()
+    with pytest.raises(openai.InternalServerError) as refused:
+        await api.batches.retrieve(batch.id)
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "store_unavailable"
+    with pytest.raises(openai.InternalServerError):
+        await api.files.create(file=("in.jsonl", batch_file(1)), purpose="batch")
+    assert not list(clients[1].app[batch_store_key].spool_dir.glob("*"))  # the refused upload left nothing
+    redis_server.start()  # it keeps its data on disk (append-only file), as a production store should
+    await until(lambda: all(c.app[peers_key].up for c in clients), 10, "the store back")
+    again = await sdk(clients[2]).batches.retrieve(batch.id)
+    assert again.status == "completed" and again.request_counts.completed == 3
+    output = (await sdk(clients[0]).files.content(again.output_file_id)).read().splitlines()
+    assert len(output) == 3
