@@ -143,6 +143,8 @@ class BatchRunner:
                 if self.store.may_run():
                     try:
                         await self._tick()
+                    except HelexaError as exc:  # the cluster's store away: the next round tries again
+                        logger.warning("the batch runner could not look at its batches: %s", exc.message)
                     except Exception:  # a bad batch must not stop every other one
                         logger.exception("the batch runner failed a round; trying again")
                 with contextlib.suppress(TimeoutError):
@@ -199,7 +201,7 @@ class BatchRunner:
         )
         if free <= 0 or not idle:
             return
-        lines = await self.store.pending(batch["id"], running.cursor, free)
+        lines = [n for n in await self.store.pending(batch["id"], running.cursor, free) if n.index not in running.lines]
         if not lines and not running.lines:
             running.cursor = -1  # lines before the cursor without an answer (none, but for a stopped task): again
         key = self._key(batch)
@@ -225,9 +227,13 @@ class BatchRunner:
             else:
                 status, answer, usage = await self._attempts(batch, line, key, request_id, running)
             tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
-            stored = await self.store.record(
-                batch["id"], line.index, status=status, request_id=request_id, result=answer, tokens=tokens
-            )
+            try:
+                stored = await self.store.record(
+                    batch["id"], line.index, status=status, request_id=request_id, result=answer, tokens=tokens
+                )
+            except HelexaError as exc:  # not stored: the line runs again once the store answers
+                logger.warning("batch %s line %d: its answer could not be stored (%s)", batch["id"], line.index, exc)
+                return  # (the batch's lines are read again from its start once none is left after the cursor)
             if stored:
                 result = "completed" if 200 <= status < 300 else "failed"
                 self.metrics.lines.labels(batch["model"] or "", result).inc()
