@@ -23,8 +23,11 @@ import msgspec
 
 __all__ = [
     "ENDPOINTS",
+    "FINAL_STATUSES",
     "MAX_ERRORS",
+    "MESSAGES",
     "STATUSES",
+    "TASKS",
     "BatchLine",
     "LineError",
     "Parsed",
@@ -34,23 +37,27 @@ __all__ = [
     "error_line",
     "file_id",
     "file_object",
+    "finished_line",
     "output_line",
     "parse_input",
     "result_file_id",
     "valid_id",
 ]
 
-# the endpoints a batch may target, and the catalogue task each needs
+# the endpoints an OpenAI batch may target, and the catalogue task each needs
 ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "chat",
     "/v1/embeddings": "embed",
     "/v1/rerank": "rerank",
 }
+MESSAGES = "/v1/messages"  # the endpoint of an Anthropic message batch (``/v1/messages/batches``; not OpenAI's)
+TASKS = {**ENDPOINTS, MESSAGES: "chat"}  # every endpoint a stored batch may have, and the task it needs
+FINAL_STATUSES = ("failed", "completed", "expired", "cancelled")  # a batch that ended
 STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled")
 MAX_ERRORS = 100  # a failed validation reports this many lines' errors, at most
 CUSTOM_ID_MAX = 512
-_ID = re.compile(r"(file-|batch_)[0-9a-f]{24}")
+_ID = re.compile(r"(file-|batch_|msgbatch_)[0-9a-f]{24}")
 
 
 def file_id() -> str:
@@ -58,9 +65,10 @@ def file_id() -> str:
     return f"file-{secrets.token_hex(12)}"
 
 
-def batch_id() -> str:
-    """A new batch's id (``batch_`` and 24 hex digits)."""
-    return f"batch_{secrets.token_hex(12)}"
+def batch_id(endpoint: str = "") -> str:
+    """A new batch's id: ``batch_`` and 24 hex digits (``msgbatch_`` for a batch of ``endpoint``
+    :data:`MESSAGES`, as Anthropic's ids begin)."""
+    return f"{'msgbatch_' if endpoint == MESSAGES else 'batch_'}{secrets.token_hex(12)}"
 
 
 def result_file_id(batch: str, kind: str) -> str:
@@ -221,6 +229,34 @@ def error_line(custom_id: str, code: str, message: str) -> bytes:
     """A line of the error file for a request that never ran (``batch_expired``, ``batch_cancelled``)."""
     error = {"code": code, "message": message}
     return _encoder.encode(_OutputLine(f"batch_req_{secrets.token_hex(12)}", custom_id, None, error)) + b"\n"
+
+
+def finished_line(
+    endpoint: str, custom_id: str, answer: tuple[int, str, bytes] | None, final: str
+) -> tuple[str, bytes]:
+    """What a finished batch's files hold for one line: ``(file, line)``, the file ``"output"`` or ``"errors"``
+    (``("", b"")``: nothing). ``answer``: the line's ``(status, request id, JSON body)``, ``None`` when it never
+    ran; ``final``: how the batch ended.
+
+    An OpenAI batch: its answer in the output (2xx) or error file; a line that never ran is in the error file
+    as ``batch_expired``, left out when the batch was cancelled. A message batch (:data:`MESSAGES`): one results
+    file in Anthropic's form, every line in it — ``succeeded`` with the message, ``errored`` with Anthropic's
+    error envelope, ``canceled`` or ``expired``.
+    """
+    if endpoint == MESSAGES:
+        if answer is None:
+            result: dict[str, Any] = {"type": "canceled" if final == "cancelled" else "expired"}
+        elif 200 <= answer[0] < 300:
+            result = {"type": "succeeded", "message": msgspec.Raw(answer[2])}
+        else:
+            result = {"type": "errored", "error": msgspec.Raw(answer[2])}
+        return "output", _encoder.encode({"custom_id": custom_id, "result": result}) + b"\n"
+    if answer is not None:
+        return ("output" if 200 <= answer[0] < 300 else "errors"), output_line(custom_id, *answer)
+    if final == "expired":
+        message = "This request could not be executed before the completion window expired."
+        return "errors", error_line(custom_id, "batch_expired", message)
+    return "", b""
 
 
 def file_object(record: dict[str, Any]) -> dict[str, Any]:

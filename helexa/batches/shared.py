@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from helexa.batches.formats import BatchLine, batch_id, error_line, file_id, output_line, result_file_id
+from helexa.batches.formats import MESSAGES, BatchLine, batch_id, file_id, finished_line, result_file_id
 from helexa.batches.store import ACTIVE, BATCH_NUMBERS, BATCH_TEXT, PIECE, NewBatch, spool
 from helexa.cluster.store import ClusterStore
 
@@ -202,7 +202,7 @@ class SharedBatchStore:
         """A batch as ``new`` describes it (see :meth:`BatchStore.create_batch`): its lines written first, then
         the batch in one transaction — a gateway that dies between leaves lines nobody reads, never half a
         batch."""
-        made, now, parsed = batch_id(), int(time.time()), new.parsed
+        made, now, parsed = batch_id(new.endpoint), int(time.time()), new.parsed
         lines = parsed.lines
         for start in range(0, len(lines), _LINES_AT_ONCE):
             part = lines[start : start + _LINES_AT_ONCE]
@@ -261,10 +261,44 @@ class SharedBatchStore:
         raw = await self.store.call(self.redis.hgetall, self._key("batch", batch))
         return _decode(raw, _BATCH_FIELDS) if raw else None
 
-    async def list_batches(self, owner: str | None, after: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; whether more follow."""
+    async def list_batches(
+        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; whether more follow
+        (``messages``: see :meth:`BatchStore.list_batches`)."""
         ids = await self._ids(self._key("batches", owner if owner is not None else "*"), after, False)
-        return await self._records("batch", ids[:limit], _BATCH_FIELDS), len(ids) > limit
+        if messages is None:
+            return await self._records("batch", ids[:limit], _BATCH_FIELDS), len(ids) > limit
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 200):
+            records = await self._records("batch", ids[start : start + 200], _BATCH_FIELDS)
+            found += [r for r in records if (r["endpoint"] == MESSAGES) == messages]
+            if len(found) > limit:
+                break
+        return found[:limit], len(found) > limit
+
+    async def delete_batch(self, batch: str) -> bool:
+        """Delete ``batch`` — its record, lines, answers and result files; whether it was there (an ended batch:
+        the caller checks)."""
+        record = await self.get_batch(batch)
+        if record is None:
+            return False
+        files = [result_file_id(batch, kind) for kind in ("output", "errors")]
+
+        async def delete() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(
+                    *(self._key(kind, batch) for kind in ("batch", "lines", "pending", "results")),
+                    *(self._key(kind, file) for file in files for kind in ("file", "filedata")),
+                )
+                pipe.zrem(self._key("batches", record["owner"]), batch)
+                pipe.zrem(self._key("batches", "*"), batch)
+                pipe.zrem(self._key("files", record["owner"]), *files)
+                pipe.srem(self._key("batches-active"), batch)
+                await pipe.execute()
+
+        await self.store.call(delete)
+        return True
 
     async def active(self) -> list[dict[str, Any]]:
         ids = sorted(i.decode() for i in await self.store.call(self.redis.smembers, self._key("batches-active")))
@@ -319,16 +353,13 @@ class SharedBatchStore:
         for index in sorted(int(i) for i in lines):
             line = msgspec.msgpack.decode(lines[str(index).encode()], type=_Line)
             raw = results.get(str(index).encode())
+            answer = None
             if raw is not None:
-                answer = msgspec.msgpack.decode(raw, type=_Answer)
-                kind = "output" if 200 <= answer.status < 300 else "errors"
-                out[kind] += output_line(line.custom_id, answer.status, answer.request_id, answer.body)
-            elif final == "expired":
-                out["errors"] += error_line(
-                    line.custom_id,
-                    "batch_expired",
-                    "This request could not be executed before the completion window expired.",
-                )
+                stored = msgspec.msgpack.decode(raw, type=_Answer)
+                answer = (stored.status, stored.request_id, stored.body)
+            kind, data = finished_line(record["endpoint"], line.custom_id, answer, final)
+            if kind:
+                out[kind] += data
         ids: dict[str, str | None] = {}
         for kind, data in out.items():
             if kind == "errors" and not data:

@@ -28,21 +28,20 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from helexa.batches.formats import (
+    MESSAGES,
     BatchLine,
     Parsed,
     batch_id,
-    error_line,
     file_id,
-    output_line,
+    finished_line,
     result_file_id,
 )
 
-__all__ = ["ACTIVE", "BATCH_NUMBERS", "BATCH_TEXT", "FINAL", "PIECE", "BatchStore", "Batches", "NewBatch", "spool"]
+__all__ = ["ACTIVE", "BATCH_NUMBERS", "BATCH_TEXT", "PIECE", "BatchStore", "Batches", "NewBatch", "spool"]
 
 _T = TypeVar("_T")
 PIECE = 256 * 1024  # a file's content is read and sent in pieces this large
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner has work to do on these
-FINAL = ("failed", "completed", "expired", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -121,7 +120,11 @@ class Batches(Protocol):
 
     async def get_batch(self, batch: str) -> dict[str, Any] | None: ...
 
-    async def list_batches(self, owner: str | None, after: str, limit: int) -> tuple[list[dict[str, Any]], bool]: ...
+    async def list_batches(
+        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None
+    ) -> tuple[list[dict[str, Any]], bool]: ...
+
+    async def delete_batch(self, batch: str) -> bool: ...
 
     async def active(self) -> list[dict[str, Any]]: ...
 
@@ -288,17 +291,14 @@ class BatchStore:
         conn = self._db(create=False)
         if conn is None:
             return [], False
-        order = "ASC" if ascending else "DESC"
+        order = "ASC" if ascending else "DESC"  # rowid: the order they were made in (times are whole seconds)
         if after:
-            mark = conn.execute(f"SELECT created_at, id FROM {table} WHERE id = ?", (after,)).fetchone()
+            mark = conn.execute(f"SELECT rowid FROM {table} WHERE id = ?", (after,)).fetchone()
             if mark is not None:
-                compare = ">" if ascending else "<"
-                where += f" AND (created_at, id) {compare} (?, ?)"
-                args = [*args, mark["created_at"], mark["id"]]
-        rows = conn.execute(
-            f"SELECT * FROM {table} WHERE {where} ORDER BY created_at {order}, id {order} LIMIT ?",
-            (*args, limit + 1),
-        ).fetchall()
+                where += f" AND rowid {'>' if ascending else '<'} ?"
+                args = [*args, mark[0]]
+        rows = conn.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY rowid {order} LIMIT ?", (*args, limit + 1))
+        rows = rows.fetchall()
         return [dict(r) for r in rows[:limit]], len(rows) > limit
 
     async def delete_file(self, file: str) -> bool:
@@ -357,7 +357,7 @@ class BatchStore:
 
     def _create_batch(self, new: NewBatch) -> dict[str, Any]:
         parsed = new.parsed
-        now, made = _now(), batch_id()
+        now, made = _now(), batch_id(new.endpoint)
         failed = bool(parsed.errors)
         errors = json.dumps({"object": "list", "data": [e.as_dict() for e in parsed.errors]}) if failed else None
         with self._write() as conn:
@@ -393,10 +393,33 @@ class BatchStore:
     async def get_batch(self, batch: str) -> dict[str, Any] | None:
         return await self._run(self._get, "batches", batch)
 
-    async def list_batches(self, owner: str | None, after: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; and whether more follow."""
+    async def list_batches(
+        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; and whether more follow.
+        ``messages``: only Anthropic message batches (``True``), only OpenAI's (``False``), both (``None``)."""
         where, args = ("owner = ?", [owner]) if owner is not None else ("1 = 1", [])
+        if messages is not None:
+            where, args = f"{where} AND endpoint {'=' if messages else '!='} ?", [*args, MESSAGES]
         return await self._run(self._page, "batches", where, args, after=after, limit=limit, ascending=False)
+
+    async def delete_batch(self, batch: str) -> bool:
+        """Delete ``batch`` — its record, lines and result files; whether it was there. Only an ended batch
+        (the caller checks): a runner holds no line of it."""
+        return await self._run(self._delete_batch, batch)
+
+    def _delete_batch(self, batch: str) -> bool:
+        if self._db(create=False) is None:
+            return False
+        results = [result_file_id(batch, kind) for kind in ("output", "errors")]
+        with self._write() as conn:
+            gone = conn.execute("DELETE FROM batches WHERE id = ?", (batch,)).rowcount == 1
+            conn.execute("DELETE FROM lines WHERE batch_id = ?", (batch,))
+            conn.executemany("DELETE FROM files WHERE id = ?", ((file,) for file in results))
+        for file in results:
+            with contextlib.suppress(FileNotFoundError):
+                self.file_path(file).unlink()
+        return gone
 
     async def active(self) -> list[dict[str, Any]]:
         """Every batch a runner has work on, oldest first."""
@@ -473,9 +496,9 @@ class BatchStore:
         return self._get("batches", batch)
 
     async def finish(self, batch: str, final: str) -> dict[str, Any]:
-        """Write ``batch``'s output and error files from its lines' results, then set it ``final`` (completed,
-        expired or cancelled). Lines never run are in the error file as ``batch_expired`` when it expired, and
-        left out when it was cancelled. Safe to repeat: the files are replaced."""
+        """Write ``batch``'s output and error files from its lines' results (what each holds:
+        :func:`~helexa.batches.formats.finished_line`), then set it ``final`` (completed, expired or cancelled).
+        Safe to repeat: the files are replaced."""
         return await self._run(self._finish, batch, final)
 
     def _finish(self, batch: str, final: str) -> dict[str, Any]:
@@ -498,20 +521,11 @@ class BatchStore:
                 (batch,),
             )
             for row in rows:
-                if row["done"]:
-                    data = output_line(row["custom_id"], row["status"], row["request_id"], row["result"])
-                    kind = "output" if 200 <= row["status"] < 300 else "errors"
-                elif final == "expired":
-                    data = error_line(
-                        row["custom_id"],
-                        "batch_expired",
-                        "This request could not be executed before the completion window expired.",
-                    )
-                    kind = "errors"
-                else:
-                    continue
-                (output if kind == "output" else errors).write(data)
-                sizes[kind] += len(data)
+                answer = (row["status"], row["request_id"], row["result"]) if row["done"] else None
+                kind, data = finished_line(record["endpoint"], row["custom_id"], answer, final)
+                if kind:
+                    (output if kind == "output" else errors).write(data)
+                    sizes[kind] += len(data)
             output.flush()
             os.fsync(output.fileno())
             errors.flush()

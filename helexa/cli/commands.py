@@ -320,7 +320,8 @@ db_option = click.option(
 
 @cli.group()
 def batches() -> None:
-    """Batches of a running gateway (/v1/batches), every key's: list them, cancel one (an admin key)."""
+    """Batches of a running gateway (/v1/batches and /v1/messages/batches), every key's: list them, cancel one
+    (an admin key)."""
 
 
 @batches.command("list")

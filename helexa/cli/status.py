@@ -120,10 +120,10 @@ def models_table(models: dict[str, Any]) -> str:
 
 
 def batches_table(batches: dict[str, Any]) -> str:
-    """Batches, newest first: id, owner (key), model, status, lines done/failed/total, created (UTC)."""
+    """Batches, newest first: id, owner (key), model, endpoint, status, lines done/failed/total, created (UTC)."""
     import time  # noqa: PLC0415
 
-    rows = [["BATCH", "KEY", "MODEL", "STATUS", "DONE", "FAILED", "TOTAL", "CREATED (UTC)"]]
+    rows = [["BATCH", "KEY", "MODEL", "ENDPOINT", "STATUS", "DONE", "FAILED", "TOTAL", "CREATED (UTC)"]]
     for b in batches["data"]:
         counts = b.get("request_counts") or {}
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b["created_at"]))
@@ -132,6 +132,7 @@ def batches_table(batches: dict[str, Any]) -> str:
                 b["id"],
                 b.get("owner") or "-",
                 b.get("model") or "-",
+                b.get("endpoint") or "-",
                 b["status"],
                 str(counts.get("completed", 0)),
                 str(counts.get("failed", 0)),

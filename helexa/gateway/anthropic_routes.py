@@ -9,14 +9,18 @@ started becomes an ``event: error``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from aiohttp import web
 
+from helexa.errors import InvalidRequest
 from helexa.gateway.affinity import Conversation, anthropic_session
-from helexa.gateway.forward import reserve_tokens
+from helexa.gateway.forward import Caller, reserve_tokens
+from helexa.gateway.proxy import Usage
 from helexa.gateway.queue import client_of
 from helexa.gateway.state import lifecycle_key, router_key
-from helexa.gateway.translation import ignored_tools_note, serve_translated
+from helexa.gateway.translation import answer_translated, ignored_tools_note, serve_translated
 from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.translate.anthropic import (
@@ -30,7 +34,7 @@ from helexa.translate.anthropic import (
 )
 from helexa.translate.anthropic_stream import AnthropicStream, event
 
-__all__ = ["count_tokens", "messages", "setup_anthropic_routes"]
+__all__ = ["answer_message", "count_tokens", "messages", "setup_anthropic_routes"]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -54,6 +58,24 @@ async def messages(request: web.Request) -> web.StreamResponse:
         headers=ignored_tools_note(request, req.model, dropped),
         conversation=Conversation(raw, session or request.headers.get("x-claude-code-session-id", "")),
     )
+
+
+async def answer_message(caller: Caller, raw: bytes) -> tuple[dict[str, Any], Usage | None]:
+    """The whole answer to a ``/v1/messages`` request body ``raw`` (a message batch's line): the message and
+    the engine's usage. :raises HelexaError: what the route would answer (streaming is not asked here)."""
+    req = decode_request(raw)
+    if req.stream:
+        raise InvalidRequest("a message batch's requests cannot stream: remove 'stream'", param="stream")
+    await reserve_tokens(caller, len(raw), req.max_tokens)
+    session = anthropic_session(req.metadata.user_id) if req.metadata is not None else ""
+    answer, exchange = await answer_translated(
+        caller,
+        model=req.model,
+        chat_request=lambda model_id: to_chat_request(req, model_id),
+        whole=lambda chat: to_anthropic_message(chat, req, req.model),
+        conversation=Conversation(raw, session),
+    )
+    return answer, exchange.usage
 
 
 async def count_tokens(request: web.Request) -> web.Response:

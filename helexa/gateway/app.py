@@ -32,6 +32,8 @@ from helexa.gateway.batch_routes import batch_runner_key, batch_store_key, batch
 from helexa.gateway.batch_runner import BatchRunner
 from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
+from helexa.gateway.message_batch_routes import CREATE_PATH as MESSAGE_BATCHES_PATH
+from helexa.gateway.message_batch_routes import setup_message_batch_routes
 from helexa.gateway.metrics import BatchMetrics, ClusterGauges, GangMembers, GatewayMetrics
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.peers import Peers
@@ -101,7 +103,10 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
         registry=prometheus,
         serve_metrics=False,
         guards=guards,
-        body_limits={UPLOAD_PATH: cfg.batches.max_file_mb * 1024 * 1024 + FORM_OVERHEAD},
+        body_limits={
+            UPLOAD_PATH: cfg.batches.max_file_mb * 1024 * 1024 + FORM_OVERHEAD,
+            MESSAGE_BATCHES_PATH: cfg.batches.max_file_mb * 1024 * 1024,
+        },
     )
     sessions = SignIns(SharedSessions(store) if store else None)
     app[ui_app_key] = ui = make_ui_app(ring, bench_db=cfg.gateway.bench_db, sessions=sessions)
@@ -136,6 +141,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     setup_responses_routes(app)
     setup_rerank_routes(app)
     setup_batch_routes(app)
+    setup_message_batch_routes(app)
     return app
 
 

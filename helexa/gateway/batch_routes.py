@@ -19,8 +19,8 @@ from aiohttp import BodyPartReader, web
 
 from helexa.batches.formats import (
     ENDPOINTS,
+    MESSAGES,
     LineError,
-    Parsed,
     batch_object,
     completion_window_seconds,
     file_object,
@@ -43,7 +43,12 @@ __all__ = [
     "batch_runner_key",
     "batch_store_key",
     "batches_config_key",
+    "cancel",
+    "owned_batch",
+    "owner_of",
+    "send_file",
     "setup_batch_routes",
+    "task_problem",
 ]
 
 batch_store_key = web.AppKey("batch_store_key", Batches)
@@ -196,12 +201,17 @@ async def get_file(request: web.Request) -> web.Response:
 async def file_content(request: web.Request) -> web.StreamResponse:
     """``GET /v1/files/{id}/content``: the file as it is (sent in pieces, never read whole)."""
     record = await _owned_file(request)
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Content-Disposition": f'attachment; filename="{record["id"]}.jsonl"',
-        "X-Content-Type-Options": "nosniff",
-    }
-    response = web.StreamResponse(headers=headers)
+    disposition = {"Content-Disposition": f'attachment; filename="{record["id"]}.jsonl"'}
+    return await send_file(request, record, "application/octet-stream", disposition)
+
+
+async def send_file(
+    request: web.Request, record: dict[str, Any], content_type: str, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """Answer ``request`` with stored file ``record``, piece by piece as the store gives it (never read whole)."""
+    response = web.StreamResponse(
+        headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff", **(headers or {})}
+    )
     response.content_length = record["bytes"]
     pieces = request.app[batch_store_key].content(record["id"])
     first = await anext(pieces, b"")  # a store that does not answer is an error before the head, not a cut body
@@ -241,30 +251,19 @@ class CreateBatch(WireStruct):
 _create_decoder = msgspec.json.Decoder(CreateBatch)
 
 
-def _task_errors(request: web.Request, endpoint: str, parsed: Parsed) -> None:
-    """Fail ``parsed`` when its model is unknown, or started for another task than ``endpoint`` needs."""
+def task_problem(request: web.Request, model: str, task: str) -> tuple[str, str] | None:
+    """``(code, message)`` when ``model`` is unknown, or started for another task than ``task``; else ``None``."""
     registry = request.app[router_key].registry
-    model = registry.resolve(parsed.model)
-    entry = registry.catalogue.get(model)
-    if entry is None and not registry.replicas(model):
-        parsed.errors.append(
-            LineError(
-                "model_not_found",
-                f"model {parsed.model[:80]!r} is not in the catalogue and not loaded; GET /v1/models lists them",
-                1,
-                "body.model",
-            )
+    resolved = registry.resolve(model)
+    entry = registry.catalogue.get(resolved)
+    if entry is None and not registry.replicas(resolved):
+        return (
+            "model_not_found",
+            f"model {model[:80]!r} is not in the catalogue and not loaded; GET /v1/models lists them",
         )
-    elif entry is not None and entry.task != ENDPOINTS[endpoint]:
-        parsed.errors.append(
-            LineError(
-                "model_cannot_serve_endpoint",
-                f"model {parsed.model[:80]!r} is started for {entry.task!r}; {endpoint} needs a model with "
-                f"task = {ENDPOINTS[endpoint]!r}",
-                1,
-                "body.model",
-            )
-        )
+    if entry is not None and entry.task != task:
+        return "model_cannot_serve_endpoint", f"model {model[:80]!r} is started for {entry.task!r}, not {task!r}"
+    return None
 
 
 async def create_batch(request: web.Request) -> web.Response:
@@ -286,10 +285,12 @@ async def create_batch(request: web.Request) -> web.Response:
         raise InvalidRequest(f"file {record['id']} is not a batch input (purpose {record['purpose']!r})")
     data = await store.read_file(record["id"], config.max_file_mb * 1024 * 1024)
     parsed = parse_input(data, req.endpoint, config.max_lines, request.app[max_body_key])
-    if not parsed.errors:
-        _task_errors(request, req.endpoint, parsed)
-        if parsed.errors:
-            parsed.lines = []
+    if not parsed.errors and (problem := task_problem(request, parsed.model, ENDPOINTS[req.endpoint])):
+        code, message = problem
+        if code == "model_cannot_serve_endpoint":
+            message += f": {req.endpoint} needs a model with task = {ENDPOINTS[req.endpoint]!r}"
+        parsed.errors.append(LineError(code, message, 1, "body.model"))
+        parsed.lines = []
     batch = await store.create_batch(
         NewBatch(owner_of(request), req.endpoint, record["id"], req.completion_window, window, req.metadata, parsed)
     )
@@ -298,47 +299,55 @@ async def create_batch(request: web.Request) -> web.Response:
     return json_response(batch_object(batch))
 
 
-async def _owned_batch(request: web.Request, *, anyone: bool = False) -> dict[str, Any]:
-    """The batch the path names, when the request's key owns it (``anyone``: an operator's view)."""
-    wanted = request.match_info["batch_id"]
+async def owned_batch(request: web.Request, wanted: str, *, messages: bool | None, anyone: bool = False) -> dict:
+    """Batch ``wanted``, when the request's key owns it (``anyone``: an operator's view) and it is of the API
+    asked: an Anthropic message batch (``messages``), an OpenAI one (not ``messages``), either (``None``).
+
+    :raises NotFound: otherwise, as for an id that does not exist.
+    """
     record = await request.config_dict[batch_store_key].get_batch(wanted) if valid_id(wanted) else None
-    if record is None or (not anyone and record["owner"] != owner_of(request)):
+    if (
+        record is None
+        or (not anyone and record["owner"] != owner_of(request))
+        or (messages is not None and (record["endpoint"] == MESSAGES) != messages)
+    ):
         raise NotFound(f"no such batch: {wanted[:80]!r}", param="batch_id", code="batch_not_found")
     return record
 
 
 async def get_batch(request: web.Request) -> web.Response:
     """``GET /v1/batches/{id}``."""
-    return json_response(batch_object(await _owned_batch(request)))
+    return json_response(batch_object(await owned_batch(request, request.match_info["batch_id"], messages=False)))
 
 
 async def list_batches(request: web.Request) -> web.Response:
     """``GET /v1/batches[?limit=&after=]``: the key's batches, newest first."""
     records, more = await request.app[batch_store_key].list_batches(
-        owner_of(request), _after(request), _limit(request, 20, 100)
+        owner_of(request), _after(request), _limit(request, 20, 100), messages=False
     )
     return json_response(_page([batch_object(r) for r in records], more))
 
 
-async def cancel(request: web.Request, *, anyone: bool = False) -> web.Response:
-    """Cancel the batch the path names: no line starts any more; the ones running end, then it is ``cancelled``
-    with their answers in its output file.
+async def cancel(request: web.Request, record: dict[str, Any]) -> dict[str, Any]:
+    """Cancel batch ``record``: no line starts any more; the ones running end, then it is ``cancelled`` with
+    their answers in its output file. The batch as it is now.
 
     :raises Conflict: it ended already.
     """
-    record = await _owned_batch(request, anyone=anyone)
     moved = await request.config_dict[batch_store_key].move(record["id"], "cancelling", ("validating", "in_progress"))
-    assert moved is not None
+    if moved is None:  # deleted meanwhile
+        raise NotFound(f"no such batch: {record['id']}", param="batch_id", code="batch_not_found")
     if moved["status"] != "cancelling":
         raise Conflict(f"batch {record['id']} is {moved['status']}: only a batch in progress can be cancelled")
     if (runner := request.config_dict.get(batch_runner_key)) is not None:
         runner.wake.set()
-    return json_response(batch_object(moved))
+    return moved
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
     """``POST /v1/batches/{id}/cancel``."""
-    return await cancel(request)
+    record = await owned_batch(request, request.match_info["batch_id"], messages=False)
+    return json_response(batch_object(await cancel(request, record)))
 
 
 async def admin_list_batches(request: web.Request) -> web.Response:
@@ -351,8 +360,10 @@ async def admin_list_batches(request: web.Request) -> web.Response:
 
 
 async def admin_cancel_batch(request: web.Request) -> web.Response:
-    """``POST /admin/batches/{id}/cancel``: an operator cancels anyone's batch (``helexa batches cancel``)."""
-    return await cancel(request, anyone=True)
+    """``POST /admin/batches/{id}/cancel``: an operator cancels anyone's batch, of either API (``helexa batches
+    cancel``)."""
+    record = await owned_batch(request, request.match_info["batch_id"], messages=None, anyone=True)
+    return json_response(batch_object(await cancel(request, record)))
 
 
 def setup_batch_routes(app: web.Application) -> None:

@@ -33,9 +33,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from helexa.batches.formats import BatchLine
+from helexa.batches.formats import MESSAGES, BatchLine
 from helexa.batches.store import Batches
 from helexa.errors import HelexaError, PermissionDenied, UpstreamError
+from helexa.gateway.anthropic_routes import answer_message
 from helexa.gateway.forward import Forward, observe, reserve_tokens
 from helexa.gateway.metrics import BatchMetrics
 from helexa.gateway.neuron_client import error_from_response
@@ -75,8 +76,12 @@ class LineCall(dict):
 
 async def execute(call: LineCall, endpoint: str, raw: bytes) -> tuple[int, bytes, Usage | None]:
     """Send one line's ``raw`` body to ``endpoint`` as ``call``: ``(status, JSON answer, usage)``. Every failure
-    is an answer too (helexa's error envelope with its status), as the HTTP route would have given it."""
+    is an answer too (helexa's error envelope with its status — Anthropic's for a message batch), as the HTTP
+    route would have given it."""
     try:
+        if endpoint == MESSAGES:
+            message, usage = await answer_message(call, raw)
+            return 200, _encoder.encode(message), usage
         if endpoint == "/v1/rerank":
             answer = await rank(call, raw)
             usage = answer["usage"]
@@ -99,7 +104,7 @@ async def execute(call: LineCall, endpoint: str, raw: bytes) -> tuple[int, bytes
         observe(call, model_id, state.name, exchange)
         return up.status, data, exchange.usage
     except HelexaError as err:
-        return err.status, error_body(err), None
+        return err.status, error_body(err, anthropic=endpoint == MESSAGES), None
 
 
 @dataclasses.dataclass

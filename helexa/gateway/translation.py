@@ -21,7 +21,7 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
-from helexa.gateway.forward import Forward, observe
+from helexa.gateway.forward import Caller, Forward, observe
 from helexa.gateway.keepalive import open_event_stream
 from helexa.gateway.neuron_client import error_from_response
 from helexa.gateway.proxy import Exchange, StreamScanner, Usage, stream_breaks
@@ -33,7 +33,14 @@ from helexa.server.h1client import UpstreamResponse
 from helexa.server.middlewares import sse_error_key
 from helexa.sse import EventFramer, event_data
 
-__all__ = ["IGNORED_TOOLS_HEADER", "Translator", "ignored_tools_note", "relay_translated", "serve_translated"]
+__all__ = [
+    "IGNORED_TOOLS_HEADER",
+    "Translator",
+    "answer_translated",
+    "ignored_tools_note",
+    "relay_translated",
+    "serve_translated",
+]
 
 logger = logging.getLogger(__name__)
 IGNORED_TOOLS_HEADER = "x-helexa-ignored-tools"
@@ -151,22 +158,13 @@ async def serve_translated(
     renders it in the dialect's envelope. ``headers`` go on the response (notes for the client);
     ``conversation`` names the conversation for prefix affinity.
     """
+    if stream is None:
+        answer, _ = await answer_translated(
+            request, model=model, chat_request=chat_request, whole=whole, conversation=conversation
+        )
+        return json_response(answer, headers=headers)
     exchange = Exchange(started=time.perf_counter())
     router = request.app[router_key]
-    if stream is None:
-        model_id, state = await router.route(model, conversation, client_of(request))
-        async with _open(request, model_id, state, chat_request, exchange, conversation=conversation) as (
-            upstream,
-            state,
-        ):
-            data = await upstream.read()
-            exchange.usage = _usage(data)
-            try:
-                response = json_response(whole(_whole_chat(data)), headers=headers)
-            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # a neuron's odd shapes
-                raise UpstreamError(f"the neuron's chat completion could not be translated: {exc!r}"[:300]) from None
-        observe(request, model_id, state.name, exchange)
-        return response
     await router.check(model)
     translator = stream()
     if error_event is not None:
@@ -186,6 +184,33 @@ async def serve_translated(
             await relay_translated(response, upstream, translator, exchange, keepalive=keepalive, interval=interval)
     observe(request, model_id, state.name, exchange)
     return response
+
+
+async def answer_translated(
+    caller: Caller,
+    *,
+    model: str,
+    chat_request: Callable[[str], dict[str, Any]],
+    whole: Callable[[dict[str, Any]], dict[str, Any]],
+    conversation: Conversation | None = None,
+) -> tuple[dict[str, Any], Exchange]:
+    """A whole answer of another dialect, for an HTTP request or a batch's line: route ``model``, send
+    ``chat_request(model_id)`` as a chat completion, and return ``whole(chat)`` and the exchange (its usage).
+
+    :raises HelexaError: as the route would answer it (an engine's error answer with its status; an answer that
+        cannot be translated is an :class:`UpstreamError`).
+    """
+    exchange = Exchange(started=time.perf_counter())
+    model_id, state = await caller.app[router_key].route(model, conversation, client_of(caller))
+    async with _open(caller, model_id, state, chat_request, exchange, conversation=conversation) as (upstream, state):
+        data = await upstream.read()
+        exchange.usage = _usage(data)
+        try:
+            answer = whole(_whole_chat(data))
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # a neuron's odd shapes
+            raise UpstreamError(f"the neuron's chat completion could not be translated: {exc!r}"[:300]) from None
+    observe(caller, model_id, state.name, exchange)
+    return answer, exchange
 
 
 class _UsageOf(msgspec.Struct):
@@ -216,7 +241,7 @@ def _whole_chat(data: bytes) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def _open(
-    request: web.Request,
+    request: Caller,
     model_id: str,
     state: NeuronState,
     chat_request: Callable[[str], dict[str, Any]],

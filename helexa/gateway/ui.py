@@ -23,7 +23,7 @@ from aiohttp import web
 
 from helexa.errors import HelexaError, NotFound, PermissionDenied
 from helexa.gateway.admin import load_model
-from helexa.gateway.batch_routes import batch_store_key, cancel
+from helexa.gateway.batch_routes import batch_store_key, cancel, owned_batch
 from helexa.gateway.batchview import batches_section
 from helexa.gateway.benchview import REFRESH_S, BenchView
 from helexa.gateway.catalogue import fleet_report
@@ -195,7 +195,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
     if not viewer.admin or not _same_origin(request):
         raise PermissionDenied("cancelling a batch from the page needs a key with the admin scope")
     try:
-        await cancel(request, anyone=True)
+        await cancel(request, await owned_batch(request, request.match_info["batch_id"], messages=None, anyone=True))
         note = f"cancelling {request.match_info['batch_id']}: the lines running end, no other starts"
     except HelexaError as exc:
         note = f"cancel failed: {exc.message}"

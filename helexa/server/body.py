@@ -22,19 +22,27 @@ INFLATING_AT_ONCE = 4
 inflating_key = web.AppKey("inflating_key", asyncio.Semaphore)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole (decoded) body of ``request``, at most the app's body limit (``client_max_size``).
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The whole (decoded) body of ``request``, at most ``limit`` bytes (default: the app's body limit,
+    ``client_max_size``; a route with a larger one — the middleware's ``body_limits`` checked its Content-Length
+    — gives it here).
 
     :raises web.HTTPRequestEntityTooLarge: the decoded body is larger than the limit.
     """
-    limit = request.client_max_size
+    limit = request.client_max_size if limit is None else limit
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if not encoding or encoding == "identity":
-        return await request.read()
+        if limit == request.client_max_size:
+            return await request.read()
+        return await _capped(request, limit)
     async with request.config_dict[inflating_key]:
-        body = bytearray()
-        while chunk := await request.content.readany():
-            body += chunk
-            if len(body) > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-        return bytes(body)
+        return await _capped(request, limit)
+
+
+async def _capped(request: web.Request, limit: int) -> bytes:
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return bytes(body)

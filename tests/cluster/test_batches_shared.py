@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 
+import anthropic
 import openai
 import pytest
 from prometheus_client import generate_latest
@@ -149,3 +150,40 @@ async def test_the_store_gone_the_api_says_so_and_loses_nothing(chat_cluster, re
     assert again.status == "completed" and again.request_counts.completed == 3
     output = (await sdk(clients[0]).files.content(again.output_file_id)).read().splitlines()
     assert len(output) == 3
+
+
+async def test_a_message_batch_through_the_cluster(chat_cluster):
+    """Anthropic's batches share the store too: created through one gateway, cancelled through a second, its
+    results read and the batch deleted through the third; the OpenAI listing never shows it."""
+    clients, neuron = chat_cluster
+    neuron.slow_marker, neuron.slow_seconds = "question", 0.2
+    apis = [
+        anthropic.AsyncAnthropic(base_url=str(c.make_url("")).rstrip("/"), api_key="sk-alice", max_retries=0)
+        for c in clients
+    ]
+    params = {"model": "chat", "max_tokens": 16}
+    requests = [
+        {"custom_id": f"q{i}", "params": {**params, "messages": [{"role": "user", "content": f"question {i}"}]}}
+        for i in range(12)
+    ]
+    batch = await apis[0].messages.batches.create(requests=requests)
+    await until(lambda: len(neuron.served) >= 2, 20, "two requests of the batch ran")
+    await apis[1].messages.batches.cancel(batch.id)
+    deadline = time.monotonic() + 20
+    while (done := await apis[2].messages.batches.retrieve(batch.id)).processing_status != "ended":
+        assert time.monotonic() < deadline, done
+        await asyncio.sleep(0.05)
+    counts = done.request_counts
+    assert counts.succeeded >= 2 and counts.succeeded + counts.canceled == 12 and counts.errored == 0
+    results = {r.custom_id: r.result async for r in await apis[2].messages.batches.results(batch.id)}
+    assert len(results) == 12 and sum(r.type == "succeeded" for r in results.values()) == counts.succeeded
+    assert all(r.message.content[0].text == neuron.reply for r in results.values() if r.type == "succeeded")
+    assert (await sdk(clients[0]).batches.list()).data == []
+    assert [b.id async for b in apis[1].messages.batches.list()] == [batch.id]
+    await apis[2].messages.batches.delete(batch.id)
+    for api in apis:
+        assert [b.id async for b in api.messages.batches.list()] == []
+        with pytest.raises(anthropic.NotFoundError):
+            await api.messages.batches.retrieve(batch.id)
+    store = clients[0].app[batch_store_key]
+    assert not await store.redis.keys(store._key("*", batch.id)), "the deleted batch left keys in the store"

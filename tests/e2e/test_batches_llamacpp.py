@@ -1,6 +1,7 @@
-"""The Batch API on the real demo model (``helexa run --role both``, llama.cpp), driven by the official ``openai``
-SDK: upload, create, poll, read the output; then a gateway SIGKILLed in the middle of a batch and started again
-on the same directory — the batch completes and each line is in the output exactly once.
+"""The Batch APIs on the real demo model (``helexa run --role both``, llama.cpp), driven by the official SDKs:
+``openai`` (upload, create, poll, read the output) and ``anthropic`` (a message batch: create, poll, results);
+then a gateway SIGKILLed in the middle of a batch and started again on the same directory — the batch completes
+and each line is in the output exactly once.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import signal
 import time
 
+import anthropic
 import openai
 import pytest
 
@@ -47,7 +49,7 @@ def wait_for(api: openai.OpenAI, batch_id: str, statuses: tuple[str, ...], timeo
         time.sleep(0.2)
 
 
-def test_a_batch_on_the_demo_model_survives_a_sigkill(demo_fleet, helexa_process):
+def test_batches_on_the_demo_model_and_a_sigkill(demo_fleet, helexa_process):
     url = demo_fleet(api_keys=[KEY], admin_keys=["sk-admin"], port_range=str(engine_ports()))
     api = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
 
@@ -63,6 +65,26 @@ def test_a_batch_on_the_demo_model_survives_a_sigkill(demo_fleet, helexa_process
         assert o["response"]["status_code"] == 200 and body["choices"][0]["message"]["content"].strip(), body
         assert body["usage"]["completion_tokens"] <= 8
     assert done.usage.output_tokens == sum(o["response"]["body"]["usage"]["completion_tokens"] for o in output)
+
+    # a message batch, as Anthropic's SDK documentation shows it
+    claude = anthropic.Anthropic(base_url=url, api_key=KEY, max_retries=0, timeout=120)
+    params = {"model": DEMO_MODEL_ID, "max_tokens": 8, "temperature": 0}
+    message_batch = claude.messages.batches.create(
+        requests=[
+            {"custom_id": f"m{i}", "params": {**params, "messages": [{"role": "user", "content": f"Say {i}."}]}}
+            for i in range(3)
+        ]
+    )
+    deadline = time.monotonic() + 300
+    while (ended := claude.messages.batches.retrieve(message_batch.id)).processing_status != "ended":
+        assert time.monotonic() < deadline, ended
+        time.sleep(0.2)
+    assert ended.request_counts.succeeded == 3, ended
+    results = {r.custom_id: r.result for r in claude.messages.batches.results(message_batch.id)}
+    assert sorted(results) == ["m0", "m1", "m2"]
+    for result in results.values():
+        assert result.type == "succeeded" and result.message.content[0].text.strip(), result
+        assert result.message.usage.output_tokens <= 8 and result.message.stop_reason in ("max_tokens", "end_turn")
 
     # SIGKILL in the middle of a batch, then the same directory under a new process
     upload = api.files.create(file=("more.jsonl", batch_file(16)), purpose="batch")

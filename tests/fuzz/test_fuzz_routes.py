@@ -67,6 +67,13 @@ GATEWAY_POSTS = {
         "metadata": {"k": "v"},
     },
     "/v1/batches/batch_000000000000000000000000/cancel": {},
+    "/v1/messages/batches": {
+        "requests": [
+            {"custom_id": "a-1", "params": {"model": "m", "max_tokens": 4, "messages": MESSAGES}},
+            {"custom_id": "b_2", "params": {"model": "m", "max_tokens": 4, "messages": MESSAGES, "stream": False}},
+        ]
+    },
+    "/v1/messages/batches/msgbatch_000000000000000000000000/cancel": {},
     "/admin/batches/m/cancel": {},
     # a multipart upload (the loop wraps the mutated bytes in a form with a random file name)
     "/v1/files": {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}},
@@ -120,7 +127,8 @@ GATEWAY_GETS += ["/ui?note={id}", "/ui/models/{id}/logs?neuron={id}", "/admin/mo
 GATEWAY_GETS += ["/admin/models/{id}/logs?rank={id}", "/admin/models/m/logs?rank=1&lines=5"]
 GATEWAY_GETS += ["/v1/files", "/v1/files/{id}", "/v1/files/{id}/content", "/v1/batches", "/v1/batches/{id}"]
 GATEWAY_GETS += ["/v1/files?limit={id}&after={id}&order={id}&purpose={id}", "/v1/batches?limit={id}&after={id}"]
-GATEWAY_GETS += ["/admin/batches?limit={id}&after={id}"]
+GATEWAY_GETS += ["/admin/batches?limit={id}&after={id}", "/v1/messages/batches?limit={id}&after_id={id}"]
+GATEWAY_GETS += ["/v1/messages/batches/{id}", "/v1/messages/batches/{id}/results"]
 NEURON_GETS = ["/models", "/models/{id}/endpoint", "/models/{id}/logs", "/discovery", "/health", "/v1/models", "/pulls"]
 
 
