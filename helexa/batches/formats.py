@@ -35,6 +35,7 @@ __all__ = [
     "batch_object",
     "completion_window_seconds",
     "error_line",
+    "expiry_seconds",
     "file_id",
     "file_object",
     "finished_line",
@@ -91,6 +92,23 @@ def completion_window_seconds(window: str, max_hours: int) -> int:
     if found is None or int(found.group(1)) > max_hours:
         raise ValueError(f"completion_window: give hours as '24h' (1h to {max_hours}h), got {window[:40]!r}")
     return int(found.group(1)) * 3600
+
+
+EXPIRY_SECONDS = (3600, 30 * 86400)  # what expires_after / output_expires_after may say (OpenAI's range)
+
+
+def expiry_seconds(anchor: str, seconds: str | int) -> int:
+    """The seconds of an ``expires_after`` (``{"anchor": "created_at", "seconds": N}``, N from an hour to 30 days).
+
+    :raises ValueError: another anchor, or ``seconds`` not a whole number in range (the message says what is).
+    """
+    if anchor != "created_at":
+        raise ValueError(f"anchor: 'created_at' (got {str(anchor)[:40]!r})")
+    text = str(seconds)
+    low, high = EXPIRY_SECONDS
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f"seconds: a whole number from {low} (an hour) to {high} (30 days), got {text[:20]!r}")
+    return int(text)
 
 
 class _Line(msgspec.Struct):
@@ -269,7 +287,7 @@ def file_object(record: dict[str, Any]) -> dict[str, Any]:
         "filename": record["filename"],
         "purpose": record["purpose"],
         "status": "processed",
-        "expires_at": None,
+        "expires_at": record.get("expires_at"),
         "status_details": None,
     }
 

@@ -29,14 +29,14 @@ from typing import Any
 import msgspec
 
 from helexa.batches.formats import MESSAGES, BatchLine, batch_id, file_id, finished_line, result_file_id
-from helexa.batches.store import ACTIVE, BATCH_NUMBERS, BATCH_TEXT, PIECE, NewBatch, spool
+from helexa.batches.store import ACTIVE, BATCH_NUMBERS, BATCH_TEXT, FILE_FIELDS, PIECE, NewBatch, spool
 from helexa.cluster.store import ClusterStore
 
 __all__ = ["SharedBatchStore"]
 
 _BATCH_FIELDS = BATCH_TEXT + BATCH_NUMBERS
 _INTS = frozenset({*BATCH_NUMBERS, "bytes"})
-_FILE_FIELDS = ("id", "owner", "purpose", "filename", "bytes", "created_at")
+_FILE_FIELDS = FILE_FIELDS
 _LINES_AT_ONCE = 500  # lines written per round trip when a batch is created
 
 _RECORD = """
@@ -101,10 +101,13 @@ class SharedBatchStore:
         """Spool an upload to a local file (see :func:`~helexa.batches.store.spool`)."""
         return await spool(_in_thread, self.spool_dir, chunks, limit)
 
-    async def add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]:
-        """Write the spooled upload at ``staged`` into the store as a new file of ``owner`` (the spool removed)."""
+    async def add_file(
+        self, owner: str, purpose: str, filename: str, staged: Path, size: int, *, expires_at: int | None = None
+    ) -> dict[str, Any]:
+        """Write the spooled upload at ``staged`` into the store as a new file of ``owner`` (the spool removed),
+        kept until ``expires_at`` (``None``: until deleted)."""
         record = {"id": file_id(), "owner": owner, "purpose": purpose, "filename": filename, "bytes": size}
-        record["created_at"] = int(time.time())
+        record |= {"created_at": int(time.time()), "expires_at": expires_at}
         data_key = self._key("filedata", record["id"])
         try:
             handle = await asyncio.to_thread(staged.open, "rb")
@@ -124,8 +127,11 @@ class SharedBatchStore:
     async def _index_file(self, record: dict[str, Any]) -> None:
         async def index() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._key("file", record["id"]), mapping={k: str(record[k]) for k in _FILE_FIELDS})
+                fields = {k: str(record[k]) for k in _FILE_FIELDS if record.get(k) is not None}
+                pipe.hset(self._key("file", record["id"]), mapping=fields)
                 pipe.zadd(self._key("files", record["owner"]), {record["id"]: await self._seq()})
+                if record.get("expires_at") is not None:
+                    pipe.zadd(self._key("files-expiring"), {record["id"]: record["expires_at"]})
                 await pipe.execute()
 
         await self.store.call(index)
@@ -176,10 +182,20 @@ class SharedBatchStore:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._key("file", file), self._key("filedata", file))
                 pipe.zrem(self._key("files", record["owner"]), file)
+                pipe.zrem(self._key("files-expiring"), file)
                 await pipe.execute()
 
         await self.store.call(delete)
         return True
+
+    async def expire_files(self, now: int) -> list[str]:
+        """Delete the files whose ``expires_at`` passed at ``now``; their ids."""
+        key = self._key("files-expiring")
+        gone = [i.decode() for i in await self.store.call(self.redis.zrangebyscore, key, "-inf", now, 0, 1000)]
+        for file in gone:
+            if not await self.delete_file(file):
+                await self.store.call(self.redis.zrem, key, file)  # its record was gone already
+        return gone
 
     async def content(self, file: str) -> AsyncIterator[bytes]:
         """The content of ``file``, piece by piece (one round trip each)."""
@@ -226,6 +242,7 @@ class SharedBatchStore:
             "output_tokens": 0,
             "expires_at": now + new.window_seconds,
             ("failed_at" if failed else "in_progress_at"): now,
+            "output_expires_after": new.output_seconds,
         }
 
         async def write() -> None:
@@ -294,6 +311,7 @@ class SharedBatchStore:
                 pipe.zrem(self._key("batches", record["owner"]), batch)
                 pipe.zrem(self._key("batches", "*"), batch)
                 pipe.zrem(self._key("files", record["owner"]), *files)
+                pipe.zrem(self._key("files-expiring"), *files)
                 pipe.srem(self._key("batches-active"), batch)
                 await pipe.execute()
 
@@ -365,7 +383,7 @@ class SharedBatchStore:
             if kind == "errors" and not data:
                 ids[kind] = None
                 continue
-            ids[kind] = await self._write_result(record["owner"], batch, kind, bytes(data))
+            ids[kind] = await self._write_result(record, kind, bytes(data))
         now = int(time.time())
 
         async def close() -> None:
@@ -383,16 +401,18 @@ class SharedBatchStore:
         assert done is not None
         return done
 
-    async def _write_result(self, owner: str, batch: str, kind: str, data: bytes) -> str:
+    async def _write_result(self, batch_record: dict[str, Any], kind: str, data: bytes) -> str:
         """Write a batch's output or error file (replacing one written before) and index it; its id."""
-        file = result_file_id(batch, kind)
+        batch, owner, kept = batch_record["id"], batch_record["owner"], batch_record["output_expires_after"]
+        file, now = result_file_id(batch, kind), int(time.time())
         record = {
             "id": file,
             "owner": owner,
             "purpose": "batch_output",
             "filename": f"{batch}_{'output' if kind == 'output' else 'error'}.jsonl",
             "bytes": len(data),
-            "created_at": int(time.time()),
+            "created_at": now,
+            "expires_at": now + kept if kept else None,
         }
         data_key = self._key("filedata", file)
         await self.store.call(self.redis.delete, data_key)

@@ -37,7 +37,17 @@ from helexa.batches.formats import (
     result_file_id,
 )
 
-__all__ = ["ACTIVE", "BATCH_NUMBERS", "BATCH_TEXT", "PIECE", "BatchStore", "Batches", "NewBatch", "spool"]
+__all__ = [
+    "ACTIVE",
+    "BATCH_NUMBERS",
+    "BATCH_TEXT",
+    "FILE_FIELDS",
+    "PIECE",
+    "BatchStore",
+    "Batches",
+    "NewBatch",
+    "spool",
+]
 
 _T = TypeVar("_T")
 PIECE = 256 * 1024  # a file's content is read and sent in pieces this large
@@ -46,7 +56,7 @@ ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner h
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
   id TEXT PRIMARY KEY, owner TEXT NOT NULL, purpose TEXT NOT NULL, filename TEXT NOT NULL,
-  bytes INTEGER NOT NULL, created_at INTEGER NOT NULL
+  bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_owner ON files (owner, created_at);
 CREATE TABLE IF NOT EXISTS batches (
@@ -56,7 +66,7 @@ CREATE TABLE IF NOT EXISTS batches (
   total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
   input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
   expires_at INTEGER, in_progress_at INTEGER, finalizing_at INTEGER, completed_at INTEGER, failed_at INTEGER,
-  expired_at INTEGER, cancelling_at INTEGER, cancelled_at INTEGER
+  expired_at INTEGER, cancelling_at INTEGER, cancelled_at INTEGER, output_expires_after INTEGER
 );
 CREATE INDEX IF NOT EXISTS batches_owner ON batches (owner, created_at);
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
@@ -71,12 +81,17 @@ _TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expir
 BATCH_TEXT = ("id", "owner", "status", "endpoint", "input_file_id", "completion_window", "model", "metadata")
 BATCH_TEXT += ("errors", "output_file_id", "error_file_id")
 BATCH_NUMBERS = ("created_at", "total", "completed", "failed", "input_tokens", "output_tokens", "expires_at", *_TIMES)
+BATCH_NUMBERS += ("output_expires_after",)  # seconds an output file is kept (None: until deleted)
+# columns added since the first release of the schema: (table, column, type), added to an older database
+FILE_FIELDS = ("id", "owner", "purpose", "filename", "bytes", "created_at", "expires_at")  # a file record's
+_ADDED = (("files", "expires_at", "INTEGER"), ("batches", "output_expires_after", "INTEGER"))
 
 
 @dataclass(frozen=True)
 class NewBatch:
     """What a new batch is made of: its owner (a key's name), the endpoint its lines go to, the input file, the
-    completion window (as asked, and in seconds), metadata, and the file's lines as checked."""
+    completion window (as asked, and in seconds), metadata, the file's lines as checked, and how long its output
+    files are kept (seconds from when they are written; ``None``: until deleted)."""
 
     owner: str
     endpoint: str
@@ -85,6 +100,7 @@ class NewBatch:
     window_seconds: int
     metadata: dict[str, str] | None
     parsed: Parsed
+    output_seconds: int | None = None
 
 
 def _now() -> int:
@@ -102,7 +118,11 @@ class Batches(Protocol):
 
     async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None: ...
 
-    async def add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]: ...
+    async def add_file(
+        self, owner: str, purpose: str, filename: str, staged: Path, size: int, *, expires_at: int | None = None
+    ) -> dict[str, Any]: ...
+
+    async def expire_files(self, now: int) -> list[str]: ...
 
     async def get_file(self, file: str) -> dict[str, Any] | None: ...
 
@@ -214,6 +234,10 @@ class BatchStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
+            for table, column, kind in _ADDED:  # a database an older helexa made
+                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            conn.execute("CREATE INDEX IF NOT EXISTS files_expiry ON files (expires_at)")
             self._conn = conn
         return self._conn
 
@@ -245,25 +269,44 @@ class BatchStore:
 
     # ------------------------------------------------------------------------------------------------- files
 
-    async def add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]:
-        """Keep the upload at ``staged`` (from :meth:`stage`; moved) as a new file of ``owner``."""
-        return await self._run(self._add_file, owner, purpose, filename, staged, size)
+    async def add_file(
+        self, owner: str, purpose: str, filename: str, staged: Path, size: int, *, expires_at: int | None = None
+    ) -> dict[str, Any]:
+        """Keep the upload at ``staged`` (from :meth:`stage`; moved) as a new file of ``owner``, until
+        ``expires_at`` (a Unix time; ``None``: until deleted)."""
+        return await self._run(self._add_file, owner, purpose, filename, staged, size, expires_at=expires_at)
 
     async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None:
         """Write an upload's ``chunks`` to a new file in the files folder (for :meth:`add_file`, which moves it):
         see :func:`spool`."""
         return await spool(self._run, self.files_dir, chunks, limit)
 
-    def _add_file(self, owner: str, purpose: str, filename: str, staged: Path, size: int) -> dict[str, Any]:
+    def _add_file(
+        self, owner: str, purpose: str, filename: str, staged: Path, size: int, *, expires_at: int | None
+    ) -> dict[str, Any]:
         record = {"id": file_id(), "owner": owner, "purpose": purpose, "filename": filename, "bytes": size}
-        record["created_at"] = _now()
+        record |= {"created_at": _now(), "expires_at": expires_at}
         os.replace(staged, self.file_path(record["id"]))
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO files (id, owner, purpose, filename, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                tuple(record[k] for k in ("id", "owner", "purpose", "filename", "bytes", "created_at")),
+                "INSERT INTO files (id, owner, purpose, filename, bytes, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                tuple(record[k] for k in FILE_FIELDS),
             )
         return record
+
+    async def expire_files(self, now: int) -> list[str]:
+        """Delete the files whose ``expires_at`` passed at ``now`` (their content too); their ids."""
+        return await self._run(self._expire_files, now)
+
+    def _expire_files(self, now: int) -> list[str]:
+        conn = self._db(create=False)
+        if conn is None:
+            return []
+        gone = [r[0] for r in conn.execute("SELECT id FROM files WHERE expires_at <= ? LIMIT 1000", (now,))]
+        for file in gone:
+            self._delete_file(file)
+        return gone
 
     async def get_file(self, file: str) -> dict[str, Any] | None:
         return await self._run(self._get, "files", file)
@@ -363,8 +406,8 @@ class BatchStore:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO batches (id, owner, created_at, status, endpoint, input_file_id, completion_window,"
-                " model, metadata, errors, total, expires_at, in_progress_at, failed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " model, metadata, errors, total, expires_at, in_progress_at, failed_at, output_expires_after)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     made,
                     new.owner,
@@ -380,6 +423,7 @@ class BatchStore:
                     now + new.window_seconds,
                     None if failed else now,
                     now if failed else None,
+                    new.output_seconds,
                 ),
             )
             conn.executemany(
@@ -531,6 +575,7 @@ class BatchStore:
             errors.flush()
             os.fsync(errors.fileno())
         now = _now()
+        kept = now + record["output_expires_after"] if record["output_expires_after"] else None
         ids: dict[str, str | None] = {}
         with self._write() as conn:
             for kind, (file, part, _) in written.items():
@@ -540,9 +585,9 @@ class BatchStore:
                     continue
                 os.replace(part, self.file_path(file))
                 conn.execute(
-                    "INSERT OR REPLACE INTO files (id, owner, purpose, filename, bytes, created_at)"
-                    " VALUES (?, ?, 'batch_output', ?, ?, ?)",
-                    (file, owner, f"{batch}_{'output' if kind == 'output' else 'error'}.jsonl", sizes[kind], now),
+                    "INSERT OR REPLACE INTO files (id, owner, purpose, filename, bytes, created_at, expires_at)"
+                    " VALUES (?, ?, 'batch_output', ?, ?, ?, ?)",
+                    (file, owner, f"{batch}_{'output' if kind == 'output' else 'error'}.jsonl", sizes[kind], now, kept),
                 )
                 ids[kind] = file
             conn.execute(

@@ -273,3 +273,13 @@ class BatchesSection(ConfigStruct):
     max_completion_hours: Annotated[
         int, doc("Longest completion_window a batch may ask for, in hours (OpenAI accepts 24h only).", ge=1)
     ] = 168
+    keep_files_days: Annotated[
+        int,
+        doc(
+            "Days an uploaded batch file, or a batch's output, is kept when the client does not say otherwise "
+            "(expires_after, output_expires_after), as OpenAI keeps them; then it is deleted. 0 keeps them until "
+            "they are deleted.",
+            ge=0,
+            le=3650,
+        ),
+    ] = 30

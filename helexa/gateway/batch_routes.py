@@ -11,6 +11,7 @@ streamed to disk up to ``[batches] max_file_mb``; a batch's input file is checke
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from helexa.batches.formats import (
     LineError,
     batch_object,
     completion_window_seconds,
+    expiry_seconds,
     file_object,
     parse_input,
     valid_id,
@@ -44,6 +46,9 @@ __all__ = [
     "batch_store_key",
     "batches_config_key",
     "cancel",
+    "kept_seconds",
+    "kept_until",
+    "live_file",
     "owned_batch",
     "owner_of",
     "send_file",
@@ -58,6 +63,7 @@ batches_config_key = web.AppKey("batches_config_key", BatchesSection)
 PURPOSES = ("batch",)  # what helexa keeps files for
 _FILENAME_MAX = 255
 _FIELD_MAX = 64  # bytes of a form field other than the file
+_FORM_FIELDS = frozenset({"purpose", "expires_after[anchor]", "expires_after[seconds]"})  # the upload's, but the file
 
 
 def owner_of(request: web.Request) -> str:
@@ -93,13 +99,37 @@ def _page(objects: list[dict[str, Any]], more: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------- files
 
 
+async def live_file(store: Batches, file: str) -> dict[str, Any] | None:
+    """File ``file``'s record, unless there is none or it expired (the runner deletes expired files soon after;
+    until then they are gone for the API)."""
+    record = await store.get_file(file) if valid_id(file) else None
+    if record is None or (record["expires_at"] is not None and record["expires_at"] <= time.time()):
+        return None
+    return record
+
+
 async def _owned_file(request: web.Request) -> dict[str, Any]:
     """The file the path names, when the request's key owns it. :raises NotFound: otherwise."""
     file = request.match_info["file_id"]
-    record = await request.app[batch_store_key].get_file(file) if valid_id(file) else None
+    record = await live_file(request.app[batch_store_key], file)
     if record is None or record["owner"] != owner_of(request):
         raise NotFound(f"no such file: {file[:80]!r}", param="file_id", code="file_not_found")
     return record
+
+
+def kept_seconds(request: web.Request, seconds: int | None) -> int | None:
+    """How long a file made now is kept: ``seconds``, as the client asked, else ``[batches] keep_files_days``
+    (``None``: until deleted)."""
+    if seconds is not None:
+        return seconds
+    days = request.app[batches_config_key].keep_files_days
+    return days * 86400 if days else None
+
+
+def kept_until(request: web.Request, seconds: int | None) -> int | None:
+    """When a file made now is deleted (a Unix time; ``None``: never): see :func:`kept_seconds`."""
+    kept = kept_seconds(request, seconds)
+    return int(time.time()) + kept if kept is not None else None
 
 
 def _clean_filename(name: str | None) -> str:
@@ -122,20 +152,22 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _read_form(request: web.Request, store: Batches, max_mb: int) -> tuple[str, str, tuple | None]:
-    """``(purpose, file name, staged upload or None)`` of the upload form; the file part goes to disk as it
-    comes. The caller removes the staged file when it does not keep it.
+async def _read_form(request: web.Request, store: Batches, max_mb: int) -> tuple[dict[str, str], str, tuple | None]:
+    """``(fields, file name, staged upload or None)`` of the upload form (``fields``: ``purpose`` and
+    ``expires_after[…]``); the file part goes to disk as it comes. The caller removes the staged file when it does
+    not keep it.
 
     :raises InvalidRequest: the form cannot be read. :raises PayloadTooLarge: the file is over ``max_mb``.
     """
-    purpose, filename, staged = "", "", None
+    fields: dict[str, str] = {}
+    filename, staged = "", None
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("nested multipart bodies are not accepted")
-            if part.name == "purpose":
-                purpose = await _field(part)
+            if part.name in _FORM_FIELDS:
+                fields[part.name] = await _field(part)
             elif part.name == "file" and staged is None:
                 filename = _clean_filename(part.filename)
                 staged = await store.stage(_chunks(part), max_mb * 1024 * 1024)
@@ -154,7 +186,18 @@ async def _read_form(request: web.Request, store: Batches, max_mb: int) -> tuple
         if staged is not None:
             staged[0].unlink(missing_ok=True)
         raise
-    return purpose, filename, staged
+    return fields, filename, staged
+
+
+def _expires_after(fields: dict[str, str]) -> int | None:
+    """The seconds of the form's ``expires_after`` (``None``: not given). :raises InvalidRequest: not valid."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    try:
+        return expiry_seconds(anchor or "", seconds or "")
+    except ValueError as exc:
+        raise InvalidRequest(f"expires_after.{exc}", param="expires_after") from None
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -162,8 +205,10 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise InvalidRequest("upload the file as multipart/form-data with the fields 'purpose' and 'file'")
     store = request.app[batch_store_key]
-    purpose, filename, staged = await _read_form(request, store, request.app[batches_config_key].max_file_mb)
+    fields, filename, staged = await _read_form(request, store, request.app[batches_config_key].max_file_mb)
+    purpose = fields.get("purpose", "")
     try:
+        expires_at = kept_until(request, _expires_after(fields))
         if purpose not in PURPOSES:
             raise InvalidRequest(
                 f"purpose: helexa keeps files for the Batch API: purpose must be 'batch' (got {purpose[:40]!r})",
@@ -173,7 +218,7 @@ async def upload(request: web.Request) -> web.Response:
             raise InvalidRequest("the form has no 'file' field", param="file")
         if not staged[1]:
             raise InvalidRequest("the file is empty", param="file")
-        record = await store.add_file(owner_of(request), purpose, filename, *staged)
+        record = await store.add_file(owner_of(request), purpose, filename, *staged, expires_at=expires_at)
     except BaseException:
         if staged is not None:
             staged[0].unlink(missing_ok=True)
@@ -233,6 +278,13 @@ async def delete_file(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------------------------------------- batches
 
 
+class ExpiresAfter(WireStruct):
+    """``expires_after`` / ``output_expires_after``: kept this many seconds after ``anchor``."""
+
+    anchor: Annotated[str, msgspec.Meta(max_length=32)]
+    seconds: int
+
+
 class CreateBatch(WireStruct):
     """What ``POST /v1/batches`` reads."""
 
@@ -246,6 +298,7 @@ class CreateBatch(WireStruct):
         ]
         | None
     ) = None
+    output_expires_after: ExpiresAfter | None = None
 
 
 _create_decoder = msgspec.json.Decoder(CreateBatch)
@@ -278,7 +331,13 @@ async def create_batch(request: web.Request) -> web.Response:
         window = completion_window_seconds(req.completion_window, config.max_completion_hours)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="completion_window") from None
-    record = await store.get_file(req.input_file_id) if valid_id(req.input_file_id) else None
+    output_seconds = None
+    if req.output_expires_after is not None:
+        try:
+            output_seconds = expiry_seconds(req.output_expires_after.anchor, req.output_expires_after.seconds)
+        except ValueError as exc:
+            raise InvalidRequest(f"output_expires_after.{exc}", param="output_expires_after") from None
+    record = await live_file(store, req.input_file_id)
     if record is None or record["owner"] != owner_of(request):
         raise NotFound(f"no such file: {req.input_file_id[:80]!r}", param="input_file_id", code="file_not_found")
     if record["purpose"] != "batch":
@@ -292,7 +351,16 @@ async def create_batch(request: web.Request) -> web.Response:
         parsed.errors.append(LineError(code, message, 1, "body.model"))
         parsed.lines = []
     batch = await store.create_batch(
-        NewBatch(owner_of(request), req.endpoint, record["id"], req.completion_window, window, req.metadata, parsed)
+        NewBatch(
+            owner_of(request),
+            req.endpoint,
+            record["id"],
+            req.completion_window,
+            window,
+            req.metadata,
+            parsed,
+            kept_seconds(request, output_seconds),
+        )
     )
     if (runner := request.app.get(batch_runner_key)) is not None:
         runner.wake.set()

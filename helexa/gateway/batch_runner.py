@@ -2,6 +2,7 @@
 
 One runner: the gateway process the store says may run (``may_run``) — the one holding ``runner.lock`` in the
 batch directory (a gateway's workers share it), or, in a cluster, the leader. The others only serve the API.
+It also deletes the files that expired, every :data:`SWEEP_S`.
 It looks at the store every :data:`TICK_S` (and at once when a batch is created, cancelled or a line ends) and,
 for each batch in progress, starts lines while
 
@@ -50,10 +51,11 @@ from helexa.server.limits import RateLimited
 from helexa.server.middlewares import error_body, request_id_key
 from helexa.wire.openai import decode_head
 
-__all__ = ["ATTEMPTS", "TICK_S", "BatchRunner", "LineCall"]
+__all__ = ["ATTEMPTS", "SWEEP_S", "TICK_S", "BatchRunner", "LineCall"]
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.25  # how often the runner looks at the store and the fleet
+SWEEP_S = 60.0  # how often it deletes the files that expired
 ATTEMPTS = 4  # a line answered 429 or 5xx is sent this many times in all before that answer is kept
 _AGAIN = frozenset({429, 500, 502, 503, 504})
 _encoder = msgspec.json.Encoder()
@@ -134,6 +136,7 @@ class BatchRunner:
         self.wake = asyncio.Event()
         self._batches: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._swept = 0.0  # when expired files were last deleted (monotonic)
 
     @property
     def running(self) -> int:
@@ -148,6 +151,7 @@ class BatchRunner:
                 if self.store.may_run():
                     try:
                         await self._tick()
+                        await self._sweep()
                     except HelexaError as exc:  # the cluster's store away: the next round tries again
                         logger.warning("the batch runner could not look at its batches: %s", exc.message)
                     except Exception:  # a bad batch must not stop every other one
@@ -159,6 +163,14 @@ class BatchRunner:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        """Delete the files that expired, every :data:`SWEEP_S` (the API stops showing them when they expire)."""
+        if time.monotonic() - self._swept < SWEEP_S:
+            return
+        self._swept = time.monotonic()
+        if gone := await self.store.expire_files(int(time.time())):
+            logger.info("deleted %d expired files (%s%s)", len(gone), ", ".join(gone[:5]), ", …" * (len(gone) > 5))
 
     async def _tick(self) -> None:
         batches = await self.store.active()

@@ -25,6 +25,8 @@ from helexa.gateway.batch_routes import (
     batch_store_key,
     batches_config_key,
     cancel,
+    kept_seconds,
+    live_file,
     owned_batch,
     owner_of,
     send_file,
@@ -59,7 +61,7 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidRequest(shown + (f"; and {more} more" if more > 0 else ""), param="requests")
     hours = min(WINDOW_HOURS, config.max_completion_hours)
     batch = await request.app[batch_store_key].create_batch(
-        NewBatch(owner_of(request), MESSAGES, "", f"{hours}h", hours * 3600, None, parsed)
+        NewBatch(owner_of(request), MESSAGES, "", f"{hours}h", hours * 3600, None, parsed, kept_seconds(request, None))
     )
     if (runner := request.app.get(batch_runner_key)) is not None:
         runner.wake.set()
@@ -137,9 +139,12 @@ async def results(request: web.Request) -> web.StreamResponse:
             param="message_batch_id",
         )
     store = request.app[batch_store_key]
-    file = await store.get_file(result_file_id(record["id"], "output"))
-    if file is None:  # ended, its file not yet written (another gateway finishing it): a moment later
-        raise NotFound(f"the results of batch {record['id']} are being written; ask again in a moment")
+    file = await live_file(store, result_file_id(record["id"], "output"))
+    if file is None:  # ended, its file not yet written (another gateway finishing it), or expired
+        raise NotFound(
+            f"batch {record['id']} has no results file: it expired ([batches] keep_files_days), or is being "
+            "written (ask again in a moment)"
+        )
     return await send_file(request, file, "application/binary")
 
 

@@ -14,6 +14,7 @@ import openai
 import pytest
 from prometheus_client import generate_latest
 
+from helexa.gateway import batch_runner
 from helexa.gateway.batch_routes import batch_store_key
 from helexa.gateway.state import peers_key
 from helexa.server.app import registry_key
@@ -187,3 +188,31 @@ async def test_a_message_batch_through_the_cluster(chat_cluster):
             await api.messages.batches.retrieve(batch.id)
     store = clients[0].app[batch_store_key]
     assert not await store.redis.keys(store._key("*", batch.id)), "the deleted batch left keys in the store"
+
+
+async def test_expired_files_leave_the_store(chat_cluster, monkeypatch):
+    monkeypatch.setattr(batch_runner, "SWEEP_S", 0.05)
+    clients, _ = chat_cluster
+    api = sdk(clients[0])
+    upload = await api.files.create(
+        file=("in.jsonl", batch_file(1)), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    kept = await api.files.create(file=("in.jsonl", batch_file(1)), purpose="batch")
+    assert upload.expires_at == upload.created_at + 3600 and kept.expires_at == kept.created_at + 30 * 86400
+    store = clients[0].app[batch_store_key]
+    past = int(time.time()) - 1
+    await store.redis.hset(store._key("file", upload.id), "expires_at", past)
+    await store.redis.zadd(store._key("files-expiring"), {upload.id: past})
+    for client in clients:
+        with pytest.raises(openai.NotFoundError):
+            await sdk(client).files.retrieve(upload.id)
+
+    async def swept() -> bool:
+        return not await store.redis.exists(store._key("file", upload.id), store._key("filedata", upload.id))
+
+    deadline = time.monotonic() + 10
+    while not await swept():
+        assert time.monotonic() < deadline, "the leader never deleted the expired file"
+        await asyncio.sleep(0.05)
+    assert [f.id for f in (await sdk(clients[2]).files.list()).data] == [kept.id]
+    assert await store.redis.zscore(store._key("files-expiring"), kept.id) == kept.expires_at

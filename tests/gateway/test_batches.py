@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from prometheus_client import generate_latest
 
 from helexa.cli.commands import cli
+from helexa.gateway import batch_runner
 from helexa.gateway.app import make_gateway_app
 from helexa.gateway.batch_routes import batch_store_key
 from helexa.server.app import registry_key
@@ -426,3 +427,85 @@ async def test_the_cli_lists_and_cancels_every_keys_batches(fleet):
     assert cancelled.exit_code == 0 and f"{batch.id}: cancelling" in cancelled.output, cancelled.output
     missing = await asyncio.to_thread(run, "cancel", "batch_nope")
     assert missing.exit_code == 1 and "no such batch" in missing.output
+
+
+async def test_files_expire(fleet, monkeypatch):
+    monkeypatch.setattr(batch_runner, "SWEEP_S", 0.05)
+    client, _ = await chat_fleet(fleet)
+    api = sdk(client)
+    asked = await api.files.create(
+        file=("in.jsonl", lines(2)), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    assert asked.expires_at == asked.created_at + 3600
+    kept = await api.files.create(file=("in.jsonl", lines(2)), purpose="batch")
+    assert kept.expires_at == kept.created_at + 30 * 86400  # [batches] keep_files_days, OpenAI's 30 by default
+    batch = await api.batches.create(
+        input_file_id=asked.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    done = await until_status(api, batch.id, ("completed",))
+    output = await api.files.retrieve(done.output_file_id)
+    assert output.expires_at == output.created_at + 7200
+    # bad expiries are refused, naming the field
+    for expires in ({"anchor": "last_active_at", "seconds": 3600}, {"anchor": "created_at", "seconds": 10}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await api.files.create(file=("in.jsonl", lines(1)), purpose="batch", expires_after=expires)
+        assert refused.value.body["param"] == "expires_after", refused.value.body
+    with pytest.raises(openai.BadRequestError) as refused:
+        await api.batches.create(
+            input_file_id=kept.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 99_999_999},
+        )
+    assert refused.value.body["param"] == "output_expires_after"
+    # an hour later: gone for the API at once, and from the disk at the runner's next sweep
+    store = client.app[batch_store_key]
+    with sqlite3.connect(store.directory / "batches.sqlite") as db:
+        db.execute("UPDATE files SET expires_at = ? WHERE id = ?", (int(time.time()) - 1, asked.id))
+    for call in (api.files.retrieve(asked.id), api.files.content(asked.id)):
+        with pytest.raises(openai.NotFoundError):
+            await call
+    await until(lambda: not store.file_path(asked.id).exists(), 10, "the expired file was deleted")
+    assert {f.id for f in (await api.files.list()).data} == {kept.id, done.output_file_id}
+    assert store.file_path(kept.id).exists()
+
+
+async def test_keep_files_days_zero_keeps_them(fleet):
+    client, _ = await chat_fleet(fleet, batches={"keep_files_days": 0})
+    upload = await sdk(client).files.create(file=("in.jsonl", lines(1)), purpose="batch")
+    assert upload.expires_at is None
+
+
+async def test_a_database_of_the_first_release_is_brought_up_to_date(fleet, tmp_path):
+    """A batch directory written before files expired: its files are kept until deleted, new ones expire."""
+    directory = tmp_path / "old"
+    (directory / "files").mkdir(parents=True)
+    (directory / "files" / "file-000000000000000000000001").write_bytes(lines(1))
+    with sqlite3.connect(directory / "batches.sqlite") as db:
+        db.executescript(
+            "CREATE TABLE files (id TEXT PRIMARY KEY, owner TEXT NOT NULL, purpose TEXT NOT NULL,"
+            " filename TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL);"
+            "CREATE TABLE batches (id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL,"
+            " status TEXT NOT NULL, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,"
+            " completion_window TEXT NOT NULL, model TEXT, metadata TEXT, errors TEXT, output_file_id TEXT,"
+            " error_file_id TEXT, total INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0,"
+            " failed INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0,"
+            " output_tokens INTEGER NOT NULL DEFAULT 0, expires_at INTEGER, in_progress_at INTEGER,"
+            " finalizing_at INTEGER, completed_at INTEGER, failed_at INTEGER, expired_at INTEGER,"
+            " cancelling_at INTEGER, cancelled_at INTEGER);"
+        )
+        db.execute(
+            "INSERT INTO files VALUES ('file-000000000000000000000001', 'alice', 'batch', 'old.jsonl', ?, 1)",
+            (len(lines(1)),),
+        )
+    client, _ = await chat_fleet(fleet, batches={"directory": str(directory)})
+    api = sdk(client)
+    old = await api.files.retrieve("file-000000000000000000000001")
+    assert old.filename == "old.jsonl" and old.expires_at is None
+    batch = await api.batches.create(input_file_id=old.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = await until_status(api, batch.id, ("completed",))
+    assert done.request_counts.completed == 1
+    assert (await api.files.retrieve(done.output_file_id)).expires_at is not None
