@@ -47,6 +47,7 @@ __all__ = [
 
 # the endpoints an OpenAI batch may target, and the catalogue task each needs
 ENDPOINTS = {
+    "/v1/responses": "chat",
     "/v1/chat/completions": "chat",
     "/v1/completions": "chat",
     "/v1/embeddings": "embed",

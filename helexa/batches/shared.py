@@ -279,11 +279,11 @@ class SharedBatchStore:
         return _decode(raw, _BATCH_FIELDS) if raw else None
 
     async def list_batches(
-        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None
+        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None, ascending: bool = False
     ) -> tuple[list[dict[str, Any]], bool]:
-        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; whether more follow
-        (``messages``: see :meth:`BatchStore.list_batches`)."""
-        ids = await self._ids(self._key("batches", owner if owner is not None else "*"), after, False)
+        """``owner``'s batches (everyone's for ``None``), newest first (oldest first: ``ascending``), after
+        ``after``; whether more follow (``messages``: see :meth:`BatchStore.list_batches`)."""
+        ids = await self._ids(self._key("batches", owner if owner is not None else "*"), after, ascending)
         if messages is None:
             return await self._records("batch", ids[:limit], _BATCH_FIELDS), len(ids) > limit
         found: list[dict[str, Any]] = []

@@ -141,7 +141,7 @@ class Batches(Protocol):
     async def get_batch(self, batch: str) -> dict[str, Any] | None: ...
 
     async def list_batches(
-        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None
+        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None, ascending: bool = False
     ) -> tuple[list[dict[str, Any]], bool]: ...
 
     async def delete_batch(self, batch: str) -> bool: ...
@@ -438,14 +438,15 @@ class BatchStore:
         return await self._run(self._get, "batches", batch)
 
     async def list_batches(
-        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None
+        self, owner: str | None, after: str, limit: int, *, messages: bool | None = None, ascending: bool = False
     ) -> tuple[list[dict[str, Any]], bool]:
-        """``owner``'s batches (everyone's for ``None``), newest first, after ``after``; and whether more follow.
-        ``messages``: only Anthropic message batches (``True``), only OpenAI's (``False``), both (``None``)."""
+        """``owner``'s batches (everyone's for ``None``), newest first (oldest first: ``ascending``), after
+        ``after``; and whether more follow. ``messages``: only Anthropic message batches (``True``), only OpenAI's
+        (``False``), both (``None``)."""
         where, args = ("owner = ?", [owner]) if owner is not None else ("1 = 1", [])
         if messages is not None:
             where, args = f"{where} AND endpoint {'=' if messages else '!='} ?", [*args, MESSAGES]
-        return await self._run(self._page, "batches", where, args, after=after, limit=limit, ascending=False)
+        return await self._run(self._page, "batches", where, args, after=after, limit=limit, ascending=ascending)
 
     async def delete_batch(self, batch: str) -> bool:
         """Delete ``batch`` — its record, lines and result files; whether it was there. Only an ended batch

@@ -45,6 +45,7 @@ from helexa.gateway.proxy import Exchange, Usage, prepare_body, usage_of
 from helexa.gateway.queue import client_of
 from helexa.gateway.registry import Registry
 from helexa.gateway.rerank_routes import rank
+from helexa.gateway.responses_routes import answer_response
 from helexa.gateway.state import router_key
 from helexa.server.keys import Key, KeyGuard, key_usage_key, request_key_key
 from helexa.server.limits import RateLimited
@@ -59,6 +60,7 @@ SWEEP_S = 60.0  # how often it deletes the files that expired
 ATTEMPTS = 4  # a line answered 429 or 5xx is sent this many times in all before that answer is kept
 _AGAIN = frozenset({429, 500, 502, 503, 504})
 _encoder = msgspec.json.Encoder()
+_TRANSLATED = {MESSAGES: answer_message, "/v1/responses": answer_response}  # lines of another dialect than chat
 
 
 class LineCall(dict):
@@ -81,9 +83,9 @@ async def execute(call: LineCall, endpoint: str, raw: bytes) -> tuple[int, bytes
     is an answer too (helexa's error envelope with its status — Anthropic's for a message batch), as the HTTP
     route would have given it."""
     try:
-        if endpoint == MESSAGES:
-            message, usage = await answer_message(call, raw)
-            return 200, _encoder.encode(message), usage
+        if endpoint in _TRANSLATED:
+            answer, usage = await _TRANSLATED[endpoint](call, raw)
+            return 200, _encoder.encode(answer), usage
         if endpoint == "/v1/rerank":
             answer = await rank(call, raw)
             usage = answer["usage"]

@@ -84,18 +84,23 @@ def _limit(request: web.Request) -> int:
     return int(raw)
 
 
+def _cursor(request: web.Request, name: str) -> str:
+    value = request.query.get(name, "")
+    if value and not valid_id(value):
+        raise InvalidRequest(f"{name}: the id of a batch of another page", param=name)
+    return value
+
+
 async def list_batches(request: web.Request) -> web.Response:
-    """``GET /v1/messages/batches[?limit=&after_id=]``: the key's message batches, newest first (``after_id``:
-    the page after that batch, as the SDKs page)."""
-    if "before_id" in request.query:
-        raise InvalidRequest("before_id: helexa pages forward only; page with after_id", param="before_id")
-    after = request.query.get("after_id", "")
-    if after and not valid_id(after):
-        raise InvalidRequest("after_id: the id of a batch of an earlier page", param="after_id")
+    """``GET /v1/messages/batches[?limit=&after_id=|before_id=]``: the key's message batches, newest first;
+    ``after_id``: the page of older ones after that batch; ``before_id``: the page of newer ones before it."""
+    after, before = _cursor(request, "after_id"), _cursor(request, "before_id")
+    if after and before:
+        raise InvalidRequest("give after_id or before_id, not both", param="before_id")
     records, more = await request.app[batch_store_key].list_batches(
-        owner_of(request), after, _limit(request), messages=True
+        owner_of(request), after or before, _limit(request), messages=True, ascending=bool(before)
     )
-    data = [message_batch_object(r) for r in records]
+    data = [message_batch_object(r) for r in (reversed(records) if before else records)]
     return json_response(
         {
             "data": data,

@@ -509,3 +509,29 @@ async def test_a_database_of_the_first_release_is_brought_up_to_date(fleet, tmp_
     done = await until_status(api, batch.id, ("completed",))
     assert done.request_counts.completed == 1
     assert (await api.files.retrieve(done.output_file_id)).expires_at is not None
+
+
+async def test_a_responses_batch(fleet):
+    """``/v1/responses`` lines run as the route answers them: translated to the engine's chat and back."""
+    client, neuron = await chat_fleet(fleet)
+    api = sdk(client)
+    rows = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses", "body": {"model": "chat", "input": f"q {i}"}}
+        for i in range(3)
+    ]
+    bad = {"custom_id": "bad", "method": "POST", "url": "/v1/responses", "body": {"model": "chat", "input": 5}}
+    content = b"".join(json.dumps(r).encode() + b"\n" for r in [*rows, bad])
+    upload = await api.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+    done = await until_status(api, batch.id, ("completed",))
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 1)
+    assert done.usage.output_tokens == 3 * len(neuron.reply.split())
+    output = jsonl((await api.files.content(done.output_file_id)).read())
+    assert [o["custom_id"] for o in output] == ["r0", "r1", "r2"]
+    for o in output:
+        body = o["response"]["body"]
+        assert body["object"] == "response" and body["status"] == "completed", body
+        assert body["output"][-1]["content"][0]["text"] == neuron.reply
+    errors = jsonl((await api.files.content(done.error_file_id)).read())
+    assert errors[0]["custom_id"] == "bad" and errors[0]["response"]["status_code"] == 400
+    assert errors[0]["response"]["body"]["error"]["param"] == "input"

@@ -183,6 +183,17 @@ async def test_pages_of_message_batches(fleet):
     first = await api.messages.batches.list(limit=2)
     assert [b.id for b in first.data] == made[::-1][:2] and first.has_more and first.last_id == made[3]
     assert [b.id async for b in api.messages.batches.list(limit=2)] == made[::-1]  # the SDK pages with after_id
+    newer = await api.messages.batches.list(limit=2, before_id=made[1])
+    assert [b.id for b in newer.data] == [made[3], made[2]] and newer.has_more and newer.first_id == made[3]
+    # and backwards through every page from the oldest (the SDK pages on with before_id = first_id)
+    assert [b.id async for b in api.messages.batches.list(limit=2, before_id=made[0])] == [
+        made[2],
+        made[1],
+        made[4],
+        made[3],
+    ]
+    with pytest.raises(anthropic.BadRequestError, match="not both"):
+        await api.messages.batches.list(after_id=made[1], before_id=made[2])
 
 
 @pytest.mark.parametrize(
@@ -238,7 +249,7 @@ async def test_bad_requests_get_clear_errors(fleet):
         ("/v1/messages/batches?limit=0", 400),
         ("/v1/messages/batches?limit=1001", 400),
         ("/v1/messages/batches?after_id=%00", 400),
-        ("/v1/messages/batches?before_id=msgbatch_0123456789abcdef01234567", 400),
+        ("/v1/messages/batches?before_id=batch_x", 400),
     ):
         resp = await client.get(path, headers=auth)
         answer = await resp.json()
