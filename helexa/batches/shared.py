@@ -359,31 +359,29 @@ class SharedBatchStore:
         record = await self.get_batch(batch)
         assert record is not None
 
-        async def read() -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._key("lines", batch))
-                pipe.hgetall(self._key("results", batch))
-                lines, results = await pipe.execute()
-                return lines, results
+        writers = {kind: _ResultWriter(self, record, kind) for kind in ("output", "errors")}
+        for first in range(0, record["total"], _LINES_AT_ONCE):  # a slice of lines at a time: never all of them
+            indexes = [str(i) for i in range(first, min(first + _LINES_AT_ONCE, record["total"]))]
 
-        lines, results = await self.store.call(read)
-        out = {"output": bytearray(), "errors": bytearray()}
-        for index in sorted(int(i) for i in lines):
-            line = msgspec.msgpack.decode(lines[str(index).encode()], type=_Line)
-            raw = results.get(str(index).encode())
-            answer = None
-            if raw is not None:
-                stored = msgspec.msgpack.decode(raw, type=_Answer)
-                answer = (stored.status, stored.request_id, stored.body)
-            kind, data = finished_line(record["endpoint"], line.custom_id, answer, final)
-            if kind:
-                out[kind] += data
-        ids: dict[str, str | None] = {}
-        for kind, data in out.items():
-            if kind == "errors" and not data:
-                ids[kind] = None
-                continue
-            ids[kind] = await self._write_result(record, kind, bytes(data))
+            async def read(indexes: list[str] = indexes) -> list[list[bytes | None]]:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hmget(self._key("lines", batch), indexes)
+                    pipe.hmget(self._key("results", batch), indexes)
+                    return await pipe.execute()
+
+            lines, results = await self.store.call(read)
+            for raw_line, raw in zip(lines, results, strict=True):
+                if raw_line is None:
+                    continue
+                line = msgspec.msgpack.decode(raw_line, type=_Line)
+                answer = None
+                if raw is not None:
+                    stored = msgspec.msgpack.decode(raw, type=_Answer)
+                    answer = (stored.status, stored.request_id, stored.body)
+                kind, data = finished_line(record["endpoint"], line.custom_id, answer, final)
+                if kind:
+                    await writers[kind].write(data)
+        ids = {kind: await writer.close(keep_empty=kind == "output") for kind, writer in writers.items()}
         now = int(time.time())
 
         async def close() -> None:
@@ -401,25 +399,56 @@ class SharedBatchStore:
         assert done is not None
         return done
 
-    async def _write_result(self, batch_record: dict[str, Any], kind: str, data: bytes) -> str:
-        """Write a batch's output or error file (replacing one written before) and index it; its id."""
-        batch, owner, kept = batch_record["id"], batch_record["owner"], batch_record["output_expires_after"]
-        file, now = result_file_id(batch, kind), int(time.time())
+
+class _ResultWriter:
+    """A batch's output or error file written into the store as it is made: in pieces of :data:`PIECE` bytes to a
+    key of its own, which replaces the file's data at :meth:`close` (a finish run again replaces the file)."""
+
+    def __init__(self, store: SharedBatchStore, batch: dict[str, Any], kind: str) -> None:
+        self.shared, self.batch, self.kind = store, batch, kind
+        self.file = result_file_id(batch["id"], kind)
+        self.part_key = store._key("filedata-part", self.file)
+        self.buffer, self.size, self.started = bytearray(), 0, False
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        while len(self.buffer) >= PIECE:
+            await self._push(bytes(self.buffer[:PIECE]))
+            del self.buffer[:PIECE]
+
+    async def _push(self, piece: bytes) -> None:
+        store, redis = self.shared.store, self.shared.redis
+        if not self.started:  # what a finish that stopped half-way left
+            await store.call(redis.delete, self.part_key)
+            self.started = True
+        await store.call(redis.rpush, self.part_key, piece)
+
+    async def close(self, *, keep_empty: bool) -> str | None:
+        """Put the file in place and index it: its id (``None``: it is empty and not ``keep_empty``)."""
+        if self.buffer:
+            await self._push(bytes(self.buffer))
+            self.buffer.clear()
+        if not self.size and not keep_empty:
+            return None
+        store, redis = self.shared.store, self.shared.redis
+        data_key = self.shared._key("filedata", self.file)
+        if self.size:
+            await store.call(redis.rename, self.part_key, data_key)
+        else:
+            await store.call(redis.delete, data_key)
+        now, kept, batch = int(time.time()), self.batch["output_expires_after"], self.batch["id"]
         record = {
-            "id": file,
-            "owner": owner,
+            "id": self.file,
+            "owner": self.batch["owner"],
             "purpose": "batch_output",
-            "filename": f"{batch}_{'output' if kind == 'output' else 'error'}.jsonl",
-            "bytes": len(data),
+            "filename": f"{batch}_{'output' if self.kind == 'output' else 'error'}.jsonl",
+            "bytes": self.size,
             "created_at": now,
             "expires_at": now + kept if kept else None,
         }
-        data_key = self._key("filedata", file)
-        await self.store.call(self.redis.delete, data_key)
-        for start in range(0, len(data), PIECE):
-            await self.store.call(self.redis.rpush, data_key, data[start : start + PIECE])
-        await self._index_file(record)
-        return file
+        await self.shared._index_file(record)
+        return self.file
 
 
 async def _in_thread(call: Callable[..., Any], *args: Any) -> Any:

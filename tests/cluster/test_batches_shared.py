@@ -216,3 +216,21 @@ async def test_expired_files_leave_the_store(chat_cluster, monkeypatch):
         await asyncio.sleep(0.05)
     assert [f.id for f in (await sdk(clients[2]).files.list()).data] == [kept.id]
     assert await store.redis.zscore(store._key("files-expiring"), kept.id) == kept.expires_at
+
+
+async def test_a_large_output_is_written_in_pieces(chat_cluster):
+    """More lines than are read at once and more output than one piece: the file is whole and in order."""
+    clients, neuron = chat_cluster
+    neuron.reply = "word " * 120  # about 900 bytes an output line: 600 lines make two pieces and more
+    api = sdk(clients[0])
+    upload = await api.files.create(file=("in.jsonl", batch_file(600)), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = await until_batch(sdk(clients[1]), batch.id, lambda b: b.status == "completed", timeout=120)
+    data = (await sdk(clients[2]).files.content(done.output_file_id)).read()
+    output = [json.loads(line) for line in data.splitlines()]
+    assert [o["custom_id"] for o in output] == [f"q{i}" for i in range(600)]
+    store = clients[0].app[batch_store_key]
+    pieces = await store.redis.llen(store._key("filedata", done.output_file_id))
+    assert len(data) > 2 * 256 * 1024 and pieces == -(-len(data) // (256 * 1024))
+    assert (await sdk(clients[2]).files.retrieve(done.output_file_id)).bytes == len(data)
+    assert not await store.redis.exists(store._key("filedata-part", done.output_file_id))
