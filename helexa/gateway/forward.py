@@ -8,20 +8,26 @@ line (:mod:`helexa.gateway.batch_runner`): what Forward needs of a request is a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from aiohttp import web
 
 from helexa.errors import HelexaError, UpstreamError
 from helexa.gateway.affinity import Conversation
 from helexa.gateway.proxy import Exchange
 from helexa.gateway.queue import client_of
-from helexa.gateway.registry import NeuronState
+from helexa.gateway.registry import InvalidMove, NeuronState
 from helexa.gateway.state import first_byte_timeout_key, gateway_metrics_key, router_key, upstreams_key
 from helexa.server.h1client import Upstream, UpstreamResponse
 from helexa.server.keys import key_usage_key
-from helexa.server.middlewares import REQUEST_ID_HEADER, request_id_key
+from helexa.server.middlewares import ORIGIN_HEADER, REQUEST_ID_HEADER, request_id_key
+
+if TYPE_CHECKING:
+    from helexa.gateway.metrics import GatewayMetrics
+    from helexa.gateway.routing import Router
 
 __all__ = ["Caller", "Forward", "observe", "reserve_tokens"]
 
@@ -58,9 +64,10 @@ class Forward:
 
     A neuron that cannot be reached (or does not begin to answer in time) becomes suspect — checked by the poller
     at once, marked down only if that poll fails too — and another replica is tried, as long as nothing has been
-    sent to the client. The request counts as in flight on that neuron until the block exits. The neuron that
-    answers is remembered for ``conversation`` (prefix affinity). A class rather than an
-    ``asynccontextmanager``: it runs on every request and costs a third as much.
+    sent to the client; so is one whose neuron no longer holds the model (see :meth:`_open`). The request counts
+    as in flight on that neuron until the block exits. The neuron that answers is remembered for ``conversation``
+    (prefix affinity). A class rather than an ``asynccontextmanager``: it runs on every request and costs a third
+    as much.
 
     :raises UpstreamError: (on entering) no replica could be reached.
     """
@@ -93,45 +100,21 @@ class Forward:
         self.exchange, self._conversation = exchange, conversation
 
     async def __aenter__(self) -> tuple[UpstreamResponse, NeuronState]:
-        app, model_id, state = self.request.app, self.model_id, self.state
-        router, metrics = app[router_key], app[gateway_metrics_key]
-        tried: set[str] = set()
-        # in flight from the moment it is routed, so the scheduler never evicts a model a request is opening on
-        state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
-        headers = {REQUEST_ID_HEADER: self.request[request_id_key]}  # the rest: the neuron's Upstream adds them
+        router, metrics = self.request.app[router_key], self.request.app[gateway_metrics_key]
+        self._flight(1)  # in flight from the moment it is routed: the scheduler never evicts a model opening here
         try:
-            while True:
-                try:
-                    upstream = await _open_watched(
-                        state,
-                        app[upstreams_key][state.name],
-                        self.path,
-                        self.body,
-                        headers,
-                        first_byte_timeout=app[first_byte_timeout_key],
-                        task=self.request.task,
-                    )
-                    break
-                except UpstreamError as exc:
-                    metrics.errors.labels(model_id, state.name, exc.code).inc()
-                    state.suspected(exc.message)  # one request's word: checked now, not taken out for everyone
-                    tried.add(state.name)
-                    other = router.choose(model_id, frozenset(tried))
-                    if other is None:
-                        raise
-                    state.in_flight[model_id] -= 1
-                    state = other
-                    state.in_flight[model_id] = state.in_flight.get(model_id, 0) + 1
+            upstream = await self._open(router, metrics)
         except BaseException as exc:
-            state.in_flight[model_id] -= 1
+            self._flight(-1)
             key_usage = self.request.get(key_usage_key)
             if isinstance(exc, asyncio.CancelledError) and key_usage is not None:
                 # the client left while the neuron generated (a whole answer's head comes at its end): the
                 # request was sent, so it is charged what it reserved — hanging up never makes one free
                 key_usage.tokens += key_usage.estimate
             raise
+        model_id, state = self.model_id, self.state
         router.remember(model_id, self._conversation, state.name)
-        self.state, self._upstream = state, upstream
+        self._upstream = upstream
         self._priority = priority = client_of(self.request).priority
         router.queue.began(state, model_id, priority)
         self._series = series = metrics.series(model_id, state.name)
@@ -139,6 +122,69 @@ class Forward:
         self.exchange.status = upstream.status
         state.aborts.add(upstream.close)  # a neuron marked down closes the connection: the relay ends at once
         return upstream, state
+
+    def _flight(self, change: int) -> None:
+        in_flight = self.state.in_flight
+        in_flight[self.model_id] = in_flight.get(self.model_id, 0) + change
+
+    def _switch(self, other: NeuronState) -> None:
+        self._flight(-1)
+        self.state = other
+        self._flight(1)
+
+    async def _open(self, router: Router, metrics: GatewayMetrics) -> UpstreamResponse:
+        """The first answer's head from a replica (``self.state`` and ``self.model_id`` are where it came from).
+
+        A replica that cannot be reached is suspect; the next is tried. A replica whose neuron answers that it does
+        not hold the model (this gateway's view was older than the neuron's last change: a poll apart, or the
+        leader's eviction seen by a follower) is taken off the view; the next is tried, or the model is routed
+        again (a cold load if need be) — once: a known model does not become a 404 on a stale view.
+        """
+        app = self.request.app
+        headers = {REQUEST_ID_HEADER: self.request[request_id_key]}  # the rest: the neuron's Upstream adds them
+        tried: set[str] = set()
+        rerouted = False
+        while True:
+            state, model_id = self.state, self.model_id
+            try:
+                upstream = await _open_watched(
+                    state,
+                    app[upstreams_key][state.name],
+                    self.path,
+                    self.body,
+                    headers,
+                    first_byte_timeout=app[first_byte_timeout_key],
+                    task=self.request.task,
+                )
+            except UpstreamError as exc:
+                metrics.errors.labels(model_id, state.name, exc.code).inc()
+                state.suspected(exc.message)  # one request's word: checked now, not taken out for everyone
+                tried.add(state.name)
+                other = router.choose(model_id, frozenset(tried))
+                if other is None:
+                    raise
+                self._switch(other)
+                continue
+            if not await _model_gone(upstream):
+                return upstream
+            metrics.errors.labels(model_id, state.name, "model_gone").inc()
+            with contextlib.suppress(InvalidMove):
+                state.move(model_id, None)
+            tried.add(state.name)
+            other = router.choose(model_id, frozenset(tried))
+            if other is None and rerouted:
+                return upstream  # the neuron's 404 is relayed: nowhere has it, even after routing again
+            upstream.release()
+            if other is not None:
+                self._switch(other)
+                continue
+            rerouted = True
+            self._flight(-1)
+            try:
+                self.model_id, self.state = await router.route(model_id, self._conversation, client_of(self.request))
+            finally:
+                self._flight(1)  # on the replica routed to (or, when routing failed, the one it left)
+            tried.clear()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         try:
@@ -204,6 +250,28 @@ async def _open_watched(
         state.aborts.discard(abort)
         if timer is not None:
             timer.cancel()
+
+
+async def _model_gone(upstream: UpstreamResponse) -> bool:
+    """Whether ``upstream`` is the neuron's own 404 for a model it does not hold (its body kept for the client)."""
+    if upstream.status != 404 or upstream.headers.get(ORIGIN_HEADER) != "neuron":
+        return False
+    try:
+        answer = _gone_decoder.decode(await upstream.peek())
+    except (msgspec.DecodeError, UpstreamError):
+        return False
+    return answer.error.code == "model_not_found"
+
+
+class _Error(msgspec.Struct):
+    code: str | None = None
+
+
+class _ErrorAnswer(msgspec.Struct):
+    error: _Error
+
+
+_gone_decoder = msgspec.json.Decoder(_ErrorAnswer)
 
 
 def observe(request: Caller, model: str, neuron: str, exchange: Exchange) -> None:

@@ -211,6 +211,15 @@ class UpstreamResponse:
             raise self._error
         return self._take()
 
+    async def peek(self) -> bytes:
+        """The whole body, kept for whoever reads or relays it next (:meth:`read`). :raises UpstreamError: as
+        :meth:`read`."""
+        data = await self.read()
+        if data:
+            self._chunks.append(data)
+            self._buffered = len(data)
+        return data
+
     def _take(self) -> bytes:
         """What arrived and was not read yet (emptied)."""
         chunks = self._chunks

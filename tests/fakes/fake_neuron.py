@@ -184,10 +184,9 @@ class FakeNeuron:
             await asyncio.sleep(self.slow_seconds)  # a long prefill: this request only, the neuron answers polls
         body = json.loads(raw)
         model = body["model"]
-        if model not in self.models:
-            return web.json_response(
-                {"error": {"message": f"model {model} not loaded", "type": "not_found_error"}}, status=404
-            )
+        if model not in self.models:  # as a neuron answers for a model it does not hold
+            error = {"message": f"model {model} not loaded", "type": "not_found_error", "code": "model_not_found"}
+            return web.json_response({"error": error}, status=404, headers={"x-helexa-origin": "neuron"})
         self.served.append(model)
         usage = {
             "prompt_tokens": 7,
