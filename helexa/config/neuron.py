@@ -64,7 +64,11 @@ class NeuronSection(ConfigStruct):
         ),
     ] = ""
     load_on_demand: Annotated[
-        bool, doc("Load a catalogue model ([[models]]) when an inference request names it and it is not loaded.")
+        bool,
+        doc(
+            "Load a catalogue model ([[models]]) when an inference request names it and it is not loaded (a "
+            "request sent to the neuron itself: a gateway places models, and gets a 404 to route again)."
+        ),
     ] = True
     preload: Annotated[list[str], doc("Catalogue model ids to load when the neuron starts.")] = []
     demo: Annotated[

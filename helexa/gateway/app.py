@@ -63,6 +63,7 @@ from helexa.server.h1client import Upstream
 from helexa.server.keys import KeyGuard, KeyRing
 from helexa.server.middlewares import POLLER_AGENT_PREFIX, Guard
 from helexa.server.version import VersionInfo
+from helexa.wire.neuron import PLACER_HEADER
 
 __all__ = ["make_gateway_app"]
 
@@ -253,7 +254,9 @@ def _relay_clients(registry: Registry, agent: dict[str, str], max_answer: int) -
     """
     clients = {}
     for name, state in registry.neurons.items():
-        headers = {**agent, **({"Authorization": f"Bearer {state.ref.token}"} if state.ref.token else {})}
+        headers = {**agent, PLACER_HEADER: "gateway"}  # the neuron loads nothing on demand for it: it places
+        if state.ref.token:
+            headers["Authorization"] = f"Bearer {state.ref.token}"
         try:
             clients[name] = Upstream(
                 state.ref.endpoint, headers, label=f"neuron {name}", idle_seconds=30, max_body=max_answer

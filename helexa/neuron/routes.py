@@ -29,6 +29,7 @@ from helexa.server.app import json_response
 from helexa.server.body import read_body
 from helexa.wire import check_model_id, decode_request_body
 from helexa.wire.neuron import (
+    PLACER_HEADER,
     EndpointInfo,
     LoadRequest,
     LoadResponse,
@@ -135,7 +136,9 @@ async def openai_models(request: web.Request) -> web.Response:
 async def inference(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions|completions|embeddings|rerank|score``: relay to the model's engine.
 
-    An unloaded catalogue model is loaded first when ``load_on_demand`` is on; otherwise 404.
+    An unloaded catalogue model is loaded first when ``load_on_demand`` is on and the request does not come from
+    a gateway (which places models itself: :data:`~helexa.wire.neuron.PLACER_HEADER`); otherwise 404
+    ``model_not_found``.
     """
     body = await read_body(request)
     head = decode_head(body, request.path)
@@ -144,7 +147,7 @@ async def inference(request: web.Request) -> web.StreamResponse:
     record = manager.get(head.model)
     if record is None or record.status != ModelStatus.LOADED:
         spec = manager.specs.spec_for(head.model)
-        if spec is None or not app[load_on_demand_key]:
+        if spec is None or not app[load_on_demand_key] or PLACER_HEADER in request.headers:
             state = f" (status: {record.status})" if record is not None else ""
             raise NotFound(
                 f"model {head.model!r} is not loaded on this neuron{state}; load it with POST /models/load",

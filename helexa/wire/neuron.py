@@ -13,8 +13,14 @@ import msgspec
 
 from helexa.wire import ModelId, WireStruct
 
+# Sent by a gateway with every request it relays: it places the models itself (one placer for the fleet), so the
+# neuron never loads one on demand for it — a model it does not hold is its 404 ``model_not_found``, and the
+# gateway routes the request again.
+PLACER_HEADER = "x-helexa-placer"
+
 __all__ = [
     "AUTO_HARNESS",
+    "PLACER_HEADER",
     "RESIDENT",
     "DeviceHealth",
     "DeviceInfo",

@@ -66,15 +66,20 @@ async def test_a_model_nobody_can_load_is_still_a_404(fleet):
     assert (await client.get("/v1/models")).status == 200  # and it serves on
 
 
-@pytest.fixture
-async def real_neuron(aiohttp_server, tmp_path, version):
-    """A real neuron (fake engine processes) that does not load on demand, behind a gateway that polls rarely."""
+@pytest.fixture(params=[False, True], ids=["no-load-on-demand", "load-on-demand"])
+async def real_neuron(request, aiohttp_server, tmp_path, version):
+    """A real neuron (fake engine processes), loading on demand or not, behind a gateway that polls rarely."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "fake-Q4_K_M.gguf").write_bytes(b"GGUF")
     catalogue = [{"id": "agent", "harness": "fake", "source": "fake-Q4_K_M.gguf"}]
     neuron_cfg = make_config(
-        neuron={"model_dirs": [str(models)], "port_range": engine_ports(), "token": "nt", "load_on_demand": False},
+        neuron={
+            "model_dirs": [str(models)],
+            "port_range": engine_ports(),
+            "token": "nt",
+            "load_on_demand": request.param,
+        },
         models=catalogue,
     )
     neuron = await aiohttp_server(make_neuron_app(neuron_cfg, version, {"fake": FakeHarness}))
@@ -83,12 +88,24 @@ async def real_neuron(aiohttp_server, tmp_path, version):
         models=[{"id": "agent", "harness": "fake", "source": "fake-Q4_K_M.gguf"}],
         gateway=SLOW_POLLS,
     )
-    gateway = await aiohttp_server(make_gateway_app(gateway_cfg, version))
-    return str(gateway.make_url("")).rstrip("/"), str(neuron.make_url("")).rstrip("/")
+    gateway_app = make_gateway_app(gateway_cfg, version)
+    gateway = await aiohttp_server(gateway_app)
+    return str(gateway.make_url("")).rstrip("/"), str(neuron.make_url("")).rstrip("/"), gateway_app, request.param
+
+
+def cold_starts(app) -> float:
+    text = generate_latest(app[registry_key]).decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("helexa_gateway_cold_starts_total{")
+    )
 
 
 async def test_a_real_neurons_answer_is_recognised(real_neuron):
-    gateway, neuron = real_neuron
+    """Whether the neuron loads on demand or not, a request through the gateway is placed by the gateway: the
+    neuron's own load on demand serves only those sent to it directly."""
+    gateway, neuron, gateway_app, on_demand = real_neuron
     body = {"model": "agent", "messages": CHAT, "max_tokens": 4}
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{gateway}/v1/chat/completions", json=body) as resp:
@@ -97,8 +114,18 @@ async def test_a_real_neurons_answer_is_recognised(real_neuron):
         unload = {"model_id": "agent", "stop": True}
         async with http.post(f"{neuron}/models/unload", json=unload, headers={"Authorization": "Bearer nt"}) as r:
             assert r.status == 200, await r.text()
-        async with http.post(f"{neuron}/v1/chat/completions", json=body, headers={"Authorization": "Bearer nt"}) as r:
+        as_gateway = {"Authorization": "Bearer nt", "x-helexa-placer": "gateway"}
+        async with http.post(f"{neuron}/v1/chat/completions", json=body, headers=as_gateway) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"  # what it says
+        assert cold_starts(gateway_app) == 1
         async with http.post(f"{gateway}/v1/chat/completions", json=body) as resp:
             answer = await resp.json()
             assert resp.status == 200 and answer["choices"][0]["message"]["content"], answer
+        assert cold_starts(gateway_app) == 2  # loaded again by the gateway's placer, not behind its back
+        if on_demand:  # a client of the neuron itself still gets its load on demand
+            async with http.post(f"{neuron}/models/unload", json=unload, headers={"Authorization": "Bearer nt"}):
+                pass
+            async with http.post(
+                f"{neuron}/v1/chat/completions", json=body, headers={"Authorization": "Bearer nt"}
+            ) as r:
+                assert r.status == 200, await r.text()
