@@ -307,3 +307,17 @@ def demo_fleet(demo_models_dir, helexa_process):
         raise TimeoutError("the demo model did not load within 120 s")
 
     return start
+
+
+def metric_total(app, name: str, *labels: str) -> float:
+    """The sum of the samples of metric ``name`` (``helexa_…_total``) in ``app``'s registry whose labels contain
+    every one of ``labels`` (``'code="model_gone"'``)."""
+    from prometheus_client import generate_latest
+
+    from helexa.server.app import registry_key
+
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in generate_latest(app[registry_key]).decode().splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )

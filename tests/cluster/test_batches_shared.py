@@ -12,14 +12,12 @@ import time
 import anthropic
 import openai
 import pytest
-from prometheus_client import generate_latest
 
 from helexa.gateway import batch_runner
 from helexa.gateway.batch_routes import batch_store_key
 from helexa.gateway.state import peers_key
-from helexa.server.app import registry_key
 from tests.cluster.test_gateways import leader_of
-from tests.conftest import until
+from tests.conftest import metric_total, until
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 
@@ -54,12 +52,7 @@ async def until_batch(api: openai.AsyncOpenAI, batch_id: str, done, timeout: flo
 
 
 def lines_run(client) -> float:
-    text = generate_latest(client.app[registry_key]).decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("helexa_gateway_batch_lines_total{") and 'result="completed"' in line
-    )
+    return metric_total(client.app, "helexa_gateway_batch_lines_total", 'result="completed"')
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from prometheus_client import generate_latest
 
 from helexa.gateway.app import make_gateway_app
 from helexa.gateway.state import lifecycle_key
 from helexa.neuron.app import make_neuron_app
-from helexa.server.app import registry_key
-from tests.conftest import engine_ports, make_config
+from tests.conftest import engine_ports, make_config, metric_total
 from tests.fakes.fake_harness import FakeHarness
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
@@ -22,12 +20,7 @@ CHAT = [{"role": "user", "content": "hi"}]
 
 
 def gone_count(client) -> float:
-    text = generate_latest(client.app[registry_key]).decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("helexa_gateway_upstream_errors_total{") and 'code="model_gone"' in line
-    )
+    return metric_total(client.app, "helexa_gateway_upstream_errors_total", 'code="model_gone"')
 
 
 async def test_another_replica_serves_what_a_neuron_lost(fleet):
@@ -94,12 +87,7 @@ async def real_neuron(request, aiohttp_server, tmp_path, version):
 
 
 def cold_starts(app) -> float:
-    text = generate_latest(app[registry_key]).decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("helexa_gateway_cold_starts_total{")
-    )
+    return metric_total(app, "helexa_gateway_cold_starts_total")
 
 
 async def test_a_real_neurons_answer_is_recognised(real_neuron):
