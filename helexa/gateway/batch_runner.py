@@ -49,7 +49,7 @@ from helexa.gateway.responses_routes import answer_response
 from helexa.gateway.state import router_key
 from helexa.server.keys import Key, KeyGuard, key_usage_key, request_key_key
 from helexa.server.limits import RateLimited
-from helexa.server.middlewares import error_body, request_id_key
+from helexa.server.middlewares import INPUT_ERRORS, error_body, input_error, request_id_key
 from helexa.wire.openai import decode_head
 
 __all__ = ["ATTEMPTS", "SWEEP_S", "TICK_S", "BatchRunner", "LineCall"]
@@ -107,7 +107,8 @@ async def execute(call: LineCall, endpoint: str, raw: bytes) -> tuple[int, bytes
                 exchange.usage = usage_of(data)
         observe(call, model_id, state.name, exchange)
         return up.status, data, exchange.usage
-    except HelexaError as err:
+    except (HelexaError, *INPUT_ERRORS) as exc:  # a line's body that breaks a decoder is a 400, as over HTTP
+        err = exc if isinstance(exc, HelexaError) else input_error(exc)
         return err.status, error_body(err, anthropic=endpoint == MESSAGES), None
 
 

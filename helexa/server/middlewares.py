@@ -33,6 +33,7 @@ from helexa.errors import (
 )
 
 __all__ = [
+    "INPUT_ERRORS",
     "ORIGIN_HEADER",
     "POLLER_AGENT_PREFIX",
     "REQUEST_ID_HEADER",
@@ -42,6 +43,7 @@ __all__ = [
     "end_requests",
     "error_body",
     "guard_middleware",
+    "input_error",
     "quiet_access_key",
     "request_id_key",
     "request_middleware",
@@ -80,11 +82,12 @@ def _is_anthropic(request: web.Request) -> bool:
 
 # Client input that breaks a decoder deep down: a body in a broken Content-Encoding, JSON nested past the
 # interpreter's recursion limit, bytes that are not UTF-8 where text is required. Always the client's: 400.
-_INPUT_ERRORS = (HttpProcessingError, RequestPayloadError, RecursionError, UnicodeDecodeError)
+INPUT_ERRORS = (HttpProcessingError, RequestPayloadError, RecursionError, UnicodeDecodeError)
 MAX_MESSAGE_CHARS = 1000  # an error message quoting the client (a 5 MB model name) is cut to this
 
 
-def _input_error(exc: BaseException) -> HelexaError:
+def input_error(exc: BaseException) -> HelexaError:
+    """The 400 for one of :data:`INPUT_ERRORS` (what the client sent broke a decoder)."""
     if isinstance(exc, RecursionError):
         return InvalidRequest("request body is nested too deeply; flatten the JSON")
     if isinstance(exc, UnicodeDecodeError):
@@ -279,8 +282,8 @@ def request_middleware(
                 status = exc.status
                 raise
             response = await _render(request, _from_http_exception(exc))
-        except _INPUT_ERRORS as exc:  # raised while reading or decoding what the client sent
-            response = await _render(request, _input_error(exc))
+        except INPUT_ERRORS as exc:  # raised while reading or decoding what the client sent
+            response = await _render(request, input_error(exc))
         except asyncio.CancelledError:
             status = 499  # the client went away (nginx's code for it)
             raise

@@ -5,6 +5,7 @@ delete, ownership, the two batch APIs kept apart, the operator's view, and what 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 
 from helexa.cli.commands import cli
 from helexa.gateway.batch_routes import batch_store_key
+from helexa.gateway.batch_runner import LineCall, execute
 from tests.fakes.fake_neuron import FakeNeuron
 from tests.gateway.conftest import entry
 from tests.gateway.test_batches import KEY, KEYS, OPS, OTHER, chat_fleet, sdk
@@ -276,3 +278,19 @@ async def test_bad_requests_get_clear_errors(fleet):
         model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
     )
     assert answer.content[0].text == fakes["a"].reply
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/messages", "/v1/chat/completions", "/v1/responses"])
+async def test_a_line_that_breaks_a_decoder_is_a_400_answer(fleet, endpoint):
+    """A stored line is decoded again when it runs: JSON nested too deeply, or not UTF-8, is its 400 answer in
+    its API's envelope (never a task's error that would run it again and again)."""
+    client, neuron = await chat_fleet(fleet)
+    for body in (b'{"model": "chat", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"model": "\xff"}'):
+        status, answer, usage = await execute(LineCall(client.app, "r", None, None), endpoint, body)
+        error = json.loads(answer)
+        assert status == 400 and usage is None, answer
+        message = error["error"]["message"]
+        assert "nested too deeply" in message or "UTF-8" in message or "JSON" in message, message
+        if endpoint == "/v1/messages":
+            assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert neuron.served == []
