@@ -245,7 +245,12 @@ class BatchRunner:
             if self.keys is not None and batch["owner"] and key is None:
                 status, answer, usage = 403, _revoked(batch["owner"]), None
             else:
-                status, answer, usage = await self._attempts(batch, line, key, request_id, running)
+                try:
+                    status, answer, usage = await self._attempts(batch, line, key, request_id, running)
+                except Exception:  # a bug, not the line's: its answer says so, once (never run again and again)
+                    logger.exception("batch %s line %d failed (request id %s)", batch["id"], line.index, request_id)
+                    err = HelexaError(f"internal error; the helexa log has the details under request id {request_id}")
+                    status, answer, usage = err.status, error_body(err, anthropic=batch["endpoint"] == MESSAGES), None
             tokens = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
             try:
                 stored = await self.store.record(

@@ -535,3 +535,26 @@ async def test_a_responses_batch(fleet):
     errors = jsonl((await api.files.content(done.error_file_id)).read())
     assert errors[0]["custom_id"] == "bad" and errors[0]["response"]["status_code"] == 400
     assert errors[0]["response"]["body"]["error"]["param"] == "input"
+
+
+async def test_a_bug_on_one_line_fails_that_line_once(fleet, monkeypatch, caplog):
+    client, neuron = await chat_fleet(fleet)
+    real, calls = batch_runner.execute, []
+
+    async def buggy(call, endpoint, raw):
+        calls.append(raw)
+        if b"question 1" in raw:
+            raise RuntimeError("a bug")
+        return await real(call, endpoint, raw)
+
+    monkeypatch.setattr(batch_runner, "execute", buggy)
+    api = sdk(client)
+    upload = await api.files.create(file=("in.jsonl", lines(3)), purpose="batch")
+    batch = await api.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = await until_status(api, batch.id, ("completed",))
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    errors = jsonl((await api.files.content(done.error_file_id)).read())
+    assert errors[0]["custom_id"] == "req-1" and errors[0]["response"]["status_code"] == 500
+    assert "request id" in errors[0]["response"]["body"]["error"]["message"]
+    assert sum(b"question 1" in raw for raw in calls) == 1  # asked once, not again and again
+    assert "RuntimeError: a bug" in caplog.text
