@@ -32,6 +32,7 @@ __all__ = [
     "LineError",
     "Parsed",
     "batch_id",
+    "batch_models",
     "batch_object",
     "completion_window_seconds",
     "error_line",
@@ -60,6 +61,12 @@ STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "e
 MAX_ERRORS = 100  # a failed validation reports this many lines' errors, at most
 CUSTOM_ID_MAX = 512
 _ID = re.compile(r"(file-|batch_|msgbatch_)[0-9a-f]{24}")
+
+
+def batch_models(model: str | None) -> list[str]:
+    """The models a stored batch's lines ask for, from its ``model`` field: one (an OpenAI batch), or several
+    joined by commas (an Anthropic message batch may mix them; a model id has no comma)."""
+    return [m for m in (model or "").split(",") if m] or [""]
 
 
 def file_id() -> str:

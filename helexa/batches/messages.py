@@ -6,13 +6,14 @@ lines are the ``params`` of each request, sent as ``/v1/messages`` bodies; its r
 see :func:`~helexa.batches.formats.finished_line`) is served at ``results_url``. What is checked when it is
 created, as Anthropic checks it: a ``custom_id`` of 1 to 64 letters, digits, ``-`` and ``_``, unique in the
 batch; ``params`` an object naming a model and not streaming. The rest of ``params`` is checked when the request
-runs (an ``errored`` result, as Anthropic validates ``params`` asynchronously). helexa runs a batch on one model:
-every request must name the same one.
+runs (an ``errored`` result, as Anthropic validates ``params`` asynchronously). Requests may name different
+models: the batch's ``model`` field lists them, joined by commas (:func:`~helexa.batches.formats.batch_models`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -20,9 +21,10 @@ import msgspec
 
 from helexa.batches.formats import FINAL_STATUSES, BatchLine, Parsed
 
-__all__ = ["MAX_PROBLEMS", "CreateMessageBatch", "message_batch_object", "parse_requests", "results_path"]
+__all__ = ["MAX_MODELS", "MAX_PROBLEMS", "CreateMessageBatch", "message_batch_object", "parse_requests", "results_path"]
 
 MAX_PROBLEMS = 5  # a refused create names this many problems, at most
+MAX_MODELS = 16  # models one message batch may name
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -45,10 +47,17 @@ class _Params(msgspec.Struct):
 _params_decoder = msgspec.json.Decoder(_Params)
 
 
-def parse_requests(create: CreateMessageBatch, max_lines: int, max_line_bytes: int) -> Parsed:
-    """The batch's lines (each request's ``params`` as it came) and model, or its problems (then no line), each
-    naming its request as Anthropic does (``requests.3.custom_id: …``); see the module's docstring."""
-    parsed, seen = Parsed(), set[str]()
+def parse_requests(
+    create: CreateMessageBatch,
+    max_lines: int,
+    max_line_bytes: int,
+    check_model: Callable[[str], tuple[str, str] | None] = lambda _: None,
+) -> Parsed:
+    """The batch's lines (each request's ``params`` as it came) and models (in the order they first appear), or its
+    problems (then no line), each naming its request as Anthropic does (``requests.3.custom_id: …``); see the
+    module's docstring. ``check_model(model)``: ``(code, message)`` when a model named cannot run, asked once per
+    model; at most :data:`MAX_MODELS` models."""
+    parsed, seen, models = Parsed(), set[str](), list[str]()
     if len(create.requests) > max_lines:
         parsed.fail(
             "too_many_requests",
@@ -75,16 +84,17 @@ def parse_requests(create: CreateMessageBatch, max_lines: int, max_line_bytes: i
             continue
         if params.stream:
             parsed.fail("stream_unsupported", f"{where}.params.stream: a batch's requests cannot stream", index)
-        if not parsed.model:
-            parsed.model = params.model
-        elif params.model != parsed.model:
-            parsed.fail(
-                "mismatched_model",
-                f"{where}.params.model: helexa runs a batch on one model; this request asks for "
-                f"{params.model[:80]!r}, the first for {parsed.model[:80]!r}: send one batch per model",
-                index,
-            )
+        if "," in params.model:
+            parsed.fail("invalid_model", f"{where}.params.model: {params.model[:80]!r} is not a model id", index)
+        elif params.model not in models:
+            models.append(params.model)
+            if len(models) > MAX_MODELS:
+                parsed.fail("too_many_models", f"{where}.params.model: a batch may name {MAX_MODELS} models", index)
+                break
+            if problem := check_model(params.model):
+                parsed.fail(problem[0], f"{where}.params.model: {problem[1]}", index)
         parsed.lines.append(BatchLine(len(parsed.lines), request.custom_id, bytes(request.params)))
+    parsed.model = ",".join(models)
     if parsed.errors:
         parsed.lines = []
     return parsed

@@ -4,15 +4,17 @@ One runner: the gateway process the store says may run (``may_run``) — the one
 batch directory (a gateway's workers share it), or, in a cluster, the leader. The others only serve the API.
 It also deletes the files that expired, every :data:`SWEEP_S`.
 It looks at the store every :data:`TICK_S` (and at once when a batch is created, cancelled or a line ends) and,
-for each batch in progress, starts lines while
+for each batch in progress, starts lines of a model while
 
-- fewer than ``lines_per_replica`` times the replicas of the batch's model run, and
+- fewer than ``lines_per_replica`` times the replicas of that model run, and
 - some replica of that model serves no other request now (other gateways' too, in a cluster) — so an
   interactive request waits behind at most ``lines_per_replica`` lines (a line already running is one
   request's worth), never behind a queue of them.
 
-Batches whose model is loaded go first; a batch for a model nobody serves sends one line, which waits in the
-scheduler's queue at ``batch`` priority (a load that never evicts a model a higher priority uses).
+Batches whose model is loaded go first; for a model nobody serves, one line is sent, which waits in the
+scheduler's queue at ``batch`` priority (a load that never evicts a model a higher priority uses). A batch names
+one model (an OpenAI batch), or several (an Anthropic message batch may mix them: each line goes when its model has
+room, looked for among the next :data:`LOOKAHEAD` lines without an answer).
 
 A line goes through the same path as an HTTP request — routing, :class:`~helexa.gateway.forward.Forward`, metrics —
 as a :class:`LineCall`, with its owner's key (limits, counters; ``priority = batch``). An answer is stored once
@@ -34,7 +36,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from helexa.batches.formats import MESSAGES, BatchLine
+from helexa.batches.formats import MESSAGES, BatchLine, batch_models
 from helexa.batches.store import Batches
 from helexa.errors import HelexaError, PermissionDenied, UpstreamError
 from helexa.gateway.anthropic_routes import answer_message
@@ -57,6 +59,7 @@ __all__ = ["ATTEMPTS", "SWEEP_S", "TICK_S", "BatchRunner", "LineCall"]
 logger = logging.getLogger(__name__)
 TICK_S = 0.25  # how often the runner looks at the store and the fleet
 SWEEP_S = 60.0  # how often it deletes the files that expired
+LOOKAHEAD = 512  # lines of a batch of several models looked at at once for one whose model has room
 ATTEMPTS = 4  # a line answered 429 or 5xx is sent this many times in all before that answer is kept
 _AGAIN = frozenset({429, 500, 502, 503, 504})
 _encoder = msgspec.json.Encoder()
@@ -65,13 +68,14 @@ _TRANSLATED = {MESSAGES: answer_message, "/v1/responses": answer_response}  # li
 
 class LineCall(dict):
     """A batch's line as :class:`~helexa.gateway.forward.Forward` sees a request: the app, the task it runs in,
-    its request id, its owner's key at ``batch`` priority and that key's usage. ``neuron``: where it was routed."""
+    its request id, its owner's key at ``batch`` priority and that key's usage. ``neuron``: where it was routed;
+    ``model``: the model it asks for."""
 
-    __slots__ = ("app", "neuron", "task")
+    __slots__ = ("app", "model", "neuron", "task")
 
-    def __init__(self, app: web.Application, request_id: str, key: Key | None, usage: Any) -> None:
+    def __init__(self, app: web.Application, request_id: str, key: Key | None, usage: Any, model: str = "") -> None:
         super().__init__()
-        self.app, self.task, self.neuron = app, asyncio.current_task(), ""
+        self.app, self.task, self.neuron, self.model = app, asyncio.current_task(), "", model
         self[request_id_key] = request_id
         if key is not None:
             self[request_key_key] = dataclasses.replace(key, priority="batch")
@@ -114,10 +118,10 @@ async def execute(call: LineCall, endpoint: str, raw: bytes) -> tuple[int, bytes
 
 @dataclasses.dataclass
 class _Running:
-    """What the runner holds of one batch: the last line it started (lines after it are fetched next) and the
-    lines running now."""
+    """What the runner holds of one batch: its models (resolved; several for a message batch that mixes them),
+    the last line it started (lines after it are fetched next) and the lines running now."""
 
-    model: str
+    models: tuple[str, ...]
     cursor: int = -1
     lines: dict[int, LineCall] = dataclasses.field(default_factory=dict)
 
@@ -182,12 +186,14 @@ class BatchRunner:
             if not self._batches[gone].lines:
                 del self._batches[gone]
         registry = self.app[router_key].registry
-        batches.sort(key=lambda b: not registry.replicas(registry.resolve(b["model"] or "")))  # loaded ones first
+        # batches whose models are loaded first
+        batches.sort(key=lambda b: not any(registry.replicas(registry.resolve(m)) for m in batch_models(b["model"])))
         now, pending = time.time(), 0
         for batch in batches:
             running = self._batches.get(batch["id"])
             if running is None:
-                running = self._batches[batch["id"]] = _Running(registry.resolve(batch["model"] or ""))
+                models = tuple(registry.resolve(m) for m in batch_models(batch["model"]))
+                running = self._batches[batch["id"]] = _Running(models)
             status = batch["status"]
             if status == "in_progress" and now >= batch["expires_at"]:
                 logger.info("batch %s expired with %d lines not run", batch["id"], _left(batch))
@@ -210,28 +216,44 @@ class BatchRunner:
             if not running.lines and await self.store.move(batch["id"], "finalizing", ("in_progress",)):
                 await self._end(batch, "completed")
             return
-        replicas = registry.replicas(running.model)
         on = Counter(call.neuron for b in self._batches.values() for call in b.lines.values())
-        mine = sum(len(b.lines) for b in self._batches.values() if b.model == running.model)
-        free = max(1, len(replicas)) * self.lines_per_replica - mine
-        # a replica serving nothing but this runner's lines (a model nobody serves: its one line waits its turn)
-        # (other gateways' requests too, as they publish them in a cluster)
-        idle = not replicas or any(
-            sum(r.in_flight.values()) + sum(r.peer_in_flight.values()) - on[r.name] <= 0 for r in replicas
-        )
-        if free <= 0 or not idle:
+        room = {model: n for model in running.models if (n := self._room(model, registry, on)) > 0}
+        if not room:
             return
-        lines = [n for n in await self.store.pending(batch["id"], running.cursor, free) if n.index not in running.lines]
-        if not lines and not running.lines:
-            running.cursor = -1  # lines before the cursor without an answer (none, but for a stopped task): again
+        if len(running.models) == 1:
+            model = running.models[0]
+            fetched = await self.store.pending(batch["id"], running.cursor, room[model])
+            lines = [(line, model) for line in fetched if line.index not in running.lines]
+            if not lines and not running.lines:
+                running.cursor = -1  # lines before the cursor without an answer (none, but for a stopped task): again
+        else:  # several models: each line goes when its model has room (the cursor is not used)
+            lines = []
+            for line in await self.store.pending(batch["id"], -1, LOOKAHEAD):
+                model = registry.resolve(_line_model(line)) if line.index not in running.lines else ""
+                if room.get(model, 0) > 0:
+                    room[model] -= 1
+                    lines.append((line, model))
         key = self._key(batch)
-        for line in lines:
-            running.cursor = line.index
-            running.lines[line.index] = LineCall(self.app, "", None, None)  # counted from now; routed soon
+        for line, model in lines:
+            running.cursor = max(running.cursor, line.index)
+            running.lines[line.index] = LineCall(self.app, "", None, None, model)  # counted from now; routed soon
             task = asyncio.create_task(self._line(batch, line, key, running), name=f"batch line {line.index}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self.metrics.running.set(self.running)
+
+    def _room(self, model: str, registry: Registry, on: Counter[str]) -> int:
+        """How many more lines of ``model`` may start now (``on``: this runner's lines on each neuron): up to
+        ``lines_per_replica`` per replica, and only while some replica serves nothing but this runner's lines
+        (other gateways' requests too, as they publish them in a cluster); a model nobody serves: one line, which
+        waits its turn in the scheduler's queue."""
+        replicas = registry.replicas(model)
+        mine = sum(1 for b in self._batches.values() for call in b.lines.values() if call.model == model)
+        free = max(1, len(replicas)) * self.lines_per_replica - mine
+        idle = not replicas or any(
+            sum(r.in_flight.values()) + sum(r.peer_in_flight.values()) - on[r.name] <= 0 for r in replicas
+        )
+        return free if idle else 0
 
     def _key(self, batch: dict[str, Any]) -> Key | None:
         """The key the batch's lines go with: its owner's (``None`` without keys)."""
@@ -261,7 +283,7 @@ class BatchRunner:
                 return  # (the batch's lines are read again from its start once none is left after the cursor)
             if stored:
                 result = "completed" if 200 <= status < 300 else "failed"
-                self.metrics.lines.labels(batch["model"] or "", result).inc()
+                self.metrics.lines.labels(running.lines[line.index].model, result).inc()
         finally:
             running.lines.pop(line.index, None)
             self.metrics.running.set(self.running)
@@ -281,7 +303,7 @@ class BatchRunner:
                 except RateLimited as err:
                     await asyncio.sleep(float(err.headers.get("Retry-After", "1")))
                     continue
-            call = LineCall(self.app, request_id, key, usage)
+            call = LineCall(self.app, request_id, key, usage, running.lines[line.index].model)
             running.lines[line.index] = call
             try:
                 status, answer, used = await execute(call, batch["endpoint"], line.body)
@@ -291,7 +313,7 @@ class BatchRunner:
             attempt += 1
             if status not in _AGAIN or attempt >= ATTEMPTS:
                 return status, answer, used
-            self.metrics.lines.labels(batch["model"] or "", "retried").inc()
+            self.metrics.lines.labels(call.model, "retried").inc()
             await asyncio.sleep(min(30.0, 2.0**attempt))
 
     async def _end(self, batch: dict[str, Any], final: str) -> None:
@@ -308,6 +330,21 @@ class BatchRunner:
             done["failed"],
             done["total"],
         )
+
+
+class _Model(msgspec.Struct):
+    model: str = ""
+
+
+_model_decoder = msgspec.json.Decoder(_Model)
+
+
+def _line_model(line: BatchLine) -> str:
+    """The model a line's body asks for (checked when its batch was created)."""
+    try:
+        return _model_decoder.decode(line.body).model
+    except (msgspec.DecodeError, RecursionError):
+        return ""
 
 
 def _left(batch: dict[str, Any]) -> int:

@@ -52,9 +52,12 @@ async def create(request: web.Request) -> web.Response:
     config = request.app[batches_config_key]
     body = await read_body(request, config.max_file_mb * 1024 * 1024)
     create_request = decode_request_body(_create_decoder, body)
-    parsed = parse_requests(create_request, config.max_lines, request.app[max_body_key])
-    if not parsed.errors and (problem := task_problem(request, parsed.model, TASKS[MESSAGES])):
-        raise InvalidRequest(f"requests.0.params.model: {problem[1]}", param="requests.0.params.model")
+    parsed = parse_requests(
+        create_request,
+        config.max_lines,
+        request.app[max_body_key],
+        lambda model: task_problem(request, model, TASKS[MESSAGES]),
+    )
     if parsed.errors:
         shown = "; ".join(e.message for e in parsed.errors[:MAX_PROBLEMS])
         more = len(parsed.errors) - MAX_PROBLEMS

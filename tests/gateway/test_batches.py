@@ -538,7 +538,7 @@ async def test_a_responses_batch(fleet):
 
 
 async def test_a_bug_on_one_line_fails_that_line_once(fleet, monkeypatch, caplog):
-    client, neuron = await chat_fleet(fleet)
+    client, _ = await chat_fleet(fleet)
     real, calls = batch_runner.execute, []
 
     async def buggy(call, endpoint, raw):

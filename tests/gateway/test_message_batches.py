@@ -102,6 +102,26 @@ async def test_the_sdk_round_trip(fleet):
     assert list(files_dir.iterdir()) == []  # its results went with it
 
 
+async def test_a_batch_of_several_models(fleet):
+    """As Anthropic allows: each request runs on its own model — one loaded, one loaded for the batch (a cold
+    load at batch priority) — and every result names its model."""
+    a = FakeNeuron("a")
+    a.preload(MODEL)
+    client, _ = await fleet([a], models=[entry(MODEL, 600), entry("other", 600)], auth=KEYS)
+    api = sdk_anthropic(client)
+    mixed = [*requests(3), *requests(3, model="other", start=3)]
+    mixed[1], mixed[4] = mixed[4], mixed[1]  # interleaved
+    batch = await api.messages.batches.create(requests=mixed)
+    done = await until_ended(api, batch.id)
+    assert (done.request_counts.succeeded, done.request_counts.errored) == (6, 0)
+    results = await results_of(api, batch.id)
+    want = {r["custom_id"]: r["params"]["model"] for r in mixed}
+    assert {custom_id: result.message.model for custom_id, result in results.items()} == want
+    assert sorted(a.served) == sorted(want.values()) and a.loads == ["other"]
+    resp = await client.get("/admin/batches", headers={"Authorization": f"Bearer {OPS}"})
+    assert (await resp.json())["data"][0]["model"] == "chat,other"
+
+
 async def test_a_request_that_fails_is_errored_in_anthropics_envelope(fleet):
     client, _ = await chat_fleet(fleet)
     api = sdk_anthropic(client)
@@ -207,12 +227,21 @@ async def test_pages_of_message_batches(fleet):
         ({"requests": [{"custom_id": "a b", "params": {"model": MODEL}}]}, 400, "requests.0.custom_id"),
         ({"requests": [{"custom_id": "x" * 65, "params": {"model": MODEL}}]}, 400, "requests.0.custom_id"),
         ({"requests": requests(1) + requests(1)}, 400, "requests.1.custom_id: 'req-0' is used twice"),
-        ({"requests": requests(1) + requests(1, model="other", start=1)}, 400, "requests.1.params.model"),
+        (
+            {"requests": requests(1) + requests(1, model="other", start=1)},
+            400,
+            "requests.1.params.model: model 'other'",
+        ),
+        ({"requests": requests(1, model="a,b")}, 400, "requests.0.params.model: 'a,b' is not a model id"),
         ({"requests": requests(1, stream=True)}, 400, "requests.0.params.stream"),
         ({"requests": [{"custom_id": "a", "params": []}]}, 400, "requests.0.params"),
         ({"requests": [{"custom_id": "a", "params": {"max_tokens": 5}}]}, 400, "requests.0.params"),
-        ({"requests": requests(1, model="nowhere")}, 400, "not in the catalogue"),
-        ({"requests": requests(1, model="embedder")}, 400, "started for 'embed'"),
+        ({"requests": requests(1, model="nowhere")}, 400, "requests.0.params.model: model 'nowhere' is not in"),
+        (
+            {"requests": requests(1) + requests(1, model="embedder", start=1)},
+            400,
+            "1.params.model: model 'embedder' is",
+        ),
         ({"requests": requests(4)}, 400, "max_lines"),
     ],
 )
