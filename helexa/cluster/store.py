@@ -69,14 +69,15 @@ def redact(url: str) -> str:
 
 
 class ClusterStore:
-    """The store at ``url`` (``redis://…``), keys under ``prefix``, this gateway called ``name``.
+    """The store at ``url`` (``redis://…``), keys under ``prefix``, this gateway called ``name``, one of at least
+    ``expected`` gateways (0: as many as the last beat showed).
 
     ``up``: the last call got an answer; ``error``: why not, when it did not; ``peers``: the live gateways as of
     the last beat (this one included); ``on_change(up)``: called when ``up`` changes.
     """
 
-    def __init__(self, url: str, *, prefix: str, name: str) -> None:
-        self.url, self.prefix, self.name = url, prefix, name
+    def __init__(self, url: str, *, prefix: str, name: str, expected: int = 0) -> None:
+        self.url, self.prefix, self.name, self.expected = url, prefix, name, expected
         self.redis: aioredis.Redis = aioredis.from_url(
             url, socket_timeout=CALL_TIMEOUT_S, socket_connect_timeout=CALL_TIMEOUT_S, decode_responses=False
         )
@@ -95,8 +96,9 @@ class ClusterStore:
 
     @property
     def members(self) -> int:
-        """How many gateways share the fleet (at least this one), as of the last beat that got an answer."""
-        return max(1, len(self.peers))
+        """How many gateways share the fleet (at least this one, and at least ``expected``), as of the last beat
+        that got an answer."""
+        return max(1, len(self.peers), self.expected)
 
     async def call(self, op: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         """``await op(*args, **kwargs)`` (a call on :attr:`redis` or a script), bounded by

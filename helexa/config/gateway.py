@@ -243,6 +243,16 @@ class ClusterSection(ConfigStruct):
             le=60,
         ),
     ] = 3.0
+    gateways: Annotated[
+        int,
+        doc(
+            "How many gateway processes share the fleet (each worker counts), at least; 0 = as many as the store "
+            "last showed. While the store does not answer, each enforces limit / gateways of every key's limits: "
+            "with this set, a gateway that starts while the store is down does not count itself alone.",
+            ge=0,
+            le=1024,
+        ),
+    ] = 0
 
 
 class BatchesSection(ConfigStruct):

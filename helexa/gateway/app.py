@@ -91,7 +91,12 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     admin_guards: list[Guard] = []
     store = None
     if cfg.cluster.store:
-        store = ClusterStore(cfg.cluster.store, prefix=cfg.cluster.prefix, name=gateway_name(cfg.cluster.name))
+        store = ClusterStore(
+            cfg.cluster.store,
+            prefix=cfg.cluster.prefix,
+            name=gateway_name(cfg.cluster.name),
+            expected=cfg.cluster.gateways,
+        )
     keys = None
     if (ring := KeyRing.from_config(cfg.auth)).keys:
         keys = KeyGuard(ring, prometheus, scope_of=_scope, shared=SharedLimits(store) if store else None)

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from prometheus_client import generate_latest
 
+from helexa.gateway.app import make_gateway_app
 from helexa.gateway.state import peers_key
 from helexa.server.app import registry_key
-from tests.conftest import until
+from tests.conftest import free_port, make_config, until
 from tests.fakes.fake_neuron import FakeNeuron
-from tests.gateway.conftest import entry
+from tests.gateway.conftest import entry, wait_healthy
 from tests.gateway.test_gateway import metric
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -137,3 +139,25 @@ async def test_an_unload_through_one_gateway_is_seen_by_the_others_at_once(clust
     assert resp.status == 200
     seen = await until(lambda: not other.loaded("m"), 3, "the other gateway saw the unload")
     assert seen < 2  # not its 30 s poll
+
+
+@pytest.mark.parametrize(("gateways", "served"), [(0, 6), (3, 2)])
+async def test_a_gateway_started_while_the_store_is_down_takes_its_share(
+    aiohttp_server, aiohttp_client, version, gateways, served
+):
+    """A gateway that never reached its store saw no peers: alone it would admit a key's whole limit (3 such
+    gateways, 3 x the limit); with ``[cluster] gateways`` it takes its share of the count it was told."""
+    a = FakeNeuron("a")
+    a.preload("warm")
+    server = await aiohttp_server(a.app())
+    cfg = make_config(
+        neurons=[{"name": "a", "endpoint": str(server.make_url("")).rstrip("/")}],
+        models=[entry("warm", 8000)],
+        gateway={"poll_interval_seconds": 0.2},
+        cluster={"store": f"redis://127.0.0.1:{free_port()}/0", "name": "gw0", "gateways": gateways},
+        auth={"keys": [{"name": "tight", "key": "sk-t", "requests_per_minute": 6}]},
+    )
+    client = await aiohttp_client(make_gateway_app(cfg, version))
+    await wait_healthy(client, 1)
+    statuses = [(await chat(client, "warm", headers={"Authorization": "Bearer sk-t"})).status for _ in range(8)]
+    assert statuses.count(200) == served and set(statuses) == {200, 429}, statuses
