@@ -26,7 +26,6 @@ again: each line is in the output exactly once, though its engine may have gener
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -49,6 +48,7 @@ from helexa.gateway.registry import Registry
 from helexa.gateway.rerank_routes import rank
 from helexa.gateway.responses_routes import answer_response
 from helexa.gateway.state import router_key
+from helexa.server.aio import wait_set
 from helexa.server.keys import Key, KeyGuard, key_usage_key, request_key_key
 from helexa.server.limits import RateLimited
 from helexa.server.middlewares import INPUT_ERRORS, error_body, input_error, request_id_key
@@ -163,8 +163,7 @@ class BatchRunner:
                         logger.warning("the batch runner could not look at its batches: %s", exc.message)
                     except Exception:  # a bad batch must not stop every other one
                         logger.exception("the batch runner failed a round; trying again")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), TICK_S)
+                await wait_set(self.wake, TICK_S)
                 self.wake.clear()
         finally:
             for task in list(self._tasks):

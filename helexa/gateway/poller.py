@@ -11,14 +11,13 @@ neuron no longer reports vanish from the registry.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from helexa.errors import HelexaError
 from helexa.gateway.neuron_client import NeuronClient
 from helexa.gateway.registry import NeuronState
+from helexa.server.aio import wait_set
 
 __all__ = ["MAX_BACKOFF_S", "poll_forever", "poll_once"]
 
@@ -57,5 +56,4 @@ async def poll_forever(
             on_poll(state)
         delay = interval if state.healthy else min(interval * 2 ** min(state.failures - 1, 10), MAX_BACKOFF_S)
         state.probe.clear()
-        with contextlib.suppress(TimeoutError):  # a request that found it suspect has it checked at once
-            await asyncio.wait_for(state.probe.wait(), delay)
+        await wait_set(state.probe, delay)  # a request that found it suspect has it checked at once

@@ -8,7 +8,6 @@ refresher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from helexa.neuron.state import (
     session_key,
     started_key,
 )
+from helexa.server.aio import wait_set
 from helexa.server.app import base_app, cancel_all, registry_key
 from helexa.server.auth import BearerGuard
 from helexa.server.browser_guard import BrowserGuard, known_host_names
@@ -168,8 +168,7 @@ async def _check_availability(app: web.Application) -> None:
             await check_availability(manager)
         except Exception:  # a check must never stop the neuron; the next round tries again
             logger.exception("checking the catalogue's availability failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(manager.sources.pulls.changed.wait(), AVAILABILITY_EVERY_S)
+        await wait_set(manager.sources.pulls.changed, AVAILABILITY_EVERY_S)
 
 
 async def _refresh_gpus(app: web.Application) -> None:
