@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
+from helexa.batches.contract import ACTIVE, BATCH_NUMBERS, BATCH_TEXT, FILE_FIELDS, PIECE, NewBatch, spool
 from helexa.batches.formats import MESSAGES, BatchLine, batch_id, file_id, finished_line, result_file_id
-from helexa.batches.store import ACTIVE, BATCH_NUMBERS, BATCH_TEXT, FILE_FIELDS, PIECE, NewBatch, spool
 from helexa.cluster.store import ClusterStore
 
 __all__ = ["SharedBatchStore"]
@@ -98,7 +98,7 @@ class SharedBatchStore:
     # ------------------------------------------------------------------------------------------------- files
 
     async def stage(self, chunks: AsyncIterator[bytes], limit: int) -> tuple[Path, int] | None:
-        """Spool an upload to a local file (see :func:`~helexa.batches.store.spool`)."""
+        """Spool an upload to a local file (see :func:`~helexa.batches.contract.spool`)."""
         return await spool(_in_thread, self.spool_dir, chunks, limit)
 
     async def add_file(

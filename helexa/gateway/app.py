@@ -18,8 +18,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from helexa.__about__ import __version__
+from helexa.batches.contract import Batches
 from helexa.batches.shared import SharedBatchStore
-from helexa.batches.store import Batches, BatchStore
+from helexa.batches.store import BatchStore
 from helexa.cluster.lease import Leadership
 from helexa.cluster.limits import SharedLimits
 from helexa.cluster.sessions import SharedSessions

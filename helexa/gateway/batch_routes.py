@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import BodyPartReader, web
 
+from helexa.batches.contract import Batches, NewBatch
 from helexa.batches.formats import (
     ENDPOINTS,
     MESSAGES,
@@ -29,7 +30,6 @@ from helexa.batches.formats import (
     parse_input,
     valid_id,
 )
-from helexa.batches.store import Batches, NewBatch
 from helexa.config import BatchesSection
 from helexa.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from helexa.gateway.batch_runner import BatchRunner

@@ -35,8 +35,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from helexa.batches.contract import Batches
 from helexa.batches.formats import MESSAGES, BatchLine, batch_models
-from helexa.batches.store import Batches
 from helexa.errors import HelexaError, PermissionDenied, UpstreamError
 from helexa.gateway.anthropic_routes import answer_message
 from helexa.gateway.forward import Forward, observe, reserve_tokens

@@ -8,7 +8,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from helexa.batches.store import ACTIVE, Batches
+from helexa.batches.contract import ACTIVE, Batches
 
 __all__ = ["SHOWN", "batches_section"]
 

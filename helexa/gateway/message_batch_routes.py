@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from helexa.batches.contract import NewBatch
 from helexa.batches.formats import MESSAGES, TASKS, result_file_id, valid_id
 from helexa.batches.messages import MAX_PROBLEMS, CreateMessageBatch, message_batch_object, parse_requests
-from helexa.batches.store import NewBatch
 from helexa.errors import InvalidRequest, NotFound
 from helexa.gateway.batch_routes import (
     batch_runner_key,
