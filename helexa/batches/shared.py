@@ -36,7 +36,6 @@ __all__ = ["SharedBatchStore"]
 
 _BATCH_FIELDS = BATCH_TEXT + BATCH_NUMBERS
 _INTS = frozenset({*BATCH_NUMBERS, "bytes"})
-_FILE_FIELDS = FILE_FIELDS
 _LINES_AT_ONCE = 500  # lines written per round trip when a batch is created
 
 _RECORD = """
@@ -127,7 +126,7 @@ class SharedBatchStore:
     async def _index_file(self, record: dict[str, Any]) -> None:
         async def index() -> None:
             async with self.redis.pipeline(transaction=True) as pipe:
-                fields = {k: str(record[k]) for k in _FILE_FIELDS if record.get(k) is not None}
+                fields = {k: str(record[k]) for k in FILE_FIELDS if record.get(k) is not None}
                 pipe.hset(self._key("file", record["id"]), mapping=fields)
                 pipe.zadd(self._key("files", record["owner"]), {record["id"]: await self._seq()})
                 if record.get("expires_at") is not None:
@@ -142,17 +141,29 @@ class SharedBatchStore:
 
     async def get_file(self, file: str) -> dict[str, Any] | None:
         raw = await self.store.call(self.redis.hgetall, self._key("file", file))
-        return _decode(raw, _FILE_FIELDS) if raw else None
+        return _decode(raw, FILE_FIELDS) if raw else None
 
     async def list_files(
         self, owner: str, purpose: str, after: str, limit: int, ascending: bool
     ) -> tuple[list[dict[str, Any]], bool]:
         """``owner``'s files (of ``purpose``, when given) after ``after``, at most ``limit``; whether more follow."""
-        found: list[dict[str, Any]] = []
         ids = await self._ids(self._key("files", owner), after, ascending)
+        return await self._page("file", ids, FILE_FIELDS, limit, lambda r: not purpose or r["purpose"] == purpose)
+
+    async def _page(
+        self,
+        kind: str,
+        ids: list[str],
+        fields: tuple[str, ...],
+        limit: int,
+        keep: Callable[[dict[str, Any]], bool],
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The first ``limit`` records of ``ids`` that ``keep`` keeps (read 200 at a time, no more than needed);
+        whether more follow."""
+        found: list[dict[str, Any]] = []
         for start in range(0, len(ids), 200):
-            records = await self._records("file", ids[start : start + 200], _FILE_FIELDS)
-            found += [r for r in records if not purpose or r["purpose"] == purpose]
+            records = await self._records(kind, ids[start : start + 200], fields)
+            found += [r for r in records if keep(r)]
             if len(found) > limit:
                 break
         return found[:limit], len(found) > limit
@@ -286,13 +297,7 @@ class SharedBatchStore:
         ids = await self._ids(self._key("batches", owner if owner is not None else "*"), after, ascending)
         if messages is None:
             return await self._records("batch", ids[:limit], _BATCH_FIELDS), len(ids) > limit
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), 200):
-            records = await self._records("batch", ids[start : start + 200], _BATCH_FIELDS)
-            found += [r for r in records if (r["endpoint"] == MESSAGES) == messages]
-            if len(found) > limit:
-                break
-        return found[:limit], len(found) > limit
+        return await self._page("batch", ids, _BATCH_FIELDS, limit, lambda r: (r["endpoint"] == MESSAGES) == messages)
 
     async def delete_batch(self, batch: str) -> bool:
         """Delete ``batch`` — its record, lines, answers and result files; whether it was there (an ended batch:

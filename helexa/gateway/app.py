@@ -31,6 +31,7 @@ from helexa.gateway.admin import make_admin_app
 from helexa.gateway.anthropic_routes import setup_anthropic_routes
 from helexa.gateway.batch_routes import batch_runner_key, batch_store_key, batches_config_key, setup_batch_routes
 from helexa.gateway.batch_runner import BatchRunner
+from helexa.gateway.file_routes import UPLOAD_PATH, setup_file_routes
 from helexa.gateway.keepalive import KeepAlives
 from helexa.gateway.lifecycle import Lifecycle
 from helexa.gateway.message_batch_routes import CREATE_PATH as MESSAGE_BATCHES_PATH
@@ -147,6 +148,7 @@ def make_gateway_app(cfg: Config, version: VersionInfo) -> web.Application:
     setup_anthropic_routes(app)
     setup_responses_routes(app)
     setup_rerank_routes(app)
+    setup_file_routes(app)
     setup_batch_routes(app)
     setup_message_batch_routes(app)
     return app
@@ -161,7 +163,6 @@ def _batch_store(cfg: Config, peers: Peers | None) -> Batches:
     return SharedBatchStore(peers.store, spool, lambda: peers.placing)
 
 
-UPLOAD_PATH = "/v1/files"  # the one route that takes multipart/form-data (and a larger body)
 FORM_OVERHEAD = 64 * 1024  # what a multipart form adds to the file it carries, at most
 
 

@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from helexa.batches.contract import NewBatch
-from helexa.batches.formats import MESSAGES, TASKS, result_file_id, valid_id
+from helexa.batches.formats import FINAL_STATUSES, MESSAGES, TASKS, result_file_id
 from helexa.batches.messages import MAX_PROBLEMS, CreateMessageBatch, message_batch_object, parse_requests
 from helexa.errors import InvalidRequest, NotFound
 from helexa.gateway.batch_routes import (
@@ -25,10 +25,12 @@ from helexa.gateway.batch_routes import (
     batch_store_key,
     batches_config_key,
     cancel,
+    cursor,
     kept_seconds,
     live_file,
     owned_batch,
     owner_of,
+    page_limit,
     send_file,
     task_problem,
 )
@@ -80,28 +82,14 @@ async def retrieve(request: web.Request) -> web.Response:
     return json_response(message_batch_object(await _batch(request)))
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidRequest("limit: a whole number from 1 to 1000", param="limit")
-    return int(raw)
-
-
-def _cursor(request: web.Request, name: str) -> str:
-    value = request.query.get(name, "")
-    if value and not valid_id(value):
-        raise InvalidRequest(f"{name}: the id of a batch of another page", param=name)
-    return value
-
-
 async def list_batches(request: web.Request) -> web.Response:
     """``GET /v1/messages/batches[?limit=&after_id=|before_id=]``: the key's message batches, newest first;
     ``after_id``: the page of older ones after that batch; ``before_id``: the page of newer ones before it."""
-    after, before = _cursor(request, "after_id"), _cursor(request, "before_id")
+    after, before = cursor(request, "after_id"), cursor(request, "before_id")
     if after and before:
         raise InvalidRequest("give after_id or before_id, not both", param="before_id")
     records, more = await request.app[batch_store_key].list_batches(
-        owner_of(request), after or before, _limit(request), messages=True, ascending=bool(before)
+        owner_of(request), after or before, page_limit(request, 20, 1000), messages=True, ascending=bool(before)
     )
     data = [message_batch_object(r) for r in (reversed(records) if before else records)]
     return json_response(
@@ -126,7 +114,7 @@ async def delete(request: web.Request) -> web.Response:
     :raises InvalidRequest: it has not ended (cancel it first).
     """
     record = await _batch(request)
-    if message_batch_object(record)["processing_status"] != "ended":
+    if record["status"] not in FINAL_STATUSES:  # processing_status is not "ended"
         raise InvalidRequest(
             f"batch {record['id']} is still processing: cancel it first, then delete it once it ended",
             param="message_batch_id",
@@ -141,7 +129,7 @@ async def results(request: web.Request) -> web.StreamResponse:
     :raises InvalidRequest: the batch has not ended (it has no results yet).
     """
     record = await _batch(request)
-    if message_batch_object(record)["processing_status"] != "ended":
+    if record["status"] not in FINAL_STATUSES:  # processing_status is not "ended"
         raise InvalidRequest(
             f"batch {record['id']} has not ended: its results are there once processing_status is 'ended'",
             param="message_batch_id",
