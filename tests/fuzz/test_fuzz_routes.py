@@ -65,6 +65,7 @@ GATEWAY_POSTS = {
         "endpoint": "/v1/chat/completions",
         "completion_window": "24h",
         "metadata": {"k": "v"},
+        "output_expires_after": {"anchor": "created_at", "seconds": 3600},
     },
     "/v1/batches/batch_000000000000000000000000/cancel": {},
     "/v1/messages/batches": {
@@ -206,7 +207,8 @@ def mutate(rng: random.Random, template: dict) -> bytes:
 
 
 def upload_form(rng: random.Random, content: bytes) -> tuple[bytes, str]:
-    """A multipart form as the SDKs send it (purpose, then file), its parts sometimes odd, cut or missing."""
+    """A multipart form as the SDKs send it (purpose, expires_after, then file), its parts sometimes odd, cut or
+    missing."""
     name = random_text(rng).encode("utf-8", "replace").replace(b'"', b"")
     purpose = rng.choice([b"batch", b"batch", b"fine-tune", b"", b"x" * 100])
     parts = [
@@ -216,6 +218,11 @@ def upload_form(rng: random.Random, content: bytes) -> tuple[bytes, str]:
     ]
     if rng.random() < 0.2:
         parts.pop(rng.randrange(2))
+    if rng.random() < 0.3:  # the SDKs' expires_after fields, sometimes odd
+        anchor = rng.choice([b"created_at", b"last_active_at", b"", random_text(rng).encode("utf-8", "replace")])
+        seconds = rng.choice([b"3600", b"10", b"99999999999", b"-1", b"x", b""])
+        parts.insert(1, b'Content-Disposition: form-data; name="expires_after[anchor]"\r\n\r\n' + anchor)
+        parts.insert(2, b'Content-Disposition: form-data; name="expires_after[seconds]"\r\n\r\n' + seconds)
     body = b"".join(b"--xb\r\n" + p + b"\r\n" for p in parts) + b"--xb--\r\n"
     if rng.random() < 0.2:
         body = body[: rng.randrange(len(body) + 1)]
